@@ -1,0 +1,185 @@
+"""Checkpoints: one self-contained `.safetensors` file per run, and the only home of safetensors.
+
+A checkpoint holds tensors and, in the safetensors metadata under the key "charlm", one JSON object:
+
+    {"format_version": 1, "task": "lm", "kind": "model" | "resume",
+     "model": asdict(ModelConfig), "vocab": Vocab.to_dict(), "tokens": "char", "preprocess": "none",
+     "training": {"steps": ..., "tokens": ..., "best_val_loss": ...}, ...}
+
+Model weights are stored as "model.<parameter name>". A "resume" checkpoint adds the optimizer
+state, RNG states, iterator position and carried hidden state (see `charlm.trainer`).
+
+Loading never unpickles: the header is checked by hand (sizes bounded by the file's size) before
+the safetensors library reads the tensors, and a pickle or torch.save file is refused unread. The
+model is rebuilt on the meta device first and its shapes checked against the file, so hostile
+metadata cannot make the loader allocate more than the file itself holds.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from charlm.errors import CheckpointError
+from charlm.model import LanguageModel, ModelConfig
+from charlm.runtime import atomic_write
+from charlm.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab
+
+FORMAT_VERSION = 1
+METADATA_KEY = "charlm"
+MAX_HEADER_BYTES = 64 << 20  # safetensors' own limit is 100 MB; ours holds a vocab of millions
+TASK_NAMES = {"lm": "language-model", "translate": "translation"}
+
+
+def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write tensors and metadata to `path` atomically (the old file stays until the new is whole)."""
+    meta = {"format_version": FORMAT_VERSION, **meta}
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    data = safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(meta, ensure_ascii=False)})
+    atomic_write(path, data)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The charlm metadata of a checkpoint, read from its header alone (no tensors loaded)."""
+    return _read_header(os.fspath(path))[1]
+
+
+def load(
+    path: str | os.PathLike, task: str | None = None, kind: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors on the CPU, metadata), after checking the file is a charlm checkpoint of `task`."""
+    path = os.fspath(path)
+    _, meta = _read_header(path)
+    if task is not None and meta.get("task") != task:
+        have = TASK_NAMES.get(meta.get("task"), repr(meta.get("task")))
+        raise CheckpointError(
+            f"{path} is a {have} checkpoint; this command needs a {TASK_NAMES.get(task, task)} checkpoint"
+        )
+    if kind is not None and meta.get("kind", "model") != kind:
+        raise CheckpointError(f"{path} is a {meta.get('kind')} checkpoint, not a {kind} checkpoint")
+    try:
+        tensors = safetensors.torch.load_file(path, device="cpu")
+    except Exception as error:  # the library's own checks: overlapping or missing data, bad dtypes
+        raise CheckpointError(f"{path}: damaged safetensors file ({error}); retrain or restore it") from None
+    return tensors, meta
+
+
+def _read_header(path: str) -> tuple[dict, dict[str, Any]]:
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint; train one with `charlm train CORPUS`")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory; give a .safetensors checkpoint file")
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        start = file.read(8)
+        if start[:2] == b"PK" or start[:1] == b"\x80":
+            raise CheckpointError(
+                f"{path}: a pickle / torch.save file, which charlm never loads (unpickling runs code); "
+                "use a charlm .safetensors checkpoint"
+            )
+        if len(start) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file (too short)")
+        (header_size,) = struct.unpack("<Q", start)
+        if header_size > min(size - 8, MAX_HEADER_BYTES):
+            raise CheckpointError(f"{path}: not a safetensors file, or truncated (bad header size)")
+        try:
+            header = json.loads(file.read(header_size))
+        except (UnicodeDecodeError, ValueError):
+            raise CheckpointError(f"{path}: not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (unreadable header)")
+    data_size = size - 8 - header_size
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise CheckpointError(f"{path}: damaged safetensors header (tensor {name!r})")
+        if offsets[1] > data_size:
+            raise CheckpointError(f"{path}: truncated checkpoint (tensor {name!r} runs past the end); "
+                                  "use an earlier copy or retrain")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
+        raise CheckpointError(f"{path}: a safetensors file, but not a charlm checkpoint (no charlm metadata)")
+    try:
+        meta = json.loads(metadata[METADATA_KEY])
+    except (TypeError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
+        raise CheckpointError(f"{path}: damaged charlm metadata")
+    if meta["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: made by a newer charlm (checkpoint format {meta['format_version']}, this charlm "
+            f"reads up to {FORMAT_VERSION}); upgrade charlm"
+        )
+    return header, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Models in and out
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
+
+
+def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights. The config comes from the
+    metadata; it is built on the meta device first so that its shapes are checked against the file
+    before any memory is allocated."""
+    builders = {"lm": (LanguageModel, ModelConfig)}
+    if meta.get("task") not in builders:
+        raise CheckpointError(f"{path}: unknown task {meta.get('task')!r} in charlm metadata")
+    model_class, config_class = builders[meta["task"]]
+    try:
+        config = config_class.from_dict(meta["model"])
+        with torch.device("meta"):
+            skeleton = model_class(config)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: damaged model config in charlm metadata ({error})") from None
+    weights = {name[len("model."):]: tensor for name, tensor in tensors.items() if name.startswith("model.")}
+    expected = {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in skeleton.state_dict().items()}
+    found = {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in weights.items()}
+    if expected.keys() != found.keys() or any(expected[n][0] != found[n][0] for n in expected):
+        raise CheckpointError(f"{path}: the weights do not match the model config in its metadata")
+    model = model_class(config)
+    model.load_state_dict(weights)
+    return model
+
+
+def load_model(
+    path: str | os.PathLike, task: str, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any], Vocab]:
+    """(model in eval mode on `device`, metadata, vocab) from a model checkpoint of `task`."""
+    path = os.fspath(path)
+    tensors, meta = load(path, task=task)
+    try:
+        vocab = Vocab.from_dict(meta["vocab"])
+        if meta.get("tokens") not in TOKEN_KINDS or meta.get("preprocess") not in PREPROCESS_MODES:
+            raise ValueError("tokens / preprocess")
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: damaged vocab or text settings in charlm metadata ({error})") from None
+    model = build_model(tensors, meta, path)
+    if model.config.vocab_size != len(vocab):
+        raise CheckpointError(f"{path}: the vocab does not match the model in its metadata")
+    return model.to(device).eval(), meta, vocab
+
+
+def latest(folder: str | os.PathLike, task: str) -> str | None:
+    """The most recently written model checkpoint of `task` in `folder`, or None."""
+    found = []
+    for path in glob.glob(os.path.join(os.fspath(folder), "*.safetensors")):
+        try:
+            meta = read_metadata(path)
+        except CheckpointError:
+            continue
+        if meta.get("task") == task and meta.get("kind", "model") == "model":
+            found.append((os.path.getmtime(path), path))
+    return max(found)[1] if found else None

@@ -1,0 +1,201 @@
+"""Data: a corpus as a compact tensor of token ids, its train/validation split, and batch iterators.
+
+Reading and tokenizing text is `charlm.text`'s job; this module turns token streams into ids (two
+streaming passes: count, then encode into a preallocated tensor) and cuts the ids into batches.
+It knows nothing about models or training.
+
+Batch layout for both iterators, as in d2l: `inputs` and `targets` are (B, T) and
+`targets[b, t] == inputs[b, t + 1]` in the corpus.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from charlm.errors import CorpusError
+from charlm.text import Tokenizer, Vocab, count_tokens, preprocess_chunks, read_chunks
+
+ITERATORS = ("sequential", "random")
+
+
+def id_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer dtype that holds ids below `vocab_size`."""
+    if vocab_size <= 256:
+        return torch.uint8
+    if vocab_size <= 32768:
+        return torch.int16
+    return torch.int32
+
+
+@dataclass
+class Corpus:
+    """A tokenized corpus: ids (N,) in a compact dtype, and how they were made."""
+
+    ids: torch.Tensor
+    vocab: Vocab
+    tokens: str = "char"
+    preprocess: str = "none"
+
+    def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train ids, validation ids): the validation split is the last `val_fraction`."""
+        num_val = int(len(self.ids) * val_fraction)
+        return self.ids[: len(self.ids) - num_val], self.ids[len(self.ids) - num_val :]
+
+
+def load_corpus(
+    path: str | os.PathLike,
+    tokens: str = "char",
+    preprocess: str = "none",
+    encoding: str = "utf-8",
+    min_freq: int = 1,
+    max_vocab: int | None = None,
+    vocab: Vocab | None = None,
+) -> Corpus:
+    """Read, preprocess and tokenize a file into a `Corpus`. With `vocab` given (evaluating a
+    trained model) it is used as is and unseen tokens become `<unk>`; otherwise one is built."""
+
+    def chunks() -> Iterator[str]:
+        return preprocess_chunks(read_chunks(path, encoding), preprocess)
+
+    if vocab is None:
+        counts = count_tokens(chunks(), tokens)
+        vocab = Vocab(counts, min_freq=min_freq, max_size=max_vocab)
+        num_tokens = sum(counts.values())
+    else:
+        num_tokens = None
+    ids = encode_stream(Tokenizer(tokens).split_chunks(chunks()), vocab, num_tokens)
+    if len(ids) == 0:
+        raise CorpusError(f"{path}: no tokens left after preprocessing {preprocess!r}")
+    return Corpus(ids, vocab, tokens, preprocess)
+
+
+def encode_stream(
+    token_chunks: Iterable[Sequence[str]], vocab: Vocab, num_tokens: int | None = None
+) -> torch.Tensor:
+    """Encode token chunks into one (N,) tensor of ids in the vocab's compact dtype. With
+    `num_tokens` known the tensor is allocated once and filled; otherwise the parts are joined."""
+    dtype = id_dtype(len(vocab))
+    encoder = _CharEncoder(vocab) if all(len(token) == 1 for token in vocab.itos[1:]) else None
+    parts, filled = [], 0
+    out = torch.empty(num_tokens, dtype=dtype) if num_tokens is not None else None
+    for chunk in token_chunks:
+        if encoder is not None and isinstance(chunk, str):
+            part = encoder(chunk)
+        else:
+            part = torch.tensor(vocab.encode(chunk), dtype=torch.int32)
+        if out is not None:
+            out[filled : filled + len(part)] = part
+        else:
+            parts.append(part.to(dtype))
+        filled += len(part)
+    if out is not None:
+        return out[:filled]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=dtype)
+
+
+class _CharEncoder:
+    """Encodes a string of characters with a code point -> id lookup table, in C, not per char."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        top = max((ord(token) for token in vocab.itos[1:]), default=0)
+        self.table = torch.full((top + 1,), vocab.unk_index, dtype=torch.int32)
+        for index, token in enumerate(vocab.itos[1:], start=1):
+            self.table[ord(token)] = index
+
+    def __call__(self, text: str) -> torch.Tensor:
+        code_points = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
+        inside = code_points < len(self.table)
+        return torch.where(inside, self.table[code_points.clamp(max=len(self.table) - 1)], 0)
+
+
+def encode_text(text: str, vocab: Vocab, tokens: str = "char") -> torch.Tensor:
+    """One string to an int64 (N,) tensor of ids (unknown tokens become `<unk>`)."""
+    return torch.tensor(vocab.encode(Tokenizer(tokens).split(text)), dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+class BatchIterator:
+    """Cuts a 1-D id tensor into (B, T) input/target batches, epoch by epoch.
+
+    sequential: the ids are laid out as B long rows and batch i holds columns [i*T, (i+1)*T), so
+        row b of batch i+1 continues row b of batch i, and the hidden state can be carried over
+        (detached). Drawn for B=2, T=3 on ids 0..13 with offset 1:
+            row 0: 1 2 3 | 4 5 6        batch 0 = [[1 2 3], [7 8 9]]
+            row 1: 7 8 9 | 10 11 12     batch 1 = [[4 5 6], [10 11 12]]
+    random: independent windows of T at shuffled positions; the state is reset each batch.
+
+    Each epoch starts at a random offset in [0, T) as in d2l. The randomness of epoch e is drawn
+    from a generator seeded with (seed, e) alone, so `batches(epoch, start=k)` resumes an epoch
+    exactly at its k-th batch, whatever came before.
+    """
+
+    def __init__(
+        self, ids: torch.Tensor, batch_size: int, seq_len: int, kind: str = "sequential", seed: int = 0
+    ) -> None:
+        if kind not in ITERATORS:
+            raise CorpusError(f"unknown iterator {kind!r}; choose one of {', '.join(ITERATORS)}")
+        self.ids, self.batch_size, self.seq_len, self.kind, self.seed = ids, batch_size, seq_len, kind, seed
+        needed = batch_size * seq_len + seq_len  # one batch after the largest random offset
+        if len(ids) < needed:
+            raise CorpusError(
+                f"the training split has {len(ids)} tokens but one batch needs {needed} "
+                f"(batch size {batch_size} x seq len {seq_len}, plus an offset); "
+                f"lower --batch-size or --seq-len, or use a longer corpus"
+            )
+
+    @property
+    def carries_state(self) -> bool:
+        return self.kind == "sequential"
+
+    def __len__(self) -> int:
+        """Batches per epoch (the same for every offset)."""
+        usable = len(self.ids) - self.seq_len  # the largest offset is T - 1, and targets need 1 more
+        if self.kind == "sequential":
+            return (usable // self.batch_size) // self.seq_len
+        return (usable // self.seq_len) // self.batch_size
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (inputs, targets), each (B, T) int64, for batches start..len(self)-1 of `epoch`."""
+        generator = self._generator(epoch)
+        offset = int(torch.randint(0, self.seq_len, (1,), generator=generator))
+        count, size, steps = len(self), self.batch_size, self.seq_len
+        if self.kind == "sequential":
+            row_len = count * steps
+            rows = self.ids[offset : offset + size * row_len + 1]
+            inputs = rows[:-1].view(size, row_len)
+            targets = rows[1:].view(size, row_len)
+            for index in range(start, count):
+                columns = slice(index * steps, (index + 1) * steps)
+                yield inputs[:, columns].long(), targets[:, columns].long()
+        else:
+            starts = offset + torch.randperm(count * size, generator=generator) * steps
+            window = torch.arange(steps)
+            for index in range(start, count):
+                positions = starts[index * size : (index + 1) * size, None] + window  # (B, T)
+                yield self.ids[positions].long(), self.ids[positions + 1].long()
+
+
+def eval_batches(ids: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every position of `ids` predicted exactly once, with no offset or shuffling: the ids are cut
+    into at most `batch_size` equal rows walked T at a time (carry the state between batches), then
+    the few left over, which continue the last row, come as one (1, r) batch: keep the last row of
+    the state for it."""
+    num_targets = len(ids) - 1
+    rows = max(min(batch_size, num_targets // max(seq_len, 1)), 1)
+    row_len = num_targets // rows
+    inputs = ids[: rows * row_len].view(rows, row_len)
+    targets = ids[1 : rows * row_len + 1].view(rows, row_len)
+    for start in range(0, row_len, seq_len):
+        yield inputs[:, start : start + seq_len].long(), targets[:, start : start + seq_len].long()
+    if rows * row_len < num_targets:
+        yield ids[None, rows * row_len : num_targets].long(), ids[None, rows * row_len + 1 :].long()

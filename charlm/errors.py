@@ -1,0 +1,29 @@
+"""Errors a user can cause, as opposed to bugs.
+
+Anything raised as a `CharlmError` is reported by the CLI as one line on stderr with a non-zero exit
+code and no traceback; the message should say what to do next. This module knows nothing else.
+"""
+
+
+class CharlmError(Exception):
+    """A problem with the user's input: a file, a flag, a checkpoint. The message is shown as is."""
+
+    exit_code = 1
+
+
+class CorpusError(CharlmError):
+    """A corpus file that cannot be read or used."""
+
+
+class CheckpointError(CharlmError):
+    """A checkpoint that cannot be loaded, or is the wrong kind for the command."""
+
+
+class TrainingInterrupted(CharlmError):
+    """Training was stopped by a signal after a resumable checkpoint was written."""
+
+    exit_code = 130
+
+
+class TrainingDiverged(CharlmError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,125 @@
+"""Model: the character (or word) language model, one contract for every recurrent cell.
+
+    logits, state = model(ids, state)      # ids (B, T) int64 -> logits (B, T, V)
+
+The cell is chosen by name: "rnn" (tanh), "gru" or "lstm", either torch's fused module or its
+from-scratch twin in `charlm.cells` (`from_scratch=True`). Input is an embedding, or one-hot
+vectors when `embedding_size == 0` (the lessons' form). A recurrent state is a tensor (L, B, H),
+or a tuple (h, c) for the LSTM; `map_state` is the one place that knows about the tuple.
+
+This module knows nothing about data, training, checkpoints or sampling strategies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from charlm import cells, kernels
+
+CELLS = ("rnn", "gru", "lstm")
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    embedding_size: int = 64  # 0: one-hot input
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.0
+    from_scratch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        for name in ("vocab_size", "hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.embedding_size < 0:
+            raise ValueError(f"embedding_size must be 0 (one-hot) or more, got {self.embedding_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def map_state(function: Callable[[torch.Tensor], torch.Tensor], state: State | None) -> State | None:
+    """Apply `function` to every tensor of a recurrent state (h, or the LSTM's (h, c))."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(function(part) for part in state)
+    return function(state)
+
+
+def state_tensors(state: State) -> list[torch.Tensor]:
+    """The tensors of a state as a list: [h] or [h, c]."""
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def state_from_tensors(tensors: list[torch.Tensor]) -> State:
+    return tuple(tensors) if len(tensors) == 2 else tensors[0]
+
+
+def recurrent_module(config: ModelConfig, input_size: int) -> nn.Module:
+    """torch's nn.RNN / nn.GRU / nn.LSTM, or the from-scratch twin, with the same parameters."""
+    dropout = config.dropout if config.num_layers > 1 else 0.0
+    if config.from_scratch:
+        scratch = {"rnn": cells.ScratchRNN, "gru": cells.ScratchGRU, "lstm": cells.ScratchLSTM}
+        return scratch[config.cell](input_size, config.hidden_size, config.num_layers, dropout)
+    torch_class = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
+    return torch_class(input_size, config.hidden_size, config.num_layers, dropout=dropout, batch_first=True)
+
+
+class LanguageModel(nn.Module):
+    """ids (B, T) -> embedding or one-hot (B, T, E) -> recurrent layers (B, T, H) -> logits (B, T, V)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.embedding_size > 0:
+            self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+            input_size = config.embedding_size
+        else:
+            self.embedding = None
+            input_size = config.vocab_size
+        self.rnn = recurrent_module(config, input_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return F.one_hot(ids, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
+        return self.dropout(self.embedding(ids))  # (B, T, E)
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        inputs = self.embed(ids)
+        if self.config.from_scratch:
+            outputs, state = self.rnn(inputs, state)
+        else:
+            outputs, state = kernels.recurrent(self.rnn, inputs, state)  # (B, T, H)
+        return self.head(self.dropout(outputs)), state  # (B, T, V)
+
+    def step(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """One step of generation: ids (B,) -> logits (B, V)."""
+        logits, state = self(ids[:, None], state)
+        return logits[:, 0], state
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """Zeros: (L, B, H), or (h, c) for the LSTM."""
+        device = device or self.head.weight.device
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        zeros = torch.zeros(shape, device=device, dtype=self.head.weight.dtype)
+        return (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros
+
+    def num_parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.parameters())

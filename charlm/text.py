@@ -1,0 +1,273 @@
+"""Text: reading a UTF-8 corpus, preprocessing it, splitting it into tokens, and the `Vocab`.
+
+Everything here is standard library only and works on streams of text chunks, so a corpus never
+has to be held as one Python string or a list of token strings. Turning tokens into a tensor of ids
+is left to `charlm.data`; nothing here knows about torch, models or batches.
+
+    chunks = read_chunks("corpora/timemachine.txt")       # decoded, BOM dropped, CRLF -> \n
+    chunks = preprocess_chunks(chunks, "d2l")            # d2l's lower-cased letters and spaces
+    counts = count_tokens(chunks, "char")                # Counter of tokens
+    vocab = Vocab(counts)                                 # <unk>, then most frequent first
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+from charlm.errors import CorpusError
+
+PREPROCESS_MODES = ("none", "d2l")
+TOKEN_KINDS = ("char", "word")
+CHUNK_BYTES = 1 << 22  # 4 MiB of the file at a time
+UNK = "<unk>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Raise a `CorpusError` saying what is wrong if `path` is not a readable, non-empty file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CorpusError(f"{path}: no such file; check the path")
+    if os.path.isdir(path):
+        raise CorpusError(f"{path}: is a directory; give a text file")
+    if not os.access(path, os.R_OK):
+        raise CorpusError(f"{path}: not readable; check its permissions")
+    if os.path.getsize(path) == 0:
+        raise CorpusError(f"{path}: the file is empty; give a file with some text in it")
+
+
+def read_chunks(
+    path: str | os.PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[str]:
+    """Yield the decoded text of `path` in chunks, as text: a UTF-8 byte-order mark is dropped and
+    CRLF / CR line ends become "\\n". Undecodable bytes raise a `CorpusError` naming the byte offset;
+    a NUL byte (a binary file) does too."""
+    check_readable(path)
+    path = os.fspath(path)
+    codec = "utf-8-sig" if codecs.lookup(_checked_encoding(encoding)).name == "utf-8" else encoding
+    decoder = codecs.getincrementaldecoder(codec)("strict")
+    offset = 0  # bytes of the file consumed before the current block
+    pending_cr = False  # a chunk that ended in "\r" may be the first half of "\r\n"
+    with open(path, "rb") as file:
+        while True:
+            block = file.read(chunk_bytes)
+            final = not block
+            if b"\0" in block and "16" not in codec and "32" not in codec:
+                at = offset + block.index(b"\0")
+                raise CorpusError(
+                    f"{path}: looks like a binary file (NUL byte at offset {at}); give a text file"
+                )
+            buffered = len(decoder.getstate()[0])  # bytes held back from the previous block
+            try:
+                text = decoder.decode(block, final=final)
+            except UnicodeDecodeError as error:
+                at = max(offset - buffered + error.start, 0)
+                raise CorpusError(
+                    f"{path}: not valid {encoding} at byte offset {at}; "
+                    f"convert it to UTF-8 or pass --encoding (e.g. --encoding latin-1)"
+                ) from None
+            offset += len(block)
+            if pending_cr:
+                text = "\r" + text
+            pending_cr = text.endswith("\r") and not final
+            if pending_cr:
+                text = text[:-1]
+            if "\r" in text:
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if text:
+                yield text
+            if final:
+                return
+
+
+def _checked_encoding(encoding: str) -> str:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise CorpusError(f"unknown encoding {encoding!r}; try utf-8 or latin-1") from None
+    return encoding
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing
+
+_NON_LETTERS = re.compile("[^A-Za-z]+")
+
+
+def preprocess_chunks(chunks: Iterable[str], mode: str = "none") -> Iterator[str]:
+    """Apply a preprocessing mode to a stream of text chunks.
+
+    - "none": the text as it is.
+    - "d2l": the d2l book's `read_time_machine`: in each line every run of non-letters becomes one
+      space, the line is stripped and lower-cased, and the lines are joined with nothing between.
+      On The Time Machine this gives d2l's 170,580 characters.
+    """
+    if mode == "none":
+        yield from chunks
+    elif mode == "d2l":
+        yield from _d2l_chunks(chunks)
+    else:
+        raise CorpusError(f"unknown preprocessing {mode!r}; choose one of {', '.join(PREPROCESS_MODES)}")
+
+
+def preprocess(text: str, mode: str = "none") -> str:
+    """`preprocess_chunks` for one string (a prefix, a line typed by a user)."""
+    return "".join(preprocess_chunks([text], mode))
+
+
+def preprocess_prefix(text: str, mode: str = "none") -> str:
+    """A prompt preprocessed as its corpus was, but not stripped: with "d2l", "Time " -> "time "."""
+    if mode == "d2l":
+        return _NON_LETTERS.sub(" ", text).lower()
+    preprocess(text, mode)  # checks the mode
+    return text
+
+
+def _d2l_line(line: str) -> str:
+    return _NON_LETTERS.sub(" ", line).strip().lower()
+
+
+def _d2l_chunks(chunks: Iterable[str]) -> Iterator[str]:
+    partial = ""  # the unfinished last line of the previous chunk
+    for chunk in chunks:
+        lines = (partial + chunk).split("\n")
+        partial = lines.pop()
+        if lines:
+            yield "".join(_d2l_line(line) for line in lines)
+    if partial:
+        yield _d2l_line(partial)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+class Tokenizer:
+    """Splits text into tokens and joins tokens back into text.
+
+    "char": every Unicode code point is a token; "word": whitespace-separated words (joined back
+    with single spaces, so line breaks are not kept)."""
+
+    def __init__(self, kind: str = "char") -> None:
+        if kind not in TOKEN_KINDS:
+            raise CorpusError(f"unknown token kind {kind!r}; choose one of {', '.join(TOKEN_KINDS)}")
+        self.kind = kind
+
+    def split(self, text: str) -> list[str]:
+        return list(text) if self.kind == "char" else text.split()
+
+    def join(self, tokens: Iterable[str]) -> str:
+        return ("" if self.kind == "char" else " ").join(tokens)
+
+    def split_chunks(self, chunks: Iterable[str]) -> Iterator[Sequence[str]]:
+        """Tokenize a stream of chunks; a word cut by a chunk boundary is kept whole."""
+        if self.kind == "char":
+            yield from chunks  # a str is a sequence of its characters
+            return
+        partial = ""
+        for chunk in chunks:
+            text = partial + chunk
+            words = text.split()
+            partial = words.pop() if words and not text[-1].isspace() else ""
+            if words:
+                yield words
+        if partial:
+            yield [partial]
+
+
+def count_tokens(chunks: Iterable[str], kind: str = "char") -> Counter:
+    """Token frequencies of a stream of text chunks."""
+    counts: Counter = Counter()
+    for tokens in Tokenizer(kind).split_chunks(chunks):
+        counts.update(tokens)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocab
+
+
+class Vocab:
+    """Maps tokens to ids and back.
+
+    Order: `<unk>` (id 0), then the reserved tokens in the order given, then the counted tokens by
+    falling frequency, ties broken by the token's code points, so the same counts always give the
+    same ids. Tokens rarer than `min_freq`, or past `max_size` entries, are left out and map to
+    `<unk>`."""
+
+    def __init__(
+        self,
+        counts: Mapping[str, int] | None = None,
+        min_freq: int = 1,
+        reserved: Sequence[str] = (),
+        max_size: int | None = None,
+    ) -> None:
+        specials = [UNK] + [token for token in reserved if token != UNK]
+        ranked = sorted((counts or {}).items(), key=lambda item: (-item[1], item[0]))
+        kept = [token for token, count in ranked if count >= min_freq and token not in specials]
+        if max_size is not None:
+            kept = kept[: max(max_size - len(specials), 0)]
+        self.itos: list[str] = specials + kept
+        self.stoi: dict[str, int] = {token: index for index, token in enumerate(self.itos)}
+        self.reserved: tuple[str, ...] = tuple(specials[1:])
+
+    unk_index = 0
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.stoi
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.itos == other.itos and self.reserved == other.reserved
+
+    def __getitem__(self, token: str) -> int:
+        return self.stoi.get(token, self.unk_index)
+
+    def encode(self, tokens: Iterable[str]) -> list[int]:
+        return [self.stoi.get(token, self.unk_index) for token in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.itos[index] for index in ids]
+
+    def unknown(self, tokens: Iterable[str]) -> list[str]:
+        """The distinct tokens not in the vocab, in order of first appearance."""
+        return list(dict.fromkeys(token for token in tokens if token not in self.stoi))
+
+    def to_dict(self) -> dict:
+        return {"itos": list(self.itos), "reserved": list(self.reserved)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Vocab:
+        itos, reserved = data.get("itos"), data.get("reserved", [])
+        if (
+            not isinstance(itos, list)
+            or not itos
+            or itos[0] != UNK
+            or not all(isinstance(token, str) for token in itos)
+            or len(set(itos)) != len(itos)
+            or not isinstance(reserved, list)
+            or itos[1 : 1 + len(reserved)] != reserved
+        ):
+            raise ValueError("not a charlm vocab")
+        vocab = cls.__new__(cls)
+        vocab.itos = list(itos)
+        vocab.stoi = {token: index for index, token in enumerate(itos)}
+        vocab.reserved = tuple(reserved)
+        return vocab
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocab:
+        return cls.from_dict(json.loads(text))

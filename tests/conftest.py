@@ -1,0 +1,44 @@
+"""Shared fixtures: small corpora written per test, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEMACHINE = ROOT / "corpora" / "timemachine.txt"
+
+TINY_TEXT = (
+    "the time traveller for so it will be convenient to speak of him was expounding a recondite matter to us "
+    "his grey eyes shone and twinkled and his usually pale face was flushed and animated\n"
+) * 8
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A CliRunner working in a fresh directory (so checkpoints/ is empty)."""
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def run_cli(runner: CliRunner, *args: str, ok: bool = True):
+    from charlm.cli import cli
+
+    result = runner.invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, f"charlm {' '.join(map(str, args))} failed:\n{result.output}"
+    return result
+
+
+TINY_MODEL = ("--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4",
+              "--seq-len", "8", "--quiet")

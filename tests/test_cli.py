@@ -1,0 +1,114 @@
+"""The CLI end to end, through click's CliRunner, on tiny models and corpora."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TIMEMACHINE, TINY_MODEL, run_cli
+
+
+def train_tiny(runner, corpus, *extra):
+    return run_cli(runner, "train", corpus, *TINY_MODEL, "--max-steps", "3", *extra)
+
+
+def test_stats_gives_d2ls_numbers(runner):
+    result = run_cli(runner, "stats", TIMEMACHINE, "--preprocess", "d2l", "--json")
+    report = json.loads(result.stdout)
+    assert report["tokens"] == 170_580 and report["vocab_size"] == 28
+    assert report["most_frequent"][0] == [" ", 29_927]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("scratch", [False, True], ids=["torch", "scratch"])
+@pytest.mark.parametrize("embedding", ["8", "0"], ids=["embedding", "onehot"])
+def test_every_variant_trains_through_the_cli(runner, tiny_corpus, cell, scratch, embedding):
+    args = ["--model", cell, "--embedding-size", embedding, "--num-layers", "2", "--dropout", "0.1"]
+    train_tiny(runner, tiny_corpus, *args, *(["--from-scratch"] if scratch else []))
+    meta = json.loads(run_cli(runner, "info", "checkpoints/tiny.safetensors", "--json").stdout)
+    assert meta["model"]["cell"] == cell and meta["model"]["from_scratch"] == scratch
+    assert meta["model"]["embedding_size"] == int(embedding)
+    assert meta["training"]["steps"] == 3
+    lines = (runner_path := "checkpoints/tiny.metrics.jsonl") and open(runner_path).read().splitlines()
+    record = json.loads(lines[-1])
+    for key in ("step", "epoch", "tokens", "train_loss", "val_loss", "val_ppl", "tokens_per_sec", "elapsed_s"):
+        assert key in record
+    assert record["step"] == 3 and record["tokens"] == 3 * 4 * 8
+
+
+def test_train_generate_eval_info_round_trip(runner, tiny_corpus):
+    train_tiny(runner, tiny_corpus, "--out", "runs/t.safetensors", "--max-steps", "20", "--eval-every", "10")
+    generate = ["generate", "--checkpoint", "runs/t.safetensors", "--prefix", "the ", "--length", "40", "--seed", "3"]
+    first, second = run_cli(runner, *generate), run_cli(runner, *generate)
+    assert first.stdout == second.stdout
+    assert first.stdout.startswith("the ") and len(first.stdout) == len("the ") + 40 + 1
+    other = run_cli(runner, *generate[:-1], "4")
+    assert other.stdout != first.stdout
+    many = run_cli(runner, *generate, "--num-samples", "3")
+    assert len([line for line in many.stdout.split("\n") if line.startswith("the ")]) == 3
+    report = json.loads(run_cli(runner, "eval", "--checkpoint", "runs/t.safetensors", tiny_corpus, "--json").stdout)
+    assert report["tokens"] == len(tiny_corpus.read_text()) - 1
+    assert report["ppl"] == pytest.approx(2 ** report["bpc"], rel=1e-6)
+    assert 1 < report["ppl"] < 28  # better than uniform over the vocab after 20 steps
+    info = run_cli(runner, "info", "runs/t.safetensors").stdout
+    assert "lstm" in info and "20 steps" in info
+    metrics = [json.loads(line) for line in open("runs/t.metrics.jsonl")]
+    assert [m["step"] for m in metrics] == [10, 20]
+
+
+def test_generate_without_checkpoint_uses_the_newest_and_says_so(runner, tiny_corpus):
+    result = run_cli(runner, "generate", "--length", "5", ok=False)
+    assert result.exit_code != 0 and "charlm train" in result.stderr
+    train_tiny(runner, tiny_corpus)
+    result = run_cli(runner, "generate", "--length", "5", "--seed", "0")
+    assert "using checkpoints/tiny.safetensors" in result.stderr
+    assert len(result.stdout) == 6  # only the text (and a newline) on stdout
+
+
+def test_unknown_prefix_characters_are_a_clear_error(runner, tiny_corpus):
+    train_tiny(runner, tiny_corpus)
+    result = run_cli(runner, "generate", "--prefix", "the Zoë", ok=False)
+    assert result.exit_code == 1
+    assert "'Z', 'ë'" in result.stderr and "--unknown" in result.stderr
+    assert run_cli(runner, "generate", "--prefix", "the Zoë", "--unknown", "skip", "--length", "3").stdout.startswith("the o")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "missing.txt"], "no such file"),
+        (["train", "."], "directory"),
+        (["train", "empty.txt"], "empty"),
+        (["train", "latin.txt"], "byte offset"),
+        (["train", "tiny.txt", "--val-fraction", "1.5"], "--val-fraction"),
+        (["train", "tiny.txt", "--hidden-size", "-4"], "--hidden-size"),
+        (["train", "tiny.txt", "--batch-size", "500"], "lower --batch-size"),
+        (["generate", "--checkpoint", "tiny.txt"], "not a safetensors"),
+        (["generate", "--top-p", "0"], "--top-p"),
+        (["eval", "--checkpoint", "nothing.safetensors", "tiny.txt"], "no such checkpoint"),
+        (["info", "tiny.txt"], "not a safetensors"),
+    ],
+)
+def test_user_errors_are_one_line_and_non_zero(runner, tiny_corpus, args, message):
+    assert tiny_corpus.name == "tiny.txt"  # in the runner's working directory
+    open("empty.txt", "w").close()
+    open("latin.txt", "wb").write("caf\xe9".encode("latin-1"))
+    result = run_cli(runner, *args, ok=False)
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "eval", "stats", "info"])
+def test_every_command_has_help_with_an_example(runner, command):
+    result = run_cli(runner, command, "--help")
+    assert "charlm " + command in result.stdout
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from charlm.cli import cli; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,86 @@
+"""Sampling, tested with a mock model whose next-token distribution is known exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from charlm.errors import CharlmError
+from charlm.generate import Sampling, choose, encode_prefix, filter_logits, generate
+from charlm.text import Vocab
+
+
+class FixedModel(nn.Module):
+    """Predicts the same logits at every step, whatever the input."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits))
+
+    def forward(self, ids, state=None):
+        return self.logits.expand(*ids.shape, -1), state
+
+    def step(self, ids, state):
+        return self.logits.expand(ids.shape[0], -1), state
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda sampling: torch.isfinite(filter_logits(logits, sampling))[0].tolist()
+    assert kept(Sampling(top_k=2)) == [True, True, False, False]
+    assert kept(Sampling(top_p=0.5)) == [True, False, False, False]
+    assert kept(Sampling(top_p=0.8)) == [True, True, False, False]
+    assert kept(Sampling(top_p=0.81)) == [True, True, True, False]
+    assert kept(Sampling(top_p=1.0)) == [True, True, True, True]
+
+
+def test_sampling_follows_the_distribution():
+    model = FixedModel(torch.log(torch.tensor([0.7, 0.2, 0.1, 1e-9])).tolist())
+    made = generate(model, [0], 4000, Sampling(), num_samples=2, seed=0)
+    freq = torch.bincount(made.reshape(-1), minlength=4).float() / made.numel()
+    torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1, 0.0]), atol=0.02, rtol=0)
+
+
+def test_temperature_sharpens_and_greedy_takes_the_argmax():
+    model = FixedModel([1.0, 2.0, 0.5])
+    assert generate(model, [0], 5, Sampling(greedy=True)).tolist() == [[1] * 5]
+    cold = generate(model, [0], 500, Sampling(temperature=0.05), seed=0)
+    assert (cold == 1).all()
+
+
+def test_banned_tokens_are_never_drawn():
+    model = FixedModel([5.0, 0.0, 0.0])
+    made = generate(model, [1], 300, seed=0, banned=[0])
+    assert (made != 0).all()
+    assert generate(model, [1], 3, Sampling(greedy=True), banned=[0]).tolist() == [[1, 1, 1]]
+
+
+def test_same_seed_same_text_other_seed_other_text():
+    model = FixedModel([0.0] * 20)
+    a = generate(model, [0], 50, seed=7)
+    assert torch.equal(a, generate(model, [0], 50, seed=7))
+    assert not torch.equal(a, generate(model, [0], 50, seed=8))
+
+
+def test_tokens_stream_in_order():
+    model = FixedModel([0.0] * 5)
+    blocks = []
+    made = generate(model, [0], 9, seed=1, on_tokens=blocks.append)
+    assert torch.equal(torch.cat(blocks, dim=1), made)
+
+
+def test_unknown_prefix_characters_are_named_or_handled():
+    vocab = Vocab({"a": 2, "b": 1, " ": 1})
+    with pytest.raises(CharlmError, match="'x', 'é'"):
+        encode_prefix("ab xé", vocab)
+    assert encode_prefix("ab xé", vocab, unknown="skip") == vocab.encode("ab ")
+    assert encode_prefix("ab xé", vocab, unknown="unk") == vocab.encode("ab xé")
+    lower = Vocab({"a": 1, "b": 1, " ": 1})
+    assert encode_prefix("A, B", lower, preprocess="d2l") == lower.encode("a b")
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=0), dict(top_p=0), dict(top_k=-1)])
+def test_bad_sampling_values_are_refused(kwargs):
+    with pytest.raises(CharlmError):
+        Sampling(**kwargs)

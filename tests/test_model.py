@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from charlm.model import CELLS, LanguageModel, ModelConfig, map_state
+
+
+def make(cell: str, embedding_size: int, from_scratch: bool, num_layers: int = 2) -> LanguageModel:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=11, cell=cell, embedding_size=embedding_size, hidden_size=12,
+                         num_layers=num_layers, from_scratch=from_scratch)
+    return LanguageModel(config).eval()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("embedding_size", [0, 5])
+def test_scratch_model_equals_torch_model_with_the_same_weights(cell, embedding_size):
+    fused, scratch = make(cell, embedding_size, False), make(cell, embedding_size, True)
+    scratch.load_state_dict(fused.state_dict())
+    ids = torch.randint(0, 11, (3, 9), generator=torch.Generator().manual_seed(1))
+    state = map_state(lambda t: torch.randn_like(t), fused.init_state(3))
+    (logits_a, state_a), (logits_b, state_b) = fused(ids, state), scratch(ids, state)
+    assert logits_a.shape == (3, 9, 11)
+    torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state_a, state_b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_stepping_equals_one_pass(cell):
+    model = make(cell, 4, False)
+    ids = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(2))
+    logits, _ = model(ids)
+    state, stepped = None, []
+    for t in range(6):
+        step_logits, state = model.step(ids[:, t], state)
+        stepped.append(step_logits)
+    torch.testing.assert_close(torch.stack(stepped, 1), logits, atol=1e-5, rtol=0)
+
+
+def test_lstm_state_is_a_pair_and_others_a_tensor():
+    assert isinstance(make("lstm", 0, False).init_state(3), tuple)
+    h = make("gru", 0, False).init_state(3)
+    assert h.shape == (2, 3, 12)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="cell"):
+        ModelConfig(vocab_size=5, cell="transformer")
+    with pytest.raises(ValueError, match="hidden_size"):
+        ModelConfig(vocab_size=5, hidden_size=0)
+    with pytest.raises(ValueError, match="dropout"):
+        ModelConfig(vocab_size=5, dropout=1.0)
