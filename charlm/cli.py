@@ -134,7 +134,7 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     charlm train corpora/timemachine.txt --preprocess d2l --model gru --max-time 300
     charlm train my.txt --out runs/my.safetensors --resume
     """
-    from charlm.data import load_corpus
+    from charlm.data import BatchIterator, lm_eval_batches, load_corpus
     from charlm.model import LanguageModel, ModelConfig
     from charlm.trainer import TrainConfig, Trainer
 
@@ -151,7 +151,10 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
         click.echo(f"{corpus}: {len(data.ids):,} tokens, vocab {len(data.vocab)}; "
                    f"{config.cell} {config.num_layers}x{config.hidden_size}, "
                    f"{model.num_parameters():,} parameters -> {out}", err=True)
-    summary = Trainer(model, train_ids, val_ids, train_config, out, meta, progress=not quiet).run(resume)
+    train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
+                                  train_config.seed)
+    val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len) if len(val_ids) >= 2 else None
+    summary = Trainer(model, train_batches, val_batches, train_config, out, meta, progress=not quiet).run(resume)
     if not quiet:
         best = summary["best_val_loss"]
         shown = f"best val loss {best:.4f} (ppl {_exp(best):.2f})" if best is not None else "done"
@@ -250,9 +253,9 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, device: str, as_
     charlm eval --checkpoint checkpoints/timemachine.safetensors corpora/timemachine.txt
     """
     from charlm.checkpoint import load_model
-    from charlm.data import load_corpus
+    from charlm.data import lm_eval_batches, load_corpus
     from charlm.runtime import pick_device
-    from charlm.trainer import evaluate as evaluate_ids, loss_report
+    from charlm.trainer import evaluate as evaluate_batches, loss_report
 
     path = _checkpoint_or_latest(checkpoint, "lm")
     model, meta, vocab = load_model(path, "lm", pick_device(device))
@@ -260,7 +263,7 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, device: str, as_
     if len(data.ids) < 2:
         raise click.UsageError(f"{file} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())
-    report = {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate_ids(model, data.ids))}
+    report = {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate_batches(model, lm_eval_batches(data.ids)()))}
     if unknown and not as_json:
         click.echo(f"note: {unknown:,} tokens of {file} are not in the model's vocab and count as <unk>", err=True)
     if as_json:

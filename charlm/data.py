@@ -11,7 +11,7 @@ Batch layout for both iterators, as in d2l: `inputs` and `targets` are (B, T) an
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -199,3 +199,9 @@ def eval_batches(ids: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[t
         yield inputs[:, start : start + seq_len].long(), targets[:, start : start + seq_len].long()
     if rows * row_len < num_targets:
         yield ids[None, rows * row_len : num_targets].long(), ids[None, rows * row_len + 1 :].long()
+
+
+def lm_eval_batches(ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256) -> Callable[[], Iterator]:
+    """Validation batches of a language model, as a function the trainer calls at each evaluation:
+    every position of `ids` once, in rows of at least 256 steps."""
+    return lambda: eval_batches(ids, batch_size, max(seq_len, 256))

@@ -109,6 +109,16 @@ class LanguageModel(nn.Module):
             outputs, state = kernels.recurrent(self.rnn, inputs, state)  # (B, T, H)
         return self.head(self.dropout(outputs)), state  # (B, T, V)
 
+    def batch_loss(
+        self, batch: tuple[torch.Tensor, ...], state: State | None = None
+    ) -> tuple[torch.Tensor, int, State]:
+        """The trainer's contract, shared by every model: (summed loss, number of predicted tokens,
+        state to carry). Here batch = (inputs (B, T), targets (B, T))."""
+        inputs, targets = batch
+        logits, state = self(inputs, state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
+        return loss, targets.numel(), state
+
     def step(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         """One step of generation: ids (B,) -> logits (B, V)."""
         logits, state = self(ids[:, None], state)

@@ -19,17 +19,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from charlm import checkpoint
-from charlm.data import BatchIterator, eval_batches
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.model import map_state, state_from_tensors, state_tensors
 from charlm.runtime import exclusive_lock, pick_device, rng_states, seed_everything, set_rng_states
@@ -99,29 +97,25 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16) if wanted else contextlib.nullcontext()
 
 
-def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy in nats per token: logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-
-
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256,
-    device: torch.device | None = None, precision: str = "fp32",
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> float:
-    """Mean loss in nats per token over every position of `ids` (1-D), carrying the state.
-    Uses no random numbers, so evaluating never changes a training run's trajectory."""
+    """Mean loss in nats per predicted token over `batches`, carrying the state from batch to
+    batch (a batch with fewer rows continues the last rows). Uses no random numbers, so evaluating
+    never changes a training run's trajectory."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
     with autocast(device, precision):
-        for inputs, targets in eval_batches(ids, batch_size, seq_len):
-            if state is not None and state_tensors(state)[0].shape[1] > inputs.shape[0]:
-                state = map_state(lambda tensor: tensor[:, -inputs.shape[0]:], state)  # the tail
-            logits, state = model(inputs.to(device), state)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.to(device).reshape(-1), reduction="sum")
-            total, count = total + float(loss), count + targets.numel()
+        for batch in batches:
+            rows = batch[0].shape[0]
+            if state is not None and state_tensors(state)[0].shape[1] > rows:
+                state = map_state(lambda tensor: tensor[:, -rows:], state)
+            loss, predicted, state = model.batch_loss(tuple(part.to(device) for part in batch), state)
+            total, count = total + float(loss), count + int(predicted)
     model.train(was_training)
     return total / max(count, 1)
 
@@ -132,21 +126,24 @@ def loss_report(loss: float) -> dict[str, float]:
 
 
 class Trainer:
-    """Trains `model` on `train_ids`, evaluating on `val_ids`, writing the run's files at `out`.
+    """Trains `model` on `train_batches`, evaluating on `val_batches()`, writing the run's files
+    at `out`. `meta` is what the checkpoints carry besides the weights (task, model config, vocab).
 
-    `meta` is what the checkpoints carry besides the weights (task, model config, vocab, ...)."""
+    `train_batches` is a `charlm.data.BatchIterator` or anything with its interface: `len()`,
+    `batches(epoch, start)` yielding tuples of tensors whose first is (B, ...), and
+    `carries_state`. The model keeps the `batch_loss(batch, state)` contract."""
 
     def __init__(
-        self, model: nn.Module, train_ids: torch.Tensor, val_ids: torch.Tensor, config: TrainConfig,
-        out: str | os.PathLike, meta: dict[str, Any], progress: bool = True,
+        self, model: nn.Module, train_batches: Any, val_batches: Callable[[], Iterable] | None,
+        config: TrainConfig, out: str | os.PathLike, meta: dict[str, Any], progress: bool = True,
     ) -> None:
         self.config, self.meta, self.progress = config, meta, progress
         self.paths = run_paths(out)
         self.device = pick_device(config.device)
         seed_everything(config.seed)
         self.model = model.to(self.device)
-        self.batches = BatchIterator(train_ids, config.batch_size, config.seq_len, config.iterator, config.seed)
-        self.val_ids = val_ids
+        self.batches = train_batches
+        self.val_batches = val_batches
         self.optimizer = make_optimizer(self.model, config)
         # Position and history: everything a resume restores besides weights and RNGs.
         self.step = self.epoch = self.batch_index = self.tokens = 0
@@ -184,12 +181,12 @@ class Trainer:
         model.train()
         try:
             while self.epoch < config.epochs and not self._should_stop(started):
-                for inputs, targets in self.batches.batches(self.epoch, start=self.batch_index):
-                    loss = self._train_step(inputs.to(self.device), targets.to(self.device))
+                for batch in self.batches.batches(self.epoch, start=self.batch_index):
+                    loss = self._train_step(tuple(part.to(self.device, non_blocking=True) for part in batch))
                     running += loss.detach()
                     running_count += 1
                     self.step, self.batch_index = self.step + 1, self.batch_index + 1
-                    self.tokens += inputs.numel()
+                    self.tokens += batch[0].numel()
                     due = config.eval_every is not None and self.step % config.eval_every == 0
                     stopping = self._should_stop(started)
                     if running_count >= LOG_EVERY or due or stopping or self.batch_index == per_epoch:
@@ -227,16 +224,17 @@ class Trainer:
                 "run the same command with --resume to continue"
             )
 
-    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _train_step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """One optimizer step; returns the mean loss per predicted token."""
         model, config = self.model, self.config
         if self.state is None or not self.batches.carries_state:
-            self.state = model.init_state(inputs.shape[0], self.device)
+            self.state = None  # the model starts from zeros
         else:
             self.state = map_state(torch.Tensor.detach, self.state)
         with autocast(self.device, config.precision):
-            logits, state = model(inputs, self.state)
-            loss = sequence_loss(logits, targets)
-        self.state = map_state(lambda tensor: tensor.float(), state)
+            loss_sum, count, state = model.batch_loss(batch, self.state)
+            loss = loss_sum / count
+        self.state = map_state(lambda tensor: tensor.float(), state) if self.batches.carries_state else None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip > 0:
@@ -265,9 +263,8 @@ class Trainer:
     def _evaluate(self, started: float) -> None:
         self.elapsed = time.perf_counter() - started
         val_loss = None
-        if len(self.val_ids) >= 2:
-            val_loss = evaluate(self.model, self.val_ids, self.config.batch_size, max(self.config.seq_len, 256),
-                                self.device, self.config.precision)
+        if self.val_batches is not None:
+            val_loss = evaluate(self.model, self.val_batches(), self.device, self.config.precision)
         train_loss = self.loss_sum / self.loss_count if self.loss_count else None
         if val_loss is not None and not math.isfinite(val_loss):
             self._diverged()
