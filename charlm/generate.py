@@ -130,6 +130,7 @@ def generate(
     ban = torch.zeros(logits.shape[-1], device=device)
     ban[list(banned)] = float("-inf")
     logits = logits[:, -1] + ban  # (N, V)
+    step = model.stepper() if hasattr(model, "stepper") else model.step
     made = torch.empty(num_samples, length, dtype=torch.long, device=device)
     flushed = 0
     with _single_step_kernels(device):
@@ -140,7 +141,7 @@ def generate(
                 on_tokens(made[:, flushed : position + 1].cpu())
                 flushed = position + 1
             if position + 1 < length:
-                logits, state = model.step(next_ids, state)
+                logits, state = step(next_ids, state)
                 logits = logits + ban
     return made.cpu()
 

@@ -124,6 +124,12 @@ class LanguageModel(nn.Module):
         logits, state = self(ids[:, None], state)
         return logits[:, 0], state
 
+    def stepper(self) -> Callable[[torch.Tensor, State | None], tuple[torch.Tensor, State]]:
+        """A fast `step` for generation with the current weights (see `charlm.stepper`)."""
+        from charlm.stepper import Stepper
+
+        return Stepper(self)
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zeros: (L, B, H), or (h, c) for the LSTM."""
         device = device or self.head.weight.device

@@ -51,3 +51,19 @@ def test_bad_configs_are_refused():
         ModelConfig(vocab_size=5, hidden_size=0)
     with pytest.raises(ValueError, match="dropout"):
         ModelConfig(vocab_size=5, dropout=1.0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("embedding_size", [0, 5])
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("from_scratch", [False, True], ids=["torch", "scratch"])
+def test_fast_stepper_equals_the_model(cell, embedding_size, num_layers, from_scratch):
+    model = make(cell, embedding_size, from_scratch, num_layers)
+    stepper = model.stepper()
+    ids = torch.randint(0, 11, (4, 5), generator=torch.Generator().manual_seed(3))
+    state_a = state_b = map_state(lambda t: torch.randn_like(t), model.init_state(4))
+    for t in range(5):
+        logits_a, state_a = model.step(ids[:, t], state_a)
+        logits_b, state_b = stepper(ids[:, t], state_b)
+        torch.testing.assert_close(logits_b, logits_a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(state_b, state_a, atol=1e-5, rtol=0)
