@@ -1,0 +1,249 @@
+"""charlm against the lessons' loops and against the machine's limit, side by side in one run.
+
+    python scripts/bench.py                 # the table (about 2-3 minutes on 2 cores)
+    python scripts/bench.py --json out.json # and every number as JSON
+
+Measures, on the same machine in the same run:
+  (a) charlm training tokens/s for rnn/gru/lstm at the lessons' config (vocab 28, hidden 512,
+      seq_len 35, batch 32, one-hot, SGD lr 1, clip 1), torch cells and from-scratch, and at
+      charlm's default config (2-layer LSTM 512, embedding 64, seq_len 64, AdamW);
+  (b) the same work in plain PyTorch written as the lessons write it (d2l's RNNModelScratch python
+      loop; nn.<cell> + nn.Linear);
+  (c) generation chars/s: charlm (`generate`, single sample and 32 samples) against the lessons'
+      predict loop (one nn.<cell> call per char, argmax);
+  (d) FLOP-bound limits from a matmul rate measured here at the recurrent step's shapes:
+      training ~ 3 x 2 x (G*H*(I+H) + H*V) FLOPs per token at the (B, H) x (H, G*H) rate,
+      generation ~ 2 x (sum over layers of G*H*(I+H) + H*V) FLOPs per char at the (1, H) x (H, G*H) rate;
+  (e) `charlm --help` wall time.
+Timings are the best of several repeats, interleaved so load from other processes hits all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from charlm.generate import Sampling, generate  # noqa: E402
+from charlm.model import LanguageModel, ModelConfig  # noqa: E402
+from charlm.trainer import TrainConfig, Trainer  # noqa: E402
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+LESSONS = dict(vocab_size=28, hidden_size=512, seq_len=35, batch_size=32)
+
+
+def best_seconds(function, calls: int, repeats: int) -> float:
+    function()  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+
+
+def matmul_rate(rows: int, inner: int, cols: int, repeats: int) -> float:
+    """FLOP/s of (rows, inner) x (inner, cols) here."""
+    a, b = torch.randn(rows, inner), torch.randn(cols, inner)
+    out = torch.empty(rows, cols)
+    seconds = best_seconds(lambda: torch.mm(a, b.t(), out=out), 200, repeats)
+    return 2 * rows * inner * cols / seconds
+
+
+def forward_flops(cell: str, input_size: int, hidden_size: int, num_layers: int, vocab_size: int) -> int:
+    gate_size = GATES[cell] * hidden_size
+    layers = sum(gate_size * ((input_size if k == 0 else hidden_size) + hidden_size) for k in range(num_layers))
+    return 2 * (layers + hidden_size * vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class _Batches:
+    """A fixed random batch, forever: the trainer's batch-source interface."""
+
+    carries_state = True
+
+    def __init__(self, vocab_size: int, batch_size: int, seq_len: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        tokens = torch.randint(vocab_size, (batch_size, seq_len + 1), generator=generator)
+        self.batch = (tokens[:, :-1], tokens[:, 1:])
+
+
+def charlm_training(cell: str, from_scratch: bool, embedding_size: int, num_layers: int, seq_len: int,
+                    optimizer: str, lr: float) -> callable:
+    """charlm's own training step (`Trainer._train_step`) on a fixed batch."""
+    config = ModelConfig(vocab_size=LESSONS["vocab_size"], cell=cell, embedding_size=embedding_size,
+                         hidden_size=LESSONS["hidden_size"], num_layers=num_layers, from_scratch=from_scratch)
+    train = TrainConfig(optimizer=optimizer, lr=lr, clip=1.0, batch_size=LESSONS["batch_size"], seq_len=seq_len,
+                        device="cpu")
+    batches = _Batches(LESSONS["vocab_size"], LESSONS["batch_size"], seq_len)
+    trainer = Trainer(LanguageModel(config), batches, None, train, "/tmp/charlm-bench.safetensors", {}, progress=False)
+    trainer.model.train()
+    return lambda: trainer._train_step(batches.batch)
+
+
+def lesson_training(cell: str | None, embedding_size: int = 0, num_layers: int = 1, seq_len: int = 35,
+                    optimizer: str = "sgd", lr: float = 1.0) -> callable:
+    """The lessons' loop: one-hot (or embedding) -> nn.<cell> -> nn.Linear, or, with cell=None,
+    d2l's RNNModelScratch (a python loop over steps); d2l's grad clipping; the state carried."""
+    torch.manual_seed(0)
+    vocab_size, hidden_size, batch_size = LESSONS["vocab_size"], LESSONS["hidden_size"], LESSONS["batch_size"]
+    batch = _Batches(vocab_size, batch_size, seq_len).batch
+    if cell is None:
+        normal = lambda *shape: nn.Parameter(torch.randn(*shape) * 0.01)
+        params = [normal(vocab_size, hidden_size), normal(hidden_size, hidden_size), nn.Parameter(torch.zeros(hidden_size)),
+                  normal(hidden_size, vocab_size), nn.Parameter(torch.zeros(vocab_size))]
+
+        def forward(inputs, state):
+            w_xh, w_hh, b_h, w_hq, b_q = params
+            h, outputs = state, []
+            for x in F.one_hot(inputs.T, vocab_size).float():  # (B, V) per step
+                h = torch.tanh(x @ w_xh + h @ w_hh + b_h)
+                outputs.append(h @ w_hq + b_q)
+            return torch.cat(outputs, dim=0), h  # (T*B, V), time-major like d2l
+
+        state = [torch.zeros(batch_size, hidden_size)]
+        targets = batch[1].T.reshape(-1)
+    else:
+        embedding = nn.Embedding(vocab_size, embedding_size) if embedding_size else None
+        rnn = getattr(nn, cell.upper())(embedding_size or vocab_size, hidden_size, num_layers)
+        head = nn.Linear(hidden_size, vocab_size)
+        modules = [m for m in (embedding, rnn, head) if m is not None]
+        params = [p for m in modules for p in m.parameters()]
+
+        def forward(inputs, state):
+            x = embedding(inputs.T) if embedding is not None else F.one_hot(inputs.T, vocab_size).float()
+            y, state = rnn(x, state)  # time-major, as d2l's RNNModel
+            return head(y.reshape(-1, y.shape[-1])), state
+
+        state = [None]
+        targets = batch[1].T.reshape(-1)
+    opt = torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.AdamW(params, lr=lr)
+
+    def step():
+        s = state[0]
+        if s is not None:
+            s = tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach()
+        logits, state[0] = forward(batch[0], s)
+        loss = F.cross_entropy(logits, targets)
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.sqrt(sum(torch.sum(p.grad**2) for p in params))  # d2l's grad_clipping
+        if norm > 1:
+            for p in params:
+                p.grad[:] *= 1 / norm
+        opt.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+def lesson_predict(model: LanguageModel) -> callable:
+    """d2l's predict_ch8: one call of the recurrent module per char, argmax."""
+    vocab_size = model.config.vocab_size
+
+    @torch.no_grad()
+    def run(length: int) -> None:
+        state, token = None, torch.zeros(1, 1, dtype=torch.long)
+        for _ in range(length):
+            x = F.one_hot(token, vocab_size).float() if model.embedding is None else model.embedding(token)
+            y, state = model.rnn(x, state)
+            token = model.head(y).argmax(-1)
+
+    return run
+
+
+def generation_rates(cell: str, num_layers: int, embedding_size: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=LESSONS["vocab_size"], cell=cell, embedding_size=embedding_size,
+                         hidden_size=LESSONS["hidden_size"], num_layers=num_layers)
+    model = LanguageModel(config).eval()
+    lesson_length = 20 if cell == "lstm" else 200  # oneDNN's single-step LSTM is ~47 ms a step
+    single, batched = 400, 100
+    return {
+        "lesson": lesson_length / best_seconds(lambda: lesson_predict(model)(lesson_length), 1, repeats),
+        "charlm": single / best_seconds(lambda: generate(model, [1], single, Sampling(), seed=0), 1, repeats),
+        "charlm_32": 32 * batched / best_seconds(
+            lambda: generate(model, [1], batched, Sampling(), num_samples=32, seed=0), 1, repeats),
+    }
+
+
+def help_seconds(repeats: int) -> float:
+    command = [sys.executable, "-m", "charlm", "--help"]
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per number; the best counts")
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    args = parser.parse_args()
+    repeats, (V, H, T, B) = args.repeats, LESSONS.values()
+    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "training": [], "generation": []}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; lessons' config V={V} H={H} T={T} B={B}\n")
+
+    print("training tokens/s")
+    print(f"{'work':<28}{'charlm':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
+    rows = [(f"{cell} (torch cell)", cell, False, 0, 1, T, "sgd", 1.0, cell) for cell in GATES]
+    rows += [(f"{cell} (from scratch)", cell, True, 0, 1, T, "sgd", 1.0, None if cell == "rnn" else "-")
+             for cell in GATES]
+    rows += [("default: lstm 2x512 emb64 T64", "lstm", False, 64, 2, 64, "adamw", 3e-3, "lstm")]
+    for name, cell, scratch, embedding, layers, seq_len, optimizer, lr, lesson in rows:
+        rate = matmul_rate(B, H, GATES[cell] * H, repeats)
+        flops = 3 * forward_flops(cell, embedding or V, H, layers, V)
+        limit = rate / flops
+        ours = charlm_training(cell, scratch, embedding, layers, seq_len, optimizer, lr)
+        theirs = None if lesson == "-" else lesson_training(lesson, embedding, layers, seq_len, optimizer, lr)
+        charlm_rate = B * seq_len / best_seconds(ours, 3, repeats)
+        lesson_rate = B * seq_len / best_seconds(theirs, 3, repeats) if theirs else None
+        results["training"].append({"work": name, "charlm": charlm_rate, "lesson": lesson_rate, "limit": limit})
+        shown = f"{lesson_rate:>9,.0f}" if lesson_rate else f"{'':>9}"
+        ratio = f"{charlm_rate / lesson_rate:>10.2f}x" if lesson_rate else f"{'':>11}"
+        print(f"{name:<28}{charlm_rate:>9,.0f}{shown}{limit:>9,.0f}{ratio}{charlm_rate / limit:>10.0%}", flush=True)
+
+    print("\ngeneration chars/s (single sample unless noted)")
+    print(f"{'model':<22}{'charlm':>9}{'x32':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
+    for cell, layers, embedding in [("rnn", 1, 0), ("gru", 1, 0), ("lstm", 1, 0), ("lstm", 2, 0), ("lstm", 2, 64)]:
+        rates = generation_rates(cell, layers, embedding, repeats)
+        limit = matmul_rate(1, H, GATES[cell] * H, repeats) / forward_flops(cell, embedding or V, H, layers, V)
+        name = f"{cell} {layers}x{H}" + (f" emb{embedding}" if embedding else " one-hot")
+        results["generation"].append({"model": name, **rates, "limit": limit})
+        print(f"{name:<22}{rates['charlm']:>9,.0f}{rates['charlm_32']:>9,.0f}{rates['lesson']:>9,.0f}{limit:>9,.0f}"
+              f"{rates['charlm'] / rates['lesson']:>10.1f}x{rates['charlm'] / limit:>10.0%}", flush=True)
+
+    results["help_seconds"] = help_seconds(max(repeats, 3))
+    print(f"\ncharlm --help: {results['help_seconds']:.3f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
