@@ -65,6 +65,17 @@ device_option = click.option(
     help="Where to run: auto picks cuda, then mps, then cpu.")
 encoding_option = click.option(
     "--encoding", default="utf-8", show_default=True, help="Text encoding of the input file.")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Keep the token ids here, so the next run on the same text starts at once "
+         "[default: .charlm-cache/ beside the text].")
+no_cache_option = click.option("--no-cache", is_flag=True, help="Neither read nor write the token cache.")
+
+
+def _cache_dir(text: Path, cache_dir: Path | None, no_cache: bool) -> str | None:
+    from charlm.data import default_cache_dir
+
+    return None if no_cache else str(cache_dir or default_cache_dir(text))
 
 
 def _checkpoint_or_latest(path: str | None, task: str) -> str:
@@ -97,6 +108,8 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 @encoding_option
 @click.option("--min-freq", type=positive, default=1, show_default=True, help="Rarer tokens become <unk>.")
 @click.option("--max-vocab", type=positive, default=None, help="Keep at most this many tokens (the rest become <unk>).")
+@cache_dir_option
+@no_cache_option
 @click.option("--embedding-size", type=non_negative, default=64, show_default=True, help="0 feeds one-hot vectors.")
 @click.option("--hidden-size", type=positive, default=512, show_default=True)
 @click.option("--num-layers", type=positive, default=2, show_default=True)
@@ -126,7 +139,7 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 @click.option("--resume", is_flag=True, help="Continue the run saved at --out from where it stopped.")
 @click.option("--quiet", is_flag=True, help="No progress bar or evaluation lines.")
 def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str, preprocess: str, encoding: str,
-          min_freq: int, max_vocab: int | None, **options: Any) -> None:
+          min_freq: int, max_vocab: int | None, cache_dir: Path | None, no_cache: bool, **options: Any) -> None:
     """Train a language model on CORPUS, a UTF-8 text file.
 
     \b
@@ -141,14 +154,15 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     model_keys = {"cell", "embedding_size", "hidden_size", "num_layers", "dropout", "from_scratch"}
     train_config = TrainConfig(**{key: value for key, value in options.items() if key not in model_keys})
     out = out or Path(CHECKPOINT_DIR) / f"{corpus.stem}.safetensors"
-    data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab)
+    data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab,
+                       cache_dir=_cache_dir(corpus, cache_dir, no_cache))
     train_ids, val_ids = data.split(train_config.val_fraction)
     config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
     model = LanguageModel(config)
     meta = {"task": "lm", "model": _asdict(config), "vocab": data.vocab.to_dict(), "tokens": tokens,
             "preprocess": preprocess, "corpus": corpus.name}
     if not quiet:
-        click.echo(f"{corpus}: {len(data.ids):,} tokens, vocab {len(data.vocab)}; "
+        click.echo(f"{corpus}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
                    f"{config.cell} {config.num_layers}x{config.hidden_size}, "
                    f"{model.num_parameters():,} parameters -> {out}", err=True)
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
@@ -244,9 +258,12 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
               help=f"A checkpoint [default: the newest language model in {CHECKPOINT_DIR}/].")
 @click.argument("file", type=click.Path(path_type=Path))
 @encoding_option
+@cache_dir_option
+@no_cache_option
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint: str | None, file: Path, encoding: str, device: str, as_json: bool) -> None:
+def evaluate(checkpoint: str | None, file: Path, encoding: str, cache_dir: Path | None, no_cache: bool, device: str,
+             as_json: bool) -> None:
     """Loss, perplexity and bits per character of a model on FILE.
 
     \b
@@ -259,7 +276,8 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, device: str, as_
 
     path = _checkpoint_or_latest(checkpoint, "lm")
     model, meta, vocab = load_model(path, "lm", pick_device(device))
-    data = load_corpus(file, meta["tokens"], meta["preprocess"], encoding, vocab=vocab)
+    data = load_corpus(file, meta["tokens"], meta["preprocess"], encoding, vocab=vocab,
+                       cache_dir=_cache_dir(file, cache_dir, no_cache))
     if len(data.ids) < 2:
         raise click.UsageError(f"{file} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())

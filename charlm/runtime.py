@@ -59,15 +59,24 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that a crash at any moment leaves either the old file or the new
-    one there, never a part: write a temporary file beside it, flush it to disk, rename it over."""
+    one there, never a part."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        file.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside `path` for the block to write a file at (e.g. from a library that
+    streams to a file name); when the block ends the file is flushed to disk and renamed over
+    `path`, so a crash at any moment leaves either the old file or the new one, never a part."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
+        yield temporary
+        with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:

@@ -112,3 +112,14 @@ def test_help_does_not_import_torch():
 
     code = "import sys; from charlm.cli import cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_second_run_reads_its_tokens_from_the_cache(runner, tiny_corpus):
+    tiny = ["train", tiny_corpus, *[arg for arg in TINY_MODEL if arg != "--quiet"], "--max-steps", "1"]
+    first = run_cli(runner, *tiny)
+    assert "(cached)" not in first.stderr
+    assert len(list((tiny_corpus.parent / ".charlm-cache").iterdir())) == 1
+    assert "tokens (cached)" in run_cli(runner, *tiny).stderr
+    assert "(cached)" not in run_cli(runner, *tiny, "--no-cache").stderr
+    run_cli(runner, *tiny, "--cache-dir", "elsewhere", "--tokens", "word", "--max-vocab", "5")
+    assert len(list((tiny_corpus.parent / "elsewhere").iterdir())) == 1
