@@ -149,6 +149,7 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     """
     from charlm.data import BatchIterator, lm_eval_batches, load_corpus
     from charlm.model import LanguageModel, ModelConfig
+    from charlm.runtime import seed_everything
     from charlm.trainer import TrainConfig, Trainer
 
     model_keys = {"cell", "embedding_size", "hidden_size", "num_layers", "dropout", "from_scratch"}
@@ -158,6 +159,7 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
                        cache_dir=_cache_dir(corpus, cache_dir, no_cache))
     train_ids, val_ids = data.split(train_config.val_fraction)
     config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
+    seed_everything(train_config.seed)  # the initial weights follow --seed too
     model = LanguageModel(config)
     meta = {"task": "lm", "model": _asdict(config), "vocab": data.vocab.to_dict(), "tokens": tokens,
             "preprocess": preprocess, "corpus": corpus.name}

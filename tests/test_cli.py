@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.conftest import TIMEMACHINE, TINY_MODEL, run_cli
 
@@ -123,3 +124,12 @@ def test_the_second_run_reads_its_tokens_from_the_cache(runner, tiny_corpus):
     assert "(cached)" not in run_cli(runner, *tiny, "--no-cache").stderr
     run_cli(runner, *tiny, "--cache-dir", "elsewhere", "--tokens", "word", "--max-vocab", "5")
     assert len(list((tiny_corpus.parent / "elsewhere").iterdir())) == 1
+
+
+def test_the_same_seed_gives_the_same_weights(runner, tiny_corpus):
+    from charlm.checkpoint import load
+
+    for name in ("a", "b"):
+        train_tiny(runner, tiny_corpus, "--max-steps", "1", "--seed", "5", "--out", f"{name}.safetensors")
+    first, second = load("a.safetensors")[0], load("b.safetensors")[0]
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
