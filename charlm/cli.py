@@ -115,7 +115,8 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 @click.option("--num-layers", type=positive, default=2, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True)
 @click.option("--seq-len", type=positive, default=64, show_default=True, help="Steps of backpropagation through time.")
-@click.option("--batch-size", type=positive, default=32, show_default=True)
+@click.option("--batch-size", type=positive, default=32, show_default=True,
+              help="Rows per step, over all processes under torchrun.")
 @click.option("--iterator", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,
               help="sequential carries the hidden state between batches; random samples independent windows.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="adamw", show_default=True)
@@ -146,17 +147,21 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     charlm train corpora/timemachine.txt
     charlm train corpora/timemachine.txt --preprocess d2l --model gru --max-time 300
     charlm train my.txt --out runs/my.safetensors --resume
+    torchrun --nproc_per_node=4 -m charlm train my.txt --batch-size 128   # 4 GPUs, 32 rows each
     """
     from charlm.data import BatchIterator, lm_eval_batches, load_corpus
     from charlm.model import LanguageModel, ModelConfig
-    from charlm.runtime import seed_everything
+    from charlm.runtime import distributed, seed_everything
     from charlm.trainer import TrainConfig, Trainer
 
     model_keys = {"cell", "embedding_size", "hidden_size", "num_layers", "dropout", "from_scratch"}
     train_config = TrainConfig(**{key: value for key, value in options.items() if key not in model_keys})
     out = out or Path(CHECKPOINT_DIR) / f"{corpus.stem}.safetensors"
-    data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab,
-                       cache_dir=_cache_dir(corpus, cache_dir, no_cache))
+    world = click.get_current_context().with_resource(distributed(train_config.device))  # alone, or under torchrun
+    quiet = quiet or not world.is_main
+    with world.main_first():  # rank 0 fills the token cache, then the others read it
+        data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab,
+                           cache_dir=_cache_dir(corpus, cache_dir, no_cache))
     train_ids, val_ids = data.split(train_config.val_fraction)
     config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
     seed_everything(train_config.seed)  # the initial weights follow --seed too
@@ -166,11 +171,12 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     if not quiet:
         click.echo(f"{corpus}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
                    f"{config.cell} {config.num_layers}x{config.hidden_size}, "
-                   f"{model.num_parameters():,} parameters -> {out}", err=True)
+                   f"{model.num_parameters():,} parameters{f' on {world.size} processes' if world.size > 1 else ''} -> {out}",
+                   err=True)
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
     val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len) if len(val_ids) >= 2 else None
-    summary = Trainer(model, train_batches, val_batches, train_config, out, meta, progress=not quiet).run(resume)
+    summary = Trainer(model, train_batches, val_batches, train_config, out, meta, not quiet, world).run(resume)
     if not quiet:
         best = summary["best_val_loss"]
         shown = f"best val loss {best:.4f} (ppl {_exp(best):.2f})" if best is not None else "done"
