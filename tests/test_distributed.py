@@ -1,10 +1,11 @@
 """Training under torchrun: 2 gloo processes with batch B/2 each must give what 1 process gives
-with batch B, and a torchrun run must resume like any other."""
+with batch B, and a torchrun run must resume like any other, under torchrun or alone."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,8 +68,13 @@ def test_two_processes_match_one_and_resume(runner, tiny_corpus, tmp_path):
     assert first.stdout == ""  # rank 0 alone talks, on stderr:
     assert first.stderr.count("on 2 processes") == 1 and first.stderr.count("saved two.safetensors: 3 steps") == 1
 
+    for suffix in (".safetensors", ".resume.safetensors", ".metrics.jsonl"):  # the same run, resumed by one process
+        shutil.copy(tmp_path / f"two{suffix}", tmp_path / f"solo{suffix}")
+
     torchrun("train", tiny_corpus, *ARGS, "--max-steps", "6", "--out", "two.safetensors", "--resume", cwd=tmp_path)
     assert_same_run(tmp_path / "two", tmp_path / "one6")
+    run_cli(runner, "train", tiny_corpus, *ARGS, "--max-steps", "6", "--out", "solo.safetensors", "--resume")
+    assert_same_run(tmp_path / "solo", tmp_path / "one6")
 
 
 def test_each_process_takes_its_own_rows_of_the_batch():
