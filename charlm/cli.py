@@ -1,4 +1,4 @@
-"""CLI: `charlm train | generate | eval | stats | info`, the only home of click.
+"""CLI: `charlm train | generate | eval | stats | info | plot`, the only home of click.
 
 Commands import torch and the rest of charlm lazily, inside the command, so `charlm --help` is
 instant. A user's mistake raises `CharlmError` somewhere below; it is shown here as one line on
@@ -356,3 +356,28 @@ def info(checkpoint: str, as_json: bool) -> None:
         + (f", best val loss {best:.4f} (ppl {_exp(best):.2f}) at step {training.get('best_step')}" if best is not None else ""),
     ]
     click.echo("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# plot
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"), show_default=True,
+              help="The picture to write (.png, .svg or .pdf).")
+@click.option("--title", default=None, help="A title above the plots.")
+def plot(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
+    """Loss and perplexity against tokens seen, for one or several RUNS on one figure.
+
+    A run is its metrics file (X.metrics.jsonl) or its checkpoint (X.safetensors), whose
+    metrics file is beside it. Needs matplotlib: pip install 'charlm[plot]'.
+
+    \b
+    charlm plot checkpoints/timemachine.safetensors
+    charlm plot runs/lstm.metrics.jsonl runs/gru.metrics.jsonl --out compare.png
+    """
+    from charlm.plot import plot_runs
+
+    plot_runs(list(runs), out, title)
+    click.echo(f"wrote {out}", err=True)

@@ -101,7 +101,7 @@ def test_user_errors_are_one_line_and_non_zero(runner, tiny_corpus, args, messag
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "eval", "stats", "info"])
+@pytest.mark.parametrize("command", ["train", "generate", "eval", "stats", "info", "plot"])
 def test_every_command_has_help_with_an_example(runner, command):
     result = run_cli(runner, command, "--help")
     assert "charlm " + command in result.stdout
