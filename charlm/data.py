@@ -241,7 +241,7 @@ class TokenCache:
             checkpoint.save(self.path, {"ids": corpus.ids}, meta)
         except OSError as error:
             print(f"charlm: note: cannot write the token cache {self.path} ({error.strerror or error}); "
-                  "going on without it", file=sys.stderr)
+                  "going on without it (choose another --cache-dir, or --no-cache)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ INSTALL_HINT = "pip install 'charlm[plot]'"
 
 def metrics_path(path: str | os.PathLike) -> Path:
     """The metrics file of a run: the path itself if it is one, else the one beside a checkpoint
-    (`X.safetensors` or `X.resume.safetensors` -> `X.metrics.jsonl`)."""
+    (`X.safetensors` or `X.resume.safetensors` -> `X.metrics.jsonl`, the names that
+    `charlm.trainer.run_paths` gives; not imported from there, so plotting needs no torch)."""
     path = Path(path)
     if path.name.endswith(".jsonl"):
         return path

@@ -8,6 +8,7 @@ It knows nothing about models, data or checkpoints' contents.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import os
 import random
@@ -212,7 +213,8 @@ def distributed(device: str = "auto") -> Iterator[World]:
     where = world.device(device)
     if where.type == "cuda":
         torch.cuda.set_device(where)
-    dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
+    # An hour, not NCCL's 10 minutes: the others wait while rank 0 tokenizes a big corpus.
+    dist.init_process_group("nccl" if where.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
     try:
         yield world
     finally:
