@@ -29,7 +29,7 @@ from torch import nn
 
 from charlm.errors import CheckpointError
 from charlm.model import LanguageModel, ModelConfig
-from charlm.runtime import atomic_write
+from charlm.runtime import atomic_path
 from charlm.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab
 
 FORMAT_VERSION = 1
@@ -39,11 +39,12 @@ TASK_NAMES = {"lm": "language-model", "translate": "translation"}
 
 
 def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write tensors and metadata to `path` atomically (the old file stays until the new is whole)."""
+    """Write tensors and metadata to `path` atomically (the old file stays until the new is whole).
+    The tensors stream to the file: no copy of them is made in memory (a corpus's ids are big)."""
     meta = {"format_version": FORMAT_VERSION, **meta}
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-    data = safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(meta, ensure_ascii=False)})
-    atomic_write(path, data)
+    with atomic_path(path) as temporary:
+        safetensors.torch.save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(meta, ensure_ascii=False)})
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

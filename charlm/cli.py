@@ -1,4 +1,4 @@
-"""CLI: `charlm train | generate | eval | stats | info`, the only home of click.
+"""CLI: `charlm train | generate | eval | stats | info | plot`, the only home of click.
 
 Commands import torch and the rest of charlm lazily, inside the command, so `charlm --help` is
 instant. A user's mistake raises `CharlmError` somewhere below; it is shown here as one line on
@@ -65,6 +65,17 @@ device_option = click.option(
     help="Where to run: auto picks cuda, then mps, then cpu.")
 encoding_option = click.option(
     "--encoding", default="utf-8", show_default=True, help="Text encoding of the input file.")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Keep the token ids here, so the next run on the same text starts at once "
+         "[default: .charlm-cache/ beside the text].")
+no_cache_option = click.option("--no-cache", is_flag=True, help="Neither read nor write the token cache.")
+
+
+def _cache_dir(text: Path, cache_dir: Path | None, no_cache: bool) -> str | None:
+    from charlm.data import default_cache_dir
+
+    return None if no_cache else str(cache_dir or default_cache_dir(text))
 
 
 def _checkpoint_or_latest(path: str | None, task: str) -> str:
@@ -97,12 +108,15 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 @encoding_option
 @click.option("--min-freq", type=positive, default=1, show_default=True, help="Rarer tokens become <unk>.")
 @click.option("--max-vocab", type=positive, default=None, help="Keep at most this many tokens (the rest become <unk>).")
+@cache_dir_option
+@no_cache_option
 @click.option("--embedding-size", type=non_negative, default=64, show_default=True, help="0 feeds one-hot vectors.")
 @click.option("--hidden-size", type=positive, default=512, show_default=True)
 @click.option("--num-layers", type=positive, default=2, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True)
 @click.option("--seq-len", type=positive, default=64, show_default=True, help="Steps of backpropagation through time.")
-@click.option("--batch-size", type=positive, default=32, show_default=True)
+@click.option("--batch-size", type=positive, default=32, show_default=True,
+              help="Rows per step, over all processes under torchrun.")
 @click.option("--iterator", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,
               help="sequential carries the hidden state between batches; random samples independent windows.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="adamw", show_default=True)
@@ -126,35 +140,43 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 @click.option("--resume", is_flag=True, help="Continue the run saved at --out from where it stopped.")
 @click.option("--quiet", is_flag=True, help="No progress bar or evaluation lines.")
 def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str, preprocess: str, encoding: str,
-          min_freq: int, max_vocab: int | None, **options: Any) -> None:
+          min_freq: int, max_vocab: int | None, cache_dir: Path | None, no_cache: bool, **options: Any) -> None:
     """Train a language model on CORPUS, a UTF-8 text file.
 
     \b
     charlm train corpora/timemachine.txt
     charlm train corpora/timemachine.txt --preprocess d2l --model gru --max-time 300
     charlm train my.txt --out runs/my.safetensors --resume
+    torchrun --nproc_per_node=4 -m charlm train my.txt --batch-size 128   # 4 GPUs, 32 rows each
     """
     from charlm.data import BatchIterator, lm_eval_batches, load_corpus
     from charlm.model import LanguageModel, ModelConfig
+    from charlm.runtime import distributed, seed_everything
     from charlm.trainer import TrainConfig, Trainer
 
     model_keys = {"cell", "embedding_size", "hidden_size", "num_layers", "dropout", "from_scratch"}
     train_config = TrainConfig(**{key: value for key, value in options.items() if key not in model_keys})
     out = out or Path(CHECKPOINT_DIR) / f"{corpus.stem}.safetensors"
-    data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab)
+    world = click.get_current_context().with_resource(distributed(train_config.device))  # alone, or under torchrun
+    quiet = quiet or not world.is_main
+    with world.main_first():  # rank 0 fills the token cache, then the others read it
+        data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab,
+                           cache_dir=_cache_dir(corpus, cache_dir, no_cache))
     train_ids, val_ids = data.split(train_config.val_fraction)
     config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
+    seed_everything(train_config.seed)  # the initial weights follow --seed too
     model = LanguageModel(config)
     meta = {"task": "lm", "model": _asdict(config), "vocab": data.vocab.to_dict(), "tokens": tokens,
             "preprocess": preprocess, "corpus": corpus.name}
     if not quiet:
-        click.echo(f"{corpus}: {len(data.ids):,} tokens, vocab {len(data.vocab)}; "
+        click.echo(f"{corpus}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
                    f"{config.cell} {config.num_layers}x{config.hidden_size}, "
-                   f"{model.num_parameters():,} parameters -> {out}", err=True)
+                   f"{model.num_parameters():,} parameters{f' on {world.size} processes' if world.size > 1 else ''} -> {out}",
+                   err=True)
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
     val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len) if len(val_ids) >= 2 else None
-    summary = Trainer(model, train_batches, val_batches, train_config, out, meta, progress=not quiet).run(resume)
+    summary = Trainer(model, train_batches, val_batches, train_config, out, meta, not quiet, world).run(resume)
     if not quiet:
         best = summary["best_val_loss"]
         shown = f"best val loss {best:.4f} (ppl {_exp(best):.2f})" if best is not None else "done"
@@ -244,9 +266,12 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
               help=f"A checkpoint [default: the newest language model in {CHECKPOINT_DIR}/].")
 @click.argument("file", type=click.Path(path_type=Path))
 @encoding_option
+@cache_dir_option
+@no_cache_option
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint: str | None, file: Path, encoding: str, device: str, as_json: bool) -> None:
+def evaluate(checkpoint: str | None, file: Path, encoding: str, cache_dir: Path | None, no_cache: bool, device: str,
+             as_json: bool) -> None:
     """Loss, perplexity and bits per character of a model on FILE.
 
     \b
@@ -259,7 +284,8 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, device: str, as_
 
     path = _checkpoint_or_latest(checkpoint, "lm")
     model, meta, vocab = load_model(path, "lm", pick_device(device))
-    data = load_corpus(file, meta["tokens"], meta["preprocess"], encoding, vocab=vocab)
+    data = load_corpus(file, meta["tokens"], meta["preprocess"], encoding, vocab=vocab,
+                       cache_dir=_cache_dir(file, cache_dir, no_cache))
     if len(data.ids) < 2:
         raise click.UsageError(f"{file} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())
@@ -330,3 +356,28 @@ def info(checkpoint: str, as_json: bool) -> None:
         + (f", best val loss {best:.4f} (ppl {_exp(best):.2f}) at step {training.get('best_step')}" if best is not None else ""),
     ]
     click.echo("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# plot
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("curve.png"), show_default=True,
+              help="The picture to write (.png, .svg or .pdf).")
+@click.option("--title", default=None, help="A title above the plots.")
+def plot(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
+    """Loss and perplexity against tokens seen, for one or several RUNS on one figure.
+
+    A run is its metrics file (X.metrics.jsonl) or its checkpoint (X.safetensors), whose
+    metrics file is beside it. Needs matplotlib: pip install 'charlm[plot]'.
+
+    \b
+    charlm plot checkpoints/timemachine.safetensors
+    charlm plot runs/lstm.metrics.jsonl runs/gru.metrics.jsonl --out compare.png
+    """
+    from charlm.plot import plot_runs
+
+    plot_runs(list(runs), out, title)
+    click.echo(f"wrote {out}", err=True)

@@ -1,5 +1,6 @@
 """Runtime: the one place that picks a device, seeds the random generators, writes a file
-atomically and locks an output path. Everything that does one of these calls in here.
+atomically, locks an output path and knows which of several processes this one is (`World`, under
+torchrun). Everything that does one of these calls in here.
 
 It knows nothing about models, data or checkpoints' contents.
 """
@@ -7,13 +8,17 @@ It knows nothing about models, data or checkpoints' contents.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import os
 import random
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from charlm.errors import CharlmError
 
@@ -33,8 +38,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's generators (all devices)."""
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python's and torch's generators (all devices). Process `rank` > 0 of a distributed run
+    gets a stream of its own (so its dropout masks differ from rank 0's); rank 0 gets `seed`'s."""
+    seed = seed if rank == 0 else (seed * 1_000_003 + rank) % 2**63
     random.seed(seed)
     torch.manual_seed(seed)
 
@@ -59,15 +66,24 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that a crash at any moment leaves either the old file or the new
-    one there, never a part: write a temporary file beside it, flush it to disk, rename it over."""
+    one there, never a part."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        file.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside `path` for the block to write a file at (e.g. from a library that
+    streams to a file name); when the block ends the file is flushed to disk and renamed over
+    `path`, so a crash at any moment leaves either the old file or the new one, never a part."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
+        yield temporary
+        with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -109,3 +125,97 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         lock_file.close()  # closing releases the lock
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes: torchrun
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes that train one model together, and this one's place among them. torchrun
+    starts one per device and names it in RANK, LOCAL_RANK (its index on its machine) and
+    WORLD_SIZE; a process started on its own is a world of one, where every collective below is a
+    no-op, so callers never branch on it."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and shows progress."""
+        return self.rank == 0
+
+    def device(self, name: str = "auto") -> torch.device:
+        """`pick_device(name)`, and with several processes on CUDA, this process's own GPU."""
+        device = pick_device(name)
+        if self.size > 1 and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        if self.size > 1 and device.type == "mps":
+            raise CharlmError("training over several processes needs CUDA or the CPU; use --device cuda or cpu")
+        return device
+
+    def rows(self, batch_size: int) -> slice:
+        """This process's share of a batch of `batch_size` rows: [rank*B/N, (rank+1)*B/N)."""
+        if batch_size % self.size:
+            raise CharlmError(
+                f"--batch-size {batch_size} does not split evenly over {self.size} processes; "
+                f"use a multiple of {self.size} (it is the batch size of all processes together)"
+            )
+        share = batch_size // self.size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of `tensor` over the processes (gloo has no averaging all-reduce: sum, divide)."""
+        if self.size == 1:
+            return tensor
+        tensor = tensor.detach().clone()
+        dist.all_reduce(tensor)
+        return tensor / self.size
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every process if `flag` is true on any."""
+        if self.size == 1:
+            return flag
+        value = torch.tensor(float(flag), device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value)
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's `value` (picklable), in rank order, on every process."""
+        if self.size == 1:
+            return [value]
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (filling a cache, say) while the others wait, then the others."""
+        if not self.is_main:
+            dist.barrier()
+        yield
+        if self.is_main and self.size > 1:
+            dist.barrier()
+
+
+@contextlib.contextmanager
+def distributed(device: str = "auto") -> Iterator[World]:
+    """The `World` of this process, read from torchrun's environment. With more than one process
+    the process group is set up for the block (NCCL on CUDA, gloo on the CPU) and torn down after;
+    rendezvous (single or multi-node) is torchrun's job, through MASTER_ADDR / MASTER_PORT."""
+    world = World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                  int(os.environ.get("WORLD_SIZE", 1)))
+    if world.size == 1:
+        yield world
+        return
+    where = world.device(device)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
+    # An hour, not NCCL's 10 minutes: the others wait while rank 0 tokenizes a big corpus.
+    dist.init_process_group("nccl" if where.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
+    try:
+        yield world
+    finally:
+        dist.destroy_process_group()

@@ -18,12 +18,13 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from charlm.errors import CorpusError
 
 PREPROCESS_MODES = ("none", "d2l")
 TOKEN_KINDS = ("char", "word")
-CHUNK_BYTES = 1 << 22  # 4 MiB of the file at a time
+CHUNK_BYTES = 1 << 20  # 1 MiB of the file at a time: bounds each chunk's buffers (tens of MB)
 UNK = "<unk>"
 
 
@@ -45,11 +46,12 @@ def check_readable(path: str | os.PathLike) -> None:
 
 
 def read_chunks(
-    path: str | os.PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BYTES
+    path: str | os.PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BYTES, hasher: Any = None
 ) -> Iterator[str]:
     """Yield the decoded text of `path` in chunks, as text: a UTF-8 byte-order mark is dropped and
     CRLF / CR line ends become "\\n". Undecodable bytes raise a `CorpusError` naming the byte offset;
-    a NUL byte (a binary file) does too."""
+    a NUL byte (a binary file) does too. A `hasher` (a `hashlib` object) is fed every byte read, so
+    the file's content hash comes with no pass of its own."""
     check_readable(path)
     path = os.fspath(path)
     codec = "utf-8-sig" if codecs.lookup(_checked_encoding(encoding)).name == "utf-8" else encoding
@@ -60,6 +62,8 @@ def read_chunks(
         while True:
             block = file.read(chunk_bytes)
             final = not block
+            if hasher is not None:
+                hasher.update(block)
             if b"\0" in block and "16" not in codec and "32" not in codec:
                 at = offset + block.index(b"\0")
                 raise CorpusError(

@@ -4,6 +4,13 @@ It owns the loop (optimizer, clipping, stopping by epochs / steps / time), evalu
 file, the best-model checkpoint and the resume checkpoint, signals and divergence. It never asks
 which cell or architecture it holds, and it knows nothing about the CLI.
 
+Under torchrun (a `World` of N processes) it trains with DistributedDataParallel: each process
+takes rows [rank*B/N, (rank+1)*B/N) of every batch (B stays the batch size of all processes
+together, and a sequential iterator's hidden state is carried per process, for its rows), the
+gradients are averaged, and rank 0 alone writes files and shows progress. With equal rows per
+process the result equals one process training on the whole batch. Every process evaluates (the
+same weights on the same data give the same number), so all take the same decisions.
+
 Files of a run whose checkpoint is `runs/x.safetensors`:
     runs/x.safetensors          the best model by validation loss (what `generate` uses)
     runs/x.resume.safetensors   the latest full training state (what `--resume` uses)
@@ -25,12 +32,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from charlm import checkpoint
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.model import map_state, state_from_tensors, state_tensors
-from charlm.runtime import exclusive_lock, pick_device, rng_states, seed_everything, set_rng_states
+from charlm.runtime import World, exclusive_lock, rng_states, seed_everything, set_rng_states
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -131,19 +139,27 @@ class Trainer:
 
     `train_batches` is a `charlm.data.BatchIterator` or anything with its interface: `len()`,
     `batches(epoch, start)` yielding tuples of tensors whose first is (B, ...), and
-    `carries_state`. The model keeps the `batch_loss(batch, state)` contract."""
+    `carries_state`. The model keeps the `batch_loss(batch, state)` contract. `world` is the
+    processes training together (see `charlm.runtime.distributed`); by default this one alone."""
 
     def __init__(
         self, model: nn.Module, train_batches: Any, val_batches: Callable[[], Iterable] | None,
         config: TrainConfig, out: str | os.PathLike, meta: dict[str, Any], progress: bool = True,
+        world: World = World(),
     ) -> None:
-        self.config, self.meta, self.progress = config, meta, progress
+        self.config, self.meta, self.world = config, meta, world
+        self.progress = progress and world.is_main
         self.paths = run_paths(out)
-        self.device = pick_device(config.device)
+        self.device = world.device(config.device)
         seed_everything(config.seed)
         self.model = model.to(self.device)
-        self.batches = train_batches
+        self.batches = train_batches if world.size == 1 else _RowShare(train_batches, world)
         self.val_batches = val_batches
+        self.loss_module: nn.Module = _BatchLoss(self.model)
+        if world.size > 1:  # averages the gradients in backward; starts every process from rank 0's weights
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_module = DistributedDataParallel(self.loss_module, device_ids=device_ids)
+            seed_everything(config.seed, world.rank)  # each process its own dropout masks
         self.optimizer = make_optimizer(self.model, config)
         # Position and history: everything a resume restores besides weights and RNGs.
         self.step = self.epoch = self.batch_index = self.tokens = 0
@@ -158,10 +174,11 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train until the epochs, steps or time run out. Returns the training summary."""
-        with exclusive_lock(self.paths["model"]), self._signals():
+        lock = exclusive_lock(self.paths["model"]) if self.world.is_main else contextlib.nullcontext()
+        with lock, self._signals():
             if resume:
                 self.load_resume()
-            else:
+            elif self.world.is_main:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.paths["metrics"])
             self._loop()
@@ -180,17 +197,18 @@ class Trainer:
         running_count, last_log, last_tokens = 0, time.perf_counter(), self.tokens
         model.train()
         try:
-            while self.epoch < config.epochs and not self._should_stop(started):
+            while self.epoch < config.epochs and not self._stop_now(started):
                 for batch in self.batches.batches(self.epoch, start=self.batch_index):
                     loss = self._train_step(tuple(part.to(self.device, non_blocking=True) for part in batch))
                     running += loss.detach()
                     running_count += 1
                     self.step, self.batch_index = self.step + 1, self.batch_index + 1
-                    self.tokens += batch[0].numel()
+                    self.tokens += batch[0].numel() * self.world.size
                     due = config.eval_every is not None and self.step % config.eval_every == 0
-                    stopping = self._should_stop(started)
-                    if running_count >= LOG_EVERY or due or stopping or self.batch_index == per_epoch:
-                        value = float(running)  # one host-device sync per LOG_EVERY steps
+                    sync = running_count >= LOG_EVERY or due or self.batch_index == per_epoch or self._out_of_steps()
+                    stopping = self._stop_now(started, sync)
+                    if sync or stopping:
+                        value = float(self.world.mean(running))  # one host-device sync per LOG_EVERY steps
                         if not math.isfinite(value):
                             self._diverged()
                         self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + running_count
@@ -210,15 +228,16 @@ class Trainer:
                         self._evaluate(started)
                     continue
                 break
-            if self._signal is not None:  # save the exact state; no evaluation, so a resumed
+            interrupted = self.world.any(self._signal is not None, self.device)
+            if interrupted:  # save the exact state; no evaluation, so a resumed
                 self.elapsed = time.perf_counter() - started  # run's metrics match an unbroken one
                 self.save_resume()
             elif self.loss_count or self.best_val_loss is None:  # steps since the last evaluation
                 self._evaluate(started)
         finally:
             bar.close()
-        if self._signal is not None:
-            name = signal.Signals(self._signal).name
+        if interrupted:
+            name = signal.Signals(self._signal).name if self._signal is not None else "a signal to another process"
             raise TrainingInterrupted(
                 f"stopped by {name} at step {self.step}; the run is saved in {self.paths['resume']}: "
                 "run the same command with --resume to continue"
@@ -232,7 +251,7 @@ class Trainer:
         else:
             self.state = map_state(torch.Tensor.detach, self.state)
         with autocast(self.device, config.precision):
-            loss_sum, count, state = model.batch_loss(batch, self.state)
+            loss_sum, count, state = self.loss_module(batch, self.state)
             loss = loss_sum / count
         self.state = map_state(lambda tensor: tensor.float(), state) if self.batches.carries_state else None
         self.optimizer.zero_grad(set_to_none=True)
@@ -246,9 +265,19 @@ class Trainer:
         config = self.config
         return (
             self._signal is not None
-            or (config.max_steps is not None and self.step >= config.max_steps)
+            or self._out_of_steps()
             or (config.max_time is not None and time.perf_counter() - started >= config.max_time)
         )
+
+    def _out_of_steps(self) -> bool:
+        return self.config.max_steps is not None and self.step >= self.config.max_steps
+
+    def _stop_now(self, started: float, sync: bool = True) -> bool:
+        """`_should_stop`, agreed by all processes: they must stop at the same step, so a time limit
+        or a signal is only acted on at a sync point (every LOG_EVERY steps), where they compare."""
+        if self.world.size == 1:
+            return self._should_stop(started)
+        return self._out_of_steps() or (sync and self.world.any(self._should_stop(started), self.device))
 
     def _diverged(self) -> None:
         kept = f"the best model so far (step {self.best_step}) is kept in {self.paths['model']}" \
@@ -263,7 +292,7 @@ class Trainer:
     def _evaluate(self, started: float) -> None:
         self.elapsed = time.perf_counter() - started
         val_loss = None
-        if self.val_batches is not None:
+        if self.val_batches is not None:  # on every process (same weights, same number): same decisions
             val_loss = evaluate(self.model, self.val_batches(), self.device, self.config.precision)
         train_loss = self.loss_sum / self.loss_count if self.loss_count else None
         if val_loss is not None and not math.isfinite(val_loss):
@@ -278,13 +307,15 @@ class Trainer:
         if val_loss is not None:
             report = loss_report(val_loss)
             record["val_ppl"], record["val_bpc"] = report["ppl"], report["bpc"]
-        with open(self.paths["metrics"], "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        if self.world.is_main:
+            with open(self.paths["metrics"], "a", encoding="utf-8") as file:
+                file.write(json.dumps(record) + "\n")
         self.loss_sum, self.loss_count = 0.0, 0
         score = val_loss if val_loss is not None else train_loss
         if self.best_val_loss is None or (score is not None and score < self.best_val_loss):
             self.best_val_loss, self.best_step = score, self.step
-            checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
+            if self.world.is_main:
+                checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
         self.save_resume()
         if self.progress:
             shown = f"val loss {val_loss:.4f}, ppl {record['val_ppl']:.2f}" if val_loss is not None else "no validation split"
@@ -300,7 +331,13 @@ class Trainer:
         return {**self.meta, "kind": kind, "train": asdict(self.config), "training": self.summary()}
 
     def save_resume(self) -> None:
-        """Write the full training state: weights, optimizer, RNGs, position, carried state."""
+        """Write the full training state: weights, optimizer, RNGs, position, carried state. With
+        several processes every one calls this: rank 0 writes its own and the others' RNG states
+        ("rng.rank<r>.*") and the carried state of the whole batch, rows joined in rank order."""
+        shares = self.world.gather((rng_states(), state_tensors(map_state(torch.Tensor.cpu, self.state))
+                                    if self.state is not None else None))
+        if not self.world.is_main:
+            return
         tensors = checkpoint.model_tensors(self.model)
         optimizer_state = self.optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
@@ -310,10 +347,12 @@ class Trainer:
                     tensors[f"optim.{index}.{key}"] = value
                 else:
                     scalars.setdefault(str(index), {})[key] = value
-        tensors.update(rng_states())
-        if self.state is not None:
-            for index, tensor in enumerate(state_tensors(self.state)):
-                tensors[f"carry.{index}"] = tensor
+        for rank, (rngs, _) in enumerate(shares):
+            tensors.update({name.replace("rng.", f"rng.rank{rank}." if rank else "rng.", 1): state
+                            for name, state in rngs.items()})
+        if shares[0][1] is not None:
+            for index, parts in enumerate(zip(*(carried for _, carried in shares))):
+                tensors[f"carry.{index}"] = torch.cat(parts, dim=1)  # (L, B, H): every process's rows
         meta = self._meta("resume")
         meta["resume"] = {
             "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index, "tokens": self.tokens,
@@ -351,10 +390,17 @@ class Trainer:
             self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
         except (ValueError, KeyError) as error:
             raise CheckpointError(f"{path}: damaged optimizer state ({error})") from None
-        set_rng_states({name: tensor for name, tensor in tensors.items() if name.startswith("rng.")})
+        prefix = f"rng.rank{self.world.rank}." if self.world.rank else "rng."
+        own = {name.replace(prefix, "rng.", 1): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+        if own or not self.world.rank:
+            set_rng_states(own)
+        else:  # saved by fewer processes: a fresh stream for this one
+            seed_everything(self.config.seed + self.step, self.world.rank)
         carried = [tensors[f"carry.{index}"].to(self.device) for index in range(2) if f"carry.{index}" in tensors]
-        self.state = state_from_tensors(carried) if carried else None
-        self._truncate_metrics()
+        rows = self.world.rows(self.config.batch_size)
+        self.state = map_state(lambda tensor: tensor[:, rows], state_from_tensors(carried)) if carried else None
+        if self.world.is_main:
+            self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
         """Drop metrics lines written after the resume point (by a run killed before its next save)."""
@@ -387,3 +433,36 @@ class Trainer:
         finally:
             for number, old in previous.items():
                 signal.signal(number, old)
+
+
+class _BatchLoss(nn.Module):
+    """`model.batch_loss` as a module's forward, the call DistributedDataParallel hooks into, so the
+    trainer can average gradients without knowing which model it holds."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: tuple[torch.Tensor, ...], state: Any) -> tuple[torch.Tensor, int, Any]:
+        return self.model.batch_loss(batch, state)
+
+
+class _RowShare:
+    """This process's share of a batch source: rows `world.rows(B)` of every tensor of every batch."""
+
+    def __init__(self, batches: Any, world: World) -> None:
+        self.source, self.world = batches, world
+        if hasattr(batches, "batch_size"):
+            world.rows(batches.batch_size)  # a batch size that does not split fails now, not at step 1
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def carries_state(self) -> bool:
+        return self.source.carries_state
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        for batch in self.source.batches(epoch, start):
+            rows = self.world.rows(batch[0].shape[0])
+            yield tuple(part[rows] for part in batch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.conftest import TIMEMACHINE, TINY_MODEL, run_cli
 
@@ -100,7 +101,7 @@ def test_user_errors_are_one_line_and_non_zero(runner, tiny_corpus, args, messag
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "eval", "stats", "info"])
+@pytest.mark.parametrize("command", ["train", "generate", "eval", "stats", "info", "plot"])
 def test_every_command_has_help_with_an_example(runner, command):
     result = run_cli(runner, command, "--help")
     assert "charlm " + command in result.stdout
@@ -112,3 +113,23 @@ def test_help_does_not_import_torch():
 
     code = "import sys; from charlm.cli import cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_second_run_reads_its_tokens_from_the_cache(runner, tiny_corpus):
+    tiny = ["train", tiny_corpus, *[arg for arg in TINY_MODEL if arg != "--quiet"], "--max-steps", "1"]
+    first = run_cli(runner, *tiny)
+    assert "(cached)" not in first.stderr
+    assert len(list((tiny_corpus.parent / ".charlm-cache").iterdir())) == 1
+    assert "tokens (cached)" in run_cli(runner, *tiny).stderr
+    assert "(cached)" not in run_cli(runner, *tiny, "--no-cache").stderr
+    run_cli(runner, *tiny, "--cache-dir", "elsewhere", "--tokens", "word", "--max-vocab", "5")
+    assert len(list((tiny_corpus.parent / "elsewhere").iterdir())) == 1
+
+
+def test_the_same_seed_gives_the_same_weights(runner, tiny_corpus):
+    from charlm.checkpoint import load
+
+    for name in ("a", "b"):
+        train_tiny(runner, tiny_corpus, "--max-steps", "1", "--seed", "5", "--out", f"{name}.safetensors")
+    first, second = load("a.safetensors")[0], load("b.safetensors")[0]
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)

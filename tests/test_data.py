@@ -82,3 +82,91 @@ def test_eval_batches_predict_every_position_once():
     ids = torch.arange(103)
     targets = torch.cat([y.reshape(-1) for _, y in eval_batches(ids, 4, 10)])
     assert sorted(targets.tolist()) == list(range(1, 103))  # 4 rows of 25, then the 2 left over
+
+
+MIXED = "naïve café — 时间机器 🚀🚀 emoji\nline two\n" * 50
+
+
+def test_fast_char_counting_equals_the_reference_counter(tmp_path):
+    from charlm.data import count_chars
+    from charlm.text import count_tokens
+
+    chunks = ["", MIXED, "", "\U0010ffff\0x"]  # empty chunks, the last code point, a NUL
+    assert count_chars(chunks) == count_tokens(chunks, "char")
+
+
+def test_char_ids_are_the_same_in_every_dtype():
+    from charlm.data import encode_stream
+
+    text = "".join(chr(0x4E00 + index) for index in range(300)) + "ab"  # 302 distinct: int16
+    vocab = Vocab({char: 1 for char in text[:-1]})  # "b" unseen -> <unk>
+    ids = encode_stream(["", text[:100], text[100:]], vocab, len(text))
+    assert ids.dtype == torch.int16 and ids.tolist() == vocab.encode(text)
+
+
+def test_cache_hit_returns_the_same_ids_without_reading_the_text(tmp_path, monkeypatch):
+    from charlm import data
+
+    path = tmp_path / "c.txt"
+    path.write_text(MIXED, encoding="utf-8")
+    cache = tmp_path / "cache"
+    first = load_corpus(path, cache_dir=cache)
+    assert len(list(cache.iterdir())) == 1
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the text was read again")
+
+    monkeypatch.setattr(data, "read_chunks", no_reading)
+    second = load_corpus(path, cache_dir=cache)
+    assert torch.equal(first.ids, second.ids) and second.ids.dtype == first.ids.dtype
+    assert second.vocab == first.vocab and (second.tokens, second.preprocess) == ("char", "none")
+
+
+def test_a_changed_file_is_noticed_even_with_the_same_size_and_time(tmp_path):
+    import os
+
+    path = tmp_path / "c.txt"
+    path.write_text("abcabc", encoding="utf-8")
+    cache = tmp_path / "cache"
+    assert load_corpus(path, cache_dir=cache).vocab.decode(load_corpus(path, cache_dir=cache).ids.tolist()) == list("abcabc")
+    stat = os.stat(path)
+    path.write_text("xyzxyz", encoding="utf-8")  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same modification time
+    again = load_corpus(path, cache_dir=cache)
+    assert again.vocab.decode(again.ids.tolist()) == list("xyzxyz")
+    assert len(list(cache.iterdir())) == 1  # the entry was replaced, not added to
+
+
+def test_different_settings_get_different_entries(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("the cat the dog the end\n" * 5, encoding="utf-8")
+    cache = tmp_path / "cache"
+    chars = load_corpus(path, cache_dir=cache)
+    words = load_corpus(path, tokens="word", cache_dir=cache)
+    capped = load_corpus(path, tokens="word", max_vocab=3, cache_dir=cache)
+    given = load_corpus(path, vocab=Vocab({"t": 1}), cache_dir=cache)
+    assert len(list(cache.iterdir())) == 4
+    assert load_corpus(path, tokens="word", cache_dir=cache).vocab == words.vocab
+    assert len(capped.vocab) == 3 and capped.vocab.decode(capped.ids.tolist()).count("<unk>") == 10  # dog, end
+    assert load_corpus(path, vocab=Vocab({"t": 1}), cache_dir=cache).ids.tolist() == given.ids.tolist()
+    assert len(chars.vocab) != len(words.vocab)
+
+
+def test_an_unwritable_cache_costs_the_cache_not_the_run(tmp_path, capsys):
+    path = tmp_path / "c.txt"
+    path.write_text("abcabc", encoding="utf-8")
+    corpus = load_corpus(path, cache_dir=path / "cache")  # a folder under a file: cannot exist
+    assert corpus.ids.tolist() == [1, 2, 3, 1, 2, 3]
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "cannot write the token cache" in note
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("abcabc", encoding="utf-8")
+    cache = tmp_path / "cache"
+    load_corpus(path, cache_dir=cache)
+    (entry,) = cache.iterdir()
+    entry.write_bytes(entry.read_bytes()[:-3])
+    assert load_corpus(path, cache_dir=cache).ids.tolist() == [1, 2, 3, 1, 2, 3]
+    assert len(load_corpus(path, cache_dir=cache).ids) == 6
