@@ -136,6 +136,7 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     """
     from charlm.data import BatchIterator, lm_eval_batches, load_corpus
     from charlm.model import LanguageModel, ModelConfig
+    from charlm.runtime import seed_everything
     from charlm.trainer import TrainConfig, Trainer
 
     model_keys = {"cell", "embedding_size", "hidden_size", "num_layers", "dropout", "from_scratch"}
@@ -144,6 +145,7 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab)
     train_ids, val_ids = data.split(train_config.val_fraction)
     config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
+    seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
     model = LanguageModel(config)
     meta = {"task": "lm", "model": _asdict(config), "vocab": data.vocab.to_dict(), "tokens": tokens,
             "preprocess": preprocess, "corpus": corpus.name}

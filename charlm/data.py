@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from charlm.errors import CorpusError
+from charlm.runtime import seeded_generator
 from charlm.text import Tokenizer, Vocab, count_tokens, preprocess_chunks, read_chunks
 
 ITERATORS = ("sequential", "random")
@@ -162,7 +163,7 @@ class BatchIterator:
         return (usable // self.seq_len) // self.batch_size
 
     def _generator(self, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return seeded_generator(self.seed * 1_000_003 + epoch)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (inputs, targets), each (B, T) int64, for batches start..len(self)-1 of `epoch`."""

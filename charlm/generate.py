@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from charlm.errors import CharlmError
+from charlm.runtime import seeded_generator
 from charlm.text import Tokenizer, Vocab, preprocess_prefix
 
 UNKNOWN_POLICIES = ("error", "skip", "unk")
@@ -123,7 +124,7 @@ def generate(
     device = next(model.parameters()).device
     generator = None
     if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = seeded_generator(seed, device)
     flush_every = flush_every or (1 if device.type == "cpu" else 32)
     prefix = torch.tensor(prefix_ids, device=device).expand(num_samples, -1)  # (N, P)
     logits, state = model(prefix)  # one pass over the whole prefix

@@ -34,9 +34,16 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's generators (all devices)."""
+    """Seed Python's and torch's generators (all devices). Any integer is a seed: torch takes it
+    modulo 2**64, as it already does for negative ones."""
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**64)
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private generator seeded with any integer (modulo 2**64), for draws that must not
+    depend on, or disturb, the global random state."""
+    return torch.Generator(device=device).manual_seed(seed % 2**64)
 
 
 def rng_states() -> dict[str, torch.Tensor]:
