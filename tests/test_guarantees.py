@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from charlm import checkpoint
@@ -70,3 +71,40 @@ def test_any_integer_is_a_seed(runner, tiny_corpus):
     for seed in ("-5", str(10**30)):
         train(runner, tiny_corpus, "--max-steps", "2", "--seed", seed)
         run_cli(runner, "generate", "--length", "5", "--seed", seed)
+
+
+def test_eval_frequency_does_not_change_trajectory(runner, tiny_corpus):
+    """Evaluating every 3 steps, every 7, or once per epoch leaves the same weights, optimizer
+    state, random state and carried hidden state after 20 steps (dropout on: evaluation must not
+    draw random numbers)."""
+    flags = ("--max-steps", "20", "--dropout", "0.3", "--num-layers", "2", "--batch-size", "16")
+    for out, every in (("a", ["--eval-every", "3"]), ("b", ["--eval-every", "7"]), ("c", [])):
+        train(runner, tiny_corpus, *flags, *every, "--out", f"{out}/m.safetensors")
+    (first, first_lines), *others = [run_files(f"{out}/m.safetensors") for out in "abc"]
+    for tensors, lines in others:
+        assert_same_tensors(first, tensors, prefixes=("model.", "optim.", "rng.", "carry."))
+        assert lines[-1]["val_loss"] == first_lines[-1]["val_loss"]
+    assert [len(lines) for _, lines in [(first, first_lines), *others]] == [7, 3, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults during training
+
+
+@pytest.mark.parametrize(("iterator", "optimizer"), [("sequential", "adamw"), ("sequential", "adam"), ("random", "sgd")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, iterator, optimizer):
+    """30 steps at once, or 17 (a planned stop mid-epoch, between evaluations) then --resume to
+    30: the same weights, optimizer state, random state, carried hidden state and loss sums, the
+    same best model, and the same metrics lines but for timing. Dropout is on, and 13 batches make
+    an epoch, so the run crosses epochs."""
+    flags = ("--dropout", "0.3", "--num-layers", "2", "--batch-size", "16", "--eval-every", "5",
+             "--iterator", iterator, "--optimizer", optimizer)
+    train(runner, tiny_corpus, *flags, "--max-steps", "30", "--out", "once/m.safetensors")
+    train(runner, tiny_corpus, *flags, "--max-steps", "17", "--out", "twice/m.safetensors")
+    assert json.loads(Path("twice/m.metrics.jsonl").read_text().splitlines()[-1])["step"] == 17
+    train(runner, tiny_corpus, *flags, "--max-steps", "30", "--out", "twice/m.safetensors", "--resume")
+    (once, once_lines), (twice, twice_lines) = run_files("once/m.safetensors"), run_files("twice/m.safetensors")
+    assert_same_tensors(once, twice)
+    assert twice_lines == once_lines
+    assert [line["step"] for line in once_lines] == [5, 10, 15, 20, 25, 30]
+    assert Path("once/m.safetensors").read_bytes() == Path("twice/m.safetensors").read_bytes()
