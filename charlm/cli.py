@@ -319,9 +319,12 @@ def info(checkpoint: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(meta, ensure_ascii=False, indent=2))
         return
-    model, training = meta.get("model", {}), meta.get("training", {})
-    vocab = meta.get("vocab", {}).get("itos", [])
-    best = training.get("best_val_loss")
+    def field(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:  # metadata is data: trust no type
+        return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+    model, training = field(meta.get("model"), dict, {}), field(meta.get("training"), dict, {})
+    vocab = field(field(meta.get("vocab"), dict, {}).get("itos"), list, [])
+    best = field(training.get("best_val_loss"), (int, float), None)
     lines = [
         f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {meta.get('format_version')})",
         f"task         {meta.get('task')} ({meta.get('kind', 'model')})",

@@ -248,6 +248,8 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Vocab:
+        if not isinstance(data, Mapping):
+            raise ValueError("not a charlm vocab")
         itos, reserved = data.get("itos"), data.get("reserved", [])
         if (
             not isinstance(itos, list)

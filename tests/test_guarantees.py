@@ -9,9 +9,13 @@ is quick; every wait on another process is bounded.
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import struct
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from charlm import checkpoint
@@ -22,6 +26,38 @@ TIMING_FIELDS = ("tokens_per_sec", "elapsed_s")
 
 def train(runner, corpus, *extra, ok: bool = True):
     return run_cli(runner, "train", corpus, *TINY_MODEL, *extra, ok=ok)
+
+
+def fails(runner, *args, message: str):
+    """The command fails the way every bad input must: a non-zero exit and one line on stderr
+    that says what is wrong, no traceback."""
+    result = run_cli(runner, *args, ok=False)
+    assert result.exit_code != 0, f"charlm {' '.join(map(str, args))} succeeded"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("charlm: error: "), result.output
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture
+def model_file(runner, tiny_corpus) -> Path:
+    """A language-model checkpoint, trained for 2 steps in the runner's directory."""
+    train(runner, tiny_corpus, "--max-steps", "2")
+    return Path("checkpoints/tiny.safetensors")
+
+
+def rewrite(path: Path, **changes) -> None:
+    """Write `path` again with its metadata changed (what anyone can do to a checkpoint)."""
+    tensors, meta = checkpoint.load(path)
+    checkpoint.save(path, tensors, {**meta, **changes})
+
+
+LOADING_COMMANDS = [("generate", "--checkpoint", "{}"), ("eval", "--checkpoint", "{}", "tiny.txt"), ("info", "{}")]
+
+
+def each_loading_command(path) -> list[list[str]]:
+    return [[part.format(path) for part in command] for command in LOADING_COMMANDS]
 
 
 def run_files(out: str | Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -108,3 +144,138 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, it
     assert twice_lines == once_lines
     assert [line["step"] for line in once_lines] == [5, 10, 15, 20, 25, 30]
     assert Path("once/m.safetensors").read_bytes() == Path("twice/m.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: bad ones are refused in one line, none is ever executed
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"hello world, not a checkpoint", "not a safetensors file"),
+    (b"\x00" * 4, "too short"),
+    (struct.pack("<Q", 10**15) + b"{}", "bad header size"),  # claims a petabyte of header: never allocated
+])
+def test_checkpoint_that_is_not_safetensors(runner, tiny_corpus, content, message):
+    Path("bad.safetensors").write_bytes(content)
+    for command in each_loading_command("bad.safetensors"):
+        fails(runner, *command, message=message)
+
+
+def test_safetensors_file_that_is_not_charlms(runner, tiny_corpus):
+    safetensors.torch.save_file({"w": torch.zeros(2)}, "other.safetensors", metadata={"format": "pt"})
+    for command in each_loading_command("other.safetensors"):
+        fails(runner, *command, message="not a charlm checkpoint")
+
+
+def test_truncated_checkpoint(runner, model_file):
+    data = model_file.read_bytes()
+    for cut in (len(data) - 1, len(data) // 2, 20):
+        model_file.write_bytes(data[:cut])
+        for command in each_loading_command(model_file):
+            fails(runner, *command, message="truncated")
+
+
+def test_checkpoint_from_a_newer_format_version(runner, model_file):
+    rewrite(model_file, format_version=checkpoint.FORMAT_VERSION + 1)
+    for command in each_loading_command(model_file):
+        fails(runner, *command, message="upgrade charlm")
+
+
+def test_checkpoint_of_the_wrong_task(runner, tiny_corpus, model_file):
+    rewrite(model_file, task="translate")
+    for command in each_loading_command(model_file)[:2]:
+        fails(runner, *command, message="is a translation checkpoint; this command needs a language-model checkpoint")
+    assert "translate" in run_cli(runner, "info", model_file).stdout  # info reads any task
+    train(runner, tiny_corpus, "--max-steps", "1", "--out", "r/m.safetensors")
+    rewrite(Path("r/m.resume.safetensors"), task="translate")
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--out", "r/m.safetensors", "--resume",
+          message="is a translation checkpoint")
+
+
+class CreatesAFile:
+    """Unpickling this creates the file `marker`: the proof that a loader ran a pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["pickle-0", "pickle-2", "pickle-5", "torch.save", "torch.save-legacy"])
+def test_pickle_checkpoint_is_refused_without_being_executed(runner, tiny_corpus, tmp_path, kind):
+    marker = tmp_path / "executed"
+    payload = {"model": CreatesAFile(marker)}
+    for name in ("evil.pt", "evil.safetensors"):  # by content, whatever the name
+        path = Path(name)
+        if kind.startswith("pickle"):
+            path.write_bytes(pickle.dumps(payload, protocol=int(kind[-1])))
+        else:
+            torch.save(payload, path, _use_new_zipfile_serialization=kind == "torch.save")
+        for command in each_loading_command(path):
+            fails(runner, *command, message="" if kind == "pickle-0" and name == "evil.safetensors" else "pickle")
+    os.replace("evil.safetensors", "run.resume.safetensors")
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--out", "run.safetensors", "--resume",
+          message="" if kind == "pickle-0" else "pickle")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("low_bytes", [b"\x80", b"PK"])
+def test_a_header_length_that_looks_like_a_pickle_still_loads(runner, model_file, low_bytes):
+    """A header length is 8 little-endian bytes: 1 in 256 checkpoints has one starting with
+    b"\x80", a pickle's first byte. Padding the metadata makes one on purpose."""
+    tensors, meta = checkpoint.load(model_file)
+    checkpoint.save(model_file, tensors, {**meta, "note": ""})
+    header_size = struct.unpack("<Q", model_file.read_bytes()[:8])[0]
+    unpadded = len(model_file.read_bytes()[8 : 8 + header_size].rstrip(b" "))  # safetensors pads to 8
+    modulus, target = 1 << (8 * len(low_bytes)), int.from_bytes(low_bytes, "little")
+    checkpoint.save(model_file, tensors, {**meta, "note": "x" * ((target - unpadded) % modulus)})
+    assert model_file.read_bytes().startswith(low_bytes)
+    run_cli(runner, "generate", "--checkpoint", model_file, "--length", "5")
+    run_cli(runner, "info", model_file)
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(path): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_hostile_metadata_cannot_allocate_or_write_outside_the_given_paths(runner, tiny_corpus, model_file, tmp_path):
+    """Metadata is parsed as data: wrong types, a config claiming 10,000 layers (each would be a
+    module, even on the meta device) or 10**12 units, JSON nested past Python's recursion limit,
+    NaN weights, path-like strings. Every command refuses in one line or, where the metadata does
+    not matter, works; and no command writes a file, anywhere."""
+    tensors, meta = checkpoint.load(model_file)
+    escape = str(tmp_path.parent / f"{tmp_path.name}-escaped")
+    variants = {
+        "vocab is a list": ({"vocab": []}, "damaged vocab"),
+        "model is a list": ({"model": []}, "damaged model config"),
+        "10,000 layers": ({"model": {**meta["model"], "num_layers": 10**4}}, "more layers than the file has weights"),
+        "10**12 units": ({"model": {**meta["model"], "hidden_size": 10**12}}, "damaged model config"),
+        "tokens is a path": ({"tokens": f"../{escape}"}, "damaged vocab or text settings"),
+        "paths and junk": ({"corpus": escape, "out": escape, "training": "x", "train": [escape]}, None),
+    }
+    for name, (changes, message) in variants.items():
+        checkpoint.save("hostile.safetensors", tensors, {**meta, **changes})
+        before = files_under(tmp_path)
+        for command in each_loading_command("hostile.safetensors"):
+            if message is None or command[0] == "info":
+                run_cli(runner, *command)  # info shows any metadata
+            else:
+                fails(runner, *command, message=message)
+        assert files_under(tmp_path) == before, name
+    checkpoint.save("hostile.safetensors", {**tensors, "model.head.bias": tensors["model.head.bias"] * torch.nan}, meta)
+    fails(runner, "generate", "--checkpoint", "hostile.safetensors", message="NaN or infinite weights")
+    nested = {"__metadata__": {"charlm": "[" * 100_000 + "]" * 100_000}}
+    safetensors.torch.save_file({"w": torch.zeros(1)}, "hostile.safetensors", metadata=nested["__metadata__"])
+    for command in each_loading_command("hostile.safetensors"):
+        fails(runner, *command, message="damaged charlm metadata")
+    assert not Path(escape).exists()
+
+
+@pytest.mark.parametrize(("field", "value"), [("step", "x"), ("epoch", -1), ("optimizer_scalars", "x"), ("loss_sum", None)])
+def test_damaged_resume_state_is_refused(runner, tiny_corpus, field, value):
+    train(runner, tiny_corpus, "--max-steps", "2", "--out", "r/m.safetensors")
+    tensors, meta = checkpoint.load("r/m.resume.safetensors")
+    checkpoint.save("r/m.resume.safetensors", tensors, {**meta, "resume": {**meta["resume"], field: value}})
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--out", "r/m.safetensors", "--resume",
+          message="damaged resume state")
