@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,28 @@ class CharlmGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from charlm.errors import CharlmError
 
+        def fail(message: str, exit_code: int = 1) -> None:
+            click.echo(f"charlm: error: {' '.join(message.split())}", err=True)
+            ctx.exit(exit_code)
+
         try:
             return super().invoke(ctx)
         except CharlmError as error:
-            click.echo(f"charlm: error: {error}", err=True)
-            ctx.exit(error.exit_code)
+            fail(str(error), error.exit_code)
+        except click.UsageError as error:  # a bad flag or argument: click's own words, on one line
+            command = error.ctx.info_name if error.ctx and error.ctx.parent else None
+            fail(f"{error.format_message()} (see charlm {command + ' ' if command else ''}--help)", error.exit_code)
         except KeyboardInterrupt:
             click.echo("charlm: interrupted", err=True)
             ctx.exit(130)
         except OSError as error:  # disk full, permission denied, ...
-            click.echo(f"charlm: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), err=True)
-            ctx.exit(1)
+            fail(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+        except (MemoryError, RuntimeError) as error:  # torch says "can't allocate memory" in a RuntimeError
+            wanted = re.search(r"allocate (\d+) bytes", str(error))
+            if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or wanted):
+                raise
+            size = f" ({int(wanted.group(1)):,} bytes asked for)" if wanted else ""
+            fail(f"out of memory{size}; use smaller sizes: --hidden-size, --batch-size, --length, --num-samples")
 
 
 @click.group(cls=CharlmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -134,7 +146,10 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     charlm train corpora/timemachine.txt --preprocess d2l --model gru --max-time 300
     charlm train my.txt --out runs/my.safetensors --resume
     """
-    from charlm.data import BatchIterator, lm_eval_batches, load_corpus
+    from dataclasses import replace
+
+    from charlm.data import BatchIterator, fit_batch_size, lm_eval_batches, load_corpus
+    from charlm.errors import CharlmError
     from charlm.model import LanguageModel, ModelConfig
     from charlm.runtime import seed_everything
     from charlm.trainer import TrainConfig, Trainer
@@ -144,7 +159,15 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     out = out or Path(CHECKPOINT_DIR) / f"{corpus.stem}.safetensors"
     data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab)
     train_ids, val_ids = data.split(train_config.val_fraction)
-    config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
+    batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
+    if batch_size < train_config.batch_size:
+        click.echo(f"note: the training split has {len(train_ids):,} tokens, too few for batches of "
+                   f"{train_config.batch_size} x {train_config.seq_len}: using --batch-size {batch_size}", err=True)
+        train_config = replace(train_config, batch_size=batch_size)
+    try:
+        config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
+    except ValueError as error:  # a model option click's ranges let through (nan)
+        raise CharlmError(str(error)) from None
     seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
     model = LanguageModel(config)
     meta = {"task": "lm", "model": _asdict(config), "vocab": data.vocab.to_dict(), "tokens": tokens,

@@ -66,6 +66,9 @@ def load_corpus(
         counts = count_tokens(chunks(), tokens)
         vocab = Vocab(counts, min_freq=min_freq, max_size=max_vocab)
         num_tokens = sum(counts.values())
+        if counts and len(vocab) < 2:
+            raise CorpusError(f"{path}: the vocab would hold only <unk> (--min-freq {min_freq}, --max-vocab "
+                              f"{max_vocab}); lower --min-freq or raise --max-vocab")
     else:
         num_tokens = None
     ids = encode_stream(Tokenizer(tokens).split_chunks(chunks()), vocab, num_tokens)
@@ -122,6 +125,19 @@ def encode_text(text: str, vocab: Vocab, tokens: str = "char") -> torch.Tensor:
 # Batches
 
 
+def fit_batch_size(num_tokens: int, batch_size: int, seq_len: int) -> int:
+    """The largest batch size, up to `batch_size`, whose batches fit in `num_tokens` at every epoch
+    offset: a batch needs batch_size x seq_len tokens, plus seq_len for the offset. A corpus too
+    short for even one row is a `CorpusError`."""
+    fitting = (num_tokens - seq_len) // seq_len
+    if fitting < 1:
+        raise CorpusError(
+            f"the training split has {num_tokens} tokens, too few for one row of --seq-len {seq_len} "
+            f"(that needs {2 * seq_len}); lower --seq-len to {max(num_tokens // 2, 1)} or less, or use a longer corpus"
+        )
+    return min(batch_size, fitting)
+
+
 class BatchIterator:
     """Cuts a 1-D id tensor into (B, T) input/target batches, epoch by epoch.
 
@@ -143,10 +159,9 @@ class BatchIterator:
         if kind not in ITERATORS:
             raise CorpusError(f"unknown iterator {kind!r}; choose one of {', '.join(ITERATORS)}")
         self.ids, self.batch_size, self.seq_len, self.kind, self.seed = ids, batch_size, seq_len, kind, seed
-        needed = batch_size * seq_len + seq_len  # one batch after the largest random offset
-        if len(ids) < needed:
+        if fit_batch_size(len(ids), batch_size, seq_len) < batch_size:
             raise CorpusError(
-                f"the training split has {len(ids)} tokens but one batch needs {needed} "
+                f"the training split has {len(ids)} tokens but one batch needs {batch_size * seq_len + seq_len} "
                 f"(batch size {batch_size} x seq len {seq_len}, plus an offset); "
                 f"lower --batch-size or --seq-len, or use a longer corpus"
             )

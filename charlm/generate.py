@@ -33,8 +33,8 @@ class Sampling:
     greedy: bool = False
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise CharlmError(f"--temperature must be positive, got {self.temperature} (use --greedy for argmax)")
+        if not 0 < self.temperature < float("inf"):
+            raise CharlmError(f"--temperature must be a positive number, got {self.temperature} (use --greedy for argmax)")
         if self.top_k < 0:
             raise CharlmError(f"--top-k must be 0 (off) or more, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -43,7 +43,12 @@ class Sampling:
 
 def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """Temperature, then top-k, then top-p: logits (N, V) -> logits with the excluded set to -inf."""
-    logits = logits.float() / sampling.temperature
+    # Shifted so that the max is 0, and divided by a temperature float32 holds: at any temperature
+    # the likeliest token keeps a finite logit and a banned one stays -inf.
+    limits = torch.finfo(torch.float32)
+    temperature = min(max(sampling.temperature, limits.tiny), limits.max)
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -130,6 +135,8 @@ def generate(
     logits, state = model(prefix)  # one pass over the whole prefix
     ban = torch.zeros(logits.shape[-1], device=device)
     ban[list(banned)] = float("-inf")
+    if torch.isinf(ban).all():
+        raise CharlmError("the model knows no token it may generate (its vocab is only <unk> and reserved tokens)")
     logits = logits[:, -1] + ban  # (N, V)
     made = torch.empty(num_samples, length, dtype=torch.long, device=device)
     flushed = 0

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ import safetensors.torch
 import torch
 
 from charlm import checkpoint
+from charlm.errors import CorpusError
+from charlm.text import preprocess_chunks, read_chunks
 from tests.conftest import TINY_MODEL, run_cli
 
 TIMING_FIELDS = ("tokens_per_sec", "elapsed_s")
@@ -33,9 +36,10 @@ def fails(runner, *args, message: str):
     that says what is wrong, no traceback."""
     result = run_cli(runner, *args, ok=False)
     assert result.exit_code != 0, f"charlm {' '.join(map(str, args))} succeeded"
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("charlm: error: "), result.output
-    assert message in lines[0], lines[0]
+    lines = result.stderr.strip().splitlines()  # a "note:" may come before
+    assert lines[-1].startswith("charlm: error: "), result.output
+    assert not any("error" in line.lower() for line in lines[:-1]), result.output
+    assert message in lines[-1], lines[-1]
     assert "Traceback" not in result.output
     return result
 
@@ -144,6 +148,145 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, it
     assert twice_lines == once_lines
     assert [line["step"] for line in once_lines] == [5, 10, 15, 20, 25, 30]
     assert Path("once/m.safetensors").read_bytes() == Path("twice/m.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, a non-zero exit, never a traceback
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (["train", "missing.txt"], "missing.txt: no such file"),
+    (["stats", "missing.txt"], "missing.txt: no such file"),
+    (["eval", "--checkpoint", "{model}", "missing.txt"], "missing.txt: no such file"),
+    (["eval", "--checkpoint", "missing.safetensors", "tiny.txt"], "missing.safetensors: no such checkpoint"),
+    (["generate", "--checkpoint", "missing.safetensors"], "missing.safetensors: no such checkpoint"),
+    (["info", "missing.safetensors"], "missing.safetensors: no such checkpoint"),
+])
+def test_missing_path(runner, model_file, command, message):
+    fails(runner, *[part.format(model=model_file) for part in command], message=message)
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (["train", "folder"], "folder: is a directory"),
+    (["stats", "folder"], "folder: is a directory"),
+    (["eval", "--checkpoint", "{model}", "folder"], "folder: is a directory"),
+    (["generate", "--checkpoint", "folder"], "folder: is a directory"),
+    (["info", "folder"], "folder: is a directory"),
+    (["train", "tiny.txt", "--out", "folder"], "is a directory"),
+])
+def test_a_directory(runner, model_file, command, message):
+    os.mkdir("folder")
+    fails(runner, *[part.format(model=model_file) for part in command], message=message)
+
+
+def test_empty_corpus(runner, model_file):
+    Path("empty.txt").write_bytes(b"")
+    Path("punctuation.txt").write_text("... !!! 123\n", encoding="utf-8")
+    for command in (["train", "empty.txt"], ["stats", "empty.txt"], ["eval", "--checkpoint", model_file, "empty.txt"]):
+        fails(runner, *command, message="empty.txt: the file is empty")
+    fails(runner, "train", "punctuation.txt", "--preprocess", "d2l", message="no tokens left after preprocessing")
+
+
+def test_corpus_shorter_than_one_batch_shrinks_the_batch(runner):
+    """A short text still trains, on fewer rows, and says so; one too short for a single row of
+    --seq-len says what to lower."""
+    Path("short.txt").write_text("the time machine, by h g wells. " * 10, encoding="utf-8")  # 288 train tokens
+    result = run_cli(runner, "train", "short.txt", *TINY_MODEL, "--batch-size", "64", "--max-steps", "2")
+    assert "note: the training split has 288 tokens, too few for batches of 64 x 8: using --batch-size 35" \
+        in result.stderr
+    assert json.loads(run_cli(runner, "info", "checkpoints/short.safetensors", "--json").stdout)["train"]["batch_size"] == 35
+    fails(runner, "train", "short.txt", *TINY_MODEL, "--seq-len", "200", message="lower --seq-len to 144 or less")
+
+
+def test_binary_file(runner, model_file):
+    Path("image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    for command in (["train", "image.png"], ["stats", "image.png"], ["eval", "--checkpoint", model_file, "image.png"]):
+        fails(runner, *command, message="looks like a binary file (NUL byte at offset 8)")
+
+
+def test_not_utf8_names_the_byte_offset(runner, tmp_path):
+    Path("latin.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    fails(runner, "train", "latin.txt", message="not valid utf-8 at byte offset 3; convert it to UTF-8 or pass --encoding")
+    assert json.loads(run_cli(runner, "stats", "latin.txt", "--encoding", "latin-1", "--json").stdout)["tokens"] == 12
+    fails(runner, "stats", "latin.txt", "--encoding", "klingon", message="unknown encoding 'klingon'")
+    fails(runner, "stats", "latin.txt", "--encoding", "base64", message="'base64' is not a text encoding")
+    # The offset is the file's, wherever the chunks are cut and with a byte-order mark before it.
+    for data, offset in [(b"ab\xe2\x82X", 2), (b"\xef\xbb\xbfab\xff", 5), ("é".encode() * 5 + b"\xc3", 10)]:
+        Path("bad.txt").write_bytes(data)
+        for chunk_bytes in (1, 2, 3, 4, 1 << 20):
+            with pytest.raises(CorpusError, match=f"byte offset {offset};"):
+                "".join(read_chunks("bad.txt", chunk_bytes=chunk_bytes))
+
+
+def test_utf8_bom_and_crlf_are_read_as_text(runner, tiny_corpus):
+    """A file saved by Notepad (byte-order mark, CRLF) is the same corpus as its plain twin."""
+    Path("windows.txt").write_bytes(b"\xef\xbb\xbf" + tiny_corpus.read_bytes().replace(b"\n", b"\r\n"))
+    plain = run_cli(runner, "stats", tiny_corpus, "--json").stdout
+    assert run_cli(runner, "stats", "windows.txt", "--json").stdout == plain
+    train(runner, "windows.txt", "--max-steps", "2")
+    itos = json.loads(run_cli(runner, "info", "checkpoints/windows.safetensors", "--json").stdout)["vocab"]["itos"]
+    assert "\n" in itos and "\r" not in itos and "\ufeff" not in itos
+
+
+def test_single_enormous_line_is_read_in_bounded_memory(runner, tmp_path):
+    """An 8 MiB file without a line break (two 4 MiB chunks) is counted right in both
+    preprocessing modes, and reading it never holds the line: with 64 KiB chunks a 2 MiB line
+    costs well under 1 MiB of Python memory, d2l preprocessing included."""
+    words = "It was the Time-Traveller, 1895! "
+    Path("line.txt").write_text(words * (8 * 2**20 // len(words)), encoding="utf-8")
+    repeats = 8 * 2**20 // len(words)
+    for preprocess, per_repeat in (("none", len(words)), ("d2l", len("it was the time traveller "))):
+        report = json.loads(run_cli(runner, "stats", "line.txt", "--preprocess", preprocess, "--json").stdout)
+        assert report["tokens"] == repeats * per_repeat - (preprocess == "d2l")  # d2l strips the last space
+    Path("line.txt").write_text(words * (2 * 2**20 // len(words)), encoding="utf-8")
+    tracemalloc.start()
+    try:
+        for _ in preprocess_chunks(read_chunks("line.txt", chunk_bytes=1 << 16), "d2l"):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (["train", "tiny.txt", "--hidden-size", "-4"], "Invalid value for '--hidden-size': -4 is not in the range x>=1"),
+    (["train", "tiny.txt", "--batch-size", "0"], "'--batch-size'"),
+    (["train", "tiny.txt", "--val-fraction", "1.5"], "'--val-fraction'"),
+    (["train", "tiny.txt", "--dropout", "nan"], "dropout must be in [0, 1), got nan"),
+    (["train", "tiny.txt", "--lr", "nan"], "--lr must be a positive number"),
+    (["train", "tiny.txt", "--max-vocab", "1"], "the vocab would hold only <unk>"),
+    (["train", "tiny.txt", "--min-freq", "100000"], "the vocab would hold only <unk>"),
+    (["train", "tiny.txt", "--model", "transformer"], "'--model'"),
+    (["train", "tiny.txt", "--embedding-size", str(10**14)], "out of memory"),
+    (["train"], "Missing argument 'CORPUS'"),
+    (["generate", "--checkpoint", "{model}", "--top-p", "0"], "'--top-p'"),
+    (["generate", "--checkpoint", "{model}", "--temperature", "inf"], "--temperature must be a positive number"),
+    (["generate", "--checkpoint", "{model}", "--length", "-1"], "'--length'"),
+    (["generate", "--checkpoint", "{model}", "--length", str(10**14)], "out of memory"),
+    (["generate", "--checkpoint", "{model}", "--num-samples", str(10**14)], "out of memory"),
+    (["generate", "--checkpoint", "{model}", "--bogus"], "No such option '--bogus'. (see charlm generate --help)"),
+    (["eval", "--checkpoint", "{model}", "tiny.txt", "--device", "tpu"], "'--device'"),
+    (["stats", "tiny.txt", "--top", "-1"], "'--top'"),
+])
+def test_bad_flag_values(runner, model_file, command, message):
+    fails(runner, *[part.format(model=model_file) for part in command], message=message)
+
+
+def test_extreme_but_valid_flag_values_work(runner, model_file):
+    generate = ("generate", "--checkpoint", model_file, "--prefix", "the ", "--length", "30")
+    greedy = run_cli(runner, *generate, "--greedy").stdout
+    assert run_cli(runner, *generate, "--temperature", "1e-45", "--seed", "1").stdout == greedy
+    assert run_cli(runner, *generate, "--temperature", "1e300", "--top-k", str(10**9)).stdout.startswith("the ")
+    assert run_cli(runner, *generate, "--length", "0").stdout == "the \n"
+
+
+def test_prefix_with_characters_outside_the_vocab(runner, model_file):
+    generate = ("generate", "--checkpoint", model_file, "--length", "3")
+    fails(runner, *generate, "--prefix", "the Zoë", message="the prefix has 2 characters the model never saw: 'Z', 'ë'")
+    assert run_cli(runner, *generate, "--prefix", "the Zoë", "--unknown", "skip").stdout.startswith("the o")
+    assert run_cli(runner, *generate, "--prefix", "the Zoë", "--unknown", "unk").stdout.startswith("the <unk>o")
+    assert len(run_cli(runner, *generate, "--prefix", "ZZ", "--unknown", "skip").stdout) == 3 + 1  # as with no prefix
 
 
 # ---------------------------------------------------------------------------------------------
