@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import random
 import tempfile
@@ -66,11 +67,14 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that a crash at any moment leaves either the old file or the new
-    one there, never a part: write a temporary file beside it, flush it to disk, rename it over."""
+    one there, never a part: write a temporary file beside it, flush it to disk, rename it over.
+
+    The temporary is `.<name>.<pid>.<random>.tmp`: hidden, not named like the file, and the next
+    write removes those that a killed writer (a process no longer there) left."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -87,6 +91,21 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+        pid = os.path.basename(stale)[len(name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, but someone else's
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -11,8 +11,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import struct
+import subprocess
+import sys
+import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +27,7 @@ import torch
 from charlm import checkpoint
 from charlm.errors import CorpusError
 from charlm.text import preprocess_chunks, read_chunks
-from tests.conftest import TINY_MODEL, run_cli
+from tests.conftest import ROOT, TINY_MODEL, run_cli
 
 TIMING_FIELDS = ("tokens_per_sec", "elapsed_s")
 
@@ -62,6 +67,40 @@ LOADING_COMMANDS = [("generate", "--checkpoint", "{}"), ("eval", "--checkpoint",
 
 def each_loading_command(path) -> list[list[str]]:
     return [[part.format(path) for part in command] for command in LOADING_COMMANDS]
+
+
+def start(*args: str | Path) -> subprocess.Popen:
+    """A real `python -m charlm ...` (or `python -c CODE ...` when args start with "-c") in the
+    current directory, importing this checkout's charlm."""
+    command = [sys.executable, *(["-m", "charlm"] if args[0] != "-c" else []), *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 60) -> None:
+    """Poll `condition` until it holds; fail if `process` ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the process ended early: {process.communicate()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"timed out after {timeout} s")
+        time.sleep(0.005)
+
+
+def finish(process: subprocess.Popen, timeout: float = 60) -> str:
+    """Wait for `process` to end (killing it past `timeout`); its stderr."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+def has_saved(out: str) -> Callable[[], bool]:
+    """True once the run at `out` has saved its resume state: it holds its lock and is training."""
+    return lambda: Path(out[: -len(".safetensors")] + ".resume.safetensors").exists()
 
 
 def run_files(out: str | Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -422,3 +461,106 @@ def test_damaged_resume_state_is_refused(runner, tiny_corpus, field, value):
     checkpoint.save("r/m.resume.safetensors", tensors, {**meta, "resume": {**meta["resume"], field: value}})
     fails(runner, "train", tiny_corpus, *TINY_MODEL, "--out", "r/m.safetensors", "--resume",
           message="damaged resume state")
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: signals, kills, divergence, two trainers
+
+
+SIGNAL_RUN = (*TINY_MODEL, "--dropout", "0.3", "--num-layers", "2", "--batch-size", "16", "--eval-every", "5",
+              "--epochs", "1000")
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_writes_a_resumable_checkpoint_and_exits_nonzero(runner, tiny_corpus, number):
+    """The signal lands at some step s of a running `charlm train`: the step finishes, the resume
+    state is saved, the exit is non-zero with one line saying how to resume; and resuming to s + 7
+    gives what an unbroken run of s + 7 steps gives, bit for bit."""
+    process = start("train", tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors")
+    wait_for(has_saved("run/m.safetensors"), process)
+    process.send_signal(number)
+    stderr = finish(process)
+    assert process.returncode == 130
+    stopped = checkpoint.load("run/m.resume.safetensors")[1]["resume"]["step"]
+    name = signal.Signals(number).name
+    assert stderr.strip() == (f"charlm: error: stopped by {name} at step {stopped}; the run is saved in "
+                              "run/m.resume.safetensors: run the same command with --resume to continue")
+    steps = str(stopped + 7)
+    train(runner, tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors", "--resume", "--max-steps", steps)
+    train(runner, tiny_corpus, *SIGNAL_RUN, "--out", "once/m.safetensors", "--max-steps", steps)
+    (resumed, resumed_lines), (once, once_lines) = run_files("run/m.safetensors"), run_files("once/m.safetensors")
+    assert_same_tensors(resumed, once)
+    assert resumed_lines == once_lines
+
+
+WRITER = """
+import sys, torch
+from charlm import checkpoint
+for version in range(1, 10**6):
+    checkpoint.save("m.safetensors", {"w": torch.full((1 << 23,), float(version))}, {"task": "lm", "version": version})
+"""
+
+
+def test_kill_9_during_checkpoint_write_keeps_the_previous_checkpoint(runner):
+    """A process saving 32 MiB checkpoints over and over is SIGKILLed while a write is under way
+    (its temporary file is there): the checkpoint loads whole, as the last complete version; the
+    half-written temporary is never taken for a checkpoint, and the next save removes it."""
+    process = start("-c", WRITER)
+    temporaries = lambda: list(Path().glob(".m.safetensors.*.tmp"))  # noqa: E731
+    wait_for(lambda: Path("m.safetensors").exists() and bool(temporaries()), process)
+    process.kill()
+    finish(process)
+    assert process.returncode == -signal.SIGKILL
+    assert temporaries(), "the kill did not land in a write"
+    tensors, meta = checkpoint.load("m.safetensors")
+    assert meta["version"] >= 1 and torch.equal(tensors["w"], torch.full((1 << 23,), float(meta["version"])))
+    assert checkpoint.latest(".", "lm") == "./m.safetensors"
+    checkpoint.save("m.safetensors", {"w": torch.zeros(1)}, {"task": "lm"})
+    assert not temporaries()
+
+
+def test_kill_9_during_training_can_be_resumed(runner, tiny_corpus):
+    """kill -9 leaves a lock file whose lock the OS has dropped, maybe a metrics line cut short:
+    neither stops `--resume`, which goes on from the last saved state."""
+    process = start("train", tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors")
+    wait_for(has_saved("run/m.safetensors"), process)
+    process.kill()
+    finish(process)
+    with open("run/m.metrics.jsonl", "a", encoding="utf-8") as file:
+        file.write('{"step": 99999, "epoch"')  # what a kill in the middle of a line leaves
+    saved = checkpoint.load("run/m.resume.safetensors")[1]["resume"]["step"]
+    train(runner, tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors", "--resume", "--max-steps", str(saved + 5))
+    steps = [json.loads(line)["step"] for line in open("run/m.metrics.jsonl", encoding="utf-8")]
+    assert steps == list(range(5, saved + 1, 5)) + [saved + 5]
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(runner, tiny_corpus):
+    """A learning rate of 1e38 sends the weights to infinity: training stops at the next check
+    with advice, writing nothing; the kept state resumes at a sane rate."""
+    flags = (*TINY_MODEL, "--eval-every", "5", "--out", "run/m.safetensors")
+    train(runner, tiny_corpus, *flags, "--max-steps", "10")
+    good = files_under(Path("run"))
+    fails(runner, "train", tiny_corpus, *flags, "--max-steps", "40", "--resume", "--lr", "1e38",
+          message="the training loss became NaN or infinite near step 15; the best model so far (step 10) is kept "
+                  "in run/m.safetensors and the training state of step 10 in run/m.resume.safetensors; try a lower "
+                  "--lr (now 1e+38) or a smaller --clip (now 1.0), with --resume to go on from there")
+    assert files_under(Path("run")) == good
+    train(runner, tiny_corpus, *flags, "--max-steps", "15", "--resume", "--lr", "1e-3")
+    assert json.loads(Path("run/m.metrics.jsonl").read_text().splitlines()[-1])["lr"] == 1e-3
+
+
+def test_second_trainer_on_same_out_refuses(runner, tiny_corpus):
+    """While one `charlm train` runs, a second to the same --out refuses, fresh or --resume, and
+    touches none of the first one's files; the first goes on undisturbed."""
+    process = start("train", tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors")
+    wait_for(has_saved("run/m.safetensors"), process)
+    try:
+        for extra in ([], ["--resume"]):
+            fails(runner, "train", tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors", *extra,
+                  message="another charlm process is training to run/m.safetensors; wait for it, or choose another --out")
+        lines = len(Path("run/m.metrics.jsonl").read_text().splitlines())
+        wait_for(lambda: len(Path("run/m.metrics.jsonl").read_text().splitlines()) > lines, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        finish(process)
+    assert process.returncode == 130
