@@ -131,9 +131,10 @@ def fit_batch_size(num_tokens: int, batch_size: int, seq_len: int) -> int:
     short for even one row is a `CorpusError`."""
     fitting = (num_tokens - seq_len) // seq_len
     if fitting < 1:
+        shorter = f"lower --seq-len to {num_tokens // 2} or less, or " if num_tokens >= 2 else ""
         raise CorpusError(
             f"the training split has {num_tokens} tokens, too few for one row of --seq-len {seq_len} "
-            f"(that needs {2 * seq_len}); lower --seq-len to {max(num_tokens // 2, 1)} or less, or use a longer corpus"
+            f"(that needs {2 * seq_len}); {shorter}use a longer corpus"
         )
     return min(batch_size, fitting)
 
