@@ -439,23 +439,23 @@ def test_sigterm_writes_a_resumable_checkpoint_and_exits_nonzero(runner, tiny_co
 
 @pytest.mark.parametrize(("iterator", "optimizer"), [("sequential", "adamw"), ("sequential", "adam"), ("random", "sgd")])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, iterator, optimizer):
-    """30 steps at once, or 17 (a planned stop mid-epoch, between evaluations) then --resume to
-    30: the same weights, optimizer state, random state, carried hidden state and loss sums, the
-    same best model, and the same metrics lines but for timing. Dropout is on, and 13 batches make
-    an epoch, so the run crosses epochs."""
-    flags = ("--dropout", "0.3", "--num-layers", "2", "--batch-size", "16", "--eval-every", "5",
+    """30 steps at once, or in three runs stopped by --max-steps at 10 (an epoch's end) and 17
+    (mid-epoch), both between evaluations, each continued with --resume: the same weights,
+    optimizer state, random state, carried hidden state, position and loss sums, the same best
+    model, and the same metrics lines but for timing. Dropout is on; 10 batches make an epoch."""
+    flags = ("--dropout", "0.3", "--num-layers", "2", "--batch-size", "16", "--eval-every", "4",
              "--iterator", iterator, "--optimizer", optimizer)
     train(runner, tiny_corpus, *flags, "--max-steps", "30", "--out", "once/m.safetensors")
-    train(runner, tiny_corpus, *flags, "--max-steps", "17", "--out", "twice/m.safetensors")
-    assert json.loads(Path("twice/m.metrics.jsonl").read_text().splitlines()[-1])["step"] == 17
-    train(runner, tiny_corpus, *flags, "--max-steps", "30", "--out", "twice/m.safetensors", "--resume")
-    (once, once_position, once_lines), (twice, twice_position, twice_lines) = map(
-        run_files, ("once/m.safetensors", "twice/m.safetensors"))
-    assert_same_tensors(once, twice)
-    assert twice_position == once_position
-    assert twice_lines == once_lines
-    assert [line["step"] for line in once_lines] == [5, 10, 15, 20, 25, 30]
-    assert Path("once/m.safetensors").read_bytes() == Path("twice/m.safetensors").read_bytes()
+    for steps, resume in (("10", []), ("17", ["--resume"]), ("30", ["--resume"])):
+        train(runner, tiny_corpus, *flags, "--max-steps", steps, "--out", "thrice/m.safetensors", *resume)
+        assert json.loads(Path("thrice/m.metrics.jsonl").read_text().splitlines()[-1])["step"] == int(steps)
+    (once, once_position, once_lines), (thrice, thrice_position, thrice_lines) = map(
+        run_files, ("once/m.safetensors", "thrice/m.safetensors"))
+    assert_same_tensors(once, thrice)
+    assert thrice_position == once_position
+    assert thrice_lines == once_lines
+    assert [line["step"] for line in once_lines] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert Path("once/m.safetensors").read_bytes() == Path("thrice/m.safetensors").read_bytes()
 
 
 WRITER = """
