@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import struct
+from dataclasses import asdict
 from typing import Any
 
 import safetensors.torch
@@ -36,6 +37,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "charlm"
 MAX_HEADER_BYTES = 64 << 20  # safetensors' own limit is 100 MB; ours holds a vocab of millions
 TASK_NAMES = {"lm": "language-model", "translate": "translation"}
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle")  # refused by name as well as by content
 
 
 def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -79,21 +81,21 @@ def _read_header(path: str) -> tuple[dict, dict[str, Any]]:
         raise CheckpointError(f"{path}: is a directory; give a .safetensors checkpoint file")
     size = os.path.getsize(path)
     with open(path, "rb") as file:
-        start = file.read(8)
-        if start[:2] == b"PK" or start[:1] == b"\x80":
-            raise CheckpointError(
-                f"{path}: a pickle / torch.save file, which charlm never loads (unpickling runs code); "
-                "use a charlm .safetensors checkpoint"
-            )
-        if len(start) < 8:
-            raise CheckpointError(f"{path}: not a safetensors file (too short)")
-        (header_size,) = struct.unpack("<Q", start)
-        if header_size > min(size - 8, MAX_HEADER_BYTES):
-            raise CheckpointError(f"{path}: not a safetensors file, or truncated (bad header size)")
-        try:
-            header = json.loads(file.read(header_size))
-        except (UnicodeDecodeError, ValueError):
-            raise CheckpointError(f"{path}: not a safetensors file (unreadable header)") from None
+        start = file.read(9)  # the header's size (8 bytes, little-endian), then the header's "{"
+        header_size = struct.unpack("<Q", start[:8])[0] if len(start) >= 8 else None
+        fits = header_size is not None and header_size <= min(size - 8, MAX_HEADER_BYTES)
+        if not (fits and start[8:] == b"{"):  # a header size can start with b"\x80" or b"PK" too
+            if start[:2] == b"PK" or start[:1] == b"\x80" or path.endswith(PICKLE_SUFFIXES):
+                raise CheckpointError(
+                    f"{path}: a pickle / torch.save file, which charlm never loads (unpickling runs code); "
+                    "use a charlm .safetensors checkpoint"
+                )
+            if header_size is None:
+                raise CheckpointError(f"{path}: not a safetensors file (too short)")
+            if not fits:
+                raise CheckpointError(f"{path}: not a safetensors file, or truncated (bad header size)")
+            raise CheckpointError(f"{path}: not a safetensors file (unreadable header)")
+        header = _parse_json(start[8:] + file.read(header_size - 1), path, "not a safetensors file (unreadable header)")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (unreadable header)")
     data_size = size - 8 - header_size
@@ -109,10 +111,7 @@ def _read_header(path: str) -> tuple[dict, dict[str, Any]]:
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
         raise CheckpointError(f"{path}: a safetensors file, but not a charlm checkpoint (no charlm metadata)")
-    try:
-        meta = json.loads(metadata[METADATA_KEY])
-    except (TypeError, ValueError):
-        meta = None
+    meta = _parse_json(metadata[METADATA_KEY], path, "damaged charlm metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
         raise CheckpointError(f"{path}: damaged charlm metadata")
     if meta["format_version"] > FORMAT_VERSION:
@@ -121,6 +120,15 @@ def _read_header(path: str) -> tuple[dict, dict[str, Any]]:
             f"reads up to {FORMAT_VERSION}); upgrade charlm"
         )
     return header, meta
+
+
+def _parse_json(text: Any, path: str, what: str) -> Any:
+    """JSON as data; anything it cannot be (not text, not JSON, nested past Python's recursion
+    limit) is a `CheckpointError` saying `what`."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise CheckpointError(f"{path}: {what}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,17 +147,23 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
     if meta.get("task") not in builders:
         raise CheckpointError(f"{path}: unknown task {meta.get('task')!r} in charlm metadata")
     model_class, config_class = builders[meta["task"]]
+    weights = {name[len("model."):]: tensor for name, tensor in tensors.items() if name.startswith("model.")}
     try:
         config = config_class.from_dict(meta["model"])
+        # Shapes cost nothing on the meta device, but every layer is a module: bound their number.
+        layers = {name: value for name, value in asdict(config).items() if name.endswith("layers")}
+        if any(value > len(weights) for value in layers.values()):
+            raise ValueError(f"{layers} is more layers than the file has weights ({len(weights)})")
         with torch.device("meta"):
             skeleton = model_class(config)
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: damaged model config in charlm metadata ({error})") from None
-    weights = {name[len("model."):]: tensor for name, tensor in tensors.items() if name.startswith("model.")}
     expected = {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in skeleton.state_dict().items()}
     found = {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in weights.items()}
     if expected.keys() != found.keys() or any(expected[n][0] != found[n][0] for n in expected):
         raise CheckpointError(f"{path}: the weights do not match the model config in its metadata")
+    if not all(torch.isfinite(tensor).all() for tensor in weights.values() if tensor.is_floating_point()):
+        raise CheckpointError(f"{path}: holds NaN or infinite weights; use an earlier checkpoint or retrain")
     model = model_class(config)
     model.load_state_dict(weights)
     return model
@@ -165,7 +179,7 @@ def load_model(
         vocab = Vocab.from_dict(meta["vocab"])
         if meta.get("tokens") not in TOKEN_KINDS or meta.get("preprocess") not in PREPROCESS_MODES:
             raise ValueError("tokens / preprocess")
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: damaged vocab or text settings in charlm metadata ({error})") from None
     model = build_model(tensors, meta, path)
     if model.config.vocab_size != len(vocab):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,28 @@ class CharlmGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from charlm.errors import CharlmError
 
+        def fail(message: str, exit_code: int = 1) -> None:
+            click.echo(f"charlm: error: {' '.join(message.split())}", err=True)
+            ctx.exit(exit_code)
+
         try:
             return super().invoke(ctx)
         except CharlmError as error:
-            click.echo(f"charlm: error: {error}", err=True)
-            ctx.exit(error.exit_code)
+            fail(str(error), error.exit_code)
+        except click.UsageError as error:  # a bad flag or argument: click's own words, on one line
+            command = error.ctx.info_name if error.ctx and error.ctx.parent else None
+            fail(f"{error.format_message()} (see charlm {command + ' ' if command else ''}--help)", error.exit_code)
         except KeyboardInterrupt:
             click.echo("charlm: interrupted", err=True)
             ctx.exit(130)
         except OSError as error:  # disk full, permission denied, ...
-            click.echo(f"charlm: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), err=True)
-            ctx.exit(1)
+            fail(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+        except (MemoryError, RuntimeError) as error:  # torch says "can't allocate memory" in a RuntimeError
+            wanted = re.search(r"allocate (\d+) bytes", str(error))
+            if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or wanted):
+                raise
+            size = f" ({int(wanted.group(1)):,} bytes asked for)" if wanted else ""
+            fail(f"out of memory{size}; use smaller sizes: --hidden-size, --batch-size, --length, --num-samples")
 
 
 @click.group(cls=CharlmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -149,7 +161,10 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     charlm train my.txt --out runs/my.safetensors --resume
     torchrun --nproc_per_node=4 -m charlm train my.txt --batch-size 128   # 4 GPUs, 32 rows each
     """
-    from charlm.data import BatchIterator, lm_eval_batches, load_corpus
+    from dataclasses import replace
+
+    from charlm.data import BatchIterator, fit_batch_size, lm_eval_batches, load_corpus
+    from charlm.errors import CharlmError
     from charlm.model import LanguageModel, ModelConfig
     from charlm.runtime import distributed, seed_everything
     from charlm.trainer import TrainConfig, Trainer
@@ -163,8 +178,16 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
         data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab,
                            cache_dir=_cache_dir(corpus, cache_dir, no_cache))
     train_ids, val_ids = data.split(train_config.val_fraction)
-    config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
-    seed_everything(train_config.seed)  # the initial weights follow --seed too
+    batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
+    if batch_size < train_config.batch_size and world.is_main:
+        click.echo(f"note: the training split has {len(train_ids):,} tokens, too few for batches of "
+                   f"{train_config.batch_size} x {train_config.seq_len}: using --batch-size {batch_size}", err=True)
+    train_config = replace(train_config, batch_size=batch_size)
+    try:
+        config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
+    except ValueError as error:  # a model option click's ranges let through (nan)
+        raise CharlmError(str(error)) from None
+    seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
     model = LanguageModel(config)
     meta = {"task": "lm", "model": _asdict(config), "vocab": data.vocab.to_dict(), "tokens": tokens,
             "preprocess": preprocess, "corpus": corpus.name}
@@ -266,11 +289,11 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
               help=f"A checkpoint [default: the newest language model in {CHECKPOINT_DIR}/].")
 @click.argument("file", type=click.Path(path_type=Path))
 @encoding_option
-@cache_dir_option
-@no_cache_option
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep FILE's token ids here for the next evaluation [default: no cache].")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint: str | None, file: Path, encoding: str, cache_dir: Path | None, no_cache: bool, device: str,
+def evaluate(checkpoint: str | None, file: Path, encoding: str, cache_dir: Path | None, device: str,
              as_json: bool) -> None:
     """Loss, perplexity and bits per character of a model on FILE.
 
@@ -285,7 +308,7 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, cache_dir: Path 
     path = _checkpoint_or_latest(checkpoint, "lm")
     model, meta, vocab = load_model(path, "lm", pick_device(device))
     data = load_corpus(file, meta["tokens"], meta["preprocess"], encoding, vocab=vocab,
-                       cache_dir=_cache_dir(file, cache_dir, no_cache))
+                       cache_dir=cache_dir)  # evaluating writes no file unless asked
     if len(data.ids) < 2:
         raise click.UsageError(f"{file} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())
@@ -343,9 +366,12 @@ def info(checkpoint: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(meta, ensure_ascii=False, indent=2))
         return
-    model, training = meta.get("model", {}), meta.get("training", {})
-    vocab = meta.get("vocab", {}).get("itos", [])
-    best = training.get("best_val_loss")
+    def field(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:  # metadata is data: trust no type
+        return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+    model, training = field(meta.get("model"), dict, {}), field(meta.get("training"), dict, {})
+    vocab = field(field(meta.get("vocab"), dict, {}).get("itos"), list, [])
+    best = field(training.get("best_val_loss"), (int, float), None)
     lines = [
         f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {meta.get('format_version')})",
         f"task         {meta.get('task')} ({meta.get('kind', 'model')})",

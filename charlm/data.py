@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from charlm.errors import CharlmError, CorpusError
+from charlm.runtime import seeded_generator
 from charlm.text import Tokenizer, Vocab, count_tokens, preprocess_chunks, read_chunks
 
 ITERATORS = ("sequential", "random")
@@ -85,6 +86,9 @@ def load_corpus(
             counts = count_chars(chunks(hashed=True)) if tokens == "char" else count_tokens(chunks(hashed=True), tokens)
             vocab = Vocab(counts, min_freq=min_freq, max_size=max_vocab)
             num_tokens = sum(counts.values())
+            if counts and len(vocab) < 2:
+                raise CorpusError(f"{path}: the vocab would hold only <unk> (--min-freq {min_freq}, --max-vocab "
+                                  f"{max_vocab}); lower --min-freq or raise --max-vocab")
         ids = encode_stream(Tokenizer(tokens).split_chunks(chunks(hashed=num_tokens is None)), vocab, num_tokens)
     if len(ids) == 0:
         raise CorpusError(f"{path}: no tokens left after preprocessing {preprocess!r}")
@@ -248,6 +252,20 @@ class TokenCache:
 # Batches
 
 
+def fit_batch_size(num_tokens: int, batch_size: int, seq_len: int) -> int:
+    """The largest batch size, up to `batch_size`, whose batches fit in `num_tokens` at every epoch
+    offset: a batch needs batch_size x seq_len tokens, plus seq_len for the offset. A corpus too
+    short for even one row is a `CorpusError`."""
+    fitting = (num_tokens - seq_len) // seq_len
+    if fitting < 1:
+        shorter = f"lower --seq-len to {num_tokens // 2} or less, or " if num_tokens >= 2 else ""
+        raise CorpusError(
+            f"the training split has {num_tokens} tokens, too few for one row of --seq-len {seq_len} "
+            f"(that needs {2 * seq_len}); {shorter}use a longer corpus"
+        )
+    return min(batch_size, fitting)
+
+
 class BatchIterator:
     """Cuts a 1-D id tensor into (B, T) input/target batches, epoch by epoch.
 
@@ -269,10 +287,9 @@ class BatchIterator:
         if kind not in ITERATORS:
             raise CorpusError(f"unknown iterator {kind!r}; choose one of {', '.join(ITERATORS)}")
         self.ids, self.batch_size, self.seq_len, self.kind, self.seed = ids, batch_size, seq_len, kind, seed
-        needed = batch_size * seq_len + seq_len  # one batch after the largest random offset
-        if len(ids) < needed:
+        if fit_batch_size(len(ids), batch_size, seq_len) < batch_size:
             raise CorpusError(
-                f"the training split has {len(ids)} tokens but one batch needs {needed} "
+                f"the training split has {len(ids)} tokens but one batch needs {batch_size * seq_len + seq_len} "
                 f"(batch size {batch_size} x seq len {seq_len}, plus an offset); "
                 f"lower --batch-size or --seq-len, or use a longer corpus"
             )
@@ -289,7 +306,7 @@ class BatchIterator:
         return (usable // self.seq_len) // self.batch_size
 
     def _generator(self, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return seeded_generator(self.seed * 1_000_003 + epoch)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (inputs, targets), each (B, T) int64, for batches start..len(self)-1 of `epoch`."""

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from charlm.errors import CharlmError
+from charlm.runtime import seeded_generator
 from charlm.text import Tokenizer, Vocab, preprocess_prefix
 
 UNKNOWN_POLICIES = ("error", "skip", "unk")
@@ -32,8 +33,8 @@ class Sampling:
     greedy: bool = False
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise CharlmError(f"--temperature must be positive, got {self.temperature} (use --greedy for argmax)")
+        if not 0 < self.temperature < float("inf"):
+            raise CharlmError(f"--temperature must be a positive number, got {self.temperature} (use --greedy for argmax)")
         if self.top_k < 0:
             raise CharlmError(f"--top-k must be 0 (off) or more, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -42,7 +43,12 @@ class Sampling:
 
 def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """Temperature, then top-k, then top-p: logits (N, V) -> logits with the excluded set to -inf."""
-    logits = logits.float() / sampling.temperature
+    # Shifted so that the max is 0, and divided by a temperature float32 holds: at any temperature
+    # the likeliest token keeps a finite logit and a banned one stays -inf.
+    limits = torch.finfo(torch.float32)
+    temperature = min(max(sampling.temperature, limits.tiny), limits.max)
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]  # (N, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -123,12 +129,14 @@ def generate(
     device = next(model.parameters()).device
     generator = None
     if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = seeded_generator(seed, device)
     flush_every = flush_every or (1 if device.type == "cpu" else 32)
     prefix = torch.tensor(prefix_ids, device=device).expand(num_samples, -1)  # (N, P)
     logits, state = model(prefix)  # one pass over the whole prefix
     ban = torch.zeros(logits.shape[-1], device=device)
     ban[list(banned)] = float("-inf")
+    if torch.isinf(ban).all():
+        raise CharlmError("the model knows no token it may generate (its vocab is only <unk> and reserved tokens)")
     logits = logits[:, -1] + ban  # (N, V)
     step = model.stepper() if hasattr(model, "stepper") else model.step
     made = torch.empty(num_samples, length, dtype=torch.long, device=device)

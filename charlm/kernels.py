@@ -247,7 +247,15 @@ def supports(module: nn.Module, x: Tensor) -> bool:
         and x.dim() == 3
         and x.dtype in (torch.float32, torch.float64)
         and all(p.dtype == x.dtype and p.device.type == "cpu" for p in module.parameters())
+        and not _autocast_on_cpu()  # the fast path computes in the parameters' dtype only
     )
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def _make_cell(module: nn.RNNBase):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import glob
 import os
 import random
 import tempfile
@@ -39,11 +40,18 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed Python's and torch's generators (all devices). Process `rank` > 0 of a distributed run
+    """Seed Python's and torch's generators (all devices). Any integer is a seed: torch takes it
+    modulo 2**64, as it already does for negative ones. Process `rank` > 0 of a distributed run
     gets a stream of its own (so its dropout masks differ from rank 0's); rank 0 gets `seed`'s."""
     seed = seed if rank == 0 else (seed * 1_000_003 + rank) % 2**63
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**64)
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private generator seeded with any integer (modulo 2**64), for draws that must not
+    depend on, or disturb, the global random state."""
+    return torch.Generator(device=device).manual_seed(seed % 2**64)
 
 
 def rng_states() -> dict[str, torch.Tensor]:
@@ -75,11 +83,14 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside `path` for the block to write a file at (e.g. from a library that
     streams to a file name); when the block ends the file is flushed to disk and renamed over
-    `path`, so a crash at any moment leaves either the old file or the new one, never a part."""
+    `path`, so a crash at any moment leaves either the old file or the new one, never a part.
+
+    The temporary is `.<name>.<pid>.<random>.tmp`: hidden, not named like the file, and the next
+    write removes those that a killed writer (a process no longer there) left."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
     os.close(handle)
     try:
         yield temporary
@@ -96,6 +107,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.fsync(directory)
         finally:
             os.close(directory)
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+        pid = os.path.basename(stale)[len(name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, but someone else's
+        return True
+    return True
 
 
 @contextlib.contextmanager

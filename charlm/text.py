@@ -54,11 +54,13 @@ def read_chunks(
     the file's content hash comes with no pass of its own."""
     check_readable(path)
     path = os.fspath(path)
-    codec = "utf-8-sig" if codecs.lookup(_checked_encoding(encoding)).name == "utf-8" else encoding
+    codec = _checked_encoding(encoding).name
     decoder = codecs.getincrementaldecoder(codec)("strict")
-    offset = 0  # bytes of the file consumed before the current block
     pending_cr = False  # a chunk that ended in "\r" may be the first half of "\r\n"
     with open(path, "rb") as file:
+        # A UTF-8 byte-order mark is not text; `offset` counts the bytes before the current block.
+        offset = 3 if codec == "utf-8" and file.read(3) == codecs.BOM_UTF8 else 0
+        file.seek(offset)
         while True:
             block = file.read(chunk_bytes)
             final = not block
@@ -92,12 +94,14 @@ def read_chunks(
                 return
 
 
-def _checked_encoding(encoding: str) -> str:
+def _checked_encoding(encoding: str) -> codecs.CodecInfo:
     try:
-        codecs.lookup(encoding)
+        info = codecs.lookup(encoding)
     except LookupError:
         raise CorpusError(f"unknown encoding {encoding!r}; try utf-8 or latin-1") from None
-    return encoding
+    if not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib: bytes to bytes, str to str
+        raise CorpusError(f"{encoding!r} is not a text encoding; try utf-8 or latin-1")
+    return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,19 +139,27 @@ def preprocess_prefix(text: str, mode: str = "none") -> str:
     return text
 
 
-def _d2l_line(line: str) -> str:
-    return _NON_LETTERS.sub(" ", line).strip().lower()
-
-
 def _d2l_chunks(chunks: Iterable[str]) -> Iterator[str]:
-    partial = ""  # the unfinished last line of the previous chunk
+    """d2l's per-line rule (the letter runs of a line, lower-cased, joined by single spaces) applied
+    piece by piece, so that a line longer than a chunk is never held whole."""
+    started = False  # the current line has given letters
+    pending = False  # ... and non-letters came after them: a space, if more letters follow
     for chunk in chunks:
-        lines = (partial + chunk).split("\n")
-        partial = lines.pop()
-        if lines:
-            yield "".join(_d2l_line(line) for line in lines)
-    if partial:
-        yield _d2l_line(partial)
+        out = []
+        for index, piece in enumerate(chunk.split("\n")):
+            if index:
+                started = pending = False
+            text = _NON_LETTERS.sub(" ", piece)
+            letters = text.strip(" ")
+            if letters:
+                if started and (pending or text[0] == " "):
+                    out.append(" ")
+                out.append(letters.lower())
+                started, pending = True, text[-1] == " "
+            elif text:
+                pending = started
+        if out:
+            yield "".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +264,8 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Vocab:
+        if not isinstance(data, Mapping):
+            raise ValueError("not a charlm vocab")
         itos, reserved = data.get("itos"), data.get("reserved", [])
         if (
             not isinstance(itos, list)

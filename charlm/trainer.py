@@ -38,7 +38,7 @@ from tqdm import tqdm
 from charlm import checkpoint
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.model import map_state, state_from_tensors, state_tensors
-from charlm.runtime import World, exclusive_lock, rng_states, seed_everything, set_rng_states
+from charlm.runtime import World, atomic_write, exclusive_lock, rng_states, seed_everything, set_rng_states
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -133,6 +133,19 @@ def loss_report(loss: float) -> dict[str, float]:
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpc": loss / math.log(2)}
 
 
+def _resume_position(info: Any) -> dict[str, Any]:
+    """The position and history fields of a resume checkpoint's metadata, checked to be numbers."""
+    counts = ("step", "epoch", "batch_index", "tokens", "best_step", "loss_count", "running_count")
+    position = {key: info.get(key, 0) if key == "running_count" else info[key] for key in counts}
+    position.update({key: info[key] for key in ("elapsed", "loss_sum", "best_val_loss")})
+    bad = [key for key in counts if type(position[key]) is not int or position[key] < 0]
+    bad += [key for key in ("elapsed", "loss_sum", "best_val_loss") if type(position[key]) not in (int, float)
+            and not (key == "best_val_loss" and position[key] is None)]
+    if bad:
+        raise ValueError(f"bad {', '.join(bad)}")
+    return position
+
+
 class Trainer:
     """Trains `model` on `train_batches`, evaluating on `val_batches()`, writing the run's files
     at `out`. `meta` is what the checkpoints carry besides the weights (task, model config, vocab).
@@ -165,8 +178,12 @@ class Trainer:
         self.step = self.epoch = self.batch_index = self.tokens = 0
         self.best_val_loss: float | None = None
         self.best_step = 0
+        self.saved_step: int | None = None  # the step of the last resume checkpoint
         self.elapsed = 0.0
-        self.loss_sum, self.loss_count = 0.0, 0  # training loss since the last evaluation
+        # The training loss since the last evaluation: summed on the host up to the last flush, and
+        # on the device since (so that a step never waits on the device just to log).
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.running_loss, self.running_count = torch.zeros((), device=self.device), 0
         self.state = None  # the hidden state carried between sequential batches
         self._signal: int | None = None
 
@@ -193,34 +210,30 @@ class Trainer:
             total = min(total, config.max_steps)
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, leave=False, file=sys.stderr)
-        running = torch.zeros((), device=self.device)  # loss sum since the last host sync
-        running_count, last_log, last_tokens = 0, time.perf_counter(), self.tokens
+        last_log, last_tokens = time.perf_counter(), self.tokens
         model.train()
         try:
             while self.epoch < config.epochs and not self._stop_now(started):
                 for batch in self.batches.batches(self.epoch, start=self.batch_index):
                     loss = self._train_step(tuple(part.to(self.device, non_blocking=True) for part in batch))
-                    running += loss.detach()
-                    running_count += 1
+                    self.running_loss += loss.detach()
+                    self.running_count += 1
                     self.step, self.batch_index = self.step + 1, self.batch_index + 1
                     self.tokens += batch[0].numel() * self.world.size
                     due = config.eval_every is not None and self.step % config.eval_every == 0
-                    sync = running_count >= LOG_EVERY or due or self.batch_index == per_epoch or self._out_of_steps()
-                    stopping = self._stop_now(started, sync)
-                    if sync or stopping:
-                        value = float(self.world.mean(running))  # one host-device sync per LOG_EVERY steps
-                        if not math.isfinite(value):
-                            self._diverged()
-                        self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + running_count
+                    # Flushes happen at steps fixed by the schedule alone, never at a stop, so that a
+                    # resumed run sums the same losses in the same groups as an unbroken one.
+                    flush = self.step % LOG_EVERY == 0 or due or self.batch_index == per_epoch
+                    if flush:
+                        value, count = self._flush()
                         now = time.perf_counter()
                         rate = (self.tokens - last_tokens) / max(now - last_log, 1e-9)
                         bar.update(self.step - bar.n)
-                        bar.set_postfix(loss=f"{value / running_count:.3f}", tok_s=f"{rate:,.0f}")
-                        running.zero_()
-                        running_count, last_log, last_tokens = 0, now, self.tokens
+                        bar.set_postfix(loss=f"{value / count:.3f}", tok_s=f"{rate:,.0f}")
+                        last_log, last_tokens = now, self.tokens
                     if due:
                         self._evaluate(started)
-                    if stopping:
+                    if self._stop_now(started, agree=flush):
                         break
                 else:  # the epoch ran to its end
                     self.epoch, self.batch_index, self.state = self.epoch + 1, 0, None
@@ -228,12 +241,17 @@ class Trainer:
                         self._evaluate(started)
                     continue
                 break
+            self._check_finite(float(self.world.mean(self.running_loss)))  # the steps since the last flush
+            self.elapsed = time.perf_counter() - started
             interrupted = self.world.any(self._signal is not None, self.device)
-            if interrupted:  # save the exact state; no evaluation, so a resumed
-                self.elapsed = time.perf_counter() - started  # run's metrics match an unbroken one
+            if interrupted:  # save the exact state, and no evaluation
                 self.save_resume()
-            elif self.loss_count or self.best_val_loss is None:  # steps since the last evaluation
-                self._evaluate(started)
+            elif self.loss_count or self.running_count or self.best_val_loss is None:
+                # A planned stop between evaluations: evaluate for the user, but save the state as it
+                # was before, so that --resume goes on as if the run had never stopped.
+                before = self.best_val_loss, self.best_step
+                self._evaluate(started, stop=True)
+                self.save_resume(stop_evaluated=True, best=before)
         finally:
             bar.close()
         if interrupted:
@@ -265,38 +283,54 @@ class Trainer:
         config = self.config
         return (
             self._signal is not None
-            or self._out_of_steps()
+            or (config.max_steps is not None and self.step >= config.max_steps)
             or (config.max_time is not None and time.perf_counter() - started >= config.max_time)
         )
 
-    def _out_of_steps(self) -> bool:
-        return self.config.max_steps is not None and self.step >= self.config.max_steps
-
-    def _stop_now(self, started: float, sync: bool = True) -> bool:
+    def _stop_now(self, started: float, agree: bool = True) -> bool:
         """`_should_stop`, agreed by all processes: they must stop at the same step, so a time limit
-        or a signal is only acted on at a sync point (every LOG_EVERY steps), where they compare."""
+        or a signal is only acted on where they compare (at a flush, every LOG_EVERY steps)."""
         if self.world.size == 1:
             return self._should_stop(started)
-        return self._out_of_steps() or (sync and self.world.any(self._should_stop(started), self.device))
+        out_of_steps = self.config.max_steps is not None and self.step >= self.config.max_steps
+        return out_of_steps or (agree and self.world.any(self._should_stop(started), self.device))
 
-    def _diverged(self) -> None:
-        kept = f"the best model so far (step {self.best_step}) is kept in {self.paths['model']}" \
-            if self.best_val_loss is not None else "no checkpoint was written yet"
+    def _flush(self) -> tuple[float, int]:
+        """Move the device's loss sum to the host's (one host-device sync), checked; returns it."""
+        value, count = float(self.world.mean(self.running_loss)), self.running_count
+        self._check_finite(value)
+        self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + count
+        self.running_loss.zero_()
+        self.running_count = 0
+        return value, count
+
+    def _check_finite(self, loss: float) -> None:
+        """Stop with advice if a loss is NaN or infinite; nothing has been saved since it was."""
+        if math.isfinite(loss):
+            return
+        kept = f"the best model so far (step {self.best_step}) is kept in {self.paths['model']} and the " \
+            f"training state of step {self.saved_step} in {self.paths['resume']}" \
+            if self.saved_step is not None else "no checkpoint was written yet"
+        clip = f"a smaller --clip (now {self.config.clip})" if self.config.clip > 0 else "gradient clipping (--clip 1)"
         raise TrainingDiverged(
             f"the training loss became NaN or infinite near step {self.step}; {kept}; "
-            f"try a lower --lr (now {self.config.lr}) or gradient clipping (--clip 1)"
+            f"try a lower --lr (now {self.config.lr}) or {clip}"
+            + (", with --resume to go on from there" if self.saved_step is not None else "")
         )
 
     # -- evaluation and files --------------------------------------------------------------------
 
-    def _evaluate(self, started: float) -> None:
+    def _evaluate(self, started: float, stop: bool = False) -> None:
+        """Evaluate, append a metrics line, save the model if it is the best so far and the resume
+        state. At a `stop` the training-loss sums and the resume state are left to the caller."""
         self.elapsed = time.perf_counter() - started
         val_loss = None
         if self.val_batches is not None:  # on every process (same weights, same number): same decisions
             val_loss = evaluate(self.model, self.val_batches(), self.device, self.config.precision)
-        train_loss = self.loss_sum / self.loss_count if self.loss_count else None
-        if val_loss is not None and not math.isfinite(val_loss):
-            self._diverged()
+        count = self.loss_count + self.running_count
+        train_loss = (self.loss_sum + float(self.world.mean(self.running_loss))) / count if count else None
+        if val_loss is not None:
+            self._check_finite(val_loss)
         record = {
             "step": self.step, "epoch": self.epoch + self.batch_index / max(len(self.batches), 1),
             "tokens": self.tokens, "train_loss": train_loss,
@@ -310,13 +344,14 @@ class Trainer:
         if self.world.is_main:
             with open(self.paths["metrics"], "a", encoding="utf-8") as file:
                 file.write(json.dumps(record) + "\n")
-        self.loss_sum, self.loss_count = 0.0, 0
         score = val_loss if val_loss is not None else train_loss
         if self.best_val_loss is None or (score is not None and score < self.best_val_loss):
             self.best_val_loss, self.best_step = score, self.step
             if self.world.is_main:
                 checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
-        self.save_resume()
+        if not stop:
+            self.loss_sum, self.loss_count = 0.0, 0
+            self.save_resume()
         if self.progress:
             shown = f"val loss {val_loss:.4f}, ppl {record['val_ppl']:.2f}" if val_loss is not None else "no validation split"
             tqdm.write(file=sys.stderr, s=f"step {self.step}  epoch {record['epoch']:.2f}  train loss "
@@ -330,18 +365,21 @@ class Trainer:
     def _meta(self, kind: str) -> dict[str, Any]:
         return {**self.meta, "kind": kind, "train": asdict(self.config), "training": self.summary()}
 
-    def save_resume(self) -> None:
-        """Write the full training state: weights, optimizer, RNGs, position, carried state. With
-        several processes every one calls this: rank 0 writes its own and the others' RNG states
-        ("rng.rank<r>.*") and the carried state of the whole batch, rows joined in rank order."""
+    def save_resume(self, stop_evaluated: bool = False, best: tuple[float | None, int] | None = None) -> None:
+        """Write the full training state: weights, optimizer, RNGs, position, carried state and the
+        loss sums. `stop_evaluated`: the last metrics line is a stop's evaluation, which --resume
+        drops; `best` is then the (loss, step) of the best model before it. With several processes
+        every one calls this: rank 0 writes its own and the others' RNG states ("rng.rank<r>.*"),
+        the carried state of the whole batch (rows joined in rank order) and the mean loss sum."""
         shares = self.world.gather((rng_states(), state_tensors(map_state(torch.Tensor.cpu, self.state))
                                     if self.state is not None else None))
+        running_loss = self.world.mean(self.running_loss)
+        self.saved_step = self.step
         if not self.world.is_main:
             return
         tensors = checkpoint.model_tensors(self.model)
-        optimizer_state = self.optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
-        for index, values in optimizer_state["state"].items():
+        for index, values in self.optimizer.state_dict()["state"].items():
             for key, value in values.items():
                 if torch.is_tensor(value):
                     tensors[f"optim.{index}.{key}"] = value
@@ -353,64 +391,84 @@ class Trainer:
         if shares[0][1] is not None:
             for index, parts in enumerate(zip(*(carried for _, carried in shares))):
                 tensors[f"carry.{index}"] = torch.cat(parts, dim=1)  # (L, B, H): every process's rows
+        tensors["train.running_loss"] = running_loss
+        best_val_loss, best_step = best or (self.best_val_loss, self.best_step)
         meta = self._meta("resume")
         meta["resume"] = {
             "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index, "tokens": self.tokens,
-            "best_val_loss": self.best_val_loss, "best_step": self.best_step, "elapsed": self.elapsed,
-            "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-            "param_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars,
+            "best_val_loss": best_val_loss, "best_step": best_step, "elapsed": self.elapsed,
+            "loss_sum": self.loss_sum, "loss_count": self.loss_count, "running_count": self.running_count,
+            "stop_evaluated": stop_evaluated, "optimizer_scalars": scalars,
         }
         checkpoint.save(self.paths["resume"], tensors, meta)
 
     def load_resume(self) -> None:
+        """Restore everything `save_resume` wrote. The learning rate and weight decay are the
+        command's own (there is no schedule), so `--resume --lr` goes on at another rate."""
         path = self.paths["resume"]
         if not os.path.exists(path):
             raise CharlmError(f"nothing to resume: {path} does not exist; train without --resume first")
         tensors, meta = checkpoint.load(path, task=self.meta["task"], kind="resume")
-        saved = meta.get("train", {})
-        changed = [key for key in ("batch_size", "seq_len", "iterator", "seed", "optimizer", "val_fraction")
-                   if key in saved and saved[key] != getattr(self.config, key)]
-        if meta.get("model") != self.meta.get("model") or changed:
-            what = ", ".join(changed) if changed else "the model config"
-            raise CharlmError(f"{path} was trained with different settings ({what}); resume with the same flags")
+        self._check_same_run(path, meta)
         model = checkpoint.build_model(tensors, meta, path)
-        self.model.load_state_dict(model.state_dict())
-        info = meta["resume"]
-        for key in ("step", "epoch", "batch_index", "tokens", "best_val_loss", "best_step", "elapsed",
-                    "loss_sum", "loss_count"):
-            setattr(self, key, info[key])
-        state: dict[int, dict[str, Any]] = {}
-        for name, tensor in tensors.items():
-            if name.startswith("optim."):
-                _, index, key = name.split(".", 2)
-                state.setdefault(int(index), {})[key] = tensor.to(self.device) if key != "step" else tensor
-        for index, values in info["optimizer_scalars"].items():
-            state.setdefault(int(index), {}).update(values)
         try:
-            self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-        except (ValueError, KeyError) as error:
-            raise CheckpointError(f"{path}: damaged optimizer state ({error})") from None
-        prefix = f"rng.rank{self.world.rank}." if self.world.rank else "rng."
-        own = {name.replace(prefix, "rng.", 1): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
-        if own or not self.world.rank:
-            set_rng_states(own)
-        else:  # saved by fewer processes: a fresh stream for this one
-            seed_everything(self.config.seed + self.step, self.world.rank)
+            info = meta["resume"]
+            position = _resume_position(info)
+            state: dict[int, dict[str, Any]] = {}
+            for name, tensor in tensors.items():
+                if name.startswith("optim."):
+                    _, index, key = name.split(".", 2)
+                    state.setdefault(int(index), {})[key] = tensor.to(self.device) if key != "step" else tensor
+            for index, values in info["optimizer_scalars"].items():
+                state.setdefault(int(index), {}).update(values)
+            self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+            prefix = f"rng.rank{self.world.rank}." if self.world.rank else "rng."
+            own = {name.replace(prefix, "rng.", 1): tensor for name, tensor in tensors.items()
+                   if name.startswith(prefix) and (self.world.rank or not name.startswith("rng.rank"))}
+            if own or not self.world.rank:
+                set_rng_states(own)
+            else:  # saved by fewer processes: a fresh stream for this one
+                seed_everything(self.config.seed + position["step"], self.world.rank)
+            running = tensors.get("train.running_loss", torch.zeros(())).to(self.device, torch.float32).reshape(())
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: damaged resume state ({error}); train without --resume") from None
+        self.model.load_state_dict(model.state_dict())
+        for key, value in position.items():
+            setattr(self, key, value)
+        self.running_loss, self.saved_step = running, self.step
         carried = [tensors[f"carry.{index}"].to(self.device) for index in range(2) if f"carry.{index}" in tensors]
-        rows = self.world.rows(self.config.batch_size)
+        rows = self.world.rows(self.config.batch_size) if self.world.size > 1 else slice(None)
         self.state = map_state(lambda tensor: tensor[:, rows], state_from_tensors(carried)) if carried else None
         if self.world.is_main:
-            self._truncate_metrics()
+            self._truncate_metrics(stop_evaluated=info.get("stop_evaluated") is True)
 
-    def _truncate_metrics(self) -> None:
-        """Drop metrics lines written after the resume point (by a run killed before its next save)."""
+    def _check_same_run(self, path: str, meta: dict[str, Any]) -> None:
+        """A resume must use the same data, model and batches: everything in the run's metadata but
+        the corpus's name, and the training flags that fix the order of the batches."""
+        saved = meta.get("train") if isinstance(meta.get("train"), dict) else {}
+        changed = [key for key in ("batch_size", "seq_len", "iterator", "seed", "optimizer", "val_fraction")
+                   if key in saved and saved[key] != getattr(self.config, key)]
+        changed += [key for key in self.meta if key != "corpus" and meta.get(key) != self.meta[key]]
+        if changed:
+            raise CharlmError(f"{path} was trained with different settings ({', '.join(changed)}); "
+                              "resume with the same flags and corpus")
+
+    def _truncate_metrics(self, stop_evaluated: bool) -> None:
+        """Drop metrics lines from after the resume point (a run killed before its next save), a
+        stop's evaluation at it, and any line cut short by a kill."""
         path = self.paths["metrics"]
         if not os.path.exists(path):
             return
-        with open(path, encoding="utf-8") as file:
-            lines = [line for line in file if line.strip() and json.loads(line)["step"] <= self.step]
-        with open(path, "w", encoding="utf-8") as file:
-            file.writelines(lines)
+        kept = []
+        with open(path, encoding="utf-8", errors="replace") as file:
+            for line in file:
+                try:
+                    step = json.loads(line)["step"]
+                    if step < self.step or (step == self.step and not stop_evaluated):
+                        kept.append(line.rstrip("\n") + "\n")
+                except (KeyError, TypeError, ValueError):
+                    continue
+        atomic_write(path, "".join(kept).encode("utf-8"))
 
     # -- signals ---------------------------------------------------------------------------------
 

@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
+
+# The tests' models are tiny: a second thread per op only adds contention (on a shared 2-core
+# machine, 2 threads made a tiny training run ~15x slower than 1).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEMACHINE = ROOT / "corpora" / "timemachine.txt"

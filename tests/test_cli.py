@@ -1,4 +1,5 @@
-"""The CLI end to end, through click's CliRunner, on tiny models and corpora."""
+"""The CLI end to end, through click's CliRunner, on tiny models and corpora. What bad input does
+is in tests/test_guarantees.py."""
 
 from __future__ import annotations
 
@@ -41,11 +42,8 @@ def test_every_variant_trains_through_the_cli(runner, tiny_corpus, cell, scratch
 def test_train_generate_eval_info_round_trip(runner, tiny_corpus):
     train_tiny(runner, tiny_corpus, "--out", "runs/t.safetensors", "--max-steps", "20", "--eval-every", "10")
     generate = ["generate", "--checkpoint", "runs/t.safetensors", "--prefix", "the ", "--length", "40", "--seed", "3"]
-    first, second = run_cli(runner, *generate), run_cli(runner, *generate)
-    assert first.stdout == second.stdout
+    first = run_cli(runner, *generate)  # the same again: tests/test_guarantees.py
     assert first.stdout.startswith("the ") and len(first.stdout) == len("the ") + 40 + 1
-    other = run_cli(runner, *generate[:-1], "4")
-    assert other.stdout != first.stdout
     many = run_cli(runner, *generate, "--num-samples", "3")
     assert len([line for line in many.stdout.split("\n") if line.startswith("the ")]) == 3
     report = json.loads(run_cli(runner, "eval", "--checkpoint", "runs/t.safetensors", tiny_corpus, "--json").stdout)
@@ -65,40 +63,6 @@ def test_generate_without_checkpoint_uses_the_newest_and_says_so(runner, tiny_co
     result = run_cli(runner, "generate", "--length", "5", "--seed", "0")
     assert "using checkpoints/tiny.safetensors" in result.stderr
     assert len(result.stdout) == 6  # only the text (and a newline) on stdout
-
-
-def test_unknown_prefix_characters_are_a_clear_error(runner, tiny_corpus):
-    train_tiny(runner, tiny_corpus)
-    result = run_cli(runner, "generate", "--prefix", "the Zoë", ok=False)
-    assert result.exit_code == 1
-    assert "'Z', 'ë'" in result.stderr and "--unknown" in result.stderr
-    assert run_cli(runner, "generate", "--prefix", "the Zoë", "--unknown", "skip", "--length", "3").stdout.startswith("the o")
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["train", "missing.txt"], "no such file"),
-        (["train", "."], "directory"),
-        (["train", "empty.txt"], "empty"),
-        (["train", "latin.txt"], "byte offset"),
-        (["train", "tiny.txt", "--val-fraction", "1.5"], "--val-fraction"),
-        (["train", "tiny.txt", "--hidden-size", "-4"], "--hidden-size"),
-        (["train", "tiny.txt", "--batch-size", "500"], "lower --batch-size"),
-        (["generate", "--checkpoint", "tiny.txt"], "not a safetensors"),
-        (["generate", "--top-p", "0"], "--top-p"),
-        (["eval", "--checkpoint", "nothing.safetensors", "tiny.txt"], "no such checkpoint"),
-        (["info", "tiny.txt"], "not a safetensors"),
-    ],
-)
-def test_user_errors_are_one_line_and_non_zero(runner, tiny_corpus, args, message):
-    assert tiny_corpus.name == "tiny.txt"  # in the runner's working directory
-    open("empty.txt", "w").close()
-    open("latin.txt", "wb").write("caf\xe9".encode("latin-1"))
-    result = run_cli(runner, *args, ok=False)
-    assert result.exit_code != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("command", ["train", "generate", "eval", "stats", "info", "plot"])

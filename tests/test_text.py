@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from charlm.errors import CorpusError
 from charlm.text import (
     Tokenizer,
     Vocab,
@@ -46,42 +45,6 @@ def test_chunked_reading_equals_whole_reading(tmp_path):
         assert read(path, chunk_bytes=chunk_bytes) == expected
         got = "".join(preprocess_chunks(read_chunks(path, chunk_bytes=chunk_bytes), "d2l"))
         assert got == preprocess(expected, "d2l")
-
-
-def test_bom_is_dropped_and_crlf_becomes_newline(tmp_path):
-    path = tmp_path / "bom.txt"
-    path.write_bytes(b"\xef\xbb\xbfhello\r\nworld\r\n")
-    assert read(path) == "hello\nworld\n"
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (None, "no such file"),
-        (b"", "empty"),
-        (b"abc\x00\x01\x02", "binary"),
-        (b"good text \xff\xfe bad", "byte offset 10"),
-    ],
-)
-def test_unreadable_corpora_say_why(tmp_path, content, message):
-    path = tmp_path / "c.txt"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(CorpusError, match=message):
-        read(path)
-
-
-def test_directory_is_refused(tmp_path):
-    with pytest.raises(CorpusError, match="directory"):
-        read(tmp_path)
-
-
-def test_other_encodings_are_read_when_named(tmp_path):
-    path = tmp_path / "latin.txt"
-    path.write_bytes("café".encode("latin-1"))
-    with pytest.raises(CorpusError, match="--encoding"):
-        read(path)
-    assert read(path, encoding="latin-1") == "café"
 
 
 def test_tokenizers_round_trip():
