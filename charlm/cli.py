@@ -150,8 +150,9 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint path [default: checkpoints/<corpus stem>.safetensors].")
 @click.option("--resume", is_flag=True, help="Continue the run saved at --out from where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already saved at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar or evaluation lines.")
-def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str, preprocess: str, encoding: str,
+def train(corpus: Path, out: Path | None, resume: bool, overwrite: bool, quiet: bool, tokens: str, preprocess: str, encoding: str,
           min_freq: int, max_vocab: int | None, cache_dir: Path | None, no_cache: bool, **options: Any) -> None:
     """Train a language model on CORPUS, a UTF-8 text file.
 
@@ -199,7 +200,7 @@ def train(corpus: Path, out: Path | None, resume: bool, quiet: bool, tokens: str
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
     val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len) if len(val_ids) >= 2 else None
-    summary = Trainer(model, train_batches, val_batches, train_config, out, meta, not quiet, world).run(resume)
+    summary = Trainer(model, train_batches, val_batches, train_config, out, meta, not quiet, world).run(resume, overwrite)
     if not quiet:
         best = summary["best_val_loss"]
         shown = f"best val loss {best:.4f} (ppl {_exp(best):.2f})" if best is not None else "done"

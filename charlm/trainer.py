@@ -189,13 +189,22 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train until the epochs, steps or time run out. Returns the training summary."""
+    def run(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train until the epochs, steps or time run out. Returns the training summary. A run
+        already at the output path is continued (`resume`) or replaced (`overwrite`), never lost
+        unasked."""
         lock = exclusive_lock(self.paths["model"]) if self.world.is_main else contextlib.nullcontext()
         with lock, self._signals():
             if resume:
                 self.load_resume()
-            elif self.world.is_main:
+            elif not overwrite and self.world.is_main:
+                existing = [path for key, path in self.paths.items() if key != "metrics" and os.path.exists(path)]
+                if existing:
+                    raise CharlmError(
+                        f"{existing[0]} already holds a run; pass --resume to continue it, --overwrite to "
+                        "replace it, or --out to train elsewhere"
+                    )
+            if not resume and self.world.is_main:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.paths["metrics"])
             self._loop()

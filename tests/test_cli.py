@@ -80,7 +80,7 @@ def test_help_does_not_import_torch():
 
 
 def test_the_second_run_reads_its_tokens_from_the_cache(runner, tiny_corpus):
-    tiny = ["train", tiny_corpus, *[arg for arg in TINY_MODEL if arg != "--quiet"], "--max-steps", "1"]
+    tiny = ["train", tiny_corpus, *[arg for arg in TINY_MODEL if arg != "--quiet"], "--max-steps", "1", "--overwrite"]
     first = run_cli(runner, *tiny)
     assert "(cached)" not in first.stderr
     assert len(list((tiny_corpus.parent / ".charlm-cache").iterdir())) == 1

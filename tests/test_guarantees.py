@@ -208,7 +208,7 @@ def test_bad_flag_values(runner, model_file, command, message):
 
 def test_extreme_but_valid_flag_values_work(runner, tiny_corpus, model_file):
     for cell in ("lstm", "gru --from-scratch"):  # bf16 autocast on the CPU: torch's layers, not the fast path
-        train(runner, tiny_corpus, "--precision", "bf16", "--model", *cell.split(), "--max-steps", "2", "--out", "bf16.safetensors")
+        train(runner, tiny_corpus, "--precision", "bf16", "--model", *cell.split(), "--max-steps", "2", "--out", "bf16.safetensors", "--overwrite")
     generate = ("generate", "--checkpoint", model_file, "--prefix", "the ", "--length", "30")
     greedy = run_cli(runner, *generate, "--greedy").stdout
     assert run_cli(runner, *generate, "--temperature", "1e-45", "--seed", "1").stdout == greedy
@@ -567,7 +567,7 @@ def test_same_seed_same_generated_text(runner, tiny_corpus):
 
 def test_any_integer_is_a_seed(runner, tiny_corpus):
     for seed in ("-5", str(10**30)):
-        train(runner, tiny_corpus, "--max-steps", "2", "--seed", seed)
+        train(runner, tiny_corpus, "--max-steps", "2", "--seed", seed, "--overwrite")
         run_cli(runner, "generate", "--length", "5", "--seed", seed)
 
 
@@ -583,3 +583,15 @@ def test_eval_frequency_does_not_change_trajectory(runner, tiny_corpus):
         assert_same_tensors(first, tensors, prefixes=("model.", "optim.", "rng.", "carry."))
         assert lines[-1]["val_loss"] == first_lines[-1]["val_loss"]
     assert [len(lines) for _, _, lines in [(first, None, first_lines), *others]] == [7, 3, 2]
+
+
+def test_a_new_run_never_replaces_an_existing_one_unasked(runner, tiny_corpus):
+    """A second `train` to the same --out refuses (naming --resume and --overwrite) and leaves the
+    first run's files as they were; --overwrite replaces them."""
+    train(runner, tiny_corpus, "--max-steps", "2")
+    files = {path: path.read_bytes() for path in Path("checkpoints").iterdir()}
+    result = fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "3", message="already holds a run")
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr
+    assert {path: path.read_bytes() for path in Path("checkpoints").iterdir()} == files
+    train(runner, tiny_corpus, "--max-steps", "3", "--overwrite")
+    assert json.loads(run_cli(runner, "info", "checkpoints/tiny.safetensors", "--json").stdout)["training"]["steps"] == 3
