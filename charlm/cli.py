@@ -133,6 +133,9 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
               help="sequential carries the hidden state between batches; random samples independent windows.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="adamw", show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="cosine", show_default=True,
+              help="cosine: from --lr down to --lr x --min-lr-ratio over --epochs.")
+@click.option("--min-lr-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--clip", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Clip the global gradient norm to this (0: off).")

@@ -41,6 +41,7 @@ from charlm.model import map_state, state_from_tensors, state_tensors
 from charlm.runtime import World, atomic_write, exclusive_lock, rng_states, seed_everything, set_rng_states
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
 
@@ -49,6 +50,8 @@ LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device s
 class TrainConfig:
     optimizer: str = "adamw"
     lr: float = 3e-3
+    lr_schedule: str = "cosine"  # over --epochs; --max-steps and --max-time only stop early
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * this
     weight_decay: float = 0.0
     clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     epochs: int = 20
@@ -66,6 +69,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
+            (0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}"),
@@ -95,6 +100,16 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of a run planned for `total_steps`:
+    constant, or a cosine from --lr down to --lr x --min-lr-ratio. A pure function of the step, so
+    a resumed run follows the same curve."""
+    if config.lr_schedule == "constant" or total_steps <= 1:
+        return config.lr
+    progress = min(step / (total_steps - 1), 1.0)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -283,6 +298,9 @@ class Trainer:
         self.state = map_state(lambda tensor: tensor.float(), state) if self.batches.carries_state else None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        rate = learning_rate(config, self.step, config.epochs * len(self.batches))
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
         if config.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         self.optimizer.step()
@@ -413,7 +431,8 @@ class Trainer:
 
     def load_resume(self) -> None:
         """Restore everything `save_resume` wrote. The learning rate and weight decay are the
-        command's own (there is no schedule), so `--resume --lr` goes on at another rate."""
+        command's own, and the schedule a function of the step, so `--resume --lr` goes on along
+        the same curve scaled to the new rate."""
         path = self.paths["resume"]
         if not os.path.exists(path):
             raise CharlmError(f"nothing to resume: {path} does not exist; train without --resume first")
