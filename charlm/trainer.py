@@ -5,7 +5,8 @@ file, the best-model checkpoint and the resume checkpoint, signals and divergenc
 which cell or architecture it holds, and it knows nothing about the CLI.
 
 Files of a run whose checkpoint is `runs/x.safetensors`:
-    runs/x.safetensors          the best model by validation loss (what `generate` uses)
+    runs/x.safetensors          the best model by validation loss (what `generate` uses), or
+                                the last one evaluated with `keep="last"`
     runs/x.resume.safetensors   the latest full training state (what `--resume` uses)
     runs/x.metrics.jsonl        one JSON object per evaluation
 """
@@ -33,6 +34,7 @@ from charlm.model import map_state, state_from_tensors, state_tensors
 from charlm.runtime import exclusive_lock, pick_device, rng_states, seed_everything, set_rng_states
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+KEEPS = ("best", "last")
 PRECISIONS = ("auto", "fp32", "bf16")
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
 
@@ -54,11 +56,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16 support, else fp32
+    keep: str = "best"  # the model checkpoint: the best by validation loss, or the last evaluated
+
 
     def __post_init__(self) -> None:
         checks = [
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}"),
             (self.clip >= 0, f"--clip must be 0 (off) or more, got {self.clip}"),
@@ -282,8 +287,10 @@ class Trainer:
             file.write(json.dumps(record) + "\n")
         self.loss_sum, self.loss_count = 0.0, 0
         score = val_loss if val_loss is not None else train_loss
-        if self.best_val_loss is None or (score is not None and score < self.best_val_loss):
+        improved = self.best_val_loss is None or (score is not None and score < self.best_val_loss)
+        if improved:
             self.best_val_loss, self.best_step = score, self.step
+        if improved or self.config.keep == "last":
             checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
         self.save_resume()
         if self.progress:
