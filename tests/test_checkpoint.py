@@ -171,3 +171,14 @@ def test_translation_checkpoints_rebuild_their_model_and_both_vocabs(tmp_path, a
         checkpoint.save(path, tensors, {**meta, **damage})
         with pytest.raises(CheckpointError, match=message):
             checkpoint.load_translator(path)
+
+
+def test_cpu_threads_are_set_for_a_block_and_restored():
+    from charlm.runtime import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpu_threads(None):
+        assert torch.get_num_threads() == before
