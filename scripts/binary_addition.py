@@ -48,9 +48,14 @@ def write_pairs(path: str, operands: list[tuple[int, int]], bits: int) -> None:
         file.writelines("\t".join(addition_pair(first, second, bits)) + "\n" for first, second in operands)
 
 
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def charlm(*args: str) -> str:
-    """Run the charlm CLI (the one importable from here) and return its stdout."""
-    return subprocess.run([sys.executable, "-m", "charlm", *args], check=True, stdout=subprocess.PIPE, text=True).stdout
+    """Run the charlm CLI of this checkout (not another installed one) and return its stdout."""
+    path = os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "charlm", *args], check=True, stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": path}).stdout
 
 
 def main() -> None:
