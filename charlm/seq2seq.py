@@ -112,7 +112,7 @@ class Tagger(LanguageModel):
     def decode_step(self, previous: torch.Tensor, state: TaggerState) -> tuple[torch.Tensor, TaggerState]:
         """The next position's logits (B, V): its own characters while the source lasts (never
         <eos>), then only <eos>. `previous` is not needed: positions are independent."""
-        batch, length, vocab_size = state.logits.shape
+        length = state.logits.shape[1]
         at = min(state.position, length - 1)
         logits = state.logits[:, at].clone()
         logits[:, EOS_INDEX] = float("-inf")
