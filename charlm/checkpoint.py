@@ -6,6 +6,10 @@ A checkpoint holds tensors and, in the safetensors metadata under the key "charl
      "model": asdict(ModelConfig), "vocab": Vocab.to_dict(), "tokens": "char", "preprocess": "none",
      "training": {"steps": ..., "tokens": ..., "best_val_loss": ...}, ...}
 
+A translation checkpoint has "task": "translate", "architecture": "seq2seq" | "tagger", the
+matching config from `charlm.seq2seq` under "model", and "source_vocab" / "target_vocab" in
+place of "vocab".
+
 Model weights are stored as "model.<parameter name>". A "resume" checkpoint adds the optimizer
 state, RNG states, iterator position and carried hidden state (see `charlm.trainer`).
 
@@ -30,7 +34,9 @@ from torch import nn
 
 from charlm.errors import CheckpointError
 from charlm.model import LanguageModel, ModelConfig
+from charlm.pairs import is_pair_vocab
 from charlm.runtime import atomic_path
+from charlm.seq2seq import ARCHITECTURES
 from charlm.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab
 
 FORMAT_VERSION = 1
@@ -38,6 +44,12 @@ METADATA_KEY = "charlm"
 MAX_HEADER_BYTES = 64 << 20  # safetensors' own limit is 100 MB; ours holds a vocab of millions
 TASK_NAMES = {"lm": "language-model", "translate": "translation"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle")  # refused by name as well as by content
+# The models by (task, metadata "architecture"), with their config classes.
+BUILDERS = {("lm", None): (LanguageModel, ModelConfig),
+            **{("translate", name): classes for name, classes in ARCHITECTURES.items()}}
+# The vocabs in a task's metadata, each with the model config field that must equal its size.
+VOCABS = {"lm": {"vocab": "vocab_size"},
+          "translate": {"source_vocab": "source_vocab_size", "target_vocab": "target_vocab_size"}}
 
 
 def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -143,10 +155,10 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
     """Rebuild the model a checkpoint describes and load its weights. The config comes from the
     metadata; it is built on the meta device first so that its shapes are checked against the file
     before any memory is allocated."""
-    builders = {"lm": (LanguageModel, ModelConfig)}
-    if meta.get("task") not in builders:
-        raise CheckpointError(f"{path}: unknown task {meta.get('task')!r} in charlm metadata")
-    model_class, config_class = builders[meta["task"]]
+    key = (meta.get("task"), meta.get("architecture"))
+    if key not in BUILDERS:
+        raise CheckpointError(f"{path}: unknown task {key[0]!r} (architecture {key[1]!r}) in charlm metadata")
+    model_class, config_class = BUILDERS[key]
     weights = {name[len("model."):]: tensor for name, tensor in tensors.items() if name.startswith("model.")}
     try:
         config = config_class.from_dict(meta["model"])
@@ -172,19 +184,39 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
 def load_model(
     path: str | os.PathLike, task: str, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any], Vocab]:
-    """(model in eval mode on `device`, metadata, vocab) from a model checkpoint of `task`."""
+    """(model in eval mode on `device`, metadata, vocab) from a language-model checkpoint (task
+    "lm"); `load_translator` reads translation checkpoints."""
+    model, meta, vocabs = load_with_vocabs(path, task, device)
+    return model, meta, vocabs["vocab"]
+
+
+def load_translator(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any], Vocab, Vocab]:
+    """(model in eval mode on `device`, metadata, source vocab, target vocab) from a translation checkpoint."""
+    model, meta, vocabs = load_with_vocabs(path, "translate", device)
+    return model, meta, vocabs["source_vocab"], vocabs["target_vocab"]
+
+
+def load_with_vocabs(
+    path: str | os.PathLike, task: str, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any], dict[str, Vocab]]:
+    """(model in eval mode on `device`, metadata, {metadata key: vocab}) from a model checkpoint of
+    `task`, with every vocab checked against the model's config."""
     path = os.fspath(path)
     tensors, meta = load(path, task=task)
     try:
-        vocab = Vocab.from_dict(meta["vocab"])
+        vocabs = {key: Vocab.from_dict(meta[key]) for key in VOCABS[task]}
         if meta.get("tokens") not in TOKEN_KINDS or meta.get("preprocess") not in PREPROCESS_MODES:
             raise ValueError("tokens / preprocess")
+        if task == "translate" and not all(is_pair_vocab(vocab) for vocab in vocabs.values()):
+            raise ValueError("special tokens")
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: damaged vocab or text settings in charlm metadata ({error})") from None
     model = build_model(tensors, meta, path)
-    if model.config.vocab_size != len(vocab):
+    if any(getattr(model.config, size) != len(vocabs[key]) for key, size in VOCABS[task].items()):
         raise CheckpointError(f"{path}: the vocab does not match the model in its metadata")
-    return model.to(device).eval(), meta, vocab
+    return model.to(device).eval(), meta, vocabs
 
 
 def latest(folder: str | os.PathLike, task: str) -> str | None:

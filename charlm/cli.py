@@ -1,4 +1,4 @@
-"""CLI: `charlm train | generate | eval | stats | info | plot`, the only home of click.
+"""CLI: `charlm train | generate | translate | eval | stats | info | plot`, the only home of click.
 
 Commands import torch and the rest of charlm lazily, inside the command, so `charlm --help` is
 instant. A user's mistake raises `CharlmError` somewhere below; it is shown here as one line on
@@ -52,11 +52,14 @@ class CharlmGroup(click.Group):
 @click.group(cls=CharlmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="charlm")
 def cli() -> None:
-    """charlm: train character-level language models on any UTF-8 text, and sample from them.
+    """charlm: train character-level language models on any UTF-8 text, and sample from them;
+    or models that map one string to another, from files of source<TAB>target pairs.
 
     \b
     charlm train corpora/timemachine.txt
     charlm generate --prefix "time "
+    charlm train corpora/wordpairs.tsv
+    charlm translate man
     """
 
 
@@ -108,112 +111,161 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 # train
 
 
+# Defaults that depend on the task: a language model of a long text, or a model of short pairs.
+TASK_DEFAULTS = {
+    "lm": {"cell": "lstm", "embedding_size": 64, "hidden_size": 512, "num_layers": 2, "dropout": 0.25,
+           "lr": 3e-3, "lr_schedule": "cosine", "epochs": 20, "keep": "best", "threads": None},
+    "translate": {"cell": "gru", "embedding_size": 32, "hidden_size": 128, "num_layers": 1, "dropout": 0.0,
+                  "lr": 5e-3, "lr_schedule": "constant", "epochs": 30, "keep": "last", "threads": 1},
+}
+PAIR_THREADS = TASK_DEFAULTS["translate"]["threads"]
+LM_ONLY = ("tokens", "preprocess", "seq_len", "iterator", "cache_dir", "no_cache")
+PAIRS_ONLY = ("model_type", "attention", "skip_bad_lines")
+
+
+def _per_task(name: str) -> str:
+    lm, pairs = TASK_DEFAULTS["lm"][name], TASK_DEFAULTS["translate"][name]
+    shown = "torch's" if lm is None else lm
+    return f"[default: {shown} for text, {pairs} for pairs]"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @cli.command()
 @click.argument("corpus", type=click.Path(dir_okay=True, path_type=Path))
-@click.option("--model", "cell", type=click.Choice(["rnn", "gru", "lstm"]), default="lstm", show_default=True,
-              help="Recurrent cell.")
+@click.option("--task", type=click.Choice(["auto", "lm", "translate"]), default="auto", show_default=True,
+              help="lm: a language model of the text; translate: a model of source<TAB>target pairs; "
+                   "auto: translate when most lines hold a tab.")
+@click.option("--model-type", type=click.Choice(["seq2seq", "tagger"]), default=None,
+              help="Pairs: an encoder-decoder, or the lessons' tagger for pairs of equal lengths [default: seq2seq].")
+@click.option("--attention/--no-attention", default=None,
+              help="Pairs: Bahdanau attention in the seq2seq decoder [default: on].")
+@click.option("--skip-bad-lines", is_flag=True, help="Pairs: leave out malformed lines instead of stopping.")
+@click.option("--model", "cell", type=click.Choice(["rnn", "gru", "lstm"]), default=None,
+              help=f"Recurrent cell. {_per_task('cell')}")
 @click.option("--from-scratch", is_flag=True, help="Use the from-scratch cells (explicit equations) instead of torch's.")
 @click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True,
-              help="Tokenize into characters or whitespace-separated words.")
+              help="Text: tokenize into characters or whitespace-separated words.")
 @click.option("--preprocess", type=click.Choice(["none", "d2l"]), default="none", show_default=True,
-              help="none: the text as it is; d2l: letters only, lower case (the d2l book's).")
+              help="Text: none, the text as it is; d2l, letters only, lower case (the d2l book's).")
 @encoding_option
 @click.option("--min-freq", type=positive, default=1, show_default=True, help="Rarer tokens become <unk>.")
 @click.option("--max-vocab", type=positive, default=None, help="Keep at most this many tokens (the rest become <unk>).")
 @cache_dir_option
 @no_cache_option
-@click.option("--embedding-size", type=non_negative, default=64, show_default=True, help="0 feeds one-hot vectors.")
-@click.option("--hidden-size", type=positive, default=512, show_default=True)
-@click.option("--num-layers", type=positive, default=2, show_default=True)
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.25, show_default=True)
-@click.option("--seq-len", type=positive, default=64, show_default=True, help="Steps of backpropagation through time.")
+@click.option("--embedding-size", type=non_negative, default=None,
+              help=f"0 feeds one-hot vectors (not for seq2seq). {_per_task('embedding_size')}")
+@click.option("--hidden-size", type=positive, default=None, help=_per_task("hidden_size"))
+@click.option("--num-layers", type=positive, default=None, help=_per_task("num_layers"))
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=_per_task("dropout"))
+@click.option("--seq-len", type=positive, default=64, show_default=True, help="Text: steps of backpropagation through time.")
 @click.option("--batch-size", type=positive, default=32, show_default=True,
               help="Rows per step, over all processes under torchrun.")
 @click.option("--iterator", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,
-              help="sequential carries the hidden state between batches; random samples independent windows.")
+              help="Text: sequential carries the hidden state between batches; random samples independent windows.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default="adamw", show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Learning rate.")
-@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="cosine", show_default=True,
-              help="cosine: from --lr down to --lr x --min-lr-ratio over --epochs.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help=f"Learning rate. {_per_task('lr')}")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default=None,
+              help=f"cosine: from --lr down to --lr x --min-lr-ratio over --epochs. {_per_task('lr_schedule')}")
 @click.option("--min-lr-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--clip", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Clip the global gradient norm to this (0: off).")
-@click.option("--epochs", type=positive, default=20, show_default=True)
+@click.option("--epochs", type=positive, default=None, help=_per_task("epochs"))
 @click.option("--max-steps", type=positive, default=None, help="Stop after this many optimizer steps.")
 @click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this many seconds.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-              help="The last part of the corpus held out for validation.")
+              help="Held out for validation: the last part of a text; a seeded random part of the pairs.")
 @click.option("--eval-every", type=positive, default=None, help="Evaluate every N steps (default: each epoch).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
+@click.option("--threads", type=positive, default=None,
+              help=f"CPU threads for torch (small models are faster on one). {_per_task('threads')}")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on a CUDA GPU that supports it, else fp32.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint path [default: checkpoints/<corpus stem>.safetensors].")
+@click.option("--keep", type=click.Choice(["best", "last"]), default=None,
+              help="The model to save at --out: the best by validation loss, or the last (pairs such as antonyms "
+                   f"cannot generalise, so their model must learn them all). {_per_task('keep')}")
 @click.option("--resume", is_flag=True, help="Continue the run saved at --out from where it stopped.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already saved at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar or evaluation lines.")
-def train(corpus: Path, out: Path | None, resume: bool, overwrite: bool, quiet: bool, tokens: str, preprocess: str, encoding: str,
-          min_freq: int, max_vocab: int | None, cache_dir: Path | None, no_cache: bool, **options: Any) -> None:
-    """Train a language model on CORPUS, a UTF-8 text file.
+@click.pass_context
+def train(ctx: click.Context, corpus: Path, out: Path | None, resume: bool, overwrite: bool, quiet: bool, **options: Any) -> None:
+    """Train a language model on CORPUS, a UTF-8 text file, or a translation model when CORPUS
+    holds one source<TAB>target pair per line.
 
     \b
     charlm train corpora/timemachine.txt
     charlm train corpora/timemachine.txt --preprocess d2l --model gru --max-time 300
     charlm train my.txt --out runs/my.safetensors --resume
     torchrun --nproc_per_node=4 -m charlm train my.txt --batch-size 128   # 4 GPUs, 32 rows each
+    charlm train corpora/wordpairs.tsv
+    charlm train corpora/hihell.tsv --model-type tagger --model rnn --embedding-size 0 --optimizer adam --lr 0.1 --epochs 15
     """
-    from dataclasses import replace
+    from charlm.runtime import cpu_threads, distributed
 
-    from charlm.data import BatchIterator, fit_batch_size, lm_eval_batches, load_corpus
-    from charlm.errors import CharlmError
-    from charlm.model import LanguageModel, ModelConfig
-    from charlm.runtime import distributed, seed_everything
+    task = _task_of(corpus, options["task"], options["encoding"])
+    not_for = PAIRS_ONLY if task == "lm" else LM_ONLY
+    given = [_flag(name) for name in not_for if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        what = "pair corpora (--task translate)" if task == "lm" else "language models of text (--task lm)"
+        raise click.UsageError(f"{', '.join(given)} only applies to {what}")
+    for name, value in TASK_DEFAULTS[task].items():
+        options[name] = value if options[name] is None else options[name]
+    options["cache_dir"] = _cache_dir(corpus, options["cache_dir"], options.pop("no_cache"))
+    world = ctx.with_resource(distributed(options["device"]))  # alone, or one of several under torchrun
+    with cpu_threads(options["threads"]):
+        _train(task, corpus, out, resume, overwrite, quiet or not world.is_main, options, world)
+
+
+def _train(task: str, corpus: Path, out: Path | None, resume: bool, overwrite: bool, quiet: bool, options: dict,
+           world: Any) -> None:
+    from charlm.runs import language_model_run, translation_run
     from charlm.trainer import TrainConfig, Trainer
 
-    model_keys = {"cell", "embedding_size", "hidden_size", "num_layers", "dropout", "from_scratch"}
-    train_config = TrainConfig(**{key: value for key, value in options.items() if key not in model_keys})
+    train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
     out = out or Path(CHECKPOINT_DIR) / f"{corpus.stem}.safetensors"
-    world = click.get_current_context().with_resource(distributed(train_config.device))  # alone, or under torchrun
-    quiet = quiet or not world.is_main
-    with world.main_first():  # rank 0 fills the token cache, then the others read it
-        data = load_corpus(corpus, tokens, preprocess, encoding, min_freq, max_vocab,
-                           cache_dir=_cache_dir(corpus, cache_dir, no_cache))
-    train_ids, val_ids = data.split(train_config.val_fraction)
-    batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
-    if batch_size < train_config.batch_size and world.is_main:
-        click.echo(f"note: the training split has {len(train_ids):,} tokens, too few for batches of "
-                   f"{train_config.batch_size} x {train_config.seq_len}: using --batch-size {batch_size}", err=True)
-    train_config = replace(train_config, batch_size=batch_size)
-    try:
-        config = ModelConfig(vocab_size=len(data.vocab), **{key: options[key] for key in model_keys})
-    except ValueError as error:  # a model option click's ranges let through (nan)
-        raise CharlmError(str(error)) from None
-    seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
-    model = LanguageModel(config)
-    meta = {"task": "lm", "model": _asdict(config), "vocab": data.vocab.to_dict(), "tokens": tokens,
-            "preprocess": preprocess, "corpus": corpus.name}
+    if task == "lm":
+        run = language_model_run(corpus, train_config, options, world)
+    else:
+        run = translation_run(corpus, train_config, options, detected=options["task"] == "auto")
+    train_config = run.train_config or train_config
+    if world.is_main:
+        for note in run.notes:
+            click.echo(f"note: {note}", err=True)
     if not quiet:
-        click.echo(f"{corpus}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
-                   f"{config.cell} {config.num_layers}x{config.hidden_size}, "
-                   f"{model.num_parameters():,} parameters{f' on {world.size} processes' if world.size > 1 else ''} -> {out}",
-                   err=True)
-    train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
-                                  train_config.seed)
-    val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len) if len(val_ids) >= 2 else None
-    summary = Trainer(model, train_batches, val_batches, train_config, out, meta, not quiet, world).run(resume, overwrite)
+        _say_skipped(corpus, run.skipped)
+        click.echo(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}", err=True)
+    summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
+                      not quiet, world).run(resume, overwrite)
     if not quiet:
         best = summary["best_val_loss"]
         shown = f"best val loss {best:.4f} (ppl {_exp(best):.2f})" if best is not None else "done"
+        if train_config.keep == "last":
+            shown += f" at step {summary['best_step']}; saved the last model"
         click.echo(f"saved {out}: {summary['steps']} steps, {shown}", err=True)
+        if run.held_out:
+            _report_pairs(_evaluate_translator(str(out), run.held_out, options["device"]), "held out: ")
 
 
-def _asdict(config: Any) -> dict:
-    from dataclasses import asdict
+def _task_of(corpus: Path, task: str, encoding: str) -> str:
+    """The task asked for, or with "auto" the one the file's shape says."""
+    from charlm.pairs import looks_like_pairs
 
-    return asdict(config)
+    if task != "auto":
+        return task
+    return "translate" if looks_like_pairs(corpus, encoding) else "lm"
+
+
+def _say_skipped(path: Path, skipped: list[int]) -> None:
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+        click.echo(f"skipped {len(skipped)} malformed line{'s' if len(skipped) > 1 else ''} of {path}: {shown}", err=True)
 
 
 def _exp(value: float) -> float:
@@ -285,34 +337,122 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
 
 
 # ---------------------------------------------------------------------------------------------
+# translate
+
+
+def decoding_options(function: Any) -> Any:
+    """--beam, --length-penalty and --max-length, shared by translate and eval."""
+    options = [
+        click.option("--beam", type=positive, default=1, show_default=True,
+                     help="Beam search keeping this many candidates (1: greedy)."),
+        click.option("--length-penalty", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Beam search ranks finished outputs by log-probability / length ** this "
+                          "(0: total log-probability; 1: per character)."),
+        click.option("--max-length", type=positive, default=None,
+                     help="Stop an output at this many characters [default: twice the input's length + 10]."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command("translate")
+@click.argument("words", nargs=-1)
+@click.option("--checkpoint", type=click.Path(path_type=str), default=None,
+              help=f"A translation checkpoint [default: the newest in {CHECKPOINT_DIR}/].")
+@decoding_options
+@click.option("--attention-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw the attention weights of the one input as a heat map to this PNG (needs charlm[plot]).")
+@unknown_option
+@device_option
+def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int, length_penalty: float,
+                      max_length: int | None, attention_plot: Path | None, unknown: str, device: str) -> None:
+    """Translate each WORD, or each line of stdin when no WORD is given: one line out per input.
+
+    \b
+    charlm translate man king
+    printf 'hello\\nhihell\\n' | charlm translate --checkpoint checkpoints/hihell.safetensors
+    charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --beam 5 "I'm cold."
+    charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --attention-plot a.png "Go away."
+    """
+    from charlm import translate
+    from charlm.checkpoint import load_translator
+    from charlm.runtime import cpu_threads, pick_device
+
+    texts = list(words) or [line.rstrip("\n") for line in sys.stdin]
+    if attention_plot and len(texts) != 1:
+        raise click.UsageError(f"--attention-plot draws one input; got {len(texts)}")
+    path = _checkpoint_or_latest(checkpoint, "translate")
+    model, _, source_vocab, target_vocab = load_translator(path, pick_device(device))
+    with cpu_threads(PAIR_THREADS):
+        outputs = translate.translate(model, texts, source_vocab, target_vocab, beam, max_length, length_penalty,
+                                      unknown)
+    for output in outputs:
+        click.echo(output)
+    if attention_plot:
+        from charlm.generate import encode_prefix
+        from charlm.plot import plot_attention
+
+        source_ids = encode_prefix(texts[0], source_vocab, unknown=unknown, what="input")
+        if not source_ids:
+            raise click.UsageError("nothing to plot: the input is empty")
+        weights = translate.attention_weights(model, source_ids, target_vocab.encode(outputs[0]))
+        plot_attention(weights, source_vocab.decode(source_ids), [*outputs[0], "<eos>"], attention_plot)
+        click.echo(f"attention weights drawn in {attention_plot}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # eval, stats, info
 
 
 @cli.command("eval")
 @click.option("--checkpoint", type=click.Path(path_type=str), default=None,
-              help=f"A checkpoint [default: the newest language model in {CHECKPOINT_DIR}/].")
+              help=f"A checkpoint [default: the newest in {CHECKPOINT_DIR}/ for FILE's kind: text or pairs].")
 @click.argument("file", type=click.Path(path_type=Path))
 @encoding_option
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep FILE's token ids here for the next evaluation [default: no cache].")
+@decoding_options
+@click.option("--held-out", is_flag=True, help="Pairs: score only the pairs of FILE held out when the model was trained on it.")
+@click.option("--skip-bad-lines", is_flag=True, help="Pairs: leave out malformed lines instead of stopping.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint: str | None, file: Path, encoding: str, cache_dir: Path | None, device: str,
-             as_json: bool) -> None:
-    """Loss, perplexity and bits per character of a model on FILE.
+def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, length_penalty: float,
+             max_length: int | None, held_out: bool, skip_bad_lines: bool, device: str, as_json: bool) -> None:
+    """Loss, perplexity and bits per character of a language model on FILE; or exact match,
+    character error rate and BLEU of a translation model on FILE's pairs.
 
     \b
     charlm eval --checkpoint checkpoints/timemachine.safetensors corpora/timemachine.txt
+    charlm eval --checkpoint checkpoints/wordpairs.safetensors corpora/wordpairs.tsv --held-out
     """
+    from charlm.checkpoint import read_metadata
+    from charlm.pairs import looks_like_pairs
+
+    if checkpoint:
+        task = read_metadata(checkpoint).get("task")
+    else:
+        task = "translate" if looks_like_pairs(file, encoding) else "lm"
+    path = _checkpoint_or_latest(checkpoint, task)
+    if task == "translate":
+        from charlm.pairs import read_pairs
+
+        pairs, skipped = read_pairs(file, encoding, skip_bad_lines)
+        _say_skipped(file, skipped)
+        report = _evaluate_translator(path, pairs, device, held_out, beam, length_penalty, max_length)
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            _report_pairs(report)
+        return
+    if held_out:
+        raise click.UsageError("--held-out is for translation models")
     from charlm.checkpoint import load_model
     from charlm.data import lm_eval_batches, load_corpus
     from charlm.runtime import pick_device
     from charlm.trainer import evaluate as evaluate_batches, loss_report
 
-    path = _checkpoint_or_latest(checkpoint, "lm")
     model, meta, vocab = load_model(path, "lm", pick_device(device))
     data = load_corpus(file, meta["tokens"], meta["preprocess"], encoding, vocab=vocab,
-                       cache_dir=cache_dir)  # evaluating writes no file unless asked
+                       cache_dir=None)  # evaluating writes no file
     if len(data.ids) < 2:
         raise click.UsageError(f"{file} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())
@@ -324,6 +464,37 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, cache_dir: Path 
     else:
         click.echo(f"loss {report['loss']:.4f} nats/token  perplexity {report['ppl']:.3f}  "
                    f"bits/token {report['bpc']:.4f}  ({report['tokens']:,} tokens)")
+
+
+def _evaluate_translator(path: str, pairs: list, device: str, held_out: bool = False, beam: int = 1,
+                         length_penalty: float = 0.0, max_length: int | None = None) -> dict:
+    """Scores of the translation checkpoint at `path` on `pairs`, or with `held_out` on the part
+    of them its training held out (split again with the same fraction and seed)."""
+    from charlm.checkpoint import load_translator
+    from charlm.pairs import split_pairs
+    from charlm.runtime import cpu_threads, pick_device
+    from charlm.translate import evaluate_pairs
+
+    model, meta, source_vocab, target_vocab = load_translator(path, pick_device(device))
+    if held_out:
+        train = meta.get("train", {})
+        pairs = split_pairs(pairs, train.get("val_fraction", 0.1), train.get("seed", 0))[1]
+        if not pairs:
+            raise click.UsageError(f"{path} was trained with nothing held out of this file")
+    with cpu_threads(PAIR_THREADS):
+        return evaluate_pairs(model, pairs, source_vocab, target_vocab, beam, max_length, length_penalty)
+
+
+def _report_pairs(report: dict, lead: str = "") -> None:
+    """One line of translation scores (on stderr when it comments on training), notes after it."""
+    bleu = f"  BLEU {report['bleu']:.2f}" if report["bleu"] is not None else ""
+    click.echo(f"{lead}exact match {100 * report['exact_match']:.1f} %  CER {report['cer']:.3f}{bleu}  "
+               f"({report['pairs']:,} pairs, {report['sources']:,} distinct sources)", err=bool(lead))
+    if report["unknown_characters"]:
+        click.echo(f"note: {report['unknown_characters']:,} source characters are not in the model's vocab "
+                   "and count as <unk>", err=True)
+    if report.get("note"):
+        click.echo(f"note: {report['note']}", err=True)
 
 
 @cli.command()
@@ -374,13 +545,18 @@ def info(checkpoint: str, as_json: bool) -> None:
         return value if isinstance(value, kind) and not isinstance(value, bool) else default
 
     model, training = field(meta.get("model"), dict, {}), field(meta.get("training"), dict, {})
-    vocab = field(field(meta.get("vocab"), dict, {}).get("itos"), list, [])
+    vocab_size = lambda key: len(field(field(meta.get(key), dict, {}).get("itos"), list, []))
+    if meta.get("task") == "translate":
+        vocabs = f"source vocab {vocab_size('source_vocab')}, target vocab {vocab_size('target_vocab')}"
+    else:
+        vocabs = f"vocab {vocab_size('vocab')}"
     best = field(training.get("best_val_loss"), (int, float), None)
     lines = [
         f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {meta.get('format_version')})",
         f"task         {meta.get('task')} ({meta.get('kind', 'model')})",
-        f"model        {', '.join(f'{key}={value}' for key, value in model.items())}",
-        f"text         tokens={meta.get('tokens')}, preprocess={meta.get('preprocess')}, vocab {len(vocab)}"
+        f"model        {meta.get('architecture', '') + ': ' if meta.get('architecture') else ''}"
+        f"{', '.join(f'{key}={value}' for key, value in model.items())}",
+        f"text         tokens={meta.get('tokens')}, preprocess={meta.get('preprocess')}, {vocabs}"
         + (f", corpus {meta['corpus']}" if meta.get("corpus") else ""),
         f"training     {training.get('steps')} steps, {training.get('tokens')} tokens"
         + (f", best val loss {best:.4f} (ppl {_exp(best):.2f}) at step {training.get('best_step')}" if best is not None else ""),

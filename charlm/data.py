@@ -5,8 +5,10 @@ streaming passes: count, then encode into a preallocated tensor of the smallest 
 the vocab), keeps those ids in a cache folder for the next run (`TokenCache`), and cuts the ids
 into batches. It knows nothing about models or training.
 
-Batch layout for both iterators, as in d2l: `inputs` and `targets` are (B, T) and
-`targets[b, t] == inputs[b, t + 1]` in the corpus.
+Batch layout for both language-model iterators, as in d2l: `inputs` and `targets` are (B, T) and
+`targets[b, t] == inputs[b, t + 1]` in the corpus. Pair batches (`PairBatches`, read by
+`charlm.pairs`) are (source (B, S), target (B, T)), right-padded, with no <bos> / <eos>: adding
+them is each model's business.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from charlm.errors import CharlmError, CorpusError
-from charlm.runtime import seeded_generator
+from charlm.runtime import cpu_threads, seeded_generator
 from charlm.text import Tokenizer, Vocab, count_tokens, preprocess_chunks, read_chunks
 
 ITERATORS = ("sequential", "random")
@@ -81,7 +83,9 @@ def load_corpus(
         return preprocess_chunks(read_chunks(path, encoding, hasher=hasher if hashed else None), preprocess)
 
     num_tokens = None
-    with _one_thread():
+    # torch on one thread: each chunk op here is short and memory-bound, a thread team gains
+    # nothing, and on a busy machine each op waited ~20 ms for a descheduled thread
+    with cpu_threads(1):
         if vocab is None:
             counts = count_chars(chunks(hashed=True)) if tokens == "char" else count_tokens(chunks(hashed=True), tokens)
             vocab = Vocab(counts, min_freq=min_freq, max_size=max_vocab)
@@ -139,18 +143,6 @@ class _CharEncoder:
 
 
 MAX_CODE_POINT = 0x110000
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch on one thread for the block. Each chunk op here is short and memory-bound: a thread
-    team gains nothing, and on a busy machine each op waited ~20 ms for a descheduled thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def code_points(text: str) -> torch.Tensor:
@@ -349,3 +341,73 @@ def lm_eval_batches(ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256)
     """Validation batches of a language model, as a function the trainer calls at each evaluation:
     every position of `ids` once, in rows of at least 256 steps."""
     return lambda: eval_batches(ids, batch_size, max(seq_len, 256))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs
+
+EncodedPair = tuple[list[int], list[int]]
+
+
+def encode_pairs(pairs: Iterable, source_vocab: Vocab, target_vocab: Vocab) -> list[EncodedPair]:
+    """`charlm.pairs.Pair`s -> (source ids, target ids), one id per character, no markers."""
+    return [(source_vocab.encode(pair.source), target_vocab.encode(pair.target)) for pair in pairs]
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_index: int) -> torch.Tensor:
+    """Id lists -> one int64 (B, longest) tensor, right-padded with `pad_index`."""
+    out = torch.full((len(sequences), max(len(ids) for ids in sequences)), pad_index, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def pad_pairs(encoded: Sequence[EncodedPair], pad_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of pairs: (source (B, S), target (B, T)), both right-padded with `pad_index`."""
+    return pad([source for source, _ in encoded], pad_index), pad([target for _, target in encoded], pad_index)
+
+
+class PairBatches:
+    """Padded (source (B, S), target (B, T)) batches of pairs, for the trainer.
+
+    Each epoch, the pairs are shuffled, then sorted by source length within pools of 32 batches
+    (so a batch holds pairs of similar lengths and little padding), cut into batches, and the
+    batches shuffled. All of it is drawn from a generator seeded with (seed, epoch) alone, so
+    `batches(epoch, start=k)` resumes an epoch exactly at its k-th batch. Pairs are independent:
+    no state is carried from one batch to the next.
+    """
+
+    carries_state = False
+    POOL_BATCHES = 32
+
+    def __init__(self, encoded: Sequence[EncodedPair], batch_size: int, pad_index: int, seed: int = 0) -> None:
+        if not encoded:
+            raise CorpusError("no training pairs left after holding out the validation split; lower --val-fraction")
+        self.encoded, self.batch_size, self.pad_index, self.seed = encoded, batch_size, pad_index, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.encoded) // self.batch_size)
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The pair indices of every batch of `epoch`, in order."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.encoded), generator=generator).tolist()
+        pool = self.batch_size * self.POOL_BATCHES
+        batches = []
+        for start in range(0, len(order), pool):
+            pooled = sorted(order[start : start + pool], key=lambda index: len(self.encoded[index][0]))
+            batches += [pooled[i : i + self.batch_size] for i in range(0, len(pooled), self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[index] for index in shuffled]
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (source, target) for batches start..len(self)-1 of `epoch`."""
+        for indices in self.plan(epoch)[start:]:
+            yield pad_pairs([self.encoded[index] for index in indices], self.pad_index)
+
+
+def pair_eval_batches(encoded: Sequence[EncodedPair], pad_index: int, batch_size: int = 64) -> Callable[[], Iterator]:
+    """Validation batches of pairs, as a function the trainer calls at each evaluation: every pair
+    once, in file order."""
+    return lambda: (pad_pairs(encoded[start : start + batch_size], pad_index)
+                    for start in range(0, len(encoded), batch_size))

@@ -19,6 +19,10 @@ class CheckpointError(CharlmError):
     """A checkpoint that cannot be loaded, or is the wrong kind for the command."""
 
 
+class MissingExtra(CharlmError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
 class TrainingInterrupted(CharlmError):
     """Training was stopped by a signal after a resumable checkpoint was written."""
 

@@ -70,10 +70,12 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
 
 
 def encode_prefix(
-    prefix: str, vocab: Vocab, tokens: str = "char", preprocess: str = "none", unknown: str = "error"
+    prefix: str, vocab: Vocab, tokens: str = "char", preprocess: str = "none", unknown: str = "error",
+    what: str = "prefix",
 ) -> list[int]:
     """Prefix text -> ids, preprocessed as the corpus was. Tokens the vocab lacks are an error that
-    names them (`unknown="error"`), dropped ("skip") or mapped to `<unk>` ("unk")."""
+    names them (`unknown="error"`), dropped ("skip") or mapped to `<unk>` ("unk"). The translator
+    encodes its inputs here too, under the same policy (`what` names the text in the error)."""
     if unknown not in UNKNOWN_POLICIES:
         raise CharlmError(f"unknown policy {unknown!r}; choose one of {', '.join(UNKNOWN_POLICIES)}")
     pieces = Tokenizer(tokens).split(preprocess_prefix(prefix, preprocess))
@@ -81,7 +83,7 @@ def encode_prefix(
     if missing and unknown == "error":
         shown = ", ".join(repr(token) for token in missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise CharlmError(
-            f"the prefix has {len(missing)} {'character' if tokens == 'char' else 'token'}"
+            f"the {what} has {len(missing)} {'character' if tokens == 'char' else 'token'}"
             f"{'s' if len(missing) > 1 else ''} the model never saw: {shown}; "
             "remove them, or pass --unknown skip (drop them) or --unknown unk (map them to <unk>)"
         )

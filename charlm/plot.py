@@ -1,22 +1,25 @@
-"""Plot: the training curves of one or several runs, drawn from their metrics files into a picture.
+"""Plots, and the only home of matplotlib: an optional extra (`pip install 'charlm[plot]'`),
+imported only when a plot is drawn, off-screen, into a file.
 
-    plot_runs(["runs/lstm.safetensors", "runs/gru.metrics.jsonl"], "curve.png")
+- `plot_runs`: the training curves of one or several runs, from their metrics files. Left, the
+  training and validation loss (nats per token) against tokens seen; right, the validation
+  perplexity. One colour per run, named in the legend.
+- `plot_attention`: a translation's attention weights as a heat map.
 
-Left, the training and validation loss (nats per token) against tokens seen; right, the validation
-perplexity. One colour per run, named in the legend. matplotlib is an optional extra
-(`pip install 'charlm[plot]'`), imported here alone and only when a plot is drawn.
-
-It reads the `X.metrics.jsonl` files the trainer writes and knows nothing about models or training.
+It reads the `X.metrics.jsonl` files the trainer writes and the numbers it is given; it knows
+nothing about models or training.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, MissingExtra
 
 INSTALL_HINT = "pip install 'charlm[plot]'"
 
@@ -105,11 +108,37 @@ def plot_runs(paths: list[str | os.PathLike], out: str | os.PathLike, title: str
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise CharlmError(f"plotting needs matplotlib, an optional extra: {INSTALL_HINT}") from None
+    matplotlib = _import("matplotlib", "plotting")
     matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as pyplot
+    return _import("matplotlib.pyplot", "plotting")
 
-    return pyplot
+
+def _import(module: str, purpose: str) -> Any:
+    """A part of matplotlib, or a `MissingExtra` naming the extra that brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{purpose} needs matplotlib, an optional extra: {INSTALL_HINT}") from None
+
+
+def shown(character: str) -> str:
+    """A character as a readable tick label: a space is drawn as "␣"."""
+    return {" ": "␣", "\t": "⇥"}.get(character, character)
+
+
+def plot_attention(weights: Any, source: Sequence[str], output: Sequence[str], path: str | os.PathLike) -> None:
+    """Draw attention weights (len(output), len(source)), a tensor, as a heat map: one column per
+    source character, one row per output character, darker where the output looked less."""
+    Figure = _import("matplotlib.figure", "--attention-plot").Figure
+    rows, columns = weights.shape
+    figure = Figure(figsize=(1.5 + 0.4 * columns, 1.2 + 0.4 * rows))
+    axes = figure.subplots()
+    image = axes.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="equal")
+    axes.set_xticks(range(columns), labels=[shown(character) for character in source])
+    axes.set_yticks(range(rows), labels=[shown(character) for character in output])
+    axes.set_xlabel("source")
+    axes.set_ylabel("output")
+    axes.xaxis.set_label_position("top")
+    axes.xaxis.tick_top()
+    figure.colorbar(image, ax=axes, fraction=0.05, label="attention weight")
+    figure.savefig(os.fspath(path), bbox_inches="tight", dpi=120)

@@ -1,6 +1,6 @@
-"""Runtime: the one place that picks a device, seeds the random generators, writes a file
-atomically, locks an output path and knows which of several processes this one is (`World`, under
-torchrun). Everything that does one of these calls in here.
+"""Runtime: the one place that picks a device, sets torch's CPU threads, seeds the random
+generators, writes a file atomically, locks an output path and knows which of several processes
+this one is (`World`, under torchrun). Everything that does one of these calls in here.
 
 It knows nothing about models, data or checkpoints' contents.
 """
@@ -37,6 +37,22 @@ def pick_device(name: str = "auto") -> torch.device:
     if (name == "cuda" and not cuda) or (name == "mps" and not mps):
         raise CharlmError(f"--device {name} asked for, but this machine has none; use --device cpu or auto")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op CPU threads set to `count` (None: as they are), then
+    restore them. Small models, such as the pair models, run faster on one thread: on a small or
+    shared machine several threads mostly wait for each other around tiny matrix products."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:

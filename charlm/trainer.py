@@ -1,4 +1,4 @@
-"""Trainer: fits any model that keeps the `logits, state = model(inputs, state)` contract.
+"""Trainer: fits any model that keeps the `loss_sum, count, state = model.batch_loss(batch, state)` contract.
 
 It owns the loop (optimizer, clipping, stopping by epochs / steps / time), evaluation, the metrics
 file, the best-model checkpoint and the resume checkpoint, signals and divergence. It never asks
@@ -12,7 +12,8 @@ process the result equals one process training on the whole batch. Every process
 same weights on the same data give the same number), so all take the same decisions.
 
 Files of a run whose checkpoint is `runs/x.safetensors`:
-    runs/x.safetensors          the best model by validation loss (what `generate` uses)
+    runs/x.safetensors          the best model by validation loss (what `generate` uses), or
+                                the last one evaluated with `keep="last"`
     runs/x.resume.safetensors   the latest full training state (what `--resume` uses)
     runs/x.metrics.jsonl        one JSON object per evaluation
 """
@@ -42,6 +43,7 @@ from charlm.runtime import World, atomic_write, exclusive_lock, rng_states, seed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+KEEPS = ("best", "last")
 PRECISIONS = ("auto", "fp32", "bf16")
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
 
@@ -65,6 +67,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16 support, else fp32
+    keep: str = "best"  # the model checkpoint: the best by validation loss, or the last evaluated
+
 
     def __post_init__(self) -> None:
         checks = [
@@ -72,6 +76,7 @@ class TrainConfig:
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}"),
             (self.clip >= 0, f"--clip must be 0 (off) or more, got {self.clip}"),
@@ -372,10 +377,11 @@ class Trainer:
             with open(self.paths["metrics"], "a", encoding="utf-8") as file:
                 file.write(json.dumps(record) + "\n")
         score = val_loss if val_loss is not None else train_loss
-        if self.best_val_loss is None or (score is not None and score < self.best_val_loss):
+        improved = self.best_val_loss is None or (score is not None and score < self.best_val_loss)
+        if improved:
             self.best_val_loss, self.best_step = score, self.step
-            if self.world.is_main:
-                checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
+        if (improved or self.config.keep == "last") and self.world.is_main:
+            checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
         if not stop:
             self.loss_sum, self.loss_count = 0.0, 0
             self.save_resume()

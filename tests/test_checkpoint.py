@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from charlm import checkpoint
+from charlm.errors import CheckpointError
 from charlm.model import LanguageModel, ModelConfig
 from charlm.text import Vocab
 
@@ -62,3 +63,51 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
         runtime.atomic_write(path, b"new")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("architecture", ["seq2seq", "tagger"])
+def test_translation_checkpoints_rebuild_their_model_and_both_vocabs(tmp_path, architecture):
+    from dataclasses import asdict
+
+    from charlm.pairs import Pair, pair_vocabs
+    from charlm.seq2seq import ARCHITECTURES
+
+    source_vocab, target_vocab = pair_vocabs([Pair("hello", "ohlol", 1)])
+    model_class, config_class = ARCHITECTURES[architecture]
+    torch.manual_seed(0)
+    model = model_class(config_class(vocab_size=len(source_vocab), target_vocab_size=len(target_vocab),
+                                     embedding_size=3, hidden_size=4, num_layers=1))
+    meta = {"task": "translate", "architecture": architecture, "kind": "model", "model": asdict(model.config),
+            "source_vocab": source_vocab.to_dict(), "target_vocab": target_vocab.to_dict(), "tokens": "char",
+            "preprocess": "none"}
+    path = tmp_path / "t.safetensors"
+    checkpoint.save(path, checkpoint.model_tensors(model), meta)
+    loaded, _, loaded_source, loaded_target = checkpoint.load_translator(path)
+    assert type(loaded) is model_class and loaded.config == model.config
+    assert (loaded_source, loaded_target) == (source_vocab, target_vocab)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert checkpoint.latest(tmp_path, "translate") == str(path) and checkpoint.latest(tmp_path, "lm") is None
+    saved_model(tmp_path / "lm.safetensors")
+    with pytest.raises(CheckpointError, match="language-model checkpoint"):
+        checkpoint.load_translator(tmp_path / "lm.safetensors")
+
+    tensors, _ = checkpoint.load(path)
+    for damage, message in [({"architecture": "transformer"}, "unknown task"),
+                            ({"target_vocab": Vocab({"a": 1}).to_dict()}, "damaged vocab"),
+                            ({"source_vocab": Vocab({"a": 1}, reserved=("<pad>", "<bos>", "<eos>")).to_dict()},
+                             "vocab does not match")]:
+        checkpoint.save(path, tensors, {**meta, **damage})
+        with pytest.raises(CheckpointError, match=message):
+            checkpoint.load_translator(path)
+
+
+def test_cpu_threads_are_set_for_a_block_and_restored():
+    from charlm.runtime import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpu_threads(None):
+        assert torch.get_num_threads() == before

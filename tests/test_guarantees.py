@@ -248,10 +248,14 @@ def test_checkpoint_from_a_newer_format_version(runner, model_file):
 
 
 def test_checkpoint_of_the_wrong_task(runner, tiny_corpus, model_file):
+    """`generate` needs a language model and `translate` a translation model; `eval` takes either
+    (it scores text with one and pairs with the other), `info` reads any."""
+    fails(runner, "translate", "--checkpoint", model_file, "the",
+          message="is a language-model checkpoint; this command needs a translation checkpoint")
     rewrite(model_file, task="translate")
-    for command in each_loading_command(model_file)[:2]:
-        fails(runner, *command, message="is a translation checkpoint; this command needs a language-model checkpoint")
-    assert "translate" in run_cli(runner, "info", model_file).stdout  # info reads any task
+    fails(runner, "generate", "--checkpoint", model_file,
+          message="is a translation checkpoint; this command needs a language-model checkpoint")
+    assert "translate" in run_cli(runner, "info", model_file).stdout
     train(runner, tiny_corpus, "--max-steps", "1", "--out", "r/m.safetensors")
     rewrite(Path("r/m.resume.safetensors"), task="translate")
     fails(runner, "train", tiny_corpus, *TINY_MODEL, "--out", "r/m.safetensors", "--resume",
