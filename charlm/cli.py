@@ -113,8 +113,8 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 
 # Defaults that depend on the task: a language model of a long text, or a model of short pairs.
 TASK_DEFAULTS = {
-    "lm": {"cell": "lstm", "embedding_size": 64, "hidden_size": 512, "num_layers": 2, "dropout": 0.25,
-           "lr": 3e-3, "lr_schedule": "cosine", "epochs": 20, "keep": "best", "threads": None},
+    "lm": {"cell": "gru", "embedding_size": 64, "hidden_size": 512, "num_layers": 2, "dropout": 0.3,
+           "lr": 3e-3, "lr_schedule": "cosine", "epochs": 10, "keep": "best", "threads": None},
     "translate": {"cell": "gru", "embedding_size": 32, "hidden_size": 128, "num_layers": 1, "dropout": 0.0,
                   "lr": 5e-3, "lr_schedule": "constant", "epochs": 30, "keep": "last", "threads": 1},
 }
@@ -160,7 +160,7 @@ def _flag(name: str) -> str:
 @click.option("--hidden-size", type=positive, default=None, help=_per_task("hidden_size"))
 @click.option("--num-layers", type=positive, default=None, help=_per_task("num_layers"))
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=_per_task("dropout"))
-@click.option("--seq-len", type=positive, default=64, show_default=True, help="Text: steps of backpropagation through time.")
+@click.option("--seq-len", type=positive, default=35, show_default=True, help="Text: steps of backpropagation through time.")
 @click.option("--batch-size", type=positive, default=32, show_default=True,
               help="Rows per step, over all processes under torchrun.")
 @click.option("--iterator", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,

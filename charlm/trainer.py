@@ -56,11 +56,11 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine ends at lr * this
     weight_decay: float = 0.0
     clip: float = 1.0  # max global gradient norm; 0 turns clipping off
-    epochs: int = 20
+    epochs: int = 10
     max_steps: int | None = None
     max_time: float | None = None  # seconds
     batch_size: int = 32
-    seq_len: int = 64
+    seq_len: int = 35
     iterator: str = "sequential"
     val_fraction: float = 0.1
     eval_every: int | None = None  # steps; None evaluates once per epoch

@@ -325,7 +325,7 @@ def test_corpus_shorter_than_one_batch_shrinks_the_batch(runner):
     fails(runner, "train", "short.txt", *TINY_MODEL, "--seq-len", "200", message="lower --seq-len to 144 or less")
     Path("two.txt").write_text("ab", encoding="utf-8")
     fails(runner, "train", "two.txt", "--val-fraction", "0.5", message="has 1 tokens, too few for one row of --seq-len "
-          "64 (that needs 128); use a longer corpus")
+          "35 (that needs 70); use a longer corpus")
 
 
 # ---------------------------------------------------------------------------------------------
