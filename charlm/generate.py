@@ -65,7 +65,9 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     """Next ids (N,) from logits (N, V)."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits, sampling), dim=-1)
+    if sampling.temperature != 1 or sampling.top_k or sampling.top_p < 1:
+        logits = filter_logits(logits, sampling)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
