@@ -21,6 +21,7 @@ Timings are the best of several repeats, interleaved so load from other processe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import subprocess
@@ -57,8 +58,9 @@ def best_seconds(function, calls: int, repeats: int) -> float:
 # Limits
 
 
+@functools.lru_cache(maxsize=None)
 def matmul_rate(rows: int, inner: int, cols: int, repeats: int) -> float:
-    """FLOP/s of (rows, inner) x (inner, cols) here."""
+    """FLOP/s of (rows, inner) x (inner, cols) here: measured once per shape, best of many."""
     a, b = torch.randn(rows, inner), torch.randn(cols, inner)
     out = torch.empty(rows, cols)
     seconds = best_seconds(lambda: torch.mm(a, b.t(), out=out), 200, max(repeats, 10))  # cheap: take many
@@ -162,10 +164,10 @@ def lesson_training(cell: str | None, embedding_size: int = 0, num_layers: int =
 
 
 def lesson_predict(model: LanguageModel) -> callable:
-    """d2l's predict_ch8: one call of the recurrent module per char, argmax."""
+    """d2l's predict_ch8: one call of the recurrent module per char, argmax (with autograd on, as
+    predict_ch8 has it)."""
     vocab_size = model.config.vocab_size
 
-    @torch.no_grad()
     def run(length: int) -> None:
         state, token = None, torch.zeros(1, 1, dtype=torch.long)
         for _ in range(length):
