@@ -14,7 +14,6 @@ them is each model's business.
 from __future__ import annotations
 
 import array
-import contextlib
 import hashlib
 import json
 import os

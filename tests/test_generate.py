@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from charlm.errors import CharlmError
-from charlm.generate import Sampling, choose, encode_prefix, filter_logits, generate
+from charlm.generate import Sampling, encode_prefix, filter_logits, generate
 from charlm.text import Vocab
 
 
