@@ -15,9 +15,13 @@ but runs the sequence its own way on CPU:
 Everything runs time-major, (T, B, ...), so each step reads and writes
 contiguous (B, ...) slices; the batch-first layout is restored only at the ends.
 
+By default it calls the module itself wherever the fast path does not apply
+(other devices, bidirectional, proj_size, autocast, ...) or measured slower:
+without autograd (torch's fused C++ loops are as fast there), and when training
+a float32 LSTM with oneDNN (mkldnn) on, whose fused LSTM beats separate matmuls.
+
 This module knows nothing about tokens, models or training: it is a drop-in for
-calling a recurrent module, and falls back to the module itself wherever the
-fast path does not apply (other devices, bidirectional, proj_size, ...).
+calling a recurrent module.
 """
 
 import torch
@@ -31,6 +35,18 @@ def _tanh(x: Tensor, out: Tensor) -> Tensor:
     # tanh(x) = 2 * sigmoid(2x) - 1: on the AVX-512 CPU we measured, torch.tanh
     # runs ~3x slower than torch.sigmoid, so these four ops beat the one.
     return torch.mul(x, 2, out=out).sigmoid_().mul_(2).sub_(1)
+
+
+def _per_step(tensor: Tensor, start: int = 0, stop: int | None = None) -> tuple[Tensor, ...]:
+    """(T, B, N) -> T views (B, stop - start) of columns start:stop. The time loops
+    index these instead of slicing tensors: each slice costs a torch call."""
+    return tensor[..., start:stop].unbind(0)
+
+
+def _per_gate(tensor: Tensor, num_gates: int) -> list[tuple[Tensor, ...]]:
+    """(T, B, G*H) -> for each gate, T views (B, H)."""
+    size = tensor.shape[-1] // num_gates
+    return [_per_step(tensor, k * size, (k + 1) * size) for k in range(num_gates)]
 
 
 # --------------------------------------------------------------------------- cells
@@ -51,25 +67,25 @@ class _RNNCell:
 
     def forward(self, gates, h0, c0, w_hh, b_hh):
         out = gates  # (T, B, H): each pre-activation becomes its own output
-        h = h0
-        for t in range(len(gates)):
-            out[t].addmm_(h, w_hh.t())
-            h = out[t].relu_() if self.relu else _tanh(out[t], out=out[t])
+        w_hh_t, h = w_hh.t(), h0
+        for step in _per_step(out):  # (B, H)
+            step.addmm_(h, w_hh_t)
+            h = step.relu_() if self.relu else _tanh(step, out=step)
         return out, h.clone(), None, None
 
     def backward(self, saved, out, h0, c0, grad_out, grad_h, grad_c, w_hh, need_h0):
-        steps = len(out)
         dgates = torch.empty_like(out)  # (T, B, H)
         one, zero = out.new_ones(()), out.new_zeros(())
         dh = grad_h + grad_out[-1]  # (B, H), total gradient reaching h_t
         scratch = torch.empty_like(dh)
-        for t in reversed(range(steps)):
+        h, d, grad = _per_step(out), _per_step(dgates), _per_step(grad_out)
+        for t in reversed(range(len(out))):
             if self.relu:
-                torch.where(out[t] > 0, dh, zero, out=dgates[t])
+                torch.where(h[t] > 0, dh, zero, out=d[t])
             else:  # dh * (1 - h^2)
-                torch.mul(dh, torch.addcmul(one, out[t], out[t], value=-1, out=scratch), out=dgates[t])
+                torch.mul(dh, torch.addcmul(one, h[t], h[t], value=-1, out=scratch), out=d[t])
             if t > 0:
-                dh = torch.addmm(grad_out[t - 1], dgates[t], w_hh)
+                dh = torch.addmm(grad[t - 1], d[t], w_hh)
         dh0 = dgates[0] @ w_hh if need_h0 else None
         return dgates, dgates, dh0, None
 
@@ -91,15 +107,15 @@ class _GRUCell:
         gates[..., 2 * hidden :] = b_hh[2 * hidden :]
         out = gates.new_empty(steps, batch, hidden)  # (T, B, H)
         diff = torch.empty_like(out)  # (T, B, H), h_{t-1} - n_t
-        h = h0
+        g, r_z, (r, z, hn) = _per_step(gates), _per_step(gates, 0, 2 * hidden), _per_gate(gates, 3)
+        n, h_minus_n, h_next = _per_step(n_all), _per_step(diff), _per_step(out)
+        w_hh_t, h = w_hh.t(), h0
         for t in range(steps):
-            g = gates[t].addmm_(h, w_hh.t())  # (B, 3H)
-            r_z = g[:, : 2 * hidden].sigmoid_()
-            r, hn = r_z[:, :hidden], g[:, 2 * hidden :]
-            n = _tanh(n_all[t].addcmul_(r, hn), out=n_all[t])
-            z = g[:, hidden : 2 * hidden]
-            torch.sub(h, n, out=diff[t])
-            h = torch.addcmul(n, z, diff[t], out=out[t])  # (1 - z) * n + z * h
+            g[t].addmm_(h, w_hh_t)  # (B, 3H)
+            r_z[t].sigmoid_()
+            _tanh(n[t].addcmul_(r[t], hn[t]), out=n[t])
+            torch.sub(h, n[t], out=h_minus_n[t])
+            h = torch.addcmul(n[t], z[t], h_minus_n[t], out=h_next[t])  # (1 - z) * n + z * h
         return out, h.clone(), None, (n_all, diff)
 
     def backward(self, saved, out, h0, c0, grad_out, grad_h, grad_c, w_hh, need_h0):
@@ -111,23 +127,23 @@ class _GRUCell:
         dh = grad_h + grad_out[-1]  # (B, H)
         dn, scratch = torch.empty_like(dh), torch.empty_like(dh)
         sigmoid_grad = gates.new_empty(batch, 2 * hidden)  # (B, 2H)
+        r_z, (r, z, hn) = _per_step(gates, 0, 2 * hidden), _per_gate(gates, 3)
+        n, h_minus_n, grad = _per_step(n_all), _per_step(diff), _per_step(grad_out)
+        d_hh, d_rz = _per_step(dgates_hh), _per_step(dgates_hh, 0, 2 * hidden)
+        d_r, d_z, d_hn = _per_gate(dgates_hh, 3)
+        d_ih_rz, d_n = _per_step(dgates_ih, 0, 2 * hidden), _per_step(dgates_ih, 2 * hidden)
         for t in reversed(range(steps)):
-            g, d_hh, d_ih = gates[t], dgates_hh[t], dgates_ih[t]
-            r, z, hn = g[:, :hidden], g[:, hidden : 2 * hidden], g[:, 2 * hidden :]
-            n = n_all[t]
-            d_n = d_ih[:, 2 * hidden :]
             # the part of dh_{t-1} that flows straight through z * h_{t-1}
-            carry = torch.addcmul(grad_out[t - 1] if t > 0 else zero, dh, z)
-            torch.addcmul(dh, dh, z, value=-1, out=dn)  # dh * (1 - z)
-            torch.mul(dn, torch.addcmul(one, n, n, value=-1, out=scratch), out=d_n)
-            torch.mul(d_n, hn, out=d_hh[:, :hidden])  # d r
-            torch.mul(dh, diff[t], out=d_hh[:, hidden : 2 * hidden])  # d z
-            r_z = g[:, : 2 * hidden]
-            d_hh[:, : 2 * hidden].mul_(torch.addcmul(r_z, r_z, r_z, value=-1, out=sigmoid_grad))
-            torch.mul(d_n, r, out=d_hh[:, 2 * hidden :])
-            d_ih[:, : 2 * hidden] = d_hh[:, : 2 * hidden]
+            carry = torch.addcmul(grad[t - 1] if t > 0 else zero, dh, z[t])
+            torch.addcmul(dh, dh, z[t], value=-1, out=dn)  # dh * (1 - z)
+            torch.mul(dn, torch.addcmul(one, n[t], n[t], value=-1, out=scratch), out=d_n[t])
+            torch.mul(d_n[t], hn[t], out=d_r[t])
+            torch.mul(dh, h_minus_n[t], out=d_z[t])
+            d_rz[t].mul_(torch.addcmul(r_z[t], r_z[t], r_z[t], value=-1, out=sigmoid_grad))
+            torch.mul(d_n[t], r[t], out=d_hn[t])
+            d_ih_rz[t].copy_(d_rz[t])
             if t > 0 or need_h0:
-                dh = carry.addmm_(d_hh, w_hh)
+                dh = carry.addmm_(d_hh[t], w_hh)
         return dgates_hh, dgates_ih, dh if need_h0 else None, None
 
 
@@ -144,16 +160,16 @@ class _LSTMCell:
         out = gates.new_empty(steps, batch, hidden)  # (T, B, H)
         c_all = torch.empty_like(out)  # (T, B, H)
         tanh_c = torch.empty_like(out)  # (T, B, H)
-        h, c = h0, c0
+        g_all, (i, f, g, o) = _per_step(gates), _per_gate(gates, 4)
+        c_next, tc, h_next = _per_step(c_all), _per_step(tanh_c), _per_step(out)
+        w_hh_t, h, c = w_hh.t(), h0, c0
         for t in range(steps):
-            g_all = gates[t].addmm_(h, w_hh.t())  # (B, 4H)
-            i, f, g, o = g_all.chunk(4, dim=1)
-            g.mul_(2)
-            g_all.sigmoid_()
-            g.mul_(2).sub_(1)  # tanh, as in _tanh
-            c = torch.mul(f, c, out=c_all[t]).addcmul_(i, g)
-            _tanh(c, out=tanh_c[t])
-            h = torch.mul(o, tanh_c[t], out=out[t])
+            g_all[t].addmm_(h, w_hh_t)  # (B, 4H)
+            g[t].mul_(2)
+            g_all[t].sigmoid_()
+            g[t].mul_(2).sub_(1)  # tanh, as in _tanh
+            c = torch.mul(f[t], c, out=c_next[t]).addcmul_(i[t], g[t])
+            h = torch.mul(o[t], _tanh(c, out=tc[t]), out=h_next[t])
         return out, h.clone(), c.clone(), (c_all, tanh_c)
 
     def backward(self, saved, out, h0, c0, grad_out, grad_h, grad_c, w_hh, need_h0):
@@ -165,22 +181,23 @@ class _LSTMCell:
         dc = grad_c.clone()  # (B, H)
         dh_o, scratch = torch.empty_like(dh), torch.empty_like(dh)
         act_grad = gates.new_empty(batch, 4 * hidden)  # (B, 4H)
+        act_grad_g = act_grad[:, 2 * hidden : 3 * hidden]  # (B, H)
+        g_all, (i, f, g, o), tc = _per_step(gates), _per_gate(gates, 4), _per_step(tanh_c)
+        d_all, (d_i, d_f, d_g, d_o) = _per_step(dgates), _per_gate(dgates, 4)
+        grad, c_prev = _per_step(grad_out), (c0, *_per_step(c_all))  # c_prev[t] = c_{t-1}
         for t in reversed(range(steps)):
-            i, f, g, o = gates[t].chunk(4, dim=1)
-            d_i, d_f, d_g, d_o = dgates[t].chunk(4, dim=1)
-            c_prev = c_all[t - 1] if t > 0 else c0
-            torch.mul(dh, tanh_c[t], out=d_o)
-            torch.mul(dh, o, out=dh_o)
-            dc.addcmul_(dh_o, torch.addcmul(one, tanh_c[t], tanh_c[t], value=-1, out=scratch))
-            torch.mul(dc, g, out=d_i)
-            torch.mul(dc, i, out=d_g)
-            torch.mul(dc, c_prev, out=d_f)
-            dc.mul_(f)  # now the gradient of c_{t-1}
-            torch.addcmul(gates[t], gates[t], gates[t], value=-1, out=act_grad)  # sigmoid'
-            torch.addcmul(one, g, g, value=-1, out=act_grad[:, 2 * hidden : 3 * hidden])  # tanh'
-            dgates[t].mul_(act_grad)
+            torch.mul(dh, tc[t], out=d_o[t])
+            torch.mul(dh, o[t], out=dh_o)
+            dc.addcmul_(dh_o, torch.addcmul(one, tc[t], tc[t], value=-1, out=scratch))
+            torch.mul(dc, g[t], out=d_i[t])
+            torch.mul(dc, i[t], out=d_g[t])
+            torch.mul(dc, c_prev[t], out=d_f[t])
+            dc.mul_(f[t])  # now the gradient of c_{t-1}
+            torch.addcmul(g_all[t], g_all[t], g_all[t], value=-1, out=act_grad)  # sigmoid'
+            torch.addcmul(one, g[t], g[t], value=-1, out=act_grad_g)  # tanh'
+            d_all[t].mul_(act_grad)
             if t > 0:
-                dh = torch.addmm(grad_out[t - 1], dgates[t], w_hh)
+                dh = torch.addmm(grad[t - 1], d_all[t], w_hh)
         dh0 = dgates[0] @ w_hh if need_h0 else None
         return dgates, dgates, dh0, dc
 
@@ -208,12 +225,12 @@ class _Layer(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, out = ctx.saved_tensors
         need = ctx.needs_input_grad  # cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh
         dgates_hh, dgates_ih, dh0, dc0 = ctx.cell.backward(
-            ctx.saved, out, h0, c0, grad_out.contiguous(), grad_h, grad_c, w_hh, need[2]
+            ctx.saved, out, h0, c0, grad_out, grad_h, grad_c, w_hh, need[2]
         )
         ctx.saved = None
         steps, batch, _ = x.shape
         flat_hh = dgates_hh.view(steps * batch, -1)  # (T*B, G*H)
-        flat_ih = dgates_ih.view(steps * batch, -1)  # (T*B, G*H)
+        flat_ih = flat_hh if dgates_ih is dgates_hh else dgates_ih.view(steps * batch, -1)
         dx = dw_ih = dw_hh = db_ih = db_hh = None
         if need[1]:
             dx = (flat_ih @ w_ih).view_as(x)  # (T, B, I)
@@ -224,10 +241,10 @@ class _Layer(torch.autograd.Function):
             if steps > 1:
                 previous = out[:-1].reshape((steps - 1) * batch, -1)  # (T-1)*B, H
                 dw_hh.addmm_(flat_hh[batch:].t(), previous)
-        if need[6]:
-            db_ih = flat_ih.sum(0)
         if need[7]:
             db_hh = flat_hh.sum(0)
+        if need[6]:  # RNN and LSTM share one d(gates): no need to sum it twice
+            db_ih = db_hh.clone() if need[7] and flat_ih is flat_hh else flat_ih.sum(0)
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
@@ -258,6 +275,29 @@ def _autocast_on_cpu() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+def _is_faster(module: nn.RNNBase, x: Tensor, state: State | None) -> bool:
+    """Whether the fast path measured faster than the module itself (see
+    scripts/bench_kernels.py) for this call; only asked where it `supports` it."""
+    states = () if state is None else state if isinstance(state, tuple) else (state,)
+    records_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, *states, *module.parameters())
+    )
+    # torch runs a float32 nn.LSTM through oneDNN's fused RNN primitive when mkldnn is on
+    onednn_lstm = (
+        module.mode == "LSTM"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+    if records_grad:
+        # Training: we beat autograd's per-step graph, but not oneDNN's fused LSTM.
+        return not onednn_lstm
+    # Inference: torch's fused C++ loops are as fast, except oneDNN's LSTM on single
+    # steps with large weights, which it re-lays-out on every call (2-5x slower
+    # than ours at H=512, 15% faster at H=128).
+    return onednn_lstm and x.shape[1] == 1 and module.hidden_size >= 256
+
+
 def _make_cell(module: nn.RNNBase):
     if module.mode == "GRU":
         return _GRUCell()
@@ -273,11 +313,11 @@ def recurrent(
 
     x is (B, T, I); state is h (L, B, H), or (h, c) for an LSTM, None for zeros.
     Returns (output (B, T, H), final state) exactly as the module would.
-    `fast=None` takes the fast path wherever it applies, `True` insists on it
-    (ValueError where it cannot), `False` calls the module.
+    `fast=None` takes the fast path where it applies and measured faster,
+    `True` insists on it (ValueError where it cannot), `False` calls the module.
     """
     if fast is None:
-        fast = supports(module, x)
+        fast = supports(module, x) and _is_faster(module, x, state)
     elif fast and not supports(module, x):
         raise ValueError(f"the fast path does not support {module} with input {tuple(x.shape)} {x.dtype}")
     if not fast:

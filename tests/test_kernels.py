@@ -46,8 +46,10 @@ def outputs_and_grads(module, x, state, fast):
     return results + list(torch.autograd.grad(loss, leaves))
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize(
+    "dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["float32", "float64"]
+)
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "state"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
 def test_fast_path_matches_module(cell, num_layers, with_state, dtype, tolerance):
@@ -60,14 +62,15 @@ def test_fast_path_matches_module(cell, num_layers, with_state, dtype, tolerance
         torch.testing.assert_close(a, e, atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.parametrize("fast", [None, True], ids=["default", "fast"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_single_step_without_grad(cell):
+def test_single_step_without_grad(cell, fast):
     # generation: one step at a time, no autograd
     module = make_module(cell, num_layers=2)
     x, state = make_inputs(cell, 2, with_state=True, dtype=torch.float32)
     with torch.no_grad():
         expected_output, expected_state = module(x[:, :1], state)
-        output, final = recurrent(module, x[:, :1], state)
+        output, final = recurrent(module, x[:, :1], state, fast=fast)
     torch.testing.assert_close(output, expected_output, atol=1e-5, rtol=1e-5)
     for a, e in zip(as_tuple(final), as_tuple(expected_state)):
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
