@@ -11,8 +11,7 @@ It knows nothing about files or the CLI; turning a prefix into ids (and its unse
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -145,26 +144,13 @@ def generate(
     step = model.stepper() if hasattr(model, "stepper") else model.step
     made = torch.empty(num_samples, length, dtype=torch.long, device=device)
     flushed = 0
-    with _single_step_kernels(device):
-        for position in range(length):
-            next_ids = choose(logits, sampling, generator)  # (N,)
-            made[:, position] = next_ids
-            if on_tokens is not None and (position + 1 - flushed >= flush_every or position + 1 == length):
-                on_tokens(made[:, flushed : position + 1].cpu())
-                flushed = position + 1
-            if position + 1 < length:
-                logits, state = step(next_ids, state)
-                logits = logits + ban
+    for position in range(length):
+        next_ids = choose(logits, sampling, generator)  # (N,)
+        made[:, position] = next_ids
+        if on_tokens is not None and (position + 1 - flushed >= flush_every or position + 1 == length):
+            on_tokens(made[:, flushed : position + 1].cpu())
+            flushed = position + 1
+        if position + 1 < length:
+            logits, state = step(next_ids, state)
+            logits = logits + ban
     return made.cpu()
-
-
-@contextlib.contextmanager
-def _single_step_kernels(device: torch.device) -> Iterator[None]:
-    """On the CPU, turn oneDNN off while stepping: its single-step LSTM costs ~47 ms a step here,
-    against ~0.5 ms without it (it pays off only on long sequences, as in training)."""
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled and device.type != "cpu"
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = enabled
