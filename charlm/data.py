@@ -163,11 +163,6 @@ def count_chars(chunks: Iterable[str]) -> Counter:
     return Counter(dict(zip(map(chr, present.tolist()), totals[present].tolist())))
 
 
-def encode_text(text: str, vocab: Vocab, tokens: str = "char") -> torch.Tensor:
-    """One string to an int64 (N,) tensor of ids (unknown tokens become `<unk>`)."""
-    return torch.tensor(vocab.encode(Tokenizer(tokens).split(text)), dtype=torch.long)
-
-
 # ---------------------------------------------------------------------------------------------
 # The token cache
 
