@@ -121,6 +121,15 @@ def assert_same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.
     assert not different, f"not bit-identical: {different}"
 
 
+def assert_same_run(first: str, second: str) -> None:
+    """Two runs' training states, positions and metrics (but for timing) are bit-identical."""
+    (first_tensors, first_position, first_lines), (second_tensors, second_position, second_lines) = map(
+        run_files, (first, second))
+    assert_same_tensors(first_tensors, second_tensors)
+    assert first_position == second_position
+    assert first_lines == second_lines
+
+
 def files_under(folder: Path) -> dict[str, bytes]:
     return {str(path): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
@@ -434,11 +443,7 @@ def test_sigterm_writes_a_resumable_checkpoint_and_exits_nonzero(runner, tiny_co
     steps = str(stopped + 7)
     train(runner, tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors", "--resume", "--max-steps", steps)
     train(runner, tiny_corpus, *SIGNAL_RUN, "--out", "once/m.safetensors", "--max-steps", steps)
-    (resumed, resumed_position, resumed_lines), (once, once_position, once_lines) = map(
-        run_files, ("run/m.safetensors", "once/m.safetensors"))
-    assert_same_tensors(resumed, once)
-    assert resumed_position == once_position
-    assert resumed_lines == once_lines
+    assert_same_run("run/m.safetensors", "once/m.safetensors")
 
 
 @pytest.mark.parametrize(("iterator", "optimizer"), [("sequential", "adamw"), ("sequential", "adam"), ("random", "sgd")])
@@ -453,12 +458,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, it
     for steps, resume in (("10", []), ("17", ["--resume"]), ("30", ["--resume"])):
         train(runner, tiny_corpus, *flags, "--max-steps", steps, "--out", "thrice/m.safetensors", *resume)
         assert json.loads(Path("thrice/m.metrics.jsonl").read_text().splitlines()[-1])["step"] == int(steps)
-    (once, once_position, once_lines), (thrice, thrice_position, thrice_lines) = map(
-        run_files, ("once/m.safetensors", "thrice/m.safetensors"))
-    assert_same_tensors(once, thrice)
-    assert thrice_position == once_position
-    assert thrice_lines == once_lines
-    assert [line["step"] for line in once_lines] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert_same_run("once/m.safetensors", "thrice/m.safetensors")
+    assert [line["step"] for line in run_files("once/m.safetensors")[2]] == [4, 8, 12, 16, 20, 24, 28, 30]
     assert Path("once/m.safetensors").read_bytes() == Path("thrice/m.safetensors").read_bytes()
 
 
