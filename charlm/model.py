@@ -12,7 +12,7 @@ This module knows nothing about data, training, checkpoints or sampling strategi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -93,7 +93,7 @@ class LanguageModel(nn.Module):
             self.embedding = None
             input_size = config.vocab_size
         self.rnn = recurrent_module(config, input_size)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = kernels.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -102,10 +102,10 @@ class LanguageModel(nn.Module):
         return self.dropout(self.embedding(ids))  # (B, T, E)
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        inputs = self.embed(ids)
         if self.config.from_scratch:
-            outputs, state = self.rnn(inputs, state)
-        else:
+            outputs, state = self.rnn(self.embed(ids), state)
+        else:  # one-hot input goes in as the ids themselves: the kernels gather instead of multiplying
+            inputs = ids if self.embedding is None else self.embed(ids)
             outputs, state = kernels.recurrent(self.rnn, inputs, state)  # (B, T, H)
         return self.head(self.dropout(outputs)), state  # (B, T, V)
 
@@ -124,11 +124,12 @@ class LanguageModel(nn.Module):
         logits, state = self(ids[:, None], state)
         return logits[:, 0], state
 
-    def stepper(self) -> Callable[[torch.Tensor, State | None], tuple[torch.Tensor, State]]:
-        """A fast `step` for generation with the current weights (see `charlm.stepper`)."""
+    def stepper(self, banned: Sequence[int] = ()) -> Callable[[torch.Tensor, State | None], tuple[torch.Tensor, State]]:
+        """A fast `step` for generation with the current weights, `banned` ids at -inf (see
+        `charlm.stepper`)."""
         from charlm.stepper import Stepper
 
-        return Stepper(self)
+        return Stepper(self, banned)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zeros: (L, B, H), or (h, c) for the LSTM."""

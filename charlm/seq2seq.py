@@ -154,7 +154,7 @@ class Encoder(nn.Module):
     def __init__(self, config: Seq2SeqConfig) -> None:
         super().__init__()
         self.embedding = nn.Embedding(config.source_vocab_size, config.embedding_size)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = kernels.Dropout(config.dropout)
         self.rnn = recurrent_module(config, config.embedding_size)
 
     def forward(self, source: torch.Tensor) -> tuple[torch.Tensor, State, torch.Tensor]:
@@ -198,7 +198,7 @@ class Decoder(nn.Module):
         hidden_size = config.hidden_size
         self.embedding = nn.Embedding(config.target_vocab_size, config.embedding_size)
         self.attention = BahdanauAttention(hidden_size, hidden_size, hidden_size) if config.attention else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = kernels.Dropout(config.dropout)
         self.rnn = recurrent_module(config, config.embedding_size + hidden_size)
         self.head = nn.Linear(hidden_size, config.target_vocab_size)
 

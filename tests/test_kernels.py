@@ -101,3 +101,41 @@ def test_unsupported_module_falls_back_and_refuses_to_be_forced():
     torch.testing.assert_close(output, module(x)[0])
     with pytest.raises(ValueError, match="fast path"):
         recurrent(module, x, fast=True)
+
+
+@pytest.mark.parametrize("fast", [None, True, False], ids=["default", "fast", "module"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_ids_compute_what_their_one_hot_rows_compute(cell, num_layers, fast):
+    # one-hot input given as ids: the fast path gathers columns of W_ih instead of a matmul
+    module = make_module(cell, num_layers)
+    ids = torch.randint(INPUT, (BATCH, STEPS), generator=torch.Generator().manual_seed(3))
+    one_hot = torch.nn.functional.one_hot(ids, INPUT).float()
+    _, state = make_inputs(cell, num_layers, with_state=True, dtype=torch.float32)
+
+    def results(x, fast):
+        output, final = recurrent(module, x, state, fast=fast)
+        outputs = [output, *as_tuple(final)]
+        generator = torch.Generator().manual_seed(2)
+        loss = sum((r * torch.randn(r.shape, generator=generator)).sum() for r in outputs)
+        return outputs + list(torch.autograd.grad(loss, [*as_tuple(state), *module.parameters()]))
+
+    expected = results(one_hot, fast=False)  # torch's module on the one-hot rows
+    actual = results(ids, fast)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+    assert supports(module, ids)
+
+
+def test_dropout_zeroes_a_fraction_p_and_scales_the_rest():
+    from charlm.kernels import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200, 500, requires_grad=True)
+    y = dropout(x, 0.3)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d(x * mask * scale)/dx = mask * scale
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0) is x
