@@ -12,6 +12,7 @@ It knows nothing about files or the CLI; turning a prefix into ids (and its unse
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -141,16 +142,20 @@ def generate(
     if torch.isinf(ban).all():
         raise CharlmError("the model knows no token it may generate (its vocab is only <unk> and reserved tokens)")
     logits = logits[:, -1] + ban  # (N, V)
-    step = model.stepper() if hasattr(model, "stepper") else model.step
-    made = torch.empty(num_samples, length, dtype=torch.long, device=device)
+    if hasattr(model, "stepper"):
+        step = model.stepper(banned)  # the ban is folded into its head: no op per step
+    else:
+        def step(ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+            logits, state = model.step(ids, state)
+            return logits + ban, state
+    out = torch.empty(num_samples, length, dtype=torch.long, device=device)  # too long fails here, at once
+    made: list[torch.Tensor] = []  # (N,) per position: appending costs no torch call
     flushed = 0
     for position in range(length):
-        next_ids = choose(logits, sampling, generator)  # (N,)
-        made[:, position] = next_ids
-        if on_tokens is not None and (position + 1 - flushed >= flush_every or position + 1 == length):
-            on_tokens(made[:, flushed : position + 1].cpu())
-            flushed = position + 1
+        made.append(choose(logits, sampling, generator))
+        if on_tokens is not None and (len(made) - flushed >= flush_every or len(made) == length):
+            on_tokens(torch.stack(made[flushed:], dim=1).cpu())
+            flushed = len(made)
         if position + 1 < length:
-            logits, state = step(next_ids, state)
-            logits = logits + ban
-    return made.cpu()
+            logits, state = step(made[-1], state)
+    return (torch.stack(made, dim=1, out=out) if made else out).cpu()

@@ -16,6 +16,8 @@ fused and from-scratch models alike. It knows nothing about sampling (see `charl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -25,10 +27,11 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 class Stepper:
     """`logits, state = stepper(ids, state)`: ids (B,) -> logits (B, V); state as the model's,
-    (L, B, H) or the LSTM's (h, c), None for zeros. Equal to `model.step` in eval mode."""
+    (L, B, H) or the LSTM's (h, c), None for zeros. Equal to `model.step` in eval mode, but for
+    the `banned` ids, whose logits are -inf."""
 
     @torch.no_grad()
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, banned: Sequence[int] = ()) -> None:
         config, rnn = model.config, model.rnn
         self.cell, self.num_layers, self.hidden_size = config.cell, config.num_layers, config.hidden_size
         weight = lambda name, layer: getattr(rnn, f"{name}_l{layer}").detach()
@@ -45,7 +48,8 @@ class Stepper:
             self.joint_t = [None] + [torch.cat([self.input_t[k], self.hidden_t[k]]) for k in range(1, self.num_layers)]
             self.joint_bias = [None] + [self.input_bias[k] + self.hidden_bias[k] for k in range(1, self.num_layers)]
         self.head_t = model.head.weight.detach().t().contiguous()  # (H, V)
-        self.head_bias = model.head.bias.detach()
+        self.head_bias = model.head.bias.detach().clone()
+        self.head_bias[list(banned)] = float("-inf")  # banned ids: -inf logits at no cost per step
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
@@ -72,7 +76,7 @@ class Stepper:
                     x = gates.tanh_()
             new_h.append(x)
         logits = torch.addmm(self.head_bias, x, self.head_t)  # (B, V)
-        h_out = torch.stack(new_h)
+        h_out = new_h[0][None] if self.num_layers == 1 else torch.stack(new_h)  # (L, B, H)
         return logits, ((h_out, torch.stack(new_c)) if self.cell == "lstm" else h_out)
 
     def _lstm(self, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,7 +67,13 @@ def test_tokens_stream_in_order():
     model = FixedModel([0.0] * 5)
     blocks = []
     made = generate(model, [0], 9, seed=1, on_tokens=blocks.append)
+    assert [block.shape[1] for block in blocks] == [1] * 9  # on a CPU: every token as it is made
     assert torch.equal(torch.cat(blocks, dim=1), made)
+    blocks = []
+    assert torch.equal(generate(model, [0], 9, seed=1, on_tokens=blocks.append, flush_every=4), made)
+    assert [block.shape[1] for block in blocks] == [4, 4, 1]  # on a GPU: every 32 tokens
+    assert torch.equal(torch.cat(blocks, dim=1), made)
+    assert generate(model, [0], 0, num_samples=3).shape == (3, 0)
 
 
 def test_unknown_prefix_characters_are_named_or_handled():
