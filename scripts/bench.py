@@ -15,18 +15,19 @@ Measures, on the same machine in the same run:
       training ~ 3 x 2 x (G*H*(I+H) + H*V) FLOPs per token at the (B, H) x (H, G*H) rate,
       generation ~ 2 x (sum over layers of G*H*(I+H) + H*V) FLOPs per char at the (1, H) x (H, G*H) rate;
   (e) `charlm --help` wall time.
-Timings are the best of several repeats, interleaved so load from other processes hits all alike.
+Timings are the best of several rounds; each round times every side of a ratio in turn (the
+matmul that prices the limit included), so load from other processes hits them alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,14 +44,19 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 LESSONS = dict(vocab_size=28, hidden_size=512, seq_len=35, batch_size=32)
 
 
-def best_seconds(function, calls: int, repeats: int) -> float:
-    function()  # warm-up
-    best = math.inf
+def best_seconds(timed: dict[str, tuple[Callable[[], object], int]], repeats: int) -> dict[str, float]:
+    """Seconds per call of each `name: (function, calls)`, the best of `repeats` rounds. Each round
+    runs every function in turn, so load from other processes (this machine is shared) hits the
+    things a ratio compares alike, instead of one of them."""
+    for function, _ in timed.values():
+        function()  # warm-up
+    best = dict.fromkeys(timed, math.inf)
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            function()
-        best = min(best, (time.perf_counter() - start) / calls)
+        for name, (function, calls) in timed.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                function()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls)
     return best
 
 
@@ -58,13 +64,11 @@ def best_seconds(function, calls: int, repeats: int) -> float:
 # Limits
 
 
-@functools.lru_cache(maxsize=None)
-def matmul_rate(rows: int, inner: int, cols: int, repeats: int) -> float:
-    """FLOP/s of (rows, inner) x (inner, cols) here: measured once per shape, best of many."""
+def matmul(rows: int, inner: int, cols: int) -> tuple[Callable[[], object], int]:
+    """(rows, inner) x (inner, cols), to time as `best_seconds` does, with its FLOPs."""
     a, b = torch.randn(rows, inner), torch.randn(cols, inner)
     out = torch.empty(rows, cols)
-    seconds = best_seconds(lambda: torch.mm(a, b.t(), out=out), 200, max(repeats, 10))  # cheap: take many
-    return 2 * rows * inner * cols / seconds
+    return (lambda: torch.mm(a, b.t(), out=out)), 2 * rows * inner * cols
 
 
 def forward_flops(cell: str, input_size: int, hidden_size: int, num_layers: int, vocab_size: int) -> int:
@@ -179,18 +183,28 @@ def lesson_predict(model: LanguageModel) -> callable:
 
 
 def generation_rates(cell: str, num_layers: int, embedding_size: int, repeats: int) -> dict[str, float]:
+    """chars/s of the lessons' loop and of charlm (greedy, sampled, 32 samples), and the limit."""
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=LESSONS["vocab_size"], cell=cell, embedding_size=embedding_size,
                          hidden_size=LESSONS["hidden_size"], num_layers=num_layers)
     model = LanguageModel(config).eval()
     lesson_length = 20 if cell == "lstm" else 200  # oneDNN's single-step LSTM is ~47 ms a step
-    single, batched = 400, 100
+    single, batched, hidden = 400, 100, LESSONS["hidden_size"]
+    matvec, matvec_flops = matmul(1, hidden, GATES[cell] * hidden)
+    seconds = best_seconds({
+        "lesson": (lambda: lesson_predict(model)(lesson_length), 1),
+        "charlm": (lambda: generate(model, [1], single, Sampling(greedy=True)), 1),
+        "charlm_sampled": (lambda: generate(model, [1], single, Sampling(), seed=0), 1),
+        "charlm_32": (lambda: generate(model, [1], batched, Sampling(), num_samples=32, seed=0), 1),
+        "matvec": (matvec, 1000),
+    }, repeats)
+    flops = forward_flops(cell, embedding_size or LESSONS["vocab_size"], hidden, num_layers, LESSONS["vocab_size"])
     return {
-        "lesson": lesson_length / best_seconds(lambda: lesson_predict(model)(lesson_length), 1, repeats),
-        "charlm": single / best_seconds(lambda: generate(model, [1], single, Sampling(greedy=True)), 1, repeats),
-        "charlm_sampled": single / best_seconds(lambda: generate(model, [1], single, Sampling(), seed=0), 1, repeats),
-        "charlm_32": 32 * batched / best_seconds(
-            lambda: generate(model, [1], batched, Sampling(), num_samples=32, seed=0), 1, repeats),
+        "lesson": lesson_length / seconds["lesson"],
+        "charlm": single / seconds["charlm"],
+        "charlm_sampled": single / seconds["charlm_sampled"],
+        "charlm_32": 32 * batched / seconds["charlm_32"],
+        "limit": matvec_flops / seconds["matvec"] / flops,
     }
 
 
@@ -223,13 +237,15 @@ def main() -> None:
              for cell in GATES]
     rows += [("default: gru 2x512 emb64 T35", "gru", False, 64, 2, 35, "adamw", 3e-3, "gru")]
     for name, cell, scratch, embedding, layers, seq_len, optimizer, lr, lesson in rows:
-        rate = matmul_rate(B, H, GATES[cell] * H, repeats)
-        flops = 3 * forward_flops(cell, embedding or V, H, layers, V)
-        limit = rate / flops
-        ours = charlm_training(cell, scratch, embedding, layers, seq_len, optimizer, lr)
-        theirs = None if lesson == "-" else lesson_training(lesson, embedding, layers, seq_len, optimizer, lr)
-        charlm_rate = B * seq_len / best_seconds(ours, 3, repeats)
-        lesson_rate = B * seq_len / best_seconds(theirs, 3, repeats) if theirs else None
+        step, step_flops = matmul(B, H, GATES[cell] * H)
+        timed = {"charlm": (charlm_training(cell, scratch, embedding, layers, seq_len, optimizer, lr), 3),
+                 "matmul": (step, 200)}
+        if lesson != "-":
+            timed["lesson"] = (lesson_training(lesson, embedding, layers, seq_len, optimizer, lr), 3)
+        seconds = best_seconds(timed, repeats)
+        limit = step_flops / seconds["matmul"] / (3 * forward_flops(cell, embedding or V, H, layers, V))
+        charlm_rate = B * seq_len / seconds["charlm"]
+        lesson_rate = B * seq_len / seconds["lesson"] if "lesson" in seconds else None
         results["training"].append({"work": name, "charlm": charlm_rate, "lesson": lesson_rate, "limit": limit})
         shown = f"{lesson_rate:>9,.0f}" if lesson_rate else f"{'':>9}"
         ratio = f"{charlm_rate / lesson_rate:>10.2f}x" if lesson_rate else f"{'':>11}"
@@ -239,7 +255,7 @@ def main() -> None:
     print(f"{'model':<22}{'charlm':>9}{'sampled':>9}{'x32':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
     for cell, layers, embedding in [("rnn", 1, 0), ("gru", 1, 0), ("lstm", 1, 0), ("lstm", 2, 0), ("lstm", 2, 64)]:
         rates = generation_rates(cell, layers, embedding, repeats)
-        limit = matmul_rate(1, H, GATES[cell] * H, repeats) / forward_flops(cell, embedding or V, H, layers, V)
+        limit = rates.pop("limit")
         name = f"{cell} {layers}x{H}" + (f" emb{embedding}" if embedding else " one-hot")
         results["generation"].append({"model": name, **rates, "limit": limit})
         print(f"{name:<22}{rates['charlm']:>9,.0f}{rates['charlm_sampled']:>9,.0f}{rates['charlm_32']:>9,.0f}"
