@@ -310,6 +310,8 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
     model, meta, vocab = load_model(path, "lm", pick_device(device))
     tokenizer = Tokenizer(meta["tokens"])
     prefix_ids = generator.encode_prefix(prefix, vocab, meta["tokens"], meta["preprocess"], unknown)
+    if prefix and not prefix_ids and unknown == "skip":
+        click.echo("note: every character of the prefix was unknown and skipped: generating without one", err=True)
     context = prefix_ids or generator.start_ids(vocab)
     shown_prefix = tokenizer.join(vocab.decode(prefix_ids))
     banned = generator.special_ids(vocab)

@@ -285,7 +285,9 @@ def test_prefix_with_characters_outside_the_vocab(runner, model_file):
     fails(runner, *generate, "--prefix", "the Zoë", message="the prefix has 2 characters the model never saw: 'Z', 'ë'")
     assert run_cli(runner, *generate, "--prefix", "the Zoë", "--unknown", "skip").stdout.startswith("the o")
     assert run_cli(runner, *generate, "--prefix", "the Zoë", "--unknown", "unk").stdout.startswith("the <unk>o")
-    assert len(run_cli(runner, *generate, "--prefix", "ZZ", "--unknown", "skip").stdout) == 3 + 1  # as with no prefix
+    all_skipped = run_cli(runner, *generate, "--prefix", "ZZ", "--unknown", "skip")
+    assert len(all_skipped.stdout) == 3 + 1  # as with no prefix, and said so
+    assert "every character of the prefix was unknown and skipped" in all_skipped.stderr
 
 
 # ---------------------------------------------------------------------------------------------
