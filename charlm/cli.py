@@ -113,7 +113,7 @@ def _checkpoint_or_latest(path: str | None, task: str) -> str:
 
 # Defaults that depend on the task: a language model of a long text, or a model of short pairs.
 TASK_DEFAULTS = {
-    "lm": {"cell": "gru", "embedding_size": 64, "hidden_size": 512, "num_layers": 2, "dropout": 0.3,
+    "lm": {"cell": "lstm", "embedding_size": 64, "hidden_size": 512, "num_layers": 2, "dropout": 0.3,
            "lr": 3e-3, "lr_schedule": "cosine", "epochs": 10, "keep": "best", "threads": None},
     "translate": {"cell": "gru", "embedding_size": 32, "hidden_size": 128, "num_layers": 1, "dropout": 0.0,
                   "lr": 5e-3, "lr_schedule": "constant", "epochs": 30, "keep": "last", "threads": 1},

@@ -6,7 +6,7 @@
 Measures, on the same machine in the same run:
   (a) charlm training tokens/s for rnn/gru/lstm at the lessons' config (vocab 28, hidden 512,
       seq_len 35, batch 32, one-hot, SGD lr 1, clip 1), torch cells and from-scratch, and at
-      charlm's default config (2-layer GRU 512, embedding 64, seq_len 35, AdamW);
+      charlm's default config (2-layer LSTM 512, embedding 64, seq_len 35, AdamW);
   (b) the same work in plain PyTorch written as the lessons write it (d2l's RNNModelScratch python
       loop; nn.<cell> + nn.Linear);
   (c) generation chars/s: charlm (`generate`: greedy like the lessons, sampled, and 32 samples at
@@ -235,7 +235,7 @@ def main() -> None:
     rows = [(f"{cell} (torch cell)", cell, False, 0, 1, T, "sgd", 1.0, cell) for cell in GATES]
     rows += [(f"{cell} (from scratch)", cell, True, 0, 1, T, "sgd", 1.0, None if cell == "rnn" else "-")
              for cell in GATES]
-    rows += [("default: gru 2x512 emb64 T35", "gru", False, 64, 2, 35, "adamw", 3e-3, "gru")]
+    rows += [("default: lstm 2x512 emb64 T35", "lstm", False, 64, 2, 35, "adamw", 3e-3, "lstm")]
     for name, cell, scratch, embedding, layers, seq_len, optimizer, lr, lesson in rows:
         step, step_flops = matmul(B, H, GATES[cell] * H)
         timed = {"charlm": (charlm_training(cell, scratch, embedding, layers, seq_len, optimizer, lr), 3),

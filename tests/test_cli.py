@@ -51,7 +51,7 @@ def test_train_generate_eval_info_round_trip(runner, tiny_corpus):
     assert report["ppl"] == pytest.approx(2 ** report["bpc"], rel=1e-6)
     assert 1 < report["ppl"] < 28  # better than uniform over the vocab after 20 steps
     info = run_cli(runner, "info", "runs/t.safetensors").stdout
-    assert "cell=gru" in info and "20 steps" in info  # the default cell
+    assert "cell=lstm" in info and "20 steps" in info  # the default cell
     metrics = [json.loads(line) for line in open("runs/t.metrics.jsonl")]
     assert [m["step"] for m in metrics] == [10, 20]
 
