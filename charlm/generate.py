@@ -12,8 +12,8 @@ It knows nothing about files or the CLI; turning a prefix into ids (and its unse
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
