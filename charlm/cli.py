@@ -242,7 +242,7 @@ def _train(task: str, corpus: Path, out: Path | None, resume: bool, overwrite: b
         _say_skipped(corpus, run.skipped)
         click.echo(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}", err=True)
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
-                      not quiet, world).run(resume, overwrite)
+                      not quiet, world, inputs=[corpus]).run(resume, overwrite)
     if not quiet:
         best = summary["best_val_loss"]
         shown = f"best val loss {best:.4f} (ppl {_exp(best):.2f})" if best is not None else "done"

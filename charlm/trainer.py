@@ -11,7 +11,8 @@ gradients are averaged, and rank 0 alone writes files and shows progress. With e
 process the result equals one process training on the whole batch. Every process evaluates (the
 same weights on the same data give the same number), so all take the same decisions.
 
-Files of a run whose checkpoint is `runs/x.safetensors`:
+Files of a run whose checkpoint is `runs/x.safetensors` (named, locked and checked before they are
+replaced by `charlm.runfiles`):
     runs/x.safetensors          the best model by validation loss (what `generate` uses), or
                                 the last one evaluated with `keep="last"`
     runs/x.resume.safetensors   the latest full training state (what `--resume` uses)
@@ -27,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,7 +40,8 @@ from tqdm import tqdm
 from charlm import checkpoint
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.model import map_state, state_from_tensors, state_tensors
-from charlm.runtime import World, atomic_write, exclusive_lock, rng_states, seed_everything, set_rng_states
+from charlm.runfiles import check_creatable, check_replaceable, locked_run, run_paths
+from charlm.runtime import World, atomic_write, rng_states, seed_everything, set_rng_states
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -91,13 +93,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise CharlmError(message)
-
-
-def run_paths(out: str | os.PathLike) -> dict[str, str]:
-    """The files of a run, all beside its checkpoint."""
-    out = os.fspath(out)
-    stem = out[: -len(".safetensors")] if out.endswith(".safetensors") else out
-    return {"model": out, "resume": f"{stem}.resume.safetensors", "metrics": f"{stem}.metrics.jsonl"}
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -178,9 +173,10 @@ class Trainer:
     def __init__(
         self, model: nn.Module, train_batches: Any, val_batches: Callable[[], Iterable] | None,
         config: TrainConfig, out: str | os.PathLike, meta: dict[str, Any], progress: bool = True,
-        world: World = World(),
+        world: World = World(), inputs: Sequence[str | os.PathLike] = (),
     ) -> None:
         self.config, self.meta, self.world = config, meta, world
+        self.inputs = list(inputs)  # files the run reads (the corpus), which it must never write over
         self.progress = progress and world.is_main
         self.paths = run_paths(out)
         self.device = world.device(config.device)
@@ -213,20 +209,19 @@ class Trainer:
         """Train until the epochs, steps or time run out. Returns the training summary. A run
         already at the output path is continued (`resume`) or replaced (`overwrite`), never lost
         unasked."""
-        lock = exclusive_lock(self.paths["model"]) if self.world.is_main else contextlib.nullcontext()
+        if self.world.is_main:
+            check_creatable(self.paths["model"])
+        lock = locked_run(self.paths["model"]) if self.world.is_main else contextlib.nullcontext()
         with lock, self._signals():
+            if self.world.is_main:
+                check_replaceable(self.paths["model"], self.inputs, resume, overwrite)
+                # the resume state: the weights, an optimizer's moments for each, RNGs and the carried state
+                checkpoint.check_header_fits(self._meta("resume"), entries=4 * len(self.model.state_dict()) + 16)
             if resume:
                 self.load_resume()
-            elif not overwrite and self.world.is_main:
-                existing = [path for key, path in self.paths.items() if key != "metrics" and os.path.exists(path)]
-                if existing:
-                    raise CharlmError(
-                        f"{existing[0]} already holds a run; pass --resume to continue it, --overwrite to "
-                        "replace it, or --out to train elsewhere"
-                    )
-            if not resume and self.world.is_main:
+            elif self.world.is_main:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.paths["metrics"])
+                    os.unlink(self.paths["metrics"])  # a charlm metrics file: checked above
             self._loop()
         return self.summary()
 

@@ -500,7 +500,7 @@ def test_kill_9_during_training_can_be_resumed(runner, tiny_corpus):
     wait_for(has_saved("run/m.safetensors"), process)
     process.kill()
     finish(process)
-    assert Path("run/m.safetensors.lock").exists()  # the file stays; the OS has dropped its lock
+    assert Path("run/m.lock").exists()  # the file stays; the OS has dropped its lock
     with open("run/m.metrics.jsonl", "a", encoding="utf-8") as file:
         file.write('{"step": 99999, "epoch"')  # what a kill in the middle of a line leaves
     saved = checkpoint.load("run/m.resume.safetensors")[1]["resume"]["step"]

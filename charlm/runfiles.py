@@ -1,0 +1,149 @@
+"""The files of a training run: their names, the lock that keeps one trainer per run, and which
+existing files a run may replace.
+
+A run whose checkpoint is `runs/x.safetensors` (or `runs/x`: the suffix is optional) owns
+
+    runs/x.safetensors          the model (the best by validation loss, or the last)
+    runs/x.resume.safetensors   the latest full training state
+    runs/x.metrics.jsonl        one JSON object per evaluation
+    runs/x.lock                 held (flock) while a trainer writes the run; always empty
+
+and their temporaries. Nothing else is ever written or removed: a file at one of these names that is
+not a charlm file of that kind, or that is an input of the command (the corpus), is refused, with or
+without --overwrite. The lock is keyed on the run (its folder's real path and its stem), not on the
+spelling of --out, so `--out runs/x` and `--out ./runs/x.safetensors` are the same run.
+
+Standard library only (plot reads metrics files without torch); checkpoint headers are read through
+`charlm.checkpoint`, imported when a checkpoint must be checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+
+from charlm.errors import CharlmError, CheckpointError
+from charlm.runtime import exclusive_lock, temporary_names
+
+SUFFIX = ".safetensors"
+ROLES = ("model", "resume", "metrics", "lock")
+CHECKPOINT_KINDS = {"model": "model", "resume": "resume"}
+METRICS_PROBE_BYTES = 1 << 16  # a metrics file is recognised by its first line
+
+
+def run_paths(out: str | os.PathLike) -> dict[str, str]:
+    """The files of a run, all beside its checkpoint (see the module docstring)."""
+    out = os.fspath(out)
+    stem = out[: -len(SUFFIX)] if out.endswith(SUFFIX) else out
+    return {"model": out, "resume": f"{stem}.resume{SUFFIX}", "metrics": f"{stem}.metrics.jsonl",
+            "lock": f"{stem}.lock"}
+
+
+def run_key(out: str | os.PathLike) -> str:
+    """The run `out` names, whatever its spelling: the real path of its lock file."""
+    lock = run_paths(out)["lock"]
+    folder, name = os.path.split(os.path.abspath(lock))
+    return os.path.join(os.path.realpath(folder), name)
+
+
+@contextlib.contextmanager
+def locked_run(out: str | os.PathLike) -> Iterator[None]:
+    """Hold the run's lock for the block (see `runtime.exclusive_lock`), keyed on the run itself.
+    A non-empty file where the lock goes is someone else's: refused, never truncated or removed."""
+    key = run_key(out)
+    if os.path.lexists(key) and (not os.path.isfile(key) or os.path.getsize(key) > 0):
+        raise CharlmError(f"{run_paths(out)['lock']} exists and is not a charlm lock file; charlm will not "
+                          "replace it: move it, or choose another --out")
+    with exclusive_lock(key, what=os.fspath(out)):
+        yield
+
+
+def check_creatable(out: str | os.PathLike) -> None:
+    """Fail now, before any training, if a file of the run or one of its temporaries cannot be
+    created: a name longer than the file system allows, or a folder that cannot be written."""
+    paths = run_paths(out)
+    folder = os.path.dirname(os.path.abspath(paths["model"]))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+        path_max = os.pathconf(folder, "PC_PATH_MAX")
+    except OSError as error:
+        raise CharlmError(f"cannot create the folder of --out {paths['model']} ({error.strerror or error}); "
+                          "choose another --out") from None
+    for role in ROLES:
+        names = [os.path.basename(paths[role])]
+        if role in CHECKPOINT_KINDS:
+            names += temporary_names(paths[role])
+        for name in names:
+            size = len(os.fsencode(name))
+            if size > name_max:
+                raise CharlmError(f"--out {paths['model']} is too long: the run's file name {name[:40]}... would be "
+                                  f"{size} bytes, more than the {name_max} this file system allows; choose a shorter --out")
+        if len(os.fsencode(os.path.abspath(paths[role]))) + 32 > path_max:
+            raise CharlmError(f"--out {paths['model']} is too long a path for this file system ({path_max} bytes); "
+                              "choose a shorter --out")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".charlm-probe.")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise CharlmError(f"cannot write in {folder} ({error.strerror or error}); choose another --out") from None
+
+
+def check_replaceable(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], resume: bool,
+                      overwrite: bool) -> None:
+    """Refuse to start a run that would write over something it must not: an input of the command;
+    a file at a run file's name that is not a charlm file of that kind; or, without `resume` or
+    `overwrite`, a finished run."""
+    paths = run_paths(out)
+    present = {role: path for role, path in paths.items() if os.path.lexists(path)}
+    for role, path in present.items():
+        for source in inputs:
+            if _same_file(path, source):
+                raise CharlmError(f"--out {paths['model']} would write over the input {os.fspath(source)} "
+                                  f"(as the run's {role} file); choose another --out")
+    for role, path in present.items():
+        if role == "lock" or (role == "resume" and resume):
+            continue  # checked by `locked_run`; a resume state is checked whole when it is loaded
+        if not _is_run_file(path, role):
+            what = "a charlm metrics file" if role == "metrics" else f"a charlm {CHECKPOINT_KINDS[role]} checkpoint"
+            raise CharlmError(f"{path} exists and is not {what}; charlm will not replace it: move it, or choose "
+                              "another --out")
+    existing = [path for role, path in present.items() if role in CHECKPOINT_KINDS]
+    if existing and not (resume or overwrite):
+        raise CharlmError(f"{existing[0]} already holds a run; pass --resume to continue it, --overwrite to "
+                          "replace it, or --out to train elsewhere")
+
+
+def _same_file(path: str, other: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def _is_run_file(path: str, role: str) -> bool:
+    """Whether `path` is a charlm file of `role`: a checkpoint of that kind, or a metrics file
+    (empty, or starting with a metrics record)."""
+    if not os.path.isfile(path):
+        return False
+    if role in CHECKPOINT_KINDS:
+        from charlm import checkpoint
+
+        try:
+            return checkpoint.read_metadata(path).get("kind", "model") == CHECKPOINT_KINDS[role]
+        except (CheckpointError, OSError):
+            return False
+    with open(path, "rb") as file:
+        head = file.read(METRICS_PROBE_BYTES)
+    if not head:
+        return True
+    line = head.split(b"\n", 1)[0]
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return b"\n" not in head and head.startswith(b'{"step": ')  # one line, cut short by a kill
+    return isinstance(record, dict) and isinstance(record.get("step"), int) and "val_loss" in record
