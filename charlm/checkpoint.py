@@ -24,10 +24,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import struct
 from dataclasses import asdict
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import nn
@@ -41,7 +43,8 @@ from charlm.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab
 
 FORMAT_VERSION = 1
 METADATA_KEY = "charlm"
-MAX_HEADER_BYTES = 64 << 20  # safetensors' own limit is 100 MB; ours holds a vocab of millions
+MAX_HEADER_BYTES = 64 << 20  # what save writes and load reads; safetensors' own limit is 100 MB
+TENSOR_ENTRY_BYTES = 256  # room in a header for one tensor's name, dtype, shape and offsets
 TASK_NAMES = {"lm": "language-model", "translate": "translation"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle")  # refused by name as well as by content
 # The models by (task, metadata "architecture"), with their config classes.
@@ -54,11 +57,53 @@ VOCABS = {"lm": {"vocab": "vocab_size"},
 
 def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write tensors and metadata to `path` atomically (the old file stays until the new is whole).
-    The tensors stream to the file: no copy of them is made in memory (a corpus's ids are big)."""
+    The tensors stream to the file: no copy of them is made in memory (a corpus's ids are big).
+    A header larger than `load` reads is a `CheckpointError` before anything is written; a failed
+    write (a full disk) is an `OSError`, as from any other write."""
     meta = {"format_version": FORMAT_VERSION, **meta}
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    text = json.dumps(meta, ensure_ascii=False)
+    check_header_fits(meta, tensors, text)
     with atomic_path(path) as temporary:
-        safetensors.torch.save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(meta, ensure_ascii=False)})
+        try:
+            safetensors.torch.save_file(tensors, temporary, metadata={METADATA_KEY: text})
+        except safetensors.SafetensorError as error:  # not an OSError, though it mostly is one
+            number = re.search(r"os error (\d+)", str(error))
+            if number:
+                raise OSError(int(number.group(1)), os.strerror(int(number.group(1))), os.fspath(path)) from None
+            raise CheckpointError(f"cannot write {os.fspath(path)}: {error}") from None
+
+
+def header_size(meta: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None, text: str | None = None) -> int:
+    """An upper bound of the size of the safetensors header that `save` writes for `meta` and
+    `tensors` (the metadata is a JSON string inside the JSON header, so it is escaped twice)."""
+    text = json.dumps(meta, ensure_ascii=False) if text is None else text
+    entries = {name: {"dtype": "float32", "shape": list(tensor.shape), "data_offsets": [2**63, 2**63]}
+               for name, tensor in (tensors or {}).items()}
+    header = json.dumps({"__metadata__": {METADATA_KEY: text}, **entries}, ensure_ascii=False)
+    return len(header.encode("utf-8")) + 8
+
+
+def check_header_fits(meta: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None,
+                      text: str | None = None, entries: int = 0) -> None:
+    """Refuse metadata too large for a checkpoint that `load` can read back: what save writes,
+    load reads. Without `tensors`, `entries` tensors of a typical entry's size are counted. The
+    vocab is all that grows, so the message says how many tokens would fit."""
+    margin = entries * TENSOR_ENTRY_BYTES
+    size = header_size(meta, tensors, text) + margin
+    if size <= MAX_HEADER_BYTES:
+        return
+    vocab_key = next((key for key in ("vocab", "target_vocab", "source_vocab")
+                      if isinstance(meta.get(key), dict) and isinstance(meta[key].get("itos"), list)), None)
+    hint = ""
+    if vocab_key:
+        tokens = len(meta[vocab_key]["itos"])
+        base = header_size({**meta, vocab_key: {**meta[vocab_key], "itos": []}}, tensors) + margin
+        fitting = int((MAX_HEADER_BYTES - base) / max((size - base) / max(tokens, 1), 1e-9) * 0.9)
+        if fitting >= 2:
+            hint = f"; the vocab of {tokens:,} tokens is most of it: use --max-vocab {fitting} or fewer"
+    raise CheckpointError(f"a checkpoint of this run would need a {size / 2**20:.1f} MB header, more than the "
+                          f"{MAX_HEADER_BYTES / 2**20:.1f} MB charlm reads back{hint}")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

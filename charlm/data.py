@@ -14,6 +14,7 @@ them is each model's business.
 from __future__ import annotations
 
 import array
+import ctypes
 import hashlib
 import json
 import os
@@ -168,6 +169,7 @@ def count_chars(chunks: Iterable[str]) -> Counter:
 
 CACHE_FOLDER = ".charlm-cache"
 CACHE_KIND = "token-ids"
+CACHE_NAME_CHARS = 100  # of the corpus name, in its cache entry's name
 
 
 def default_cache_dir(path: str | os.PathLike) -> str:
@@ -194,21 +196,25 @@ class TokenCache:
 
     The entry is `<folder>/<corpus name>.<key>.safetensors`, the key hashing the corpus's absolute
     path and the settings, so re-tokenizing an edited file replaces its entry instead of piling up
-    another. The entry holds the ids (memory-mapped when loaded), the vocab, and the corpus's size
-    and SHA-256: it is used only when the file on disk has both, so an edited file is noticed (a
-    hit costs one quick read to hash it). A folder that cannot be written costs the cache, never
-    the run: one line on stderr says so. Entries are written atomically, so processes sharing a
-    folder never read a part.
+    another (the name part is cut to `CACHE_NAME_CHARS`, so a long corpus name still has an entry).
+    The entry holds the ids (memory-mapped when loaded), the vocab, the corpus's size and SHA-256,
+    and a SHA-256 of the ids and vocab themselves: it is used only when the file on disk has that
+    size and hash, so an edited file is noticed (a hit costs one quick read to hash it), and only
+    when the entry's own content hashes right and every id is inside the vocab, so a damaged or
+    tampered entry is rebuilt (said on stderr) instead of trained on. A folder that cannot be
+    written, or is full, costs the cache, never the run: one line on stderr says so. Entries are
+    written atomically, so processes sharing a folder never read a part.
     """
 
     def __init__(self, folder: str | os.PathLike, path: str | os.PathLike, settings: dict[str, Any]) -> None:
         self.source = os.path.abspath(path)
         key = _digest(json.dumps({"source": self.source, **settings}, sort_keys=True).encode())[:16]
-        self.path = os.path.join(os.fspath(folder), f"{os.path.basename(self.source)}.{key}.safetensors")
+        name = os.path.basename(self.source)[:CACHE_NAME_CHARS]
+        self.path = os.path.join(os.fspath(folder), f"{name}.{key}.safetensors")
         self.size = os.path.getsize(self.source) if os.path.isfile(self.source) else None
 
     def load(self) -> Corpus | None:
-        """The cached corpus, or None when there is no entry for this very content."""
+        """The cached corpus, or None when there is no sound entry for this very content."""
         from charlm import checkpoint  # the one home of safetensors
 
         try:
@@ -216,9 +222,21 @@ class TokenCache:
             source = meta["source"]
             if meta.get("kind") != CACHE_KIND or source["size"] != self.size or source["sha256"] != file_digest(self.source):
                 return None
+        except (CharlmError, OSError, KeyError, TypeError, ValueError):  # missing, stale or foreign
+            return None
+        try:
             tensors, meta = checkpoint.load(self.path, kind=CACHE_KIND)
-            return Corpus(tensors["ids"], Vocab.from_dict(meta["vocab"]), meta["tokens"], meta["preprocess"], cached=True)
-        except (CharlmError, OSError, KeyError, TypeError, ValueError):  # missing, damaged, or foreign
+            ids, vocab = tensors["ids"], Vocab.from_dict(meta["vocab"])
+            if ids.dim() != 1 or ids.is_floating_point() or len(ids) == 0:
+                raise ValueError("not a tensor of token ids")
+            if meta["content_sha256"] != content_digest(ids, vocab):
+                raise ValueError("its content does not match its checksum")
+            if int(ids.min()) < 0 or int(ids.max()) >= len(vocab):
+                raise ValueError("ids outside its vocab")
+            return Corpus(ids, vocab, meta["tokens"], meta["preprocess"], cached=True)
+        except (CharlmError, OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            print(f"charlm: note: the token cache {self.path} is damaged ({error}); reading the text again",
+                  file=sys.stderr)
             return None
 
     def store(self, corpus: Corpus, sha256: str) -> None:
@@ -226,12 +244,24 @@ class TokenCache:
         from charlm import checkpoint
 
         meta = {"kind": CACHE_KIND, "source": {"name": os.path.basename(self.source), "size": self.size, "sha256": sha256},
-                "vocab": corpus.vocab.to_dict(), "tokens": corpus.tokens, "preprocess": corpus.preprocess}
+                "vocab": corpus.vocab.to_dict(), "tokens": corpus.tokens, "preprocess": corpus.preprocess,
+                "content_sha256": content_digest(corpus.ids, corpus.vocab)}
         try:
             checkpoint.save(self.path, {"ids": corpus.ids}, meta)
-        except OSError as error:
-            print(f"charlm: note: cannot write the token cache {self.path} ({error.strerror or error}); "
+        except (OSError, CharlmError) as error:  # unwritable, full, or a vocab too big for a header
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            print(f"charlm: note: cannot write the token cache {self.path} ({reason}); "
                   "going on without it (choose another --cache-dir, or --no-cache)", file=sys.stderr)
+
+
+def content_digest(ids: torch.Tensor, vocab: Vocab) -> str:
+    """SHA-256 of token ids (their dtype, count and bytes, read in place: no copy, no numpy) and of
+    the vocab they index."""
+    hasher = hashlib.sha256(f"{ids.dtype}:{len(ids)}:".encode())
+    hasher.update(vocab.to_json().encode())
+    flat = ids.contiguous().view(torch.uint8)  # `flat` holds the memory the view below reads
+    hasher.update(memoryview((ctypes.c_char * flat.numel()).from_address(flat.data_ptr())) if flat.numel() else b"")
+    return hasher.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
