@@ -230,6 +230,10 @@ def _train(task: str, corpus: Path, out: Path | None, resume: bool, overwrite: b
 
     train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
     out = out or Path(CHECKPOINT_DIR) / f"{corpus.stem}.safetensors"
+    if world.is_main:  # before reading the corpus, which can take minutes; the trainer checks again
+        from charlm.runfiles import check_creatable
+
+        check_creatable(out)
     if task == "lm":
         run = language_model_run(corpus, train_config, options, world)
     else:

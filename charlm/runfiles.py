@@ -65,13 +65,18 @@ def check_creatable(out: str | os.PathLike) -> None:
     """Fail now, before any training, if a file of the run or one of its temporaries cannot be
     created: a name longer than the file system allows, or a folder that cannot be written."""
     paths = run_paths(out)
+    stem = os.path.basename(paths["lock"])[: -len(".lock")]
+    if not stem or stem in (".", "..") or os.fspath(out).endswith(os.sep):
+        raise CharlmError(f"--out {os.fspath(out)!r} names no file; give a checkpoint path such as runs/my.safetensors")
     folder = os.path.dirname(os.path.abspath(paths["model"]))
     try:
         os.makedirs(folder, exist_ok=True)
         name_max = os.pathconf(folder, "PC_NAME_MAX")
         path_max = os.pathconf(folder, "PC_PATH_MAX")
     except OSError as error:
-        raise CharlmError(f"cannot create the folder of --out {paths['model']} ({error.strerror or error}); "
+        blocking = next((parent for parent in _ancestors(folder) if os.path.lexists(parent)), folder)
+        reason = f"{blocking} is not a folder" if not os.path.isdir(blocking) else error.strerror or str(error)
+        raise CharlmError(f"cannot create the folder of --out {paths['model']} ({reason}); "
                           "choose another --out") from None
     for role in ROLES:
         names = [os.path.basename(paths[role])]
@@ -91,6 +96,16 @@ def check_creatable(out: str | os.PathLike) -> None:
         os.unlink(probe)
     except OSError as error:
         raise CharlmError(f"cannot write in {folder} ({error.strerror or error}); choose another --out") from None
+
+
+def _ancestors(folder: str) -> Iterator[str]:
+    """`folder`, its parent, and so on up to the root."""
+    while True:
+        yield folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
 
 
 def check_replaceable(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], resume: bool,

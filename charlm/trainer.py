@@ -222,7 +222,16 @@ class Trainer:
             elif self.world.is_main:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.paths["metrics"])  # a charlm metrics file: checked above
-            self._loop()
+            try:
+                self._loop()
+            except OSError as error:  # a full disk mid-run: the last state saved is whole (atomic writes)
+                if self.saved_step is None:
+                    raise
+                raise CharlmError(
+                    f"cannot write the run ({error.strerror or error}: {error.filename or self.paths['model']}); "
+                    f"the training state of step {self.saved_step} is saved in {self.paths['resume']}: make room "
+                    "and run the same command with --resume to continue"
+                ) from None
         return self.summary()
 
     def _loop(self) -> None:

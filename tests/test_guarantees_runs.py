@@ -261,3 +261,35 @@ def test_files_follow_the_umask(runner, tiny_corpus, umask):
         os.umask(previous)
     for path in ["m.safetensors", "m.resume.safetensors", "m.metrics.jsonl", cache_entry(tiny_corpus)]:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
+
+
+def test_a_disk_that_fills_mid_run_keeps_a_resumable_run(runner, tiny_corpus, monkeypatch):
+    """The disk fills after the first evaluation's saves: training stops with one line saying
+    which step is saved and to --resume; with room again, --resume finishes the run exactly as an
+    unbroken run does."""
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--eval-every", "2", "--max-steps", "6", "--out", "whole.safetensors")
+    save, calls = checkpoint.save, []
+
+    def filling(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:  # the model and the resume state of step 2 are written, then no more
+            raise OSError(28, os.strerror(28), os.fspath(path))
+        save(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", filling)
+    result = fails(runner, "train", tiny_corpus, *TINY_MODEL, "--eval-every", "2", "--max-steps", "6",
+                   "--out", "m.safetensors", message="step 2 is saved in m.resume.safetensors")
+    assert "--resume" in result.stderr
+    monkeypatch.setattr(checkpoint, "save", save)
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--eval-every", "2", "--max-steps", "6", "--out", "m.safetensors",
+            "--resume")
+    assert Path("m.safetensors").read_bytes() == Path("whole.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("out, message", [(".safetensors", "names no file"), ("tiny.txt/m.safetensors", "is not a folder"),
+                                          ("/proc/m.safetensors", "cannot write in /proc")])
+def test_an_out_that_cannot_be_written_is_one_line_before_training(runner, tiny_corpus, out, message):
+    """--out with no file name, under a file, or in a folder that takes no files: one line before
+    the first step, and nothing written."""
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "2", "--out", out, message=message)
+    assert sorted(os.listdir()) == ["tiny.txt"]
