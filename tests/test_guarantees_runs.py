@@ -249,7 +249,7 @@ def test_kill_9_during_a_save_leaves_no_temporary_of_the_library_behind(runner):
 # -- modes --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=["022", "027", "002"])
 def test_files_follow_the_umask(runner, tiny_corpus, umask):
     """Checkpoints, resume states, metrics and cache entries get the mode any new file gets under
     the user's umask (not 0600 whatever it is)."""
