@@ -25,10 +25,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from charlm.state import RecurrentState, TorchState
+
 # Per-layer state inside this module is always a tuple whose first element is h: (h,) for
 # RNN/GRU, (h, c) for LSTM. Only `_unpack_state` and `_pack_state` know the public form.
 LayerState = tuple[torch.Tensor, ...]
-RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class _ScratchRecurrent(nn.Module):
@@ -85,7 +86,7 @@ class _ScratchRecurrent(nn.Module):
         """One time step: input_projection (B, G*H) is W_ih x_t + b_ih, already computed."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, state: RecurrentState | None = None) -> tuple[torch.Tensor, RecurrentState]:
+    def forward(self, x: torch.Tensor, state: TorchState | None = None) -> tuple[torch.Tensor, TorchState]:
         """Run all layers over x (B, T, I); return output (B, T, H) of the last layer and the final state."""
         if x.dim() != 3 or x.size(-1) != self.input_size:
             raise ValueError(f"expected input of shape (B, T, {self.input_size}), got {tuple(x.shape)}")
@@ -114,12 +115,12 @@ class _ScratchRecurrent(nn.Module):
             final_states.append(layer_state)
         return layer_input, self._pack_state(final_states)
 
-    def _unpack_state(self, state: RecurrentState | None, x: torch.Tensor) -> list[LayerState]:
+    def _unpack_state(self, state: TorchState | None, x: torch.Tensor) -> list[LayerState]:
         """Public state (h or (h, c), each (L, B, H), or None) -> one (h,) or (h, c) tuple per layer."""
         expected_shape = (self.num_layers, x.size(0), self.hidden_size)
-        part_count = 2 if self.carries_cell_state else 1
         if state is None:
-            parts = tuple(x.new_zeros(expected_shape) for _ in range(part_count))
+            zeros = RecurrentState.zeros(self.num_layers, x.size(0), self.hidden_size, self.carries_cell_state, like=x)
+            parts = tuple(zeros.tensors().values())
         elif self.carries_cell_state:
             if not isinstance(state, tuple) or len(state) != 2:
                 raise ValueError("LSTM state must be a tuple (h, c)")
@@ -131,7 +132,7 @@ class _ScratchRecurrent(nn.Module):
                 raise ValueError(f"expected state of shape {expected_shape}, got {tuple(part.shape)}")
         return [tuple(part[layer] for part in parts) for layer in range(self.num_layers)]
 
-    def _pack_state(self, layer_states: list[LayerState]) -> RecurrentState:
+    def _pack_state(self, layer_states: list[LayerState]) -> TorchState:
         """One (h,) or (h, c) tuple per layer -> public state h or (h, c), each (L, B, H)."""
         parts = tuple(torch.stack(per_layer, dim=0) for per_layer in zip(*layer_states))
         return parts if self.carries_cell_state else parts[0]

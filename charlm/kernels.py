@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-State = Tensor | tuple[Tensor, Tensor]  # h (L, B, H), or (h, c) for an LSTM
+from charlm.state import RecurrentState, TorchState
+
 
 
 def _tanh(x: Tensor, out: Tensor) -> Tensor:
@@ -318,7 +319,7 @@ def _autocast_on_cpu() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def _is_faster(module: nn.RNNBase, x: Tensor, state: State | None) -> bool:
+def _is_faster(module: nn.RNNBase, x: Tensor, state: TorchState | None) -> bool:
     """Whether the fast path measured faster than the module itself (see
     scripts/bench_kernels.py) for this call; only asked where it `supports` it."""
     states = () if state is None else state if isinstance(state, tuple) else (state,)
@@ -350,8 +351,8 @@ def _make_cell(module: nn.RNNBase):
 
 
 def recurrent(
-    module: nn.RNNBase, x: Tensor, state: State | None = None, fast: bool | None = None
-) -> tuple[Tensor, State]:
+    module: nn.RNNBase, x: Tensor, state: TorchState | None = None, fast: bool | None = None
+) -> tuple[Tensor, TorchState]:
     """Compute `module(x, state)` for a batch-first nn.RNN, nn.GRU or nn.LSTM.
 
     x is (B, T, I), or integer ids (B, T) standing for one-hot rows of size I (the
@@ -370,11 +371,9 @@ def recurrent(
 
     is_lstm = module.mode == "LSTM"
     batch = x.shape[0]
-    if state is None:
-        zeros = module.weight_hh_l0.new_zeros(module.num_layers, batch, module.hidden_size)
-        h_init, c_init = zeros, (zeros if is_lstm else None)
-    else:
-        h_init, c_init = state if is_lstm else (state, None)
+    initial = RecurrentState.of(state) or RecurrentState.zeros(
+        module.num_layers, batch, module.hidden_size, is_lstm, like=module.weight_hh_l0)
+    h_init, c_init = initial.h, initial.c
 
     cell = _make_cell(module)
     layer_input = x.transpose(0, 1).contiguous()  # (T, B, I), or ids (T, B)

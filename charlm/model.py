@@ -4,8 +4,8 @@
 
 The cell is chosen by name: "rnn" (tanh), "gru" or "lstm", either torch's fused module or its
 from-scratch twin in `charlm.cells` (`from_scratch=True`). Input is an embedding, or one-hot
-vectors when `embedding_size == 0` (the lessons' form). A recurrent state is a tensor (L, B, H),
-or a tuple (h, c) for the LSTM; `map_state` is the one place that knows about the tuple.
+vectors when `embedding_size == 0` (the lessons' form). Its state is a `charlm.state.RecurrentState`
+(h, and c for the LSTM), converted to torch's own form only where a recurrent module is called.
 
 This module knows nothing about data, training, checkpoints or sampling strategies.
 """
@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from charlm import cells, kernels
+from charlm.state import RecurrentState, TorchState
 
 CELLS = ("rnn", "gru", "lstm")
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -52,24 +52,6 @@ class ModelConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-def map_state(function: Callable[[torch.Tensor], torch.Tensor], state: State | None) -> State | None:
-    """Apply `function` to every tensor of a recurrent state (h, or the LSTM's (h, c))."""
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(function(part) for part in state)
-    return function(state)
-
-
-def state_tensors(state: State) -> list[torch.Tensor]:
-    """The tensors of a state as a list: [h] or [h, c]."""
-    return list(state) if isinstance(state, tuple) else [state]
-
-
-def state_from_tensors(tensors: list[torch.Tensor]) -> State:
-    return tuple(tensors) if len(tensors) == 2 else tensors[0]
-
-
 def recurrent_module(config: ModelConfig, input_size: int) -> nn.Module:
     """torch's nn.RNN / nn.GRU / nn.LSTM, or the from-scratch twin, with the same parameters."""
     dropout = config.dropout if config.num_layers > 1 else 0.0
@@ -82,6 +64,8 @@ def recurrent_module(config: ModelConfig, input_size: int) -> nn.Module:
 
 class LanguageModel(nn.Module):
     """ids (B, T) -> embedding or one-hot (B, T, E) -> recurrent layers (B, T, H) -> logits (B, T, V)."""
+
+    state_class = RecurrentState
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -101,17 +85,25 @@ class LanguageModel(nn.Module):
             return F.one_hot(ids, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
         return self.dropout(self.embedding(ids))  # (B, T, E)
 
-    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        if self.config.from_scratch:
-            outputs, state = self.rnn(self.embed(ids), state)
-        else:  # one-hot input goes in as the ids themselves: the kernels gather instead of multiplying
-            inputs = ids if self.embedding is None else self.embed(ids)
-            outputs, state = kernels.recurrent(self.rnn, inputs, state)  # (B, T, H)
+    def forward(
+        self, ids: torch.Tensor, state: RecurrentState | None = None
+    ) -> tuple[torch.Tensor, RecurrentState]:
+        outputs, state = self.recurrent(ids, state)  # (B, T, H)
         return self.head(self.dropout(outputs)), state  # (B, T, V)
 
+    def recurrent(self, ids: torch.Tensor, state: RecurrentState | None) -> tuple[torch.Tensor, RecurrentState]:
+        """ids (B, T) -> outputs of the top recurrent layer (B, T, H), and the state after them."""
+        initial = None if state is None else RecurrentState.of(state).torch_form()
+        if self.config.from_scratch:
+            outputs, final = self.rnn(self.embed(ids), initial)
+        else:  # one-hot input goes in as the ids themselves: the kernels gather instead of multiplying
+            inputs = ids if self.embedding is None else self.embed(ids)
+            outputs, final = kernels.recurrent(self.rnn, inputs, initial)
+        return outputs, RecurrentState.of(final)
+
     def batch_loss(
-        self, batch: tuple[torch.Tensor, ...], state: State | None = None
-    ) -> tuple[torch.Tensor, int, State]:
+        self, batch: tuple[torch.Tensor, ...], state: RecurrentState | None = None
+    ) -> tuple[torch.Tensor, int, RecurrentState]:
         """The trainer's contract, shared by every model: (summed loss, number of predicted tokens,
         state to carry). Here batch = (inputs (B, T), targets (B, T))."""
         inputs, targets = batch
@@ -119,24 +111,25 @@ class LanguageModel(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
         return loss, targets.numel(), state
 
-    def step(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+    def step(self, ids: torch.Tensor, state: RecurrentState | None) -> tuple[torch.Tensor, RecurrentState]:
         """One step of generation: ids (B,) -> logits (B, V)."""
         logits, state = self(ids[:, None], state)
         return logits[:, 0], state
 
-    def stepper(self, banned: Sequence[int] = ()) -> Callable[[torch.Tensor, State | None], tuple[torch.Tensor, State]]:
+    def stepper(
+        self, banned: Sequence[int] = ()
+    ) -> Callable[[torch.Tensor, RecurrentState | None], tuple[torch.Tensor, RecurrentState]]:
         """A fast `step` for generation with the current weights, `banned` ids at -inf (see
         `charlm.stepper`)."""
         from charlm.stepper import Stepper
 
         return Stepper(self, banned)
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
-        """Zeros: (L, B, H), or (h, c) for the LSTM."""
-        device = device or self.head.weight.device
-        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
-        zeros = torch.zeros(shape, device=device, dtype=self.head.weight.dtype)
-        return (zeros, zeros.clone()) if self.config.cell == "lstm" else zeros
+    def init_state(self, batch_size: int) -> RecurrentState:
+        """Zeros: h (L, B, H), and c for the LSTM."""
+        config = self.config
+        return RecurrentState.zeros(config.num_layers, batch_size, config.hidden_size, config.cell == "lstm",
+                                    like=self.head.weight)
 
     def num_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())

@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from charlm import kernels
-from charlm.model import LanguageModel, ModelConfig, State, map_state, recurrent_module, state_tensors
+from charlm.model import LanguageModel, ModelConfig, recurrent_module
+from charlm.state import RecurrentState
 from charlm.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
 
 
@@ -157,19 +158,19 @@ class Encoder(nn.Module):
         self.dropout = kernels.Dropout(config.dropout)
         self.rnn = recurrent_module(config, config.embedding_size)
 
-    def forward(self, source: torch.Tensor) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """-> (outputs (B, S, H), zeros on padding; state (L, B, H) or (h, c); mask (B, S))."""
+    def forward(self, source: torch.Tensor) -> tuple[torch.Tensor, RecurrentState, torch.Tensor]:
+        """-> (outputs (B, S, H), zeros on padding; final state; mask (B, S))."""
         mask = source != PAD_INDEX
         embedded = self.dropout(self.embedding(source))  # (B, S, E)
         packed = nn.utils.rnn.pack_padded_sequence(embedded, mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
         outputs, state = self.rnn(packed)
         outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=source.shape[1])
-        return outputs, state, mask
+        return outputs, RecurrentState.of(state), mask
 
 
 @dataclass
 class DecoderState:
-    hidden: State  # (L, B, H), or (h, c) for the LSTM
+    hidden: RecurrentState
     context: torch.Tensor  # (B, H) the encoder's final top-layer state, fed at every step without attention
     memory: torch.Tensor  # (B, S, H) the encoder's outputs, attended to
     keys: torch.Tensor | None  # (B, S, A) the memory through the attention's key layer, computed once
@@ -178,13 +179,7 @@ class DecoderState:
     def select(self, rows: torch.Tensor) -> DecoderState:
         """The state of the batch rows `rows` (B',), in that order: beams follow their parents."""
         keys = None if self.keys is None else self.keys[rows]
-        hidden = map_state(lambda tensor: tensor[:, rows], self.hidden)
-        return DecoderState(hidden, self.context[rows], self.memory[rows], keys, self.mask[rows])
-
-
-def top_hidden(state: State) -> torch.Tensor:
-    """The top layer's hidden state (B, H) of a recurrent state."""
-    return state_tensors(state)[0][-1]
+        return DecoderState(self.hidden.rows(rows), self.context[rows], self.memory[rows], keys, self.mask[rows])
 
 
 class Decoder(nn.Module):
@@ -202,10 +197,10 @@ class Decoder(nn.Module):
         self.rnn = recurrent_module(config, config.embedding_size + hidden_size)
         self.head = nn.Linear(hidden_size, config.target_vocab_size)
 
-    def init_state(self, encoder_outputs: tuple[torch.Tensor, State, torch.Tensor]) -> DecoderState:
+    def init_state(self, encoder_outputs: tuple[torch.Tensor, RecurrentState, torch.Tensor]) -> DecoderState:
         memory, hidden, mask = encoder_outputs
         keys = None if self.attention is None else self.attention.key_layer(memory)
-        return DecoderState(hidden, top_hidden(hidden), memory, keys, mask)
+        return DecoderState(hidden, hidden.top, memory, keys, mask)
 
     def forward(
         self, inputs: torch.Tensor, state: DecoderState
@@ -214,18 +209,22 @@ class Decoder(nn.Module):
         embedded = self.dropout(self.embedding(inputs))  # (B, T, E)
         if self.attention is None:
             context = state.context[:, None].expand(-1, inputs.shape[1], -1)  # (B, T, H)
-            outputs, hidden = kernels.recurrent(self.rnn, torch.cat([embedded, context], -1), state.hidden)
+            outputs, hidden = self._recurrent(torch.cat([embedded, context], -1), state.hidden)
             weights = None
         else:  # the query of step t is the hidden state left by step t - 1
             hidden, steps, step_weights = state.hidden, [], []
             for t in range(inputs.shape[1]):
-                query = top_hidden(hidden)[:, None]  # (B, 1, H)
+                query = hidden.top[:, None]  # (B, 1, H)
                 context, weights = self.attention(query, state.keys, state.memory, state.mask)  # (B, 1, H), (B, 1, S)
-                output, hidden = kernels.recurrent(self.rnn, torch.cat([embedded[:, t : t + 1], context], -1), hidden)
+                output, hidden = self._recurrent(torch.cat([embedded[:, t : t + 1], context], -1), hidden)
                 steps.append(output)
                 step_weights.append(weights)
             outputs, weights = torch.cat(steps, 1), torch.cat(step_weights, 1)  # (B, T, H), (B, T, S)
         return self.head(self.dropout(outputs)), replace(state, hidden=hidden), weights
+
+    def _recurrent(self, inputs: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+        outputs, final = kernels.recurrent(self.rnn, inputs, state.torch_form())
+        return outputs, RecurrentState.of(final)
 
 
 class Seq2Seq(nn.Module):

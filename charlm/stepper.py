@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+from charlm.state import RecurrentState
 
 
 class Stepper:
-    """`logits, state = stepper(ids, state)`: ids (B,) -> logits (B, V); state as the model's,
-    (L, B, H) or the LSTM's (h, c), None for zeros. Equal to `model.step` in eval mode, but for
+    """`logits, state = stepper(ids, state)`: ids (B,) -> logits (B, V); state a `RecurrentState`
+    as the model's, None for zeros. Equal to `model.step` in eval mode, but for
     the `banned` ids, whose logits are -inf."""
 
     @torch.no_grad()
@@ -52,12 +52,11 @@ class Stepper:
         self.head_bias[list(banned)] = float("-inf")  # banned ids: -inf logits at no cost per step
 
     @torch.no_grad()
-    def __call__(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        batch = ids.shape[0]
+    def __call__(self, ids: torch.Tensor, state: RecurrentState | None) -> tuple[torch.Tensor, RecurrentState]:
         if state is None:
-            zeros = self.table.new_zeros(self.num_layers, batch, self.hidden_size)
-            state = (zeros, zeros.clone()) if self.cell == "lstm" else zeros
-        h_all, c_all = state if self.cell == "lstm" else (state, None)
+            state = RecurrentState.zeros(self.num_layers, ids.shape[0], self.hidden_size, self.cell == "lstm",
+                                         like=self.table)
+        h_all, c_all = state.h, state.c
         new_h, new_c = [], []
         x = None
         for layer in range(self.num_layers):
@@ -77,7 +76,7 @@ class Stepper:
             new_h.append(x)
         logits = torch.addmm(self.head_bias, x, self.head_t)  # (B, V)
         h_out = new_h[0][None] if self.num_layers == 1 else torch.stack(new_h)  # (L, B, H)
-        return logits, ((h_out, torch.stack(new_c)) if self.cell == "lstm" else h_out)
+        return logits, RecurrentState(h_out, torch.stack(new_c) if self.cell == "lstm" else None)
 
     def _lstm(self, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.hidden_size

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from charlm import checkpoint
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
-from charlm.model import map_state, state_from_tensors, state_tensors
+from charlm.state import map_state
 from charlm.runfiles import check_creatable, check_replaceable, locked_run, run_paths
 from charlm.runtime import World, atomic_write, rng_states, seed_everything, set_rng_states
 
@@ -135,8 +135,8 @@ def evaluate(
     with autocast(device, precision):
         for batch in batches:
             rows = batch[0].shape[0]
-            if state is not None and state_tensors(state)[0].shape[1] > rows:
-                state = map_state(lambda tensor: tensor[:, -rows:], state)
+            if state is not None and state.batch_size > rows:
+                state = state.rows(slice(-rows, None))
             loss, predicted, state = model.batch_loss(tuple(part.to(device) for part in batch), state)
             total, count = total + float(loss), count + int(predicted)
     model.train(was_training)
@@ -408,8 +408,7 @@ class Trainer:
         drops; `best` is then the (loss, step) of the best model before it. With several processes
         every one calls this: rank 0 writes its own and the others' RNG states ("rng.rank<r>.*"),
         the carried state of the whole batch (rows joined in rank order) and the mean loss sum."""
-        shares = self.world.gather((rng_states(), state_tensors(map_state(torch.Tensor.cpu, self.state))
-                                    if self.state is not None else None))
+        shares = self.world.gather((rng_states(), map_state(torch.Tensor.cpu, self.state)))
         running_loss = self.world.mean(self.running_loss)
         self.saved_step = self.step
         if not self.world.is_main:
@@ -425,9 +424,9 @@ class Trainer:
         for rank, (rngs, _) in enumerate(shares):
             tensors.update({name.replace("rng.", f"rng.rank{rank}." if rank else "rng.", 1): state
                             for name, state in rngs.items()})
-        if shares[0][1] is not None:
-            for index, parts in enumerate(zip(*(carried for _, carried in shares))):
-                tensors[f"carry.{index}"] = torch.cat(parts, dim=1)  # (L, B, H): every process's rows
+        if shares[0][1] is not None:  # every process's rows, in rank order
+            carried = type(shares[0][1]).join([state for _, state in shares])
+            tensors.update({f"carry.{name}": tensor for name, tensor in carried.tensors().items()})
         tensors["train.running_loss"] = running_loss
         best_val_loss, best_step = best or (self.best_val_loss, self.best_step)
         meta = self._meta("resume")
@@ -474,9 +473,10 @@ class Trainer:
         for key, value in position.items():
             setattr(self, key, value)
         self.running_loss, self.saved_step = running, self.step
-        carried = [tensors[f"carry.{index}"].to(self.device) for index in range(2) if f"carry.{index}" in tensors]
+        carried = {name[len("carry."):]: tensor.to(self.device) for name, tensor in tensors.items()
+                   if name.startswith("carry.")}
         rows = self.world.rows(self.config.batch_size) if self.world.size > 1 else slice(None)
-        self.state = map_state(lambda tensor: tensor[:, rows], state_from_tensors(carried)) if carried else None
+        self.state = self.model.state_class.from_tensors(carried).rows(rows) if carried else None
         if self.world.is_main:
             self._truncate_metrics(stop_evaluated=info.get("stop_evaluated") is True)
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlm.model import CELLS, LanguageModel, ModelConfig, map_state
+from charlm.model import CELLS, LanguageModel, ModelConfig
+from charlm.state import map_state
 
 
 def make(cell: str, embedding_size: int, from_scratch: bool, num_layers: int = 2) -> LanguageModel:
@@ -23,7 +24,7 @@ def test_scratch_model_equals_torch_model_with_the_same_weights(cell, embedding_
     (logits_a, state_a), (logits_b, state_b) = fused(ids, state), scratch(ids, state)
     assert logits_a.shape == (3, 9, 11)
     torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=0)
-    torch.testing.assert_close(state_a, state_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state_a.tensors(), state_b.tensors(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -39,9 +40,10 @@ def test_stepping_equals_one_pass(cell):
 
 
 def test_lstm_state_is_a_pair_and_others_a_tensor():
-    assert isinstance(make("lstm", 0, False).init_state(3), tuple)
-    h = make("gru", 0, False).init_state(3)
-    assert h.shape == (2, 3, 12)
+    lstm = make("lstm", 0, False).init_state(3)
+    assert isinstance(lstm.torch_form(), tuple) and lstm.c.shape == lstm.h.shape == (2, 3, 12)
+    gru = make("gru", 0, False).init_state(3)
+    assert gru.c is None and gru.torch_form() is gru.h and gru.h.shape == (2, 3, 12)
 
 
 def test_bad_configs_are_refused():
@@ -69,4 +71,4 @@ def test_fast_stepper_equals_the_model(cell, embedding_size, num_layers, from_sc
         assert torch.isneginf(logits_b[:, banned]).all()
         allowed = [k for k in range(11) if k not in banned]
         torch.testing.assert_close(logits_b[:, allowed], logits_a[:, allowed], atol=1e-5, rtol=0)
-        torch.testing.assert_close(state_b, state_a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(state_b.tensors(), state_a.tensors(), atol=1e-5, rtol=0)
