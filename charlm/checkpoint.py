@@ -26,7 +26,7 @@ import json
 import os
 import re
 import struct
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import safetensors
@@ -34,11 +34,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from charlm.errors import CheckpointError
-from charlm.model import LanguageModel, ModelConfig
+from charlm import registry
+from charlm.errors import CharlmError, CheckpointError
 from charlm.pairs import is_pair_vocab
 from charlm.runtime import atomic_path
-from charlm.seq2seq import ARCHITECTURES
 from charlm.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab
 
 FORMAT_VERSION = 1
@@ -47,9 +46,6 @@ MAX_HEADER_BYTES = 64 << 20  # what save writes and load reads; safetensors' own
 TENSOR_ENTRY_BYTES = 256  # room in a header for one tensor's name, dtype, shape and offsets
 TASK_NAMES = {"lm": "language-model", "translate": "translation"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle")  # refused by name as well as by content
-# The models by (task, metadata "architecture"), with their config classes.
-BUILDERS = {("lm", None): (LanguageModel, ModelConfig),
-            **{("translate", name): classes for name, classes in ARCHITECTURES.items()}}
 # The vocabs in a task's metadata, each with the model config field that must equal its size.
 VOCABS = {"lm": {"vocab": "vocab_size"},
           "translate": {"source_vocab": "source_vocab_size", "target_vocab": "target_vocab_size"}}
@@ -200,13 +196,15 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
     """Rebuild the model a checkpoint describes and load its weights. The config comes from the
     metadata; it is built on the meta device first so that its shapes are checked against the file
     before any memory is allocated."""
-    key = (meta.get("task"), meta.get("architecture"))
-    if key not in BUILDERS:
-        raise CheckpointError(f"{path}: unknown task {key[0]!r} (architecture {key[1]!r}) in charlm metadata")
-    model_class, config_class = BUILDERS[key]
+    task, name = meta.get("task"), registry.name_of(meta)
+    try:
+        model_class, config_class = registry.get(task, name).classes()
+    except (CharlmError, TypeError):  # TypeError: a task of a JSON type that cannot be a key
+        raise CheckpointError(f"{path}: unknown task {task!r} (architecture {name!r}) in charlm metadata") from None
     weights = {name[len("model."):]: tensor for name, tensor in tensors.items() if name.startswith("model.")}
     try:
-        config = config_class.from_dict(meta["model"])
+        known = {field.name for field in fields(config_class)}
+        config = config_class(**{key: value for key, value in meta["model"].items() if key in known})
         # Shapes cost nothing on the meta device, but every layer is a module: bound their number.
         layers = {name: value for name, value in asdict(config).items() if name.endswith("layers")}
         if any(value > len(weights) for value in layers.values()):

@@ -13,27 +13,27 @@ This module knows nothing about data, training, checkpoints or sampling strategi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from charlm import cells, kernels
-from charlm.state import RecurrentState, TorchState
+from charlm.presets import CELLS, LM
+from charlm.state import RecurrentState
 
-CELLS = ("rnn", "gru", "lstm")
 
 
 @dataclass
 class ModelConfig:
     vocab_size: int
-    cell: str = "lstm"
-    embedding_size: int = 64  # 0: one-hot input
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.0
-    from_scratch: bool = False
+    cell: str = LM["cell"]
+    embedding_size: int = LM["embedding_size"]  # 0: one-hot input
+    hidden_size: int = LM["hidden_size"]
+    num_layers: int = LM["num_layers"]
+    dropout: float = LM["dropout"]
+    from_scratch: bool = LM["from_scratch"]
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -46,10 +46,6 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 def recurrent_module(config: ModelConfig, input_size: int) -> nn.Module:
@@ -133,3 +129,7 @@ class LanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
+
+    def describe(self) -> str:
+        """One line for the user: "lstm 2x512"."""
+        return f"{self.config.cell} {self.config.num_layers}x{self.config.hidden_size}"

@@ -15,22 +15,32 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from torch import nn
 
+from charlm import registry
 from charlm.data import (
     BatchIterator, PairBatches, encode_pairs, fit_batch_size, lm_eval_batches, load_corpus, pair_eval_batches,
 )
 from charlm.errors import CharlmError, CorpusError
-from charlm.model import LanguageModel, ModelConfig
 from charlm.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
 from charlm.runtime import World, seed_everything
-from charlm.seq2seq import ARCHITECTURES
 from charlm.trainer import TrainConfig
 
-MODEL_KEYS = ("cell", "embedding_size", "hidden_size", "num_layers", "dropout", "from_scratch")
+
+
+def model_config(architecture: registry.Architecture, settings: dict[str, Any], **sizes: int) -> tuple[type, Any]:
+    """(model class, config) of `architecture` from the settings its config has fields for, the
+    values its name fixes, and the vocab `sizes`."""
+    model_class, config_class = architecture.classes()
+    names = {field.name for field in fields(config_class)}
+    values = {key: value for key, value in settings.items() if key in names}
+    try:
+        return model_class, config_class(**{**values, **architecture.fixed, **sizes})
+    except ValueError as error:  # a model option click's ranges let through (nan)
+        raise CharlmError(str(error)) from None
 
 
 @dataclass
@@ -61,16 +71,15 @@ def language_model_run(
         notes.append(f"the training split has {len(train_ids):,} tokens, too few for batches of "
                      f"{train_config.batch_size} x {train_config.seq_len}: using --batch-size {batch_size}")
         train_config = replace(train_config, batch_size=batch_size)
-    try:
-        config = ModelConfig(vocab_size=len(data.vocab), **{key: settings[key] for key in MODEL_KEYS})
-    except ValueError as error:  # a model option click's ranges let through (nan)
-        raise CharlmError(str(error)) from None
+    architecture = registry.get("lm", settings["cell"])
+    model_class, config = model_config(architecture, settings, vocab_size=len(data.vocab))
     seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
-    model = LanguageModel(config)
-    meta = {"task": "lm", "model": asdict(config), "vocab": data.vocab.to_dict(), "tokens": settings["tokens"],
-            "preprocess": settings["preprocess"], "corpus": os.path.basename(corpus)}
+    model = model_class(config)
+    meta = {"task": "lm", **registry.metadata(architecture), "model": asdict(config), "vocab": data.vocab.to_dict(),
+            "tokens": settings["tokens"], "preprocess": settings["preprocess"], "corpus": os.path.basename(corpus)}
+    shown = model.describe() if hasattr(model, "describe") else architecture.name
     description = (f"{corpus}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
-                   f"{config.cell} {config.num_layers}x{config.hidden_size}, {model.num_parameters():,} parameters")
+                   f"{shown}, {model.num_parameters():,} parameters")
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
     val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len) if len(val_ids) >= 2 else None
@@ -89,9 +98,9 @@ def translation_run(
         if not detected:
             raise
         raise CorpusError(f"{error} (read as pairs since most lines hold a tab; --task lm trains on it as text)") from None
-    architecture = settings["model_type"] or "seq2seq"
-    model_settings = {key: settings[key] for key in MODEL_KEYS}
-    if architecture == "tagger":
+    architecture = registry.get("translate", settings["model_type"] or "seq2seq")
+    model_settings = dict(settings)
+    if architecture.name == "tagger":
         check_aligned(pairs, corpus)
         if settings["attention"]:
             raise CharlmError("--attention is for the seq2seq model; the tagger has none")
@@ -99,19 +108,16 @@ def translation_run(
         model_settings["attention"] = settings["attention"] is not False
     train_pairs, held_out = split_pairs(pairs, train_config.val_fraction, train_config.seed)
     source_vocab, target_vocab = pair_vocabs(pairs, settings["min_freq"], settings["max_vocab"])
-    model_class, config_class = ARCHITECTURES[architecture]
-    try:
-        config = config_class(vocab_size=len(source_vocab), target_vocab_size=len(target_vocab), **model_settings)
-    except ValueError as error:
-        raise CharlmError(str(error)) from None
+    model_class, config = model_config(architecture, model_settings, vocab_size=len(source_vocab),
+                                       target_vocab_size=len(target_vocab))
     seed_everything(train_config.seed)  # the initial weights follow --seed
     model = model_class(config)
-    meta = {"task": "translate", "architecture": architecture, "model": asdict(config),
+    meta = {"task": "translate", **registry.metadata(architecture), "model": asdict(config),
             "source_vocab": source_vocab.to_dict(), "target_vocab": target_vocab.to_dict(), "tokens": "char",
             "preprocess": "none", "corpus": os.path.basename(corpus)}
     attention = " with attention" if getattr(config, "attention", False) else ""
     description = (f"{corpus}: {len(train_pairs):,} pairs to train on, {len(held_out):,} held out; "
-                   f"{len(source_vocab)} source and {len(target_vocab)} target tokens; {architecture} {config.cell} "
+                   f"{len(source_vocab)} source and {len(target_vocab)} target tokens; {architecture.name} {config.cell} "
                    f"{config.num_layers}x{config.hidden_size}{attention}, {model.num_parameters():,} parameters")
     train_batches = PairBatches(encode_pairs(train_pairs, source_vocab, target_vocab), train_config.batch_size,
                                 PAD_INDEX, train_config.seed)

@@ -30,13 +30,20 @@ from charlm import kernels
 from charlm.model import LanguageModel, ModelConfig, recurrent_module
 from charlm.state import RecurrentState
 from charlm.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
+from charlm.presets import PAIRS
 
 
 
 @dataclass
 class TaggerConfig(ModelConfig):
-    """`vocab_size` is the source vocab's; the head predicts among `target_vocab_size` ids."""
+    """`vocab_size` is the source vocab's; the head predicts among `target_vocab_size` ids. The
+    defaults are the pair task's (`charlm.presets`)."""
 
+    cell: str = PAIRS["cell"]
+    embedding_size: int = PAIRS["embedding_size"]
+    hidden_size: int = PAIRS["hidden_size"]
+    num_layers: int = PAIRS["num_layers"]
+    dropout: float = PAIRS["dropout"]
     target_vocab_size: int = 1
 
     def __post_init__(self) -> None:
@@ -55,10 +62,6 @@ class Seq2SeqConfig(TaggerConfig):
     encoder's final state). No one-hot input and no from-scratch cells here: the encoder reads
     packed sequences, which only torch's own modules take."""
 
-    cell: str = "gru"
-    embedding_size: int = 32
-    hidden_size: int = 128
-    num_layers: int = 1
     attention: bool = True
 
     def __post_init__(self) -> None:
@@ -272,10 +275,3 @@ def teacher_forcing(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.cat([target, target.new_full((batch, 1), PAD_INDEX)], 1)
     labels[torch.arange(batch, device=target.device), lengths] = EOS_INDEX
     return inputs, labels
-
-
-# The pair models by architecture name, with their configs: what a checkpoint's metadata names.
-ARCHITECTURES: dict[str, tuple[type[nn.Module], type[TaggerConfig]]] = {
-    "seq2seq": (Seq2Seq, Seq2SeqConfig),
-    "tagger": (Tagger, TaggerConfig),
-}

@@ -99,7 +99,8 @@ def charlm_training(cell: str, from_scratch: bool, embedding_size: int, num_laye
                     optimizer: str, lr: float) -> callable:
     """charlm's own training step (`Trainer._train_step`) on a fixed batch."""
     config = ModelConfig(vocab_size=LESSONS["vocab_size"], cell=cell, embedding_size=embedding_size,
-                         hidden_size=LESSONS["hidden_size"], num_layers=num_layers, from_scratch=from_scratch)
+                         hidden_size=LESSONS["hidden_size"], num_layers=num_layers, from_scratch=from_scratch,
+                         dropout=0.0)
     train = TrainConfig(optimizer=optimizer, lr=lr, clip=1.0, batch_size=LESSONS["batch_size"], seq_len=seq_len,
                         device="cpu")
     batches = _Batches(LESSONS["vocab_size"], LESSONS["batch_size"], seq_len)

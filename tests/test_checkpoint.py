@@ -70,10 +70,10 @@ def test_translation_checkpoints_rebuild_their_model_and_both_vocabs(tmp_path, a
     from dataclasses import asdict
 
     from charlm.pairs import Pair, pair_vocabs
-    from charlm.seq2seq import ARCHITECTURES
+    from charlm import registry
 
     source_vocab, target_vocab = pair_vocabs([Pair("hello", "ohlol", 1)])
-    model_class, config_class = ARCHITECTURES[architecture]
+    model_class, config_class = registry.get("translate", architecture).classes()
     torch.manual_seed(0)
     model = model_class(config_class(vocab_size=len(source_vocab), target_vocab_size=len(target_vocab),
                                      embedding_size=3, hidden_size=4, num_layers=1))

@@ -1,0 +1,53 @@
+"""Presets: every choice charlm offers and every default it starts from, in one place.
+
+The CLI builds its options from this module (it imports no torch, so `charlm --help` stays quick),
+and the config dataclasses (`ModelConfig`, `TrainConfig`, `DataConfig`, the pair models' configs)
+take their defaults from `PRESETS`, so a default is written once. An architecture may change some
+of its task's defaults (its `defaults` in `charlm.registry`); the command line has the last word.
+
+Standard library only; it knows nothing about what the settings do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The choices, by setting.
+TASKS = ("lm", "translate")
+CELLS = ("rnn", "gru", "lstm")
+TOKEN_KINDS = ("char", "word")
+PREPROCESS_MODES = ("none", "d2l")
+ITERATORS = ("sequential", "random")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+KEEPS = ("best", "last")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+UNKNOWN_POLICIES = ("error", "skip", "unk")
+
+# The settings that differ between the tasks: a language model of a long text, or a model of
+# short pairs. `threads` None leaves torch's own thread count.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lm": {"cell": "lstm", "embedding_size": 64, "hidden_size": 512, "num_layers": 2, "dropout": 0.3,
+           "lr": 3e-3, "lr_schedule": "cosine", "epochs": 10, "keep": "best", "threads": None},
+    "translate": {"cell": "gru", "embedding_size": 32, "hidden_size": 128, "num_layers": 1, "dropout": 0.0,
+                  "lr": 5e-3, "lr_schedule": "constant", "epochs": 30, "keep": "last", "threads": 1},
+}
+# The settings both tasks share.
+COMMON: dict[str, Any] = {
+    "from_scratch": False, "tokens": "char", "preprocess": "none", "encoding": "utf-8", "min_freq": 1,
+    "max_vocab": None, "seq_len": 35, "batch_size": 32, "iterator": "sequential", "optimizer": "adamw",
+    "min_lr_ratio": 0.1, "weight_decay": 0.0, "clip": 1.0, "max_steps": None, "max_time": None,
+    "val_fraction": 0.1, "eval_every": None, "seed": 0, "device": "auto", "precision": "auto",
+}
+LM = {**COMMON, **PRESETS["lm"]}
+PAIRS = {**COMMON, **PRESETS["translate"]}
+
+# Settings that only one task reads: given for the other, they are an error.
+LM_ONLY = ("tokens", "preprocess", "seq_len", "iterator", "cache_dir", "no_cache")
+PAIRS_ONLY = ("model_type", "attention", "skip_bad_lines")
+
+
+def task_defaults(task: str) -> dict[str, Any]:
+    """Every default of `task`."""
+    return dict(LM if task == "lm" else PAIRS)

@@ -1,0 +1,100 @@
+"""Registry: the model architectures charlm can train, by task and name.
+
+An entry says how to build its model and what it starts from; everything else reads it: the CLI's
+choices (`--model` for text, `--model-type` for pairs), the run that builds a model from the
+settings, the checkpoint loader that rebuilds it, and `info`. Adding an architecture is one module
+and one `register(Architecture(...))` line:
+
+    register(Architecture("lm", "mymodel", model="mypackage.mymodel:MyModel",
+                          config="mypackage.mymodel:MyConfig", defaults={"iterator": "random"}))
+
+What a model class must offer (the one contract, see `charlm.model.LanguageModel` and
+`charlm.seq2seq`): `Model(config)` with `config` a dataclass holding `vocab_size`; `.config`;
+`batch_loss(batch, state) -> (loss_sum, count, state)` for the trainer, `state` None or a
+`charlm.state` protocol object whose class is `state_class`; `num_parameters()`. A language model
+also offers `forward(ids, state) -> (logits, state)` and `step(ids, state)` (or the faster
+`stepper(banned)`) for generation, and `init_state(batch_size)`, its zeros; a pair model offers
+`encode(source)` and `decode_step(previous, state)`.
+
+A checkpoint names its architecture in its metadata ("architecture"). Language-model checkpoints
+of the recurrent cells never did (format 1), and still do not, so that their bytes stay as they
+were: for them the name is the model config's "cell".
+
+Standard library only: model classes are imported when an entry is built, not when it is listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from charlm.errors import CharlmError
+from charlm.presets import CELLS
+
+
+@dataclass(frozen=True)
+class Architecture:
+    task: str  # "lm" or "translate"
+    name: str  # what --model (text) or --model-type (pairs) says, and what checkpoints record
+    model: str | type  # the nn.Module class, or "module:Class"
+    config: str | type  # its config dataclass, or "module:Class"
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # config values the name sets (rnn: cell="rnn")
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # over the task's presets (`charlm.presets`)
+    help: str = ""  # one line for --help
+    named_in_metadata: bool = True  # False only for the recurrent language models (see the docstring)
+
+    def classes(self) -> tuple[type, type]:
+        """(model class, config class), imported now."""
+        return _load(self.model), _load(self.config)
+
+
+ARCHITECTURES: dict[tuple[str, str], Architecture] = {}
+
+
+def register(architecture: Architecture) -> Architecture:
+    """Add (or replace) an architecture; returns it."""
+    ARCHITECTURES[architecture.task, architecture.name] = architecture
+    return architecture
+
+
+def names(task: str) -> tuple[str, ...]:
+    return tuple(name for key_task, name in ARCHITECTURES if key_task == task)
+
+
+def get(task: str, name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[task, name]
+    except KeyError:
+        flag = "--model" if task == "lm" else "--model-type"
+        raise CharlmError(f"unknown architecture {name!r}; {flag} takes one of {', '.join(names(task))}") from None
+
+
+def name_of(meta: Mapping[str, Any]) -> str | None:
+    """The architecture a checkpoint's metadata names (see the docstring), or None."""
+    name = meta.get("architecture")
+    if name is None and meta.get("task") == "lm" and isinstance(meta.get("model"), Mapping):
+        name = meta["model"].get("cell")
+    return name if isinstance(name, str) else None
+
+
+def metadata(architecture: Architecture) -> dict[str, str]:
+    """What a checkpoint of `architecture` records of it."""
+    return {"architecture": architecture.name} if architecture.named_in_metadata else {}
+
+
+def _load(target: str | type) -> type:
+    if not isinstance(target, str):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+for _cell in CELLS:
+    register(Architecture("lm", _cell, "charlm.model:LanguageModel", "charlm.model:ModelConfig", fixed={"cell": _cell},
+                          help=f"a recurrent language model of {_cell.upper()} cells", named_in_metadata=False))
+register(Architecture("translate", "seq2seq", "charlm.seq2seq:Seq2Seq", "charlm.seq2seq:Seq2SeqConfig",
+                      help="an encoder-decoder, with Bahdanau attention unless --no-attention"))
+register(Architecture("translate", "tagger", "charlm.seq2seq:Tagger", "charlm.seq2seq:TaggerConfig",
+                      help="the lessons' tagger: one output per input character (lengths must match)"))
