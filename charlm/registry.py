@@ -74,8 +74,9 @@ def get(task: str, name: str) -> Architecture:
 def name_of(meta: Mapping[str, Any]) -> str | None:
     """The architecture a checkpoint's metadata names (see the docstring), or None."""
     name = meta.get("architecture")
-    if name is None and meta.get("task") == "lm" and isinstance(meta.get("model"), Mapping):
-        name = meta["model"].get("cell")
+    if name is None and meta.get("task") == "lm":  # a recurrent model: its config's cell, checked by the config
+        cell = meta["model"].get("cell") if isinstance(meta.get("model"), Mapping) else None
+        name = cell if cell in CELLS else CELLS[0]
     return name if isinstance(name, str) else None
 
 
