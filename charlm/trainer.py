@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -107,6 +107,36 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _optimizer_layout(config: TrainConfig) -> dict[str, Any]:
+    """What the optimizer of `config` keeps for each parameter, learnt from one stepped on a probe:
+    {key: "parameter" (a tensor of the parameter's shape), "scalar" (a 0-dim tensor, such as the
+    step count) or the type of a plain value}."""
+    probe = nn.Parameter(torch.zeros(2))
+    # The rates are no part of the layout, and the user's (say --lr 1e38) could overflow the probe's step.
+    optimizer = make_optimizer(nn.ParameterList([probe]), replace(config, lr=1.0, weight_decay=0.0))
+    probe.grad = torch.ones(2)
+    optimizer.step()
+    return {key: ("parameter" if value.shape == probe.shape else "scalar") if torch.is_tensor(value) else type(value)
+            for key, value in optimizer.state[probe].items()}
+
+
+def _state_problem(key: str, value: Any, kind: Any, shape: torch.Size, step: int) -> str | None:
+    """What is wrong with `value` as the optimizer state `key` of a parameter of `shape` (laid out
+    as `_optimizer_layout` says) after `step` steps, or None."""
+    if not isinstance(kind, str):
+        return None if type(value) is kind else f"is {value!r}, not a {kind.__name__}"
+    wanted = torch.Size() if kind == "scalar" else shape
+    if not torch.is_tensor(value):
+        return f"is a {type(value).__name__}, not a tensor of shape {tuple(wanted)}"
+    if value.shape != wanted:
+        return f"has shape {tuple(value.shape)}, not {tuple(wanted)}"
+    if not torch.isfinite(value).all():
+        return "is NaN or infinite"
+    if key == "step" and not (float(value).is_integer() and 0 <= float(value) <= step):
+        return f"counts {float(value):g} steps, where the run has taken {step}"
+    return None
+
+
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate of optimizer step `step` (0-based) of a run planned for `total_steps`:
     constant, or a cosine from --lr down to --lr x --min-lr-ratio. A pure function of the step, so
@@ -159,7 +189,10 @@ def _resume_position(info: Any) -> dict[str, Any]:
     position = {key: info.get(key, 0) if key == "running_count" else info[key] for key in counts}
     position.update({key: info[key] for key in ("elapsed", "loss_sum", "best_val_loss")})
     bad = [key for key in counts if type(position[key]) is not int or position[key] < 0]
-    bad += [key for key in ("elapsed", "loss_sum", "best_val_loss") if type(position[key]) not in (int, float)
+    # JSON holds NaN, Infinity and 10**400 too; compared, not converted, so that none can overflow.
+    bad += [key for key in ("elapsed", "loss_sum", "best_val_loss")
+            if not (type(position[key]) in (int, float) and (key != "elapsed" or position[key] >= 0)
+                    and -math.inf < position[key] < math.inf)
             and not (key == "best_val_loss" and position[key] is None)]
     if bad:
         raise ValueError(f"bad {', '.join(bad)}")
@@ -172,7 +205,8 @@ class Trainer:
 
     `train_batches` is a `charlm.data.BatchIterator` or anything with its interface: `len()`,
     `batches(epoch, start)` yielding tuples of tensors whose first is (B, ...), and
-    `carries_state`. The model keeps the `batch_loss(batch, state)` contract. `world` is the
+    `carries_state`. The model keeps the `batch_loss(batch, state)` contract, and where the batches
+    carry state has `init_state(B, device)`, the zero state of B rows. `world` is the
     processes training together (see `charlm.runtime.distributed`); by default this one alone."""
 
     def __init__(
@@ -448,14 +482,12 @@ class Trainer:
         try:
             info = meta["resume"]
             position = _resume_position(info)
-            state: dict[int, dict[str, Any]] = {}
-            for name, tensor in tensors.items():
-                if name.startswith("optim."):
-                    _, index, key = name.split(".", 2)
-                    state.setdefault(int(index), {})[key] = tensor.to(self.device) if key != "step" else tensor
-            for index, values in info["optimizer_scalars"].items():
-                state.setdefault(int(index), {}).update(values)
+            if position["batch_index"] > len(self.batches):
+                raise ValueError(f"batch_index {position['batch_index']} is past the end of an epoch "
+                                 f"({len(self.batches)} batches)")
+            state = self._optimizer_state(tensors, info["optimizer_scalars"], position["step"])
             self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+            carried = self._carried_state(tensors)
             prefix = f"rng.rank{self.world.rank}." if self.world.rank else "rng."
             own = {name.replace(prefix, "rng.", 1): tensor for name, tensor in tensors.items()
                    if name.startswith(prefix) and (self.world.rank or not name.startswith("rng.rank"))}
@@ -464,17 +496,58 @@ class Trainer:
             else:  # saved by fewer processes: a fresh stream for this one
                 seed_everything(self.config.seed + position["step"], self.world.rank)
             running = tensors.get("train.running_loss", torch.zeros(())).to(self.device, torch.float32).reshape(())
+            if not torch.isfinite(running):
+                raise ValueError("train.running_loss is NaN or infinite")
         except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path}: damaged resume state ({error}); train without --resume") from None
         self.model.load_state_dict(model.state_dict())
         for key, value in position.items():
             setattr(self, key, value)
         self.running_loss, self.saved_step = running, self.step
-        carried = [tensors[f"carry.{index}"].to(self.device) for index in range(2) if f"carry.{index}" in tensors]
         rows = self.world.rows(self.config.batch_size) if self.world.size > 1 else slice(None)
-        self.state = map_state(lambda tensor: tensor[:, rows], state_from_tensors(carried)) if carried else None
+        self.state = map_state(lambda tensor: tensor[:, rows], carried)
         if self.world.is_main:
             self._truncate_metrics(stop_evaluated=info.get("stop_evaluated") is True)
+
+    def _optimizer_state(self, tensors: dict[str, torch.Tensor], scalars: Any, step: int) -> dict[int, dict[str, Any]]:
+        """The optimizer state of a resume file ("optim.<index>.<key>" tensors and the JSON
+        `scalars`), checked against what this optimizer keeps for each parameter: the same keys,
+        the same shapes, finite values, and no more steps than the run has taken. torch itself
+        checks none of this until the first step, and then blames the update."""
+        parameters = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
+        layout = _optimizer_layout(self.config)
+        state: dict[int, dict[str, Any]] = {}
+        for name, tensor in tensors.items():
+            if name.startswith("optim."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = tensor.to(self.device) if key != "step" else tensor
+        for index, values in scalars.items():
+            state.setdefault(int(index), {}).update(values)
+        for index, values in state.items():  # a parameter with no state starts afresh, as at step 0
+            if not 0 <= index < len(parameters):
+                raise ValueError(f"optimizer state for parameter {index} of {len(parameters)}")
+            if values.keys() != layout.keys():
+                raise ValueError(f"optimizer state {sorted(values)} of parameter {index}, where --optimizer "
+                                 f"{self.config.optimizer} keeps {sorted(layout)}")
+            for key, kind in layout.items():
+                problem = _state_problem(key, values[key], kind, parameters[index].shape, step)
+                if problem:
+                    raise ValueError(f"optimizer state {key} of parameter {index} {problem}")
+        return state
+
+    def _carried_state(self, tensors: dict[str, torch.Tensor]) -> Any:
+        """The hidden state a resume file carries into the next batch ("carry.<i>"), checked against
+        the state the model starts a batch of this run from: as many tensors, the same shapes, finite."""
+        carried = [tensors[f"carry.{index}"] for index in range(sum(name.startswith("carry.") for name in tensors))]
+        if not carried or not self.batches.carries_state:
+            return None
+        expected = state_tensors(self.model.init_state(self.config.batch_size, device="meta"))
+        if [tensor.shape for tensor in carried] != [tensor.shape for tensor in expected]:
+            raise ValueError(f"carried state of shapes {[tuple(tensor.shape) for tensor in carried]}, where this "
+                             f"model and --batch-size carry {[tuple(tensor.shape) for tensor in expected]}")
+        if not all(torch.isfinite(tensor).all() for tensor in carried):
+            raise ValueError("the carried state is NaN or infinite")
+        return state_from_tensors([tensor.to(self.device, expected[0].dtype) for tensor in carried])
 
     def _check_same_run(self, path: str, meta: dict[str, Any]) -> None:
         """A resume must use the same data, model and batches: everything in the run's metadata but

@@ -1,0 +1,122 @@
+"""What charlm guarantees about a hostile user's run files: resume states, checkpoints that are not
+regular files, metrics files, and training flags. One test per row, named for the row; they run
+the way a user meets them, through the CLI in this process, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlm import checkpoint
+from tests.conftest import TINY_MODEL, run_cli
+from tests.test_guarantees import fails, rewrite, train
+
+OUT, RESUME, METRICS = "r/m.safetensors", "r/m.resume.safetensors", "r/m.metrics.jsonl"
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture
+def resumable(runner, tiny_corpus) -> tuple[dict[str, torch.Tensor], dict]:
+    """The resume file of a run stopped by --max-steps 2, mid-epoch: it holds AdamW's state and the
+    (h, c) an LSTM carries into its next batch."""
+    train(runner, tiny_corpus, "--max-steps", "2", "--out", OUT)
+    return checkpoint.load(RESUME)
+
+
+def run_bytes() -> dict[str, bytes]:
+    return {path: Path(path).read_bytes() for path in (OUT, RESUME, METRICS)}
+
+
+def refuses_to_resume(runner, corpus, tensors, meta, detail="", flags=()):
+    """Write the resume file as given: `--resume` refuses it in one line that calls it damaged (with
+    `detail`), before a step is taken and without touching a file of the run."""
+    checkpoint.save(RESUME, tensors, meta)
+    before = run_bytes()
+    result = fails(runner, "train", corpus, *TINY_MODEL, *flags, "--out", OUT, "--resume", "--max-steps", "4",
+                   message=f"{RESUME}: damaged resume state (")
+    assert detail in result.stderr and result.stderr.rstrip().endswith("); train without --resume")
+    assert run_bytes() == before
+
+
+def changed(tensors, **replace) -> dict[str, torch.Tensor]:
+    """The tensors with some replaced (a value of None drops that tensor); dots are written as __."""
+    tensors = dict(tensors)
+    for name, tensor in replace.items():
+        name = name.replace("__", ".")
+        if tensor is None:
+            del tensors[name]
+        else:
+            tensors[name] = tensor
+    return tensors
+
+
+def with_resume(meta, **fields) -> dict:
+    return {**meta, "resume": {**meta["resume"], **fields}}
+
+
+@pytest.mark.parametrize("damage", [
+    lambda t: changed(t, optim__0__exp_avg=torch.zeros(3, 3)),
+    lambda t: changed(t, optim__0__step=torch.zeros(3)),
+    lambda t: changed(t, carry__0=torch.zeros(1, 3, 16)),  # 3 rows carried into batches of 4
+    lambda t: changed(t, carry__1=None),  # an LSTM's h without its c
+    lambda t: changed(t, carry__2=torch.zeros(1, 4, 16)),
+], ids=["optimizer moment", "optimizer step count", "carried rows", "carried c missing", "carried extra"])
+def test_resume_state_of_the_wrong_shape_is_refused_before_training(runner, tiny_corpus, resumable, damage):
+    tensors, meta = resumable
+    refuses_to_resume(runner, tiny_corpus, damage(tensors), meta)
+
+
+@pytest.mark.parametrize(("tensors_change", "fields"), [
+    ({"optim__0__exp_avg": NAN}, {}),
+    ({"optim__1__exp_avg_sq": INF}, {}),  # Adam would silently take no step
+    ({"optim__0__step": NAN}, {}),
+    ({"carry__1": NAN}, {}),
+    ({"train__running_loss": torch.tensor(INF)}, {}),
+    ({}, {"loss_sum": NAN}),
+    ({}, {"best_val_loss": -INF}),  # no later model could beat it: none would be saved
+    ({}, {"elapsed": NAN}),
+], ids=["moment NaN", "moment inf", "step count NaN", "carried NaN", "running loss inf", "loss sum NaN",
+        "best loss -inf", "elapsed NaN"])
+def test_nan_or_inf_in_a_resume_state_is_refused_as_damaged_not_blamed_on_lr(runner, tiny_corpus, resumable,
+                                                                            tensors_change, fields):
+    tensors, meta = resumable
+    replace = {name: value if torch.is_tensor(value) else torch.full_like(tensors[name.replace("__", ".")], value)
+               for name, value in tensors_change.items()}
+    refuses_to_resume(runner, tiny_corpus, changed(tensors, **replace), with_resume(meta, **fields))
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("missing moment", "where --optimizer adamw keeps ['exp_avg', 'exp_avg_sq', 'step']"),
+    ("negative step count", "counts -5 steps, where the run has taken 2"),
+    ("more steps than the run", "counts 1000 steps, where the run has taken 2"),
+    ("unknown parameter", "optimizer state for parameter 99 of 7"),
+    ("another optimizer", "where --optimizer sgd keeps []"),
+])
+def test_resume_optimizer_state_this_optimizer_cannot_use_is_refused(runner, tiny_corpus, resumable, case, message):
+    """What torch only finds at the first step (a traceback), or never (a state for no parameter, or
+    Adam's moments handed to SGD when the file's flags were stripped)."""
+    tensors, meta = resumable
+    flags = ()
+    if case == "missing moment":
+        tensors = changed(tensors, optim__3__exp_avg_sq=None)
+    elif case in ("negative step count", "more steps than the run"):
+        tensors = changed(tensors, optim__0__step=torch.tensor(-5.0 if case.startswith("negative") else 1000.0))
+    elif case == "unknown parameter":
+        tensors = changed(tensors, optim__99__exp_avg=torch.zeros(3))
+    else:
+        meta, flags = {key: value for key, value in meta.items() if key != "train"}, ("--optimizer", "sgd")
+    refuses_to_resume(runner, tiny_corpus, tensors, meta, message, flags)
+
+
+def test_resume_position_past_the_end_of_an_epoch_is_refused(runner, tiny_corpus, resumable):
+    """A batch index past an epoch's batches would silently skip the rest of the epoch."""
+    tensors, meta = resumable
+    refuses_to_resume(runner, tiny_corpus, tensors, with_resume(meta, batch_index=10**6),
+                      "batch_index 1000000 is past the end of an epoch (42 batches)")
