@@ -78,8 +78,11 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}"),
-            (self.clip >= 0, f"--clip must be 0 (off) or more, got {self.clip}"),
+            # Finite, so that a bad value is refused here: an infinite weight decay surfaces steps
+            # later as a NaN loss blamed on --lr, and an infinite clip is no clip, which 0 says.
+            # --max-time inf stays: only compared with the clock, it is a limit never reached.
+            (0 <= self.weight_decay < math.inf, f"--weight-decay must be finite, 0 or more, got {self.weight_decay}"),
+            (0 <= self.clip < math.inf, f"--clip must be 0 (off) or a finite number, got {self.clip}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
             (self.max_time is None or self.max_time > 0, f"--max-time must be positive, got {self.max_time}"),

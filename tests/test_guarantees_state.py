@@ -120,3 +120,21 @@ def test_resume_position_past_the_end_of_an_epoch_is_refused(runner, tiny_corpus
     tensors, meta = resumable
     refuses_to_resume(runner, tiny_corpus, tensors, with_resume(meta, batch_index=10**6),
                       "batch_index 1000000 is past the end of an epoch (42 batches)")
+
+
+def test_nonfinite_training_flags_are_refused_up_front(runner, tiny_corpus):
+    """An infinite --weight-decay would surface steps later as a NaN loss blamed on --lr, and an
+    infinite --clip is no clip (what 0 says); NaN is refused as well. --max-time inf is a limit
+    never reached, as without the flag, and trains."""
+    for flag, value, message in [
+        ("--weight-decay", "inf", "--weight-decay must be finite, 0 or more, got inf"),
+        ("--weight-decay", "nan", "--weight-decay must be finite, 0 or more, got nan"),
+        ("--clip", "inf", "--clip must be 0 (off) or a finite number, got inf"),
+        ("--clip", "nan", "--clip must be 0 (off) or a finite number, got nan"),
+        ("--min-lr-ratio", "nan", "--min-lr-ratio must be in [0, 1], got nan"),
+        ("--max-time", "nan", "--max-time must be positive, got nan"),
+    ]:
+        fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "3", "--out", OUT, flag, value,
+              message=message)
+        assert not Path("r").exists()
+    train(runner, tiny_corpus, "--max-steps", "2", "--max-time", "inf", "--out", OUT)
