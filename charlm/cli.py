@@ -244,8 +244,7 @@ def _train(task: str, corpus: Path, out: Path | None, resume: bool, overwrite: b
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world).run(resume, overwrite)
     if not quiet:
-        best = summary["best_val_loss"]
-        shown = f"best val loss {best:.4f} (ppl {_exp(best):.2f})" if best is not None else "done"
+        shown = _best_loss(summary) or "done"
         if train_config.keep == "last":
             shown += f" at step {summary['best_step']}; saved the last model"
         click.echo(f"saved {out}: {summary['steps']} steps, {shown}", err=True)
@@ -272,6 +271,17 @@ def _exp(value: float) -> float:
     import math
 
     return math.exp(min(value, 700.0))
+
+
+def _best_loss(training: dict) -> str | None:
+    """The best loss of a training summary as shown: "best val loss L (ppl P)", or "best train
+    loss ..." for a run without a validation split; None if it holds no such number (metadata is
+    data: any type, and an int too big for a float)."""
+    for key, name in (("best_val_loss", "val"), ("best_train_loss", "train")):
+        value = training.get(key)
+        if isinstance(value, float) or (type(value) is int and -1e308 < value < 1e308):
+            return f"best {name} loss {value:.4f} (ppl {_exp(value):.2f})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,7 +562,7 @@ def info(checkpoint: str, as_json: bool) -> None:
         vocabs = f"source vocab {vocab_size('source_vocab')}, target vocab {vocab_size('target_vocab')}"
     else:
         vocabs = f"vocab {vocab_size('vocab')}"
-    best = field(training.get("best_val_loss"), (int, float), None)
+    best = _best_loss(training)
     lines = [
         f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {meta.get('format_version')})",
         f"task         {meta.get('task')} ({meta.get('kind', 'model')})",
@@ -561,7 +571,7 @@ def info(checkpoint: str, as_json: bool) -> None:
         f"text         tokens={meta.get('tokens')}, preprocess={meta.get('preprocess')}, {vocabs}"
         + (f", corpus {meta['corpus']}" if meta.get("corpus") else ""),
         f"training     {training.get('steps')} steps, {training.get('tokens')} tokens"
-        + (f", best val loss {best:.4f} (ppl {_exp(best):.2f}) at step {training.get('best_step')}" if best is not None else ""),
+        + (f", {best} at step {training.get('best_step')}" if best else ""),
     ]
     click.echo("\n".join(lines))
 

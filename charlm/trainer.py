@@ -429,8 +429,11 @@ class Trainer:
                        f"{record['tokens_per_sec']:,.0f} tok/s")
 
     def summary(self) -> dict[str, Any]:
-        return {"steps": self.step, "epochs": self.epoch, "tokens": self.tokens,
-                "best_val_loss": self.best_val_loss, "best_step": self.best_step}
+        """The run so far. Without a validation split the best model is the one of the lowest
+        training loss, and it is named so: best_train_loss, with best_val_loss None."""
+        best = {"best_val_loss": self.best_val_loss} if self.val_batches is not None else \
+            {"best_val_loss": None, "best_train_loss": self.best_val_loss}
+        return {"steps": self.step, "epochs": self.epoch, "tokens": self.tokens, **best, "best_step": self.best_step}
 
     def _meta(self, kind: str) -> dict[str, Any]:
         return {**self.meta, "kind": kind, "train": asdict(self.config), "training": self.summary()}

@@ -138,3 +138,28 @@ def test_nonfinite_training_flags_are_refused_up_front(runner, tiny_corpus):
               message=message)
         assert not Path("r").exists()
     train(runner, tiny_corpus, "--max-steps", "2", "--max-time", "inf", "--out", OUT)
+
+
+def test_without_a_validation_split_the_best_loss_is_called_the_training_loss(runner, tiny_corpus):
+    """With --val-fraction 0 the best model is chosen by the training loss: `train`, `info` and the
+    checkpoint's training summary say so, and say "val" only of a validation loss."""
+    shown = [arg for arg in TINY_MODEL if arg != "--quiet"]
+    for out, fraction, name in (("t/m.safetensors", "0", "train"), ("v/m.safetensors", "0.1", "val")):
+        result = run_cli(runner, "train", tiny_corpus, *shown, "--max-steps", "1", "--val-fraction", fraction,
+                         "--out", out)
+        assert f"1 steps, best {name} loss " in result.stderr.strip().splitlines()[-1]
+        assert f", best {name} loss " in run_cli(runner, "info", out).stdout
+        training = json.loads(run_cli(runner, "info", out, "--json").stdout)["training"]
+        assert (training["best_val_loss"] is None) == (name == "train")
+        assert ("best_train_loss" in training) == (name == "train")
+    assert "val loss" not in run_cli(runner, "info", "t/m.safetensors").stdout
+
+
+def test_info_shows_a_training_summary_of_any_size_in_one_line(runner, tiny_corpus):
+    """Metadata is data: a best loss of 10**400 (an int no float holds) is left out, not a traceback."""
+    train(runner, tiny_corpus, "--max-steps", "2")
+    path = Path("checkpoints/tiny.safetensors")
+    meta = checkpoint.read_metadata(path)
+    rewrite(path, training={**meta["training"], "best_val_loss": 10**400})
+    shown = run_cli(runner, "info", path).stdout
+    assert "training     2 steps, 64 tokens\n" in shown
