@@ -597,5 +597,6 @@ def plot(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
     """
     from charlm.plot import plot_runs
 
-    plot_runs(list(runs), out, title)
+    for note in plot_runs(list(runs), out, title):
+        click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {out}", err=True)

@@ -155,6 +155,44 @@ def test_without_a_validation_split_the_best_loss_is_called_the_training_loss(ru
     assert "val loss" not in run_cli(runner, "info", "t/m.safetensors").stdout
 
 
+GOOD_LINE = b'{"step": 1, "tokens": 10, "train_loss": 3.0, "val_loss": 2.9, "val_ppl": 18.2}\n'
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    (b'{"step": 2, "tokens": 20, "note": "caf\xe9"}', "not UTF-8"),
+    (b'{"step": 2, "tokens": "20", "train_loss": 2.0}', "tokens is not a number"),
+    (b'{"step": 2, "tokens": true, "train_loss": 2.0}', "tokens is not a number"),
+    (b'{"step": 2, "tokens": 20, "train_loss": "2.0"}', "train_loss is not a number"),
+    (b'{"step": 2, "tokens": 20, "val_loss": [2.0]}', "val_loss is not a number"),
+    (b'{"step": 2, "tokens": 20, "val_ppl": {"a": 1}}', "val_ppl is not a number"),
+], ids=["latin-1 byte", "string tokens", "bool tokens", "string loss", "list loss", "dict perplexity"])
+def test_plot_refuses_a_metrics_line_that_is_not_a_record_naming_file_and_line(runner, line, why):
+    Path("p.metrics.jsonl").write_bytes(GOOD_LINE + line + b"\n" + GOOD_LINE)
+    fails(runner, "plot", "p.metrics.jsonl", "--out", "p.png",
+          message=f"p.metrics.jsonl: line 2 is not a charlm metrics record ({why}); fix or delete that line")
+    assert not Path("p.png").exists()
+
+
+def test_plot_skips_a_last_line_cut_short_by_a_kill_with_a_note(runner):
+    """What kill -9 leaves (and --resume drops) is plotted without it; a broken line that is not
+    the cut-off last one is still refused."""
+    pytest.importorskip("matplotlib")
+    Path("p.metrics.jsonl").write_bytes(GOOD_LINE * 2 + b'{"step": 99999, "epoch"')
+    result = run_cli(runner, "plot", "p.metrics.jsonl", "--out", "p.png")
+    assert result.stderr.splitlines()[:2] == [
+        "note: p.metrics.jsonl: skipped line 3, cut short (by a kill while it was written)", "wrote p.png"]
+    assert Path("p.png").stat().st_size > 0
+    Path("p.metrics.jsonl").write_bytes(GOOD_LINE + b'{"step": 99999, "epoch"\n' + GOOD_LINE)
+    fails(runner, "plot", "p.metrics.jsonl", "--out", "q.png", message="line 2 is not a charlm metrics record (not JSON)")
+
+
+def test_plot_refuses_an_out_name_without_a_picture_suffix(runner):
+    """matplotlib would write p.png for --out p, and `plot` say it wrote p."""
+    Path("p.metrics.jsonl").write_bytes(GOOD_LINE)
+    fails(runner, "plot", "p.metrics.jsonl", "--out", "p", message="p: no picture format in the name; use a .png")
+    assert not Path("p").exists() and not Path("p.png").exists()
+
+
 def test_info_shows_a_training_summary_of_any_size_in_one_line(runner, tiny_corpus):
     """Metadata is data: a best loss of 10**400 (an int no float holds) is left out, not a traceback."""
     train(runner, tiny_corpus, "--max-steps", "2")
