@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 import struct
 from dataclasses import asdict
 from typing import Any
@@ -91,7 +92,11 @@ def _read_header(path: str) -> tuple[dict, dict[str, Any]]:
         raise CheckpointError(f"{path}: no such checkpoint; train one with `charlm train CORPUS`")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory; give a .safetensors checkpoint file")
-    size = os.path.getsize(path)
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):  # opening a FIFO waits for a writer, forever; a device never ends
+        raise CheckpointError(f"{path}: not a regular file (a FIFO, socket or device); "
+                              "give a .safetensors checkpoint file")
+    size = status.st_size
     with open(path, "rb") as file:
         start = file.read(9)  # the header's size (8 bytes, little-endian), then the header's "{"
         header_size = struct.unpack("<Q", start[:8])[0] if len(start) >= 8 else None
@@ -224,9 +229,9 @@ def latest(folder: str | os.PathLike, task: str) -> str | None:
     found = []
     for path in glob.glob(os.path.join(os.fspath(folder), "*.safetensors")):
         try:
-            meta = read_metadata(path)
-        except CheckpointError:
+            meta, written = read_metadata(path), os.path.getmtime(path)
+        except (CheckpointError, OSError):  # not a checkpoint, or one this user cannot read: look on
             continue
         if meta.get("task") == task and meta.get("kind", "model") == "model":
-            found.append((os.path.getmtime(path), path))
+            found.append((written, path))
     return max(found)[1] if found else None

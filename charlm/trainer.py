@@ -572,6 +572,8 @@ class Trainer:
         path = self.paths["metrics"]
         if not os.path.exists(path):
             return
+        if not os.path.isfile(path):  # a FIFO would block the read below forever
+            raise CharlmError(f"{path}: not a regular file, so not this run's metrics; move it away and resume")
         kept = []
         with open(path, encoding="utf-8", errors="replace") as file:
             for line in file:

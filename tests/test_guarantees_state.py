@@ -193,6 +193,61 @@ def test_plot_refuses_an_out_name_without_a_picture_suffix(runner):
     assert not Path("p").exists() and not Path("p.png").exists()
 
 
+class Hung(Exception):
+    """A command waited past its bound (an Exception, not an OSError, so the CLI does not report it)."""
+
+
+@pytest.fixture
+def bounded():
+    """Every command of the test must end within 20 s: a blocking open() is interrupted by SIGALRM."""
+    def hung(number, frame):
+        raise Hung("the command hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_is_never_opened_as_a_checkpoint(runner, tiny_corpus, bounded):
+    """Opening a FIFO waits for a writer, forever: named, it is refused in one line; lying in
+    checkpoints/, the scan for the newest passes it by. So is a FIFO in place of a metrics file
+    on --resume."""
+    os.mkfifo("fifo.safetensors")
+    for command in (["info", "fifo.safetensors"], ["generate", "--checkpoint", "fifo.safetensors"],
+                    ["eval", "--checkpoint", "fifo.safetensors", tiny_corpus]):
+        fails(runner, *command, message="fifo.safetensors: not a regular file")
+    train(runner, tiny_corpus, "--max-steps", "2")
+    os.mkfifo("checkpoints/zz-newer.safetensors")
+    assert "using checkpoints/tiny.safetensors" in run_cli(runner, "generate", "--length", "3").stderr
+    os.unlink("checkpoints/tiny.metrics.jsonl")
+    os.mkfifo("checkpoints/tiny.metrics.jsonl")
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--resume", "--max-steps", "3",
+          message="checkpoints/tiny.metrics.jsonl: not a regular file")
+
+
+def test_the_checkpoint_scan_skips_files_it_cannot_read(runner, tiny_corpus, monkeypatch):
+    """An old file in checkpoints/ that cannot be read (a dangling link, a folder, a file whose
+    open() is refused: tests run as root, so chmod would not refuse it) does not stop plain
+    `generate` while a good checkpoint is there."""
+    train(runner, tiny_corpus, "--max-steps", "2")
+    os.symlink("nowhere.safetensors", "checkpoints/dangling.safetensors")
+    os.mkdir("checkpoints/folder.safetensors")
+    Path("checkpoints/locked.safetensors").write_bytes(Path("checkpoints/tiny.safetensors").read_bytes())
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file).endswith("locked.safetensors"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    result = run_cli(runner, "generate", "--length", "3")
+    assert "using checkpoints/tiny.safetensors" in result.stderr
+    assert checkpoint.latest("checkpoints", "lm") == "checkpoints/tiny.safetensors"
+
+
 def test_info_shows_a_training_summary_of_any_size_in_one_line(runner, tiny_corpus):
     """Metadata is data: a best loss of 10**400 (an int no float holds) is left out, not a traceback."""
     train(runner, tiny_corpus, "--max-steps", "2")
