@@ -74,7 +74,8 @@ def load(
     path = os.fspath(path)
     _, meta = _read_header(path)
     if task is not None and meta.get("task") != task:
-        have = TASK_NAMES.get(meta.get("task"), repr(meta.get("task")))
+        have = TASK_NAMES.get(meta["task"], repr(meta["task"])) if isinstance(meta.get("task"), str) \
+            else repr(meta.get("task"))
         raise CheckpointError(
             f"{path} is a {have} checkpoint; this command needs a {TASK_NAMES.get(task, task)} checkpoint"
         )
@@ -161,7 +162,7 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
     metadata; it is built on the meta device first so that its shapes are checked against the file
     before any memory is allocated."""
     key = (meta.get("task"), meta.get("architecture"))
-    if key not in BUILDERS:
+    if not all(part is None or isinstance(part, str) for part in key) or key not in BUILDERS:  # a list is unhashable
         raise CheckpointError(f"{path}: unknown task {key[0]!r} (architecture {key[1]!r}) in charlm metadata")
     model_class, config_class = BUILDERS[key]
     weights = {name[len("model."):]: tensor for name, tensor in tensors.items() if name.startswith("model.")}

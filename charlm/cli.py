@@ -566,7 +566,7 @@ def info(checkpoint: str, as_json: bool) -> None:
     lines = [
         f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {meta.get('format_version')})",
         f"task         {meta.get('task')} ({meta.get('kind', 'model')})",
-        f"model        {meta.get('architecture', '') + ': ' if meta.get('architecture') else ''}"
+        f"model        {str(meta['architecture']) + ': ' if meta.get('architecture') else ''}"
         f"{', '.join(f'{key}={value}' for key, value in model.items())}",
         f"text         tokens={meta.get('tokens')}, preprocess={meta.get('preprocess')}, {vocabs}"
         + (f", corpus {meta['corpus']}" if meta.get("corpus") else ""),

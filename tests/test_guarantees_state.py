@@ -16,7 +16,7 @@ import torch
 
 from charlm import checkpoint
 from tests.conftest import TINY_MODEL, run_cli
-from tests.test_guarantees import fails, rewrite, train
+from tests.test_guarantees import each_loading_command, fails, rewrite, train
 
 OUT, RESUME, METRICS = "r/m.safetensors", "r/m.resume.safetensors", "r/m.metrics.jsonl"
 NAN, INF = float("nan"), float("inf")
@@ -256,3 +256,21 @@ def test_info_shows_a_training_summary_of_any_size_in_one_line(runner, tiny_corp
     rewrite(path, training={**meta["training"], "best_val_loss": 10**400})
     shown = run_cli(runner, "info", path).stdout
     assert "training     2 steps, 64 tokens\n" in shown
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"task": ["lm"]}, "is a ['lm'] checkpoint; this command needs a language-model checkpoint"),
+    ({"architecture": ["seq2seq"]}, "unknown task 'lm' (architecture ['seq2seq'])"),
+    ({"architecture": 5}, "unknown task 'lm' (architecture 5)"),
+], ids=["task is a list", "architecture is a list", "architecture is a number"])
+def test_a_task_or_architecture_of_any_json_type_is_refused_in_one_line(runner, tiny_corpus, changes, message):
+    """Metadata is data: a list where a name belongs cannot even be looked up (unhashable), a
+    number cannot be joined to text. The loading commands refuse it in one line; info shows it."""
+    train(runner, tiny_corpus, "--max-steps", "2")
+    path = Path("checkpoints/tiny.safetensors")
+    rewrite(path, **changes)
+    for command in each_loading_command(path):
+        if command[0] == "info":
+            assert str(next(iter(changes.values()))) in run_cli(runner, *command).stdout
+        else:
+            fails(runner, *command, message=message)
