@@ -130,7 +130,7 @@ def _state_problem(key: str, value: Any, kind: Any, shape: torch.Size, step: int
         return None if type(value) is kind else f"is {value!r}, not a {kind.__name__}"
     wanted = torch.Size() if kind == "scalar" else shape
     if not torch.is_tensor(value):
-        return f"is a {type(value).__name__}, not a tensor of shape {tuple(wanted)}"
+        return f"is a plain {type(value).__name__}, not a tensor of shape {tuple(wanted)}"
     if value.shape != wanted:
         return f"has shape {tuple(value.shape)}, not {tuple(wanted)}"
     if not torch.isfinite(value).all():
