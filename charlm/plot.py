@@ -68,7 +68,8 @@ def read_metrics(path: str | os.PathLike, notes: list[str] | None = None) -> lis
 
 def _record(line: bytes) -> tuple[dict[str, Any], str | None]:
     """(the record on a metrics line, None), or ({}, what is wrong with the line). Every value that
-    is drawn must be a number (the loss ones may be null): a string would be drawn as a category."""
+    is drawn must be a number a float holds (the loss ones may be null): a string would be drawn as
+    a category, and JSON's ints have no bound."""
     try:
         record = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
@@ -79,7 +80,7 @@ def _record(line: bytes) -> tuple[dict[str, Any], str | None]:
         return {}, "not a JSON object"
     for key in ("tokens", *DRAWN):
         value = record.get(key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        number = isinstance(value, float) or (type(value) is int and -1e308 < value < 1e308)
         if not (number or (value is None and key != "tokens")):
             return {}, f"{key} is {'missing' if key not in record else 'not a number'}"
     return record, None

@@ -162,10 +162,11 @@ GOOD_LINE = b'{"step": 1, "tokens": 10, "train_loss": 3.0, "val_loss": 2.9, "val
     (b'{"step": 2, "tokens": 20, "note": "caf\xe9"}', "not UTF-8"),
     (b'{"step": 2, "tokens": "20", "train_loss": 2.0}', "tokens is not a number"),
     (b'{"step": 2, "tokens": true, "train_loss": 2.0}', "tokens is not a number"),
+    (b'{"step": 2, "tokens": 1' + b"0" * 400 + b'}', "tokens is not a number"),  # no float holds it
     (b'{"step": 2, "tokens": 20, "train_loss": "2.0"}', "train_loss is not a number"),
     (b'{"step": 2, "tokens": 20, "val_loss": [2.0]}', "val_loss is not a number"),
     (b'{"step": 2, "tokens": 20, "val_ppl": {"a": 1}}', "val_ppl is not a number"),
-], ids=["latin-1 byte", "string tokens", "bool tokens", "string loss", "list loss", "dict perplexity"])
+], ids=["latin-1 byte", "string tokens", "bool tokens", "10**400 tokens", "string loss", "list loss", "dict perplexity"])
 def test_plot_refuses_a_metrics_line_that_is_not_a_record_naming_file_and_line(runner, line, why):
     Path("p.metrics.jsonl").write_bytes(GOOD_LINE + line + b"\n" + GOOD_LINE)
     fails(runner, "plot", "p.metrics.jsonl", "--out", "p.png",
