@@ -381,9 +381,11 @@ class Trainer:
             f"training state of step {self.saved_step} in {self.paths['resume']}" \
             if self.saved_step is not None else "no checkpoint was written yet"
         clip = f"a smaller --clip (now {self.config.clip})" if self.config.clip > 0 else "gradient clipping (--clip 1)"
+        # A weight decay past 1 / lr flips the weights' sign each step: it diverges as surely as --lr.
+        decay = f", a smaller --weight-decay (now {self.config.weight_decay})" if self.config.weight_decay > 0 else ""
         raise TrainingDiverged(
             f"the training loss became NaN or infinite near step {self.step}; {kept}; "
-            f"try a lower --lr (now {self.config.lr}) or {clip}"
+            f"try a lower --lr (now {self.config.lr}){decay} or {clip}"
             + (", with --resume to go on from there" if self.saved_step is not None else "")
         )
 

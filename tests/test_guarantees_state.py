@@ -140,6 +140,12 @@ def test_nonfinite_training_flags_are_refused_up_front(runner, tiny_corpus):
     train(runner, tiny_corpus, "--max-steps", "2", "--max-time", "inf", "--out", OUT)
 
 
+def test_a_loss_diverged_by_weight_decay_names_weight_decay(runner, tiny_corpus):
+    """A finite but huge --weight-decay diverges as surely as a huge --lr: the advice names both."""
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "30", "--weight-decay", "1e30", "--out", OUT,
+          message="try a lower --lr (now 0.003), a smaller --weight-decay (now 1e+30) or a smaller --clip (now 1.0)")
+
+
 def test_without_a_validation_split_the_best_loss_is_called_the_training_loss(runner, tiny_corpus):
     """With --val-fraction 0 the best model is chosen by the training loss: `train`, `info` and the
     checkpoint's training summary say so, and say "val" only of a validation loss."""
