@@ -534,13 +534,17 @@ class Trainer:
         for index, values in state.items():  # a parameter with no state starts afresh, as at step 0
             if not 0 <= index < len(parameters):
                 raise ValueError(f"optimizer state for parameter {index} of {len(parameters)}")
-            if values.keys() != layout.keys():
-                raise ValueError(f"optimizer state {sorted(values)} of parameter {index}, where --optimizer "
-                                 f"{self.config.optimizer} keeps {sorted(layout)}")
+            missing = sorted(layout.keys() - values.keys())
+            if missing:
+                raise ValueError(f"optimizer state of parameter {index} lacks {', '.join(missing)}, which "
+                                 f"--optimizer {self.config.optimizer} keeps")
             for key, kind in layout.items():
                 problem = _state_problem(key, values[key], kind, parameters[index].shape, step)
                 if problem:
                     raise ValueError(f"optimizer state {key} of parameter {index} {problem}")
+            # What this optimizer does not keep is left out: another torch may have kept more (SGD
+            # once stored momentum_buffer None), and torch would pass it through unchecked.
+            state[index] = {key: values[key] for key in layout}
         return state
 
     def _carried_state(self, tensors: dict[str, torch.Tensor]) -> Any:

@@ -93,15 +93,16 @@ def test_nan_or_inf_in_a_resume_state_is_refused_as_damaged_not_blamed_on_lr(run
 
 
 @pytest.mark.parametrize(("case", "message"), [
-    ("missing moment", "where --optimizer adamw keeps ['exp_avg', 'exp_avg_sq', 'step']"),
+    ("missing moment", "optimizer state of parameter 3 lacks exp_avg_sq, which --optimizer adamw keeps"),
     ("negative step count", "counts -5 steps, where the run has taken 2"),
     ("more steps than the run", "counts 1000 steps, where the run has taken 2"),
     ("unknown parameter", "optimizer state for parameter 99 of 7"),
-    ("another optimizer", "where --optimizer sgd keeps []"),
+    ("another optimizer", "lacks exp_avg, exp_avg_sq, step, which --optimizer adam keeps"),
 ])
 def test_resume_optimizer_state_this_optimizer_cannot_use_is_refused(runner, tiny_corpus, resumable, case, message):
     """What torch only finds at the first step (a traceback), or never (a state for no parameter, or
-    Adam's moments handed to SGD when the file's flags were stripped)."""
+    another optimizer's state when the file's flags were stripped: AdamW's moments handed to
+    SGD, here with momentum_buffer None as an older torch's SGD kept it, resumed with Adam)."""
     tensors, meta = resumable
     flags = ()
     if case == "missing moment":
@@ -111,8 +112,13 @@ def test_resume_optimizer_state_this_optimizer_cannot_use_is_refused(runner, tin
     elif case == "unknown parameter":
         tensors = changed(tensors, optim__99__exp_avg=torch.zeros(3))
     else:
-        meta, flags = {key: value for key, value in meta.items() if key != "train"}, ("--optimizer", "sgd")
+        tensors = {name: tensor for name, tensor in tensors.items() if not name.startswith("optim.")}
+        scalars = {str(index): {"momentum_buffer": None} for index in range(7)}
+        meta = {key: value for key, value in with_resume(meta, optimizer_scalars=scalars).items() if key != "train"}
+        flags = ("--optimizer", "adam")
     refuses_to_resume(runner, tiny_corpus, tensors, meta, message, flags)
+    if case == "another optimizer":  # what an older torch's SGD kept still resumes with SGD
+        train(runner, tiny_corpus, "--optimizer", "sgd", "--out", OUT, "--resume", "--max-steps", "4")
 
 
 def test_resume_position_past_the_end_of_an_epoch_is_refused(runner, tiny_corpus, resumable):
