@@ -483,6 +483,7 @@ def _evaluate_translator(path: str, pairs: list, device: str, held_out: bool = F
     """Scores of the translation checkpoint at `path` on `pairs`, or with `held_out` on the part
     of them its training held out (split again with the same fraction and seed)."""
     from charlm.checkpoint import load_translator
+    from charlm.errors import CheckpointError
     from charlm.pairs import split_pairs
     from charlm.runtime import cpu_threads, pick_device
     from charlm.translate import evaluate_pairs
@@ -490,7 +491,11 @@ def _evaluate_translator(path: str, pairs: list, device: str, held_out: bool = F
     model, meta, source_vocab, target_vocab = load_translator(path, pick_device(device))
     if held_out:
         train = meta.get("train", {})
-        pairs = split_pairs(pairs, train.get("val_fraction", 0.1), train.get("seed", 0))[1]
+        fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if isinstance(train, dict) else (None, None)
+        if not (type(fraction) in (int, float) and 0 <= fraction < 1 and type(seed) is int):  # metadata is data
+            raise CheckpointError(f"{path}: damaged training settings (val_fraction, seed) in charlm metadata; "
+                                  "score the whole file without --held-out")
+        pairs = split_pairs(pairs, fraction, seed)[1]
         if not pairs:
             raise click.UsageError(f"{path} was trained with nothing held out of this file")
     with cpu_threads(PAIR_THREADS):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from charlm import checkpoint
-from tests.conftest import TINY_MODEL, run_cli
+from tests.conftest import ROOT, TINY_MODEL, run_cli
 from tests.test_guarantees import each_loading_command, fails, rewrite, train
 
 OUT, RESUME, METRICS = "r/m.safetensors", "r/m.resume.safetensors", "r/m.metrics.jsonl"
@@ -287,3 +287,15 @@ def test_a_task_or_architecture_of_any_json_type_is_refused_in_one_line(runner, 
             assert str(next(iter(changes.values()))) in run_cli(runner, *command).stdout
         else:
             fails(runner, *command, message=message)
+
+
+@pytest.mark.parametrize("train_settings", [[1], {"val_fraction": "x"}, {"val_fraction": NAN}, {"seed": [1]}],
+                         ids=["a list", "fraction a string", "fraction NaN", "seed a list"])
+def test_eval_held_out_refuses_damaged_training_settings_in_one_line(runner, train_settings):
+    """`eval --held-out` splits the pairs again with the checkpoint's val_fraction and seed: those
+    of the wrong type or range are a damaged checkpoint, not a traceback from the split."""
+    Path("pairs.tsv").write_bytes((ROOT / "corpora" / "wordpairs.tsv").read_bytes())
+    run_cli(runner, "train", "pairs.tsv", "--max-steps", "2", "--hidden-size", "8", "--quiet")
+    rewrite(Path("checkpoints/pairs.safetensors"), train=train_settings)
+    fails(runner, "eval", "--checkpoint", "checkpoints/pairs.safetensors", "pairs.tsv", "--held-out",
+          message="damaged training settings (val_fraction, seed) in charlm metadata; score the whole file without")
