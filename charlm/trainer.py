@@ -127,7 +127,7 @@ def _state_problem(key: str, value: Any, kind: Any, shape: torch.Size, step: int
     """What is wrong with `value` as the optimizer state `key` of a parameter of `shape` (laid out
     as `_optimizer_layout` says) after `step` steps, or None."""
     if not isinstance(kind, str):
-        return None if type(value) is kind else f"is {value!r}, not a {kind.__name__}"
+        return None if type(value) is kind else f"is {value!r:.40}, not a {kind.__name__}"
     wanted = torch.Size() if kind == "scalar" else shape
     if not torch.is_tensor(value):
         return f"is a plain {type(value).__name__}, not a tensor of shape {tuple(wanted)}"
@@ -192,11 +192,10 @@ def _resume_position(info: Any) -> dict[str, Any]:
     position = {key: info.get(key, 0) if key == "running_count" else info[key] for key in counts}
     position.update({key: info[key] for key in ("elapsed", "loss_sum", "best_val_loss")})
     bad = [key for key in counts if type(position[key]) is not int or position[key] < 0]
-    # JSON holds NaN, Infinity and 10**400 too; compared, not converted, so that none can overflow.
+    # JSON holds NaN, Infinity and 10**400 too: compared, never converted, so that none overflows.
+    finite = lambda value: type(value) in (int, float) and -math.inf < value < math.inf  # noqa: E731
     bad += [key for key in ("elapsed", "loss_sum", "best_val_loss")
-            if not (type(position[key]) in (int, float) and (key != "elapsed" or position[key] >= 0)
-                    and -math.inf < position[key] < math.inf)
-            and not (key == "best_val_loss" and position[key] is None)]
+            if not (finite(position[key]) or (key == "best_val_loss" and position[key] is None))]
     if bad:
         raise ValueError(f"bad {', '.join(bad)}")
     return position
@@ -519,9 +518,9 @@ class Trainer:
 
     def _optimizer_state(self, tensors: dict[str, torch.Tensor], scalars: Any, step: int) -> dict[int, dict[str, Any]]:
         """The optimizer state of a resume file ("optim.<index>.<key>" tensors and the JSON
-        `scalars`), checked against what this optimizer keeps for each parameter: the same keys,
-        the same shapes, finite values, and no more steps than the run has taken. torch itself
-        checks none of this until the first step, and then blames the update."""
+        `scalars`), checked against what this optimizer keeps for each parameter: every key, of the
+        right shape, finite, and no more steps than the run has taken. torch itself checks none of
+        this until the first step, and then a wrong shape is a traceback and a NaN a diverged loss."""
         parameters = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
         layout = _optimizer_layout(self.config)
         state: dict[int, dict[str, Any]] = {}
@@ -554,9 +553,12 @@ class Trainer:
         if not carried or not self.batches.carries_state:
             return None
         expected = state_tensors(self.model.init_state(self.config.batch_size, device="meta"))
-        if [tensor.shape for tensor in carried] != [tensor.shape for tensor in expected]:
-            raise ValueError(f"carried state of shapes {[tuple(tensor.shape) for tensor in carried]}, where this "
-                             f"model and --batch-size carry {[tuple(tensor.shape) for tensor in expected]}")
+        if len(carried) != len(expected):
+            raise ValueError(f"{len(carried)} carried state tensors, where this model carries {len(expected)}")
+        for tensor, wanted in zip(carried, expected):
+            if tensor.shape != wanted.shape:
+                raise ValueError(f"carried state of shape {tuple(tensor.shape)}, where this model and --batch-size "
+                                 f"carry {tuple(wanted.shape)}")
         if not all(torch.isfinite(tensor).all() for tensor in carried):
             raise ValueError("the carried state is NaN or infinite")
         return state_from_tensors([tensor.to(self.device, expected[0].dtype) for tensor in carried])
