@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import re
+import stat
 import struct
 from dataclasses import asdict, fields
 from typing import Any
@@ -114,7 +115,8 @@ def load(
     path = os.fspath(path)
     _, meta = _read_header(path)
     if task is not None and meta.get("task") != task:
-        have = TASK_NAMES.get(meta.get("task"), repr(meta.get("task")))
+        have = TASK_NAMES.get(meta["task"], repr(meta["task"])) if isinstance(meta.get("task"), str) \
+            else repr(meta.get("task"))
         raise CheckpointError(
             f"{path} is a {have} checkpoint; this command needs a {TASK_NAMES.get(task, task)} checkpoint"
         )
@@ -132,7 +134,11 @@ def _read_header(path: str) -> tuple[dict, dict[str, Any]]:
         raise CheckpointError(f"{path}: no such checkpoint; train one with `charlm train CORPUS`")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory; give a .safetensors checkpoint file")
-    size = os.path.getsize(path)
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):  # opening a FIFO waits for a writer, forever; a device never ends
+        raise CheckpointError(f"{path}: not a regular file (a FIFO, socket or device); "
+                              "give a .safetensors checkpoint file")
+    size = status.st_size
     with open(path, "rb") as file:
         start = file.read(9)  # the header's size (8 bytes, little-endian), then the header's "{"
         header_size = struct.unpack("<Q", start[:8])[0] if len(start) >= 8 else None
@@ -200,7 +206,8 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
     try:
         model_class, config_class = registry.get(task, name).classes()
     except (CharlmError, TypeError):  # TypeError: a task of a JSON type that cannot be a key
-        raise CheckpointError(f"{path}: unknown task {task!r} (architecture {name!r}) in charlm metadata") from None
+        shown = meta.get("architecture", name)
+        raise CheckpointError(f"{path}: unknown task {task!r} (architecture {shown!r}) in charlm metadata") from None
     weights = {name[len("model."):]: tensor for name, tensor in tensors.items() if name.startswith("model.")}
     try:
         known = {field.name for field in fields(config_class)}
@@ -267,9 +274,9 @@ def latest(folder: str | os.PathLike, task: str) -> str | None:
     found = []
     for path in glob.glob(os.path.join(os.fspath(folder), "*.safetensors")):
         try:
-            meta = read_metadata(path)
-        except CheckpointError:
+            meta, written = read_metadata(path), os.path.getmtime(path)
+        except (CheckpointError, OSError):  # not a checkpoint, or one this user cannot read: look on
             continue
         if meta.get("task") == task and meta.get("kind", "model") == "model":
-            found.append((os.path.getmtime(path), path))
+            found.append((written, path))
     return max(found)[1] if found else None

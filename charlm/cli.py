@@ -248,8 +248,7 @@ def _train(task: str, corpus: Path, out: Path | None, resume: bool, overwrite: b
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world, inputs=[corpus]).run(resume, overwrite)
     if not quiet:
-        best = summary["best_val_loss"]
-        shown = f"best val loss {best:.4f} (ppl {_exp(best):.2f})" if best is not None else "done"
+        shown = _best_loss(summary) or "done"
         if train_config.keep == "last":
             shown += f" at step {summary['best_step']}; saved the last model"
         click.echo(f"saved {out}: {summary['steps']} steps, {shown}", err=True)
@@ -276,6 +275,17 @@ def _exp(value: float) -> float:
     import math
 
     return math.exp(min(value, 700.0))
+
+
+def _best_loss(training: dict) -> str | None:
+    """The best loss of a training summary as shown: "best val loss L (ppl P)", or "best train
+    loss ..." for a run without a validation split; None if it holds no such number (metadata is
+    data: any type, and an int too big for a float)."""
+    for key, name in (("best_val_loss", "val"), ("best_train_loss", "train")):
+        value = training.get(key)
+        if isinstance(value, float) or (type(value) is int and -1e308 < value < 1e308):
+            return f"best {name} loss {value:.4f} (ppl {_exp(value):.2f})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,6 +487,7 @@ def _evaluate_translator(path: str, pairs: list, device: str, held_out: bool = F
     """Scores of the translation checkpoint at `path` on `pairs`, or with `held_out` on the part
     of them its training held out (split again with the same fraction and seed)."""
     from charlm.checkpoint import load_translator
+    from charlm.errors import CheckpointError
     from charlm.pairs import split_pairs
     from charlm.runtime import cpu_threads, pick_device
     from charlm.translate import evaluate_pairs
@@ -484,7 +495,11 @@ def _evaluate_translator(path: str, pairs: list, device: str, held_out: bool = F
     model, meta, source_vocab, target_vocab = load_translator(path, pick_device(device))
     if held_out:
         train = meta.get("train", {})
-        pairs = split_pairs(pairs, train.get("val_fraction", 0.1), train.get("seed", 0))[1]
+        fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if isinstance(train, dict) else (None, None)
+        if not (type(fraction) in (int, float) and 0 <= fraction < 1 and type(seed) is int):  # metadata is data
+            raise CheckpointError(f"{path}: damaged training settings (val_fraction, seed) in charlm metadata; "
+                                  "score the whole file without --held-out")
+        pairs = split_pairs(pairs, fraction, seed)[1]
         if not pairs:
             raise click.UsageError(f"{path} was trained with nothing held out of this file")
     with cpu_threads(PAIR_THREADS):
@@ -556,16 +571,16 @@ def info(checkpoint: str, as_json: bool) -> None:
         vocabs = f"source vocab {vocab_size('source_vocab')}, target vocab {vocab_size('target_vocab')}"
     else:
         vocabs = f"vocab {vocab_size('vocab')}"
-    best = field(training.get("best_val_loss"), (int, float), None)
+    best = _best_loss(training)
     lines = [
         f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {meta.get('format_version')})",
         f"task         {meta.get('task')} ({meta.get('kind', 'model')})",
-        f"model        {meta.get('architecture', '') + ': ' if meta.get('architecture') else ''}"
+        f"model        {str(meta['architecture']) + ': ' if meta.get('architecture') else ''}"
         f"{', '.join(f'{key}={value}' for key, value in model.items())}",
         f"text         tokens={meta.get('tokens')}, preprocess={meta.get('preprocess')}, {vocabs}"
         + (f", corpus {meta['corpus']}" if meta.get("corpus") else ""),
         f"training     {training.get('steps')} steps, {training.get('tokens')} tokens"
-        + (f", best val loss {best:.4f} (ppl {_exp(best):.2f}) at step {training.get('best_step')}" if best is not None else ""),
+        + (f", {best} at step {training.get('best_step')}" if best else ""),
     ]
     click.echo("\n".join(lines))
 
@@ -591,5 +606,6 @@ def plot(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
     """
     from charlm.plot import plot_runs
 
-    plot_runs(list(runs), out, title)
+    for note in plot_runs(list(runs), out, title):
+        click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {out}", err=True)

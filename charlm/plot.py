@@ -22,6 +22,7 @@ from typing import Any
 from charlm.errors import CharlmError, MissingExtra
 
 INSTALL_HINT = "pip install 'charlm[plot]'"
+DRAWN = ("train_loss", "val_loss", "val_ppl")  # the values of a metrics record that are drawn, against "tokens"
 
 
 def metrics_path(path: str | os.PathLike) -> Path:
@@ -39,25 +40,50 @@ def metrics_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{name}.metrics.jsonl")
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The evaluations of a run, in order. A missing or unreadable file is a `CharlmError`."""
+def read_metrics(path: str | os.PathLike, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """The evaluations of a run, in order. A missing file, or a line that is not a metrics record,
+    is a `CharlmError` naming the file and line; but a last line cut short (what a kill in the
+    middle of a write leaves, and `--resume` drops) is skipped, with a note added to `notes`."""
     source = metrics_path(path)
     if not source.is_file():
         raise CharlmError(f"{path}: no metrics file {source}; give a run's X.metrics.jsonl or its checkpoint")
     records = []
-    with open(source, encoding="utf-8") as file:
+    with open(source, "rb") as file:
         for number, line in enumerate(file, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-                float(record["tokens"])
-            except (ValueError, KeyError, TypeError):
-                raise CharlmError(f"{source}: line {number} is not a charlm metrics record") from None
+            record, problem = _record(line)
+            if problem and not line.endswith(b"\n"):  # only the last line can lack its newline
+                if notes is not None:
+                    notes.append(f"{source}: skipped line {number}, cut short (by a kill while it was written)")
+                continue
+            if problem:
+                raise CharlmError(f"{source}: line {number} is not a charlm metrics record ({problem}); fix or "
+                                  "delete that line")
             records.append(record)
     if not records:
         raise CharlmError(f"{source}: no evaluations yet; plot it once the run has evaluated")
     return records
+
+
+def _record(line: bytes) -> tuple[dict[str, Any], str | None]:
+    """(the record on a metrics line, None), or ({}, what is wrong with the line). Every value that
+    is drawn must be a number a float holds (the loss ones may be null): a string would be drawn as
+    a category, and JSON's ints have no bound."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return {}, "not UTF-8"
+    except (ValueError, RecursionError):
+        return {}, "not JSON"
+    if not isinstance(record, dict):
+        return {}, "not a JSON object"
+    for key in ("tokens", *DRAWN):
+        value = record.get(key)
+        number = isinstance(value, float) or (type(value) is int and -1e308 < value < 1e308)
+        if not (number or (value is None and key != "tokens")):
+            return {}, f"{key} is {'missing' if key not in record else 'not a number'}"
+    return record, None
 
 
 def run_name(path: str | os.PathLike) -> str:
@@ -65,9 +91,13 @@ def run_name(path: str | os.PathLike) -> str:
     return metrics_path(path).name[: -len(".metrics.jsonl")] or metrics_path(path).stem
 
 
-def plot_runs(paths: list[str | os.PathLike], out: str | os.PathLike, title: str | None = None) -> None:
-    """Draw the runs' curves and write the picture to `out` (its format from the suffix: .png, .svg, .pdf)."""
-    runs = [(run_name(path), read_metrics(path)) for path in paths]
+def plot_runs(paths: list[str | os.PathLike], out: str | os.PathLike, title: str | None = None) -> list[str]:
+    """Draw the runs' curves and write the picture to `out` (its format from the suffix: .png, .svg,
+    .pdf). Returns notes on what was left out of the metrics files."""
+    if not Path(out).suffix:  # matplotlib would write out + ".png": a file that was not asked for
+        raise CharlmError(f"{out}: no picture format in the name; use a .png, .svg or .pdf name")
+    notes: list[str] = []
+    runs = [(run_name(path), read_metrics(path, notes)) for path in paths]
     names = [name for name, _ in runs]
     if len(set(names)) < len(names):  # same stem in different folders: name them by path
         runs = [(str(metrics_path(path)), records) for path, (_, records) in zip(paths, runs)]
@@ -105,6 +135,7 @@ def plot_runs(paths: list[str | os.PathLike], out: str | os.PathLike, title: str
         raise CharlmError(f"{out}: {error}; use a .png, .svg or .pdf name") from None
     finally:
         pyplot.close(figure)
+    return notes
 
 
 def _pyplot() -> Any:

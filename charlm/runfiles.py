@@ -125,8 +125,10 @@ def check_replaceable(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
             continue  # checked by `locked_run`; a resume state is checked whole when it is loaded
         if not _is_run_file(path, role):
             what = "a charlm metrics file" if role == "metrics" else f"a charlm {CHECKPOINT_KINDS[role]} checkpoint"
-            raise CharlmError(f"{path} exists and is not {what}; charlm will not replace it: move it, or choose "
-                              "another --out")
+            found = f"{path} exists and is not {what}"
+            if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+                found = f"{path}: not a regular file (a FIFO, socket or device)"  # never opened: a FIFO would wait
+            raise CharlmError(f"{found}; charlm will not replace it: move it, or choose another --out")
     existing = [path for role, path in present.items() if role in CHECKPOINT_KINDS]
     if existing and not (resume or overwrite):
         raise CharlmError(f"{existing[0]} already holds a run; pass --resume to continue it, --overwrite to "

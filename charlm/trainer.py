@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -80,8 +80,11 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}"),
-            (self.clip >= 0, f"--clip must be 0 (off) or more, got {self.clip}"),
+            # Finite, so that a bad value is refused here: an infinite weight decay surfaces steps
+            # later as a NaN loss blamed on --lr, and an infinite clip is no clip, which 0 says.
+            # --max-time inf stays: only compared with the clock, it is a limit never reached.
+            (0 <= self.weight_decay < math.inf, f"--weight-decay must be finite, 0 or more, got {self.weight_decay}"),
+            (0 <= self.clip < math.inf, f"--clip must be 0 (off) or a finite number, got {self.clip}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
             (self.max_time is None or self.max_time > 0, f"--max-time must be positive, got {self.max_time}"),
@@ -100,6 +103,36 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _optimizer_layout(config: TrainConfig) -> dict[str, Any]:
+    """What the optimizer of `config` keeps for each parameter, learnt from one stepped on a probe:
+    {key: "parameter" (a tensor of the parameter's shape), "scalar" (a 0-dim tensor, such as the
+    step count) or the type of a plain value}."""
+    probe = nn.Parameter(torch.zeros(2))
+    # The rates are no part of the layout, and the user's (say --lr 1e38) could overflow the probe's step.
+    optimizer = make_optimizer(nn.ParameterList([probe]), replace(config, lr=1.0, weight_decay=0.0))
+    probe.grad = torch.ones(2)
+    optimizer.step()
+    return {key: ("parameter" if value.shape == probe.shape else "scalar") if torch.is_tensor(value) else type(value)
+            for key, value in optimizer.state[probe].items()}
+
+
+def _state_problem(key: str, value: Any, kind: Any, shape: torch.Size, step: int) -> str | None:
+    """What is wrong with `value` as the optimizer state `key` of a parameter of `shape` (laid out
+    as `_optimizer_layout` says) after `step` steps, or None."""
+    if not isinstance(kind, str):
+        return None if type(value) is kind else f"is {value!r:.40}, not a {kind.__name__}"
+    wanted = torch.Size() if kind == "scalar" else shape
+    if not torch.is_tensor(value):
+        return f"is a plain {type(value).__name__}, not a tensor of shape {tuple(wanted)}"
+    if value.shape != wanted:
+        return f"has shape {tuple(value.shape)}, not {tuple(wanted)}"
+    if not torch.isfinite(value).all():
+        return "is NaN or infinite"
+    if key == "step" and not (float(value).is_integer() and 0 <= float(value) <= step):
+        return f"counts {float(value):g} steps, where the run has taken {step}"
+    return None
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -154,8 +187,10 @@ def _resume_position(info: Any) -> dict[str, Any]:
     position = {key: info.get(key, 0) if key == "running_count" else info[key] for key in counts}
     position.update({key: info[key] for key in ("elapsed", "loss_sum", "best_val_loss")})
     bad = [key for key in counts if type(position[key]) is not int or position[key] < 0]
-    bad += [key for key in ("elapsed", "loss_sum", "best_val_loss") if type(position[key]) not in (int, float)
-            and not (key == "best_val_loss" and position[key] is None)]
+    # JSON holds NaN, Infinity and 10**400 too: compared, never converted, so that none overflows.
+    finite = lambda value: type(value) in (int, float) and -math.inf < value < math.inf  # noqa: E731
+    bad += [key for key in ("elapsed", "loss_sum", "best_val_loss")
+            if not (finite(position[key]) or (key == "best_val_loss" and position[key] is None))]
     if bad:
         raise ValueError(f"bad {', '.join(bad)}")
     return position
@@ -167,7 +202,8 @@ class Trainer:
 
     `train_batches` is a `charlm.data.BatchIterator` or anything with its interface: `len()`,
     `batches(epoch, start)` yielding tuples of tensors whose first is (B, ...), and
-    `carries_state`. The model keeps the `batch_loss(batch, state)` contract. `world` is the
+    `carries_state`. The model keeps the `batch_loss(batch, state)` contract, and where the batches
+    carry state has `init_state(B)`, the zero state of B rows, and `state_class` (see `charlm.state`). `world` is the
     processes training together (see `charlm.runtime.distributed`); by default this one alone."""
 
     def __init__(
@@ -348,9 +384,11 @@ class Trainer:
             f"training state of step {self.saved_step} in {self.paths['resume']}" \
             if self.saved_step is not None else "no checkpoint was written yet"
         clip = f"a smaller --clip (now {self.config.clip})" if self.config.clip > 0 else "gradient clipping (--clip 1)"
+        # A weight decay past 1 / lr flips the weights' sign each step: it diverges as surely as --lr.
+        decay = f", a smaller --weight-decay (now {self.config.weight_decay})" if self.config.weight_decay > 0 else ""
         raise TrainingDiverged(
             f"the training loss became NaN or infinite near step {self.step}; {kept}; "
-            f"try a lower --lr (now {self.config.lr}) or {clip}"
+            f"try a lower --lr (now {self.config.lr}){decay} or {clip}"
             + (", with --resume to go on from there" if self.saved_step is not None else "")
         )
 
@@ -396,8 +434,11 @@ class Trainer:
                        f"{record['tokens_per_sec']:,.0f} tok/s")
 
     def summary(self) -> dict[str, Any]:
-        return {"steps": self.step, "epochs": self.epoch, "tokens": self.tokens,
-                "best_val_loss": self.best_val_loss, "best_step": self.best_step}
+        """The run so far. Without a validation split the best model is the one of the lowest
+        training loss, and it is named so: best_train_loss, with best_val_loss None."""
+        best = {"best_val_loss": self.best_val_loss} if self.val_batches is not None else \
+            {"best_val_loss": None, "best_train_loss": self.best_val_loss}
+        return {"steps": self.step, "epochs": self.epoch, "tokens": self.tokens, **best, "best_step": self.best_step}
 
     def _meta(self, kind: str) -> dict[str, Any]:
         return {**self.meta, "kind": kind, "train": asdict(self.config), "training": self.summary()}
@@ -451,14 +492,12 @@ class Trainer:
         try:
             info = meta["resume"]
             position = _resume_position(info)
-            state: dict[int, dict[str, Any]] = {}
-            for name, tensor in tensors.items():
-                if name.startswith("optim."):
-                    _, index, key = name.split(".", 2)
-                    state.setdefault(int(index), {})[key] = tensor.to(self.device) if key != "step" else tensor
-            for index, values in info["optimizer_scalars"].items():
-                state.setdefault(int(index), {}).update(values)
+            if position["batch_index"] > len(self.batches):
+                raise ValueError(f"batch_index {position['batch_index']} is past the end of an epoch "
+                                 f"({len(self.batches)} batches)")
+            state = self._optimizer_state(tensors, info["optimizer_scalars"], position["step"])
             self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+            carried = self._carried_state(tensors)
             prefix = f"rng.rank{self.world.rank}." if self.world.rank else "rng."
             own = {name.replace(prefix, "rng.", 1): tensor for name, tensor in tensors.items()
                    if name.startswith(prefix) and (self.world.rank or not name.startswith("rng.rank"))}
@@ -467,18 +506,66 @@ class Trainer:
             else:  # saved by fewer processes: a fresh stream for this one
                 seed_everything(self.config.seed + position["step"], self.world.rank)
             running = tensors.get("train.running_loss", torch.zeros(())).to(self.device, torch.float32).reshape(())
+            if not torch.isfinite(running):
+                raise ValueError("train.running_loss is NaN or infinite")
         except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path}: damaged resume state ({error}); train without --resume") from None
         self.model.load_state_dict(model.state_dict())
         for key, value in position.items():
             setattr(self, key, value)
         self.running_loss, self.saved_step = running, self.step
-        carried = {name[len("carry."):]: tensor.to(self.device) for name, tensor in tensors.items()
-                   if name.startswith("carry.")}
         rows = self.world.rows(self.config.batch_size) if self.world.size > 1 else slice(None)
-        self.state = self.model.state_class.from_tensors(carried).rows(rows) if carried else None
+        self.state = None if carried is None else carried.rows(rows)
         if self.world.is_main:
             self._truncate_metrics(stop_evaluated=info.get("stop_evaluated") is True)
+
+    def _optimizer_state(self, tensors: dict[str, torch.Tensor], scalars: Any, step: int) -> dict[int, dict[str, Any]]:
+        """The optimizer state of a resume file ("optim.<index>.<key>" tensors and the JSON
+        `scalars`), checked against what this optimizer keeps for each parameter: every key, of the
+        right shape, finite, and no more steps than the run has taken. torch itself checks none of
+        this until the first step, and then a wrong shape is a traceback and a NaN a diverged loss."""
+        parameters = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
+        layout = _optimizer_layout(self.config)
+        state: dict[int, dict[str, Any]] = {}
+        for name, tensor in tensors.items():
+            if name.startswith("optim."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = tensor.to(self.device) if key != "step" else tensor
+        for index, values in scalars.items():
+            state.setdefault(int(index), {}).update(values)
+        for index, values in state.items():  # a parameter with no state starts afresh, as at step 0
+            if not 0 <= index < len(parameters):
+                raise ValueError(f"optimizer state for parameter {index} of {len(parameters)}")
+            missing = sorted(layout.keys() - values.keys())
+            if missing:
+                raise ValueError(f"optimizer state of parameter {index} lacks {', '.join(missing)}, which "
+                                 f"--optimizer {self.config.optimizer} keeps")
+            for key, kind in layout.items():
+                problem = _state_problem(key, values[key], kind, parameters[index].shape, step)
+                if problem:
+                    raise ValueError(f"optimizer state {key} of parameter {index} {problem}")
+            # What this optimizer does not keep is left out: another torch may have kept more (SGD
+            # once stored momentum_buffer None), and torch would pass it through unchecked.
+            state[index] = {key: values[key] for key in layout}
+        return state
+
+    def _carried_state(self, tensors: dict[str, torch.Tensor]) -> Any:
+        """The state a resume file carries into the next batch ("carry.<name>"), checked against the
+        zero state the model starts a batch of this run from: the same tensors and shapes, finite."""
+        carried = {name[len("carry."):]: tensor for name, tensor in tensors.items() if name.startswith("carry.")}
+        if not carried or not self.batches.carries_state:
+            return None
+        expected = self.model.init_state(self.config.batch_size).tensors()
+        if carried.keys() != expected.keys():
+            raise ValueError(f"carried state tensors {sorted(carried)}, where this model carries {sorted(expected)}")
+        for name, tensor in carried.items():
+            if tensor.shape != expected[name].shape:
+                raise ValueError(f"carried state of shape {tuple(tensor.shape)}, where this model and --batch-size "
+                                 f"carry {tuple(expected[name].shape)}")
+        if not all(torch.isfinite(tensor).all() for tensor in carried.values()):
+            raise ValueError("the carried state is NaN or infinite")
+        return self.model.state_class.from_tensors(
+            {name: tensor.to(self.device, expected[name].dtype) for name, tensor in carried.items()})
 
     def _check_same_run(self, path: str, meta: dict[str, Any]) -> None:
         """A resume must use the same data, model and batches: everything in the run's metadata but
@@ -497,6 +584,8 @@ class Trainer:
         path = self.paths["metrics"]
         if not os.path.exists(path):
             return
+        if not os.path.isfile(path):  # a FIFO would block the read below forever
+            raise CharlmError(f"{path}: not a regular file, so not this run's metrics; move it away and resume")
         kept = []
         with open(path, encoding="utf-8", errors="replace") as file:
             for line in file:
