@@ -1,0 +1,76 @@
+"""What charlm guarantees about a hostile user's files and streams: corpora that are not plain
+files or change while read, stdin that is endless, not UTF-8 or Windows-made, flags past every
+sensible size, and text from a checkpoint that would drive a terminal. One test per guarantee, in
+the style of tests/test_guarantees.py (whose `fails` they share)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_TEXT, run_cli
+from tests.test_guarantees import fails, train
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpora that are not plain text files
+
+
+def test_special_files_given_as_a_corpus_get_the_right_message(runner, tmp_path):
+    """A FIFO is named as such from os.stat, never opened (opening one would wait for a writer: a
+    helper opens its other end if charlm ever does, so that this test fails rather than hangs);
+    /dev/zero and /dev/urandom are character devices; /proc/cpuinfo reports a size of 0 but is
+    text, and is read as such."""
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def unblock_a_reader() -> None:
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # fails (ENXIO) until a reader is there
+            except OSError:
+                continue
+
+    threading.Thread(target=unblock_a_reader, daemon=True).start()
+    try:
+        for command in (["stats", fifo], ["train", fifo]):
+            fails(runner, *command, message="pipe.txt: not a regular file (a FIFO); give a text file")
+    finally:
+        done.set()
+    for device in ("/dev/zero", "/dev/urandom"):
+        if not os.path.exists(device):
+            continue
+        fails(runner, "stats", device, message=f"{device}: not a regular file (a character device)")
+    if os.path.isfile("/proc/cpuinfo") and os.path.getsize("/proc/cpuinfo") == 0:
+        report = json.loads(run_cli(runner, "stats", "/proc/cpuinfo", "--json").stdout)
+        assert report["tokens"] > 100 and report["vocab_size"] > 10
+
+
+def test_a_symbolic_link_loop_given_as_a_corpus_is_named(runner):
+    os.symlink("b.txt", "a.txt")
+    os.symlink("a.txt", "b.txt")
+    fails(runner, "stats", "a.txt", message="a.txt: a loop of symbolic links; check the path")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_with_a_bom_are_told_their_encoding_and_read_with_it(runner, tiny_corpus, encoding):
+    """What Windows calls "Unicode" (UTF-16 with a byte-order mark, CRLF line ends) is not called a
+    binary file: the message names the --encoding to pass, and with it the text is the same corpus
+    as its UTF-8 twin, to count, train on and evaluate."""
+    wide = encoding.split("-")[0] + "-" + encoding.split("-")[1]  # utf-16-be -> utf-16
+    data = TINY_TEXT.replace("\n", "\r\n")
+    Path("wide.txt").write_bytes(data.encode(encoding) if encoding.count("-") == 1 else
+                                 "\ufeff".encode(encoding) + data.encode(encoding))
+    fails(runner, "stats", "wide.txt", message=f"wide.txt: starts with a {wide.upper()} byte-order mark; "
+          f"pass --encoding {wide}")
+    plain = run_cli(runner, "stats", tiny_corpus, "--json").stdout
+    assert run_cli(runner, "stats", "wide.txt", "--encoding", wide, "--json").stdout == plain
+    train(runner, "wide.txt", "--encoding", wide, "--max-steps", "1")
+    scores = [json.loads(run_cli(runner, "eval", "--checkpoint", "checkpoints/wide.safetensors", *file, "--json").stdout)
+              for file in ([tiny_corpus], ["wide.txt", "--encoding", wide])]
+    assert scores[0] == scores[1]
