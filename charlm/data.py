@@ -27,7 +27,7 @@ import torch
 
 from charlm.errors import CharlmError, CorpusError
 from charlm.runtime import cpu_threads, seeded_generator
-from charlm.text import Tokenizer, Vocab, count_tokens, preprocess_chunks, read_chunks
+from charlm.text import Tokenizer, Vocab, check_readable, count_tokens, preprocess_chunks, read_chunks
 
 ITERATORS = ("sequential", "random")
 
@@ -82,6 +82,8 @@ def load_corpus(
         return preprocess_chunks(read_chunks(path, encoding, hasher=hasher if hashed else None), preprocess)
 
     num_tokens = None
+    check_readable(path)
+    before = _stamp(path)
     # torch on one thread: each chunk op here is short and memory-bound, a thread team gains
     # nothing, and on a busy machine each op waited ~20 ms for a descheduled thread
     with cpu_threads(1):
@@ -92,7 +94,15 @@ def load_corpus(
             if counts and len(vocab) < 2:
                 raise CorpusError(f"{path}: the vocab would hold only <unk> (--min-freq {min_freq}, --max-vocab "
                                   f"{max_vocab}); lower --min-freq or raise --max-vocab")
-        ids = encode_stream(Tokenizer(tokens).split_chunks(chunks(hashed=num_tokens is None)), vocab, num_tokens)
+        try:
+            ids = encode_stream(Tokenizer(tokens).split_chunks(chunks(hashed=num_tokens is None)), vocab, num_tokens)
+            changed = num_tokens is not None and (len(ids) != num_tokens or _stamp(path) != before)
+        except _MoreThanCounted:
+            changed = True
+    # Two passes (count, then encode) must read the same text: otherwise the vocab, the count
+    # (the tensor's size) and the hash belong to another text than the ids.
+    if changed:
+        raise CorpusError(f"{path}: the file changed while it was being read; try again once nothing writes to it")
     if len(ids) == 0:
         raise CorpusError(f"{path}: no tokens left after preprocessing {preprocess!r}")
     corpus = Corpus(ids, vocab, tokens, preprocess)
@@ -101,11 +111,22 @@ def load_corpus(
     return corpus
 
 
+def _stamp(path: str | os.PathLike) -> tuple[int, ...]:
+    """What changes when a file is written to or replaced."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+class _MoreThanCounted(CorpusError):
+    """`encode_stream` was given more tokens than `num_tokens`."""
+
+
 def encode_stream(
     token_chunks: Iterable[Sequence[str]], vocab: Vocab, num_tokens: int | None = None
 ) -> torch.Tensor:
     """Encode token chunks into one (N,) tensor of ids in the vocab's compact dtype. With
-    `num_tokens` known the tensor is allocated once and filled; otherwise the parts are joined."""
+    `num_tokens` known the tensor is allocated once and filled (more tokens than that raise
+    `_MoreThanCounted`); otherwise the parts are joined."""
     dtype = id_dtype(len(vocab))
     encoder = _CharEncoder(vocab) if all(len(token) == 1 for token in vocab.itos[1:]) else None
     parts, filled = [], 0
@@ -118,6 +139,8 @@ def encode_stream(
         else:
             part = torch.frombuffer(array.array("i", vocab.encode(chunk)), dtype=torch.int32)  # 2x torch.tensor(list)
         if out is not None:
+            if filled + len(part) > num_tokens:
+                raise _MoreThanCounted(f"more than the {num_tokens} tokens counted")
             out[filled : filled + len(part)] = part
         else:
             parts.append(part.to(dtype))

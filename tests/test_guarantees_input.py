@@ -12,12 +12,38 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_TEXT, run_cli
+from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import fails, train
 
 
 # ---------------------------------------------------------------------------------------------
 # Corpora that are not plain text files
+
+
+@pytest.mark.parametrize("change", ["append", "shrink", "rewrite"])
+def test_a_corpus_changed_between_the_two_reading_passes_is_refused(runner, tiny_corpus, monkeypatch, change):
+    """Training reads a corpus twice, counting then encoding into a tensor of the counted size: a
+    file that grows, shrinks or is rewritten between the passes is one line saying to try again,
+    never a traceback or a tensor of another text. Left alone, it trains."""
+    from charlm import data
+
+    encode_stream = data.encode_stream
+    edits = {"append": ("a", " and more text\n"), "shrink": ("w", TINY_TEXT[:500]),
+             "rewrite": ("w", TINY_TEXT.replace("e", "a"))}
+
+    def edited_between_the_passes(*args, **kwargs):
+        mode, text = edits[change]
+        with open(tiny_corpus, mode, encoding="utf-8") as file:
+            file.write(text)
+        return encode_stream(*args, **kwargs)
+
+    os.utime(tiny_corpus, (0, 0))  # a write now changes the time, however coarse the file system's clock
+    monkeypatch.setattr(data, "encode_stream", edited_between_the_passes)
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "1",
+          message="tiny.txt: the file changed while it was being read; try again")
+    assert not Path("checkpoints").exists() and not list(tiny_corpus.parent.glob(".charlm-cache/*"))
+    monkeypatch.setattr(data, "encode_stream", encode_stream)
+    train(runner, tiny_corpus, "--max-steps", "1")
 
 
 def test_special_files_given_as_a_corpus_get_the_right_message(runner, tmp_path):
