@@ -458,7 +458,8 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, lengt
     if len(data.ids) < 2:
         raise click.UsageError(f"{file} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())
-    report = {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate_batches(model, lm_eval_batches(data.ids)()))}
+    batches = lm_eval_batches(data.ids, vocab_size=len(vocab))  # logits within a budget, whatever the vocab
+    report = {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate_batches(model, batches()))}
     if unknown and not as_json:
         click.echo(f"note: {unknown:,} tokens of {file} are not in the model's vocab and count as <unk>", err=True)
     if as_json:

@@ -338,26 +338,42 @@ class BatchIterator:
                 yield self.ids[positions].long(), self.ids[positions + 1].long()
 
 
-def eval_batches(ids: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    ids: torch.Tensor, batch_size: int, seq_len: int, max_positions: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every position of `ids` predicted exactly once, with no offset or shuffling: the ids are cut
-    into at most `batch_size` equal rows walked T at a time (carry the state between batches), then
-    the few left over, which continue the last row, come as one (1, r) batch: keep the last row of
-    the state for it."""
+    into at most `batch_size` equal rows of at least `seq_len` walked T at a time (carry the state
+    between batches), then the few left over, which continue the last row, come as one (1, r)
+    batch: keep the last row of the state for it. T is `seq_len`, or less where a batch would hold
+    more than `max_positions` (rows x T) positions; how many steps a batch walks changes no result."""
     num_targets = len(ids) - 1
     rows = max(min(batch_size, num_targets // max(seq_len, 1)), 1)
+    steps = max(seq_len, 1)
+    if max_positions is not None:
+        rows = min(rows, max(max_positions, 1))  # fewer rows (a slightly other loss): a vocab of millions
+        steps = max(min(steps, max_positions // rows), 1)
     row_len = num_targets // rows
     inputs = ids[: rows * row_len].view(rows, row_len)
     targets = ids[1 : rows * row_len + 1].view(rows, row_len)
-    for start in range(0, row_len, seq_len):
-        yield inputs[:, start : start + seq_len].long(), targets[:, start : start + seq_len].long()
+    for start in range(0, row_len, steps):
+        yield inputs[:, start : start + steps].long(), targets[:, start : start + steps].long()
     if rows * row_len < num_targets:
         yield ids[None, rows * row_len : num_targets].long(), ids[None, rows * row_len + 1 :].long()
 
 
-def lm_eval_batches(ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256) -> Callable[[], Iterator]:
+# The float32 logits of one evaluation batch: 32 rows x 256 steps of a 100k-word vocab would be
+# 3.3 GB (and the loss takes as much again).
+EVAL_LOGITS_BYTES = 256 << 20
+
+
+def lm_eval_batches(
+    ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256, vocab_size: int | None = None
+) -> Callable[[], Iterator]:
     """Validation batches of a language model, as a function the trainer calls at each evaluation:
-    every position of `ids` once, in rows of at least 256 steps."""
-    return lambda: eval_batches(ids, batch_size, max(seq_len, 256))
+    every position of `ids` once, in rows of at least 256 steps; with `vocab_size`, in batches
+    whose logits stay within `EVAL_LOGITS_BYTES`."""
+    most = EVAL_LOGITS_BYTES // (4 * vocab_size) if vocab_size else None
+    return lambda: eval_batches(ids, batch_size, max(seq_len, 256), most)
 
 
 # ---------------------------------------------------------------------------------------------

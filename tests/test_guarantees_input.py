@@ -11,9 +11,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
+from charlm import checkpoint
+from charlm.text import Vocab
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
-from tests.test_guarantees import fails, train
+from tests.test_guarantees import fails, model_file, train  # noqa: F401 (model_file: a fixture)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,3 +103,41 @@ def test_utf16_and_utf32_with_a_bom_are_told_their_encoding_and_read_with_it(run
     scores = [json.loads(run_cli(runner, "eval", "--checkpoint", "checkpoints/wide.safetensors", *file, "--json").stdout)
               for file in ([tiny_corpus], ["wide.txt", "--encoding", wide])]
     assert scores[0] == scores[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+
+
+def test_eval_bounds_the_memory_of_its_logits(runner, model_file, tiny_corpus, monkeypatch):
+    """`charlm eval` walks the text in batches whose logits (rows x steps x vocab, float32) stay
+    within a fixed budget: 32 rows of 256 steps of a 100k-word vocab would be 3.3 GB. Fewer steps
+    per batch change no result: the state is carried, so the loss is today's within 1e-6."""
+    from charlm import data, trainer
+
+    budget = 64 * 1024  # bytes: forces short batches on the tiny model's vocab of 26
+    monkeypatch.setattr(data, "EVAL_LOGITS_BYTES", budget, raising=False)
+    seen = []
+    evaluate = trainer.evaluate
+
+    def recording(model, batches, *args, **kwargs):
+        batches = list(batches)
+        seen.append((model, batches))
+        return evaluate(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", recording)
+    report = json.loads(run_cli(runner, "eval", "--checkpoint", model_file, tiny_corpus, "--json").stdout)
+    (model, batches), = seen
+    vocab_size = model.head.out_features
+    assert max(inputs.numel() for inputs, _ in batches) * vocab_size * 4 <= budget
+    ids = data.load_corpus(tiny_corpus, vocab=Vocab.from_dict(checkpoint.read_metadata(model_file)["vocab"])).ids
+    unbounded = evaluate(model, data.eval_batches(ids, 32, 256))  # the batches eval used to take
+    assert report["loss"] == pytest.approx(unbounded, rel=1e-6)
+    assert sum(targets.numel() for _, targets in batches) == len(ids) - 1
+    # A 100k-word vocab within the real budget, and a small one in the batches it always had.
+    monkeypatch.undo()
+    long_ids = torch.zeros(2_000_000, dtype=torch.int32)
+    shapes = {inputs.shape for inputs, _ in data.lm_eval_batches(long_ids, vocab_size=100_000)()}
+    assert max(rows * steps for rows, steps in shapes) * 100_000 * 4 <= 256 << 20 and (32, 20) in shapes
+    assert [x.shape for x, _ in data.lm_eval_batches(long_ids, vocab_size=8192)()] == \
+        [x.shape for x, _ in data.eval_batches(long_ids, 32, 256)]
