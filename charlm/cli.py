@@ -2,11 +2,13 @@
 
 Commands import torch and the rest of charlm lazily, inside the command, so `charlm --help` is
 instant. A user's mistake raises `CharlmError` somewhere below; it is shown here as one line on
-stderr with a non-zero exit code, never a traceback. Only generated text goes to stdout.
+stderr with a non-zero exit code, never a traceback. Only generated text goes to stdout; text
+from a checkpoint reaches a terminal with its control characters escaped (`escaped`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,9 +28,14 @@ class CharlmGroup(click.Group):
         from charlm.errors import CharlmError
 
         def fail(message: str, exit_code: int = 1) -> None:
-            click.echo(f"charlm: error: {' '.join(message.split())}", err=True)
+            click.echo(f"charlm: error: {escaped(' '.join(message.split()))}", err=True)
             ctx.exit(exit_code)
 
+        # A character stdout's encoding cannot hold (a lone surrogate in a vocab, "é" on an ASCII
+        # terminal) is written as a backslash escape rather than ending in a traceback.
+        if getattr(sys.stdout, "errors", None) == "strict":
+            with contextlib.suppress(AttributeError, ValueError):
+                sys.stdout.reconfigure(errors="backslashreplace")
         try:
             return super().invoke(ctx)
         except CharlmError as error:
@@ -65,6 +72,44 @@ def cli() -> None:
 
 def main() -> None:
     cli(prog_name="charlm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing what a file holds
+
+# C0, DEL and C1 control characters drive a terminal (ESC starts its commands; U+009B is CSI),
+# and a lone surrogate cannot be written as UTF-8: text from a checkpoint or a corpus shows them
+# escaped wherever it could reach a terminal.
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def escaped(text: str, keep: str = "") -> str:
+    """`text` with the characters of `UNSAFE` but those in `keep` written as \\x1b, \\udcff."""
+    def escape(match: re.Match) -> str:
+        code = ord(match.group())
+        return match.group() if match.group() in keep else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return UNSAFE.sub(escape, text)
+
+
+def to_json(value: Any, **options: Any) -> str:
+    """JSON that keeps non-ASCII text readable but escapes the rest of `UNSAFE` in its strings:
+    json.dumps escapes only C0 control characters itself."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return re.sub(r"[\x7f-\x9f\ud800-\udfff]", lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal, where control characters are commands rather than text."""
+    return stream.isatty()
+
+
+def write(text: str, keep: str = "\n\t", end: str = "") -> None:
+    """Write text and `end` to stdout at once (it streams): exact into a pipe or a file; on a
+    terminal with the control characters but `keep` escaped, so that a model's output cannot
+    drive the terminal."""
+    sys.stdout.write((escaped(text, keep) if is_terminal(sys.stdout) else text) + end)
+    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,10 +362,6 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
     banned = generator.special_ids(vocab)
     separator = "" if meta["tokens"] == "char" or not prefix_ids else " "
 
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
     if num_samples == 1:
         write(shown_prefix + separator)
         first = [True]
@@ -390,7 +431,7 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
         outputs = translate.translate(model, texts, source_vocab, target_vocab, beam, max_length, length_penalty,
                                       unknown)
     for output in outputs:
-        click.echo(output)
+        write(output, keep="", end="\n")
     if attention_plot:
         from charlm.generate import encode_prefix
         from charlm.plot import plot_attention
@@ -521,7 +562,7 @@ def stats(corpus: Path, tokens: str, preprocess: str, encoding: str, top: int, a
     report = {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
               "most_frequent": frequent}
     if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False))
+        click.echo(to_json(report))
         return
     click.echo(f"tokens      {report['tokens']:,}")
     click.echo(f"vocab size  {report['vocab_size']} (<unk> + {report['distinct_tokens']} distinct)")
@@ -542,7 +583,7 @@ def info(checkpoint: str, as_json: bool) -> None:
 
     meta = read_metadata(checkpoint)
     if as_json:
-        click.echo(json.dumps(meta, ensure_ascii=False, indent=2))
+        click.echo(to_json(meta, indent=2))
         return
     def field(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:  # metadata is data: trust no type
         return value if isinstance(value, kind) and not isinstance(value, bool) else default
@@ -564,7 +605,7 @@ def info(checkpoint: str, as_json: bool) -> None:
         f"training     {training.get('steps')} steps, {training.get('tokens')} tokens"
         + (f", best val loss {best:.4f} (ppl {_exp(best):.2f}) at step {training.get('best_step')}" if best is not None else ""),
     ]
-    click.echo("\n".join(lines))
+    click.echo("\n".join(escaped(line) for line in lines))  # the metadata is anyone's text
 
 
 # ---------------------------------------------------------------------------------------------

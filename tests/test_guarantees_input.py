@@ -11,12 +11,24 @@ import threading
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
+from click.testing import CliRunner
 
 from charlm import checkpoint
 from charlm.text import Vocab
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import fails, model_file, train  # noqa: F401 (model_file: a fixture)
+
+
+def with_vocab(path: Path, out: str, renamed: dict[str, str], **changes) -> None:
+    """Write `path`'s model to `out` with some vocab tokens renamed, as anyone can: the metadata is
+    JSON with \\u escapes, so it may hold control characters and even lone surrogates."""
+    tensors, meta = checkpoint.load(path)
+    itos = [renamed.get(token, token) for token in meta["vocab"]["itos"]]
+    meta = {**meta, "vocab": {**meta["vocab"], "itos": itos}, **changes}
+    safetensors.torch.save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, out,
+                                metadata={checkpoint.METADATA_KEY: json.dumps(meta)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,3 +153,58 @@ def test_eval_bounds_the_memory_of_its_logits(runner, model_file, tiny_corpus, m
     assert max(rows * steps for rows, steps in shapes) * 100_000 * 4 <= 256 << 20 and (32, 20) in shapes
     assert [x.shape for x, _ in data.lm_eval_batches(long_ids, vocab_size=8192)()] == \
         [x.shape for x, _ in data.eval_batches(long_ids, 32, 256)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def test_info_escapes_control_characters_of_the_metadata(runner, model_file):
+    """A checkpoint is anyone's file: ESC, BEL and C1 controls in its metadata are shown escaped
+    by `info`, in text (\\x1b) and in JSON (\\u001b, \\u009b: json.dumps leaves C1 raw), and a
+    lone surrogate neither; the JSON still reads back as the metadata."""
+    hostile = {"corpus": "x\x1b]0;pwned\x07y", "architecture": "\x1b[2J\x9b31m"}
+    with_vocab(model_file, "hostile.safetensors", {"e": "\udcff"}, **hostile)
+    shown = run_cli(runner, "info", "hostile.safetensors").stdout
+    assert "corpus x\\x1b]0;pwned\\x07y" in shown and "\\x1b[2J\\x9b31m" in shown
+    as_json = run_cli(runner, "info", "hostile.safetensors", "--json").stdout
+    for text in (shown, as_json):
+        assert not any((ord(char) < 0x20 and char != "\n") or 0x7F <= ord(char) <= 0x9F or 0xD800 <= ord(char) <= 0xDFFF
+                       for char in text), text
+    meta = json.loads(as_json)
+    assert meta["corpus"] == hostile["corpus"] and "\udcff" in meta["vocab"]["itos"]
+
+
+def test_generate_writes_no_control_characters_to_a_terminal(runner, model_file, monkeypatch):
+    """Generated text goes to a pipe or a file exactly; on a terminal every control character but
+    newline and tab is written escaped, so a checkpoint's vocab cannot drive the terminal."""
+    from charlm import cli as cli_module
+
+    with_vocab(model_file, "hostile.safetensors", {"e": "\x1b", "t": "\x9b", "a": "\x07", "n": "\t"})
+    generate = ("generate", "--checkpoint", "hostile.safetensors", "--prefix", "\x1b\x9b\x07 \t", "--length", "200",
+                "--seed", "0")
+    exact = run_cli(runner, *generate).stdout
+    assert exact.startswith("\x1b\x9b\x07 \t") and "\x1b" in exact[5:]
+    monkeypatch.setattr(cli_module, "is_terminal", lambda stream: True, raising=False)
+    shown = run_cli(runner, *generate).stdout
+    assert shown.startswith("\\x1b\\x9b\\x07 \t")
+    assert not any((ord(char) < 0x20 and char not in "\n\t") or 0x7F <= ord(char) <= 0x9F for char in shown)
+    assert shown == exact.replace("\x1b", "\\x1b").replace("\x9b", "\\x9b").replace("\x07", "\\x07")
+    assert run_cli(runner, *generate, "--num-samples", "2").stdout.count("\x1b") == 0
+
+
+def test_text_the_output_encoding_cannot_hold_is_escaped_not_a_traceback(model_file):
+    """A vocab token that is a lone surrogate (no encoding holds it), or text for a terminal that is
+    ASCII: the character is written as a backslash escape."""
+    runner = CliRunner()
+    with_vocab(model_file, "hostile.safetensors", {"e": "\udcff", "t": "é"})
+    generate = ("generate", "--checkpoint", "hostile.safetensors", "--prefix", "\udcffé", "--length", "5")
+    assert run_cli(runner, *generate).stdout.startswith("\\udcffé")
+    assert run_cli(CliRunner(charset="ascii"), *generate).stdout.startswith("\\udcff\\xe9")
+
+
+def test_an_error_line_escapes_control_characters(runner):
+    """The one error line quotes paths and values as given: a file named with an escape sequence
+    shows it escaped."""
+    result = fails(runner, "stats", "\x1b]0;pwned\x07.txt", message="\\x1b]0;pwned\\x07.txt: no such file")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
