@@ -5,9 +5,14 @@ the style of tests/test_guarantees.py (whose `fails` they share)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +21,34 @@ import torch
 from click.testing import CliRunner
 
 from charlm import checkpoint
+from charlm.cli import cli
 from charlm.text import Vocab
-from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
+from tests.conftest import ROOT, TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import fails, model_file, train  # noqa: F401 (model_file: a fixture)
+
+TINY_SEQ2SEQ = ("--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--quiet", "--epochs", "1")
+PAIRS_TEXT = "".join(f"{word}\t{word[::-1]}\n" for word in ["abc", "bca", "cab", "aab", "bba", "cca", "ab", "ba"])
+
+
+@pytest.fixture
+def pair_model(runner, tmp_path) -> Path:
+    (tmp_path / "rev.tsv").write_text(PAIRS_TEXT, encoding="utf-8")
+    run_cli(runner, "train", tmp_path / "rev.tsv", *TINY_SEQ2SEQ)
+    return Path("checkpoints/rev.safetensors")
+
+
+def piped(runner, *args, input: bytes | str):
+    """`charlm ARGS` with `input` on stdin; the result, whatever the exit code."""
+    return runner.invoke(cli, [str(arg) for arg in args], input=input, catch_exceptions=False)
+
+
+def fails_on(runner, *args, input: bytes | str, message: str):
+    """`fails`, with `input` on stdin."""
+    result = piped(runner, *args, input=input)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and lines and lines[-1].startswith("charlm: error: "), result.output
+    assert message in lines[-1], lines[-1]
+    return result
 
 
 def with_vocab(path: Path, out: str, renamed: dict[str, str], **changes) -> None:
@@ -29,6 +59,39 @@ def with_vocab(path: Path, out: str, renamed: dict[str, str], **changes) -> None
     meta = {**meta, "vocab": {**meta["vocab"], "itos": itos}, **changes}
     safetensors.torch.save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, out,
                                 metadata={checkpoint.METADATA_KEY: json.dumps(meta)})
+
+
+def start(*args: str | Path) -> subprocess.Popen:
+    """A real `python -m charlm ARGS` with pipes on stdin, stdout and stderr (bytes)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "charlm", *map(str, args)], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def read_line(process: subprocess.Popen, timeout: float = 90) -> bytes:
+    """The next line of `process`'s stdout (b"" at its end), waiting at most `timeout` seconds."""
+    fd, line = process.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            process.kill()
+            pytest.fail(f"no line came in {timeout} s: {process.communicate()[1].decode()}")
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+    return line
+
+
+class ClosedStdin(CliRunner):
+    """A CliRunner whose command finds sys.stdin None, as Python leaves it when fd 0 is closed."""
+
+    @contextlib.contextmanager
+    def isolation(self, *args, **kwargs):
+        with super().isolation(*args, **kwargs) as streams:
+            sys.stdin = None
+            yield streams
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +178,85 @@ def test_utf16_and_utf32_with_a_bom_are_told_their_encoding_and_read_with_it(run
     scores = [json.loads(run_cli(runner, "eval", "--checkpoint", "checkpoints/wide.safetensors", *file, "--json").stdout)
               for file in ([tiny_corpus], ["wide.txt", "--encoding", wide])]
     assert scores[0] == scores[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# translate's stdin
+
+
+@pytest.mark.slow  # real processes: seconds to import torch
+def test_translate_streams_stdin_line_by_line(runner, pair_model):
+    """`yes man | charlm translate` answers at once: each line's translation is written and
+    flushed before the next line is read, through a pipe that stays open. With --attention-plot
+    (one input), a second line is an error at once, not a wait for the end of stdin."""
+    process = start("translate", "--checkpoint", pair_model)
+    try:
+        for line in (b"abc\n", b"ba\n", b"\n"):
+            process.stdin.write(line)
+            process.stdin.flush()
+            answer = read_line(process)
+            assert answer.endswith(b"\n") and set(answer[:-1].decode()) <= set("abc"), answer
+        process.stdin.close()
+        assert read_line(process) == b""
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+    process = start("translate", "--checkpoint", pair_model, "--attention-plot", "a.png")
+    try:
+        process.stdin.write(b"abc\nba\n")
+        process.stdin.flush()
+        _, stderr = process.communicate(timeout=90)  # stdin still open: communicate closes it only after
+        assert process.returncode != 0
+        assert stderr.decode().strip() == ("charlm: error: --attention-plot draws one input; got more than one line "
+                                           "(see charlm translate --help)")
+    except subprocess.TimeoutExpired:
+        pytest.fail("--attention-plot waited for the end of stdin")
+    finally:
+        process.kill()
+
+
+def test_translate_names_the_line_of_stdin_that_is_not_utf8(runner, pair_model):
+    """Bytes that are not UTF-8 on stdin (read strictly, as under PYTHONIOENCODING=utf-8:strict)
+    are one line naming the line and byte, after the lines before them were answered; with
+    --unknown skip or unk they are characters the model never saw."""
+    result = fails_on(runner, "translate", "--checkpoint", pair_model, input=b"abc\nab\xffc\n",
+                      message="line 2 of stdin is not valid utf-8 at byte offset 2; convert it to utf-8, "
+                              "or pass --unknown skip")
+    assert len(result.stdout.splitlines()) == 1
+    expected = run_cli(runner, "translate", "--checkpoint", pair_model, "abc", "abc").stdout
+    assert piped(runner, "translate", "--checkpoint", pair_model, "--unknown", "skip", input=b"abc\nab\xffc\n").stdout \
+        == expected
+
+
+@pytest.mark.slow  # a real process: CliRunner's stdin turns "\r\n" into "\n" itself, a real one does not
+def test_translate_strips_crlf_line_ends_of_stdin(runner, pair_model):
+    expected = run_cli(runner, "translate", "--checkpoint", pair_model, "abc", "", "ba").stdout
+    process = start("translate", "--checkpoint", pair_model)
+    try:
+        stdout, stderr = process.communicate(b"abc\r\n\r\nba\r\n", timeout=90)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and stdout.decode() == expected, stderr.decode()
+
+
+def test_translate_drops_a_byte_order_mark_at_the_start_of_stdin(runner, pair_model):
+    """A file saved by Notepad and piped in (`type words.txt | charlm translate`) starts with a
+    UTF-8 byte-order mark, which is not a character of the first line."""
+    expected = run_cli(runner, "translate", "--checkpoint", pair_model, "abc", "ba").stdout
+    assert piped(runner, "translate", "--checkpoint", pair_model, input=b"\xef\xbb\xbfabc\r\nba\r\n").stdout == expected
+
+
+def test_translate_bounds_a_line_of_stdin(runner, pair_model):
+    """`charlm translate < /dev/zero` (no line break ever) stops at the first MiB of a line, in one line."""
+    fails_on(runner, "translate", "--checkpoint", pair_model, input=b"ab\n" + b"z" * (3 << 20),
+             message="line 2 of stdin is longer than 1,048,576 bytes; give shorter lines")
+
+
+def test_translate_with_stdin_closed_says_so(runner, pair_model):
+    """`charlm translate <&-`: no WORDS, and no stdin to read them from."""
+    result = ClosedStdin().invoke(cli, ["translate", "--checkpoint", str(pair_model)], catch_exceptions=False)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.stderr.strip().startswith("charlm: error: stdin is closed; give the WORDS to translate"), result.output
 
 
 # ---------------------------------------------------------------------------------------------
