@@ -117,8 +117,25 @@ def write(text: str, keep: str = "\n\t", end: str = "") -> None:
 # ---------------------------------------------------------------------------------------------
 # Shared options
 
-positive = click.IntRange(min=1)
-non_negative = click.IntRange(min=0)
+class Size(click.IntRange):
+    """A whole number from `min` up to 2**63 - 1, torch's largest size: past it torch fails deep
+    inside on an overflow, below it a size too big is "out of memory"."""
+
+    largest = 2**63 - 1
+
+    def __init__(self, min: int) -> None:
+        super().__init__(min=min)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = super().convert(value, param, ctx)
+        if number > self.largest:
+            self.fail(f"{number} is too large (at most {self.largest:,})", param, ctx)
+        return number
+
+
+positive = Size(min=1)
+non_negative = Size(min=0)
+MAX_THREADS = 1024  # torch takes up to 2**31 - 1, and would start them all on a first parallel op
 unknown_option = click.option(
     "--unknown", type=click.Choice(["error", "skip", "unk"]), default="error", show_default=True,
     help="What to do with characters the model never saw: stop with an error, drop them, or map them to <unk>.")
@@ -229,7 +246,7 @@ def _flag(name: str) -> str:
 @click.option("--eval-every", type=positive, default=None, help="Evaluate every N steps (default: each epoch).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
-@click.option("--threads", type=positive, default=None,
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help=f"CPU threads for torch (small models are faster on one). {_per_task('threads')}")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on a CUDA GPU that supports it, else fp32.")

@@ -263,6 +263,21 @@ def test_translate_with_stdin_closed_says_so(runner, pair_model):
 # Flags
 
 
+@pytest.mark.parametrize(("command", "message"), [
+    (["train", "tiny.txt", "--threads", str(10**12)],
+     "Invalid value for '--threads': 1000000000000 is not in the range 1<=x<=1024"),
+    (["generate", "--checkpoint", "{model}", "--length", str(10**20)],
+     "Invalid value for '--length': 100000000000000000000 is too large (at most 9,223,372,036,854,775,807)"),
+    (["generate", "--checkpoint", "{model}", "--num-samples", str(10**20)], "'--num-samples': 100000000000000000000 is too large"),
+    (["translate", "--checkpoint", "{model}", "--max-length", str(10**20), "ab"], "'--max-length': 100000000000000000000 is too large"),
+    (["eval", "--checkpoint", "{model}", "tiny.txt", "--max-length", str(10**20)], "'--max-length': 100000000000000000000 is too large"),
+])
+def test_numbers_past_what_torch_takes_are_one_line_naming_the_limit(runner, model_file, command, message):
+    """torch takes thread counts below 2**31 and sizes below 2**63; past them it fails deep inside on
+    an overflow. --threads stops at 1024, sizes at 2**63 - 1 (below that, too big is "out of memory")."""
+    fails(runner, *[part.format(model=model_file) for part in command], message=message)
+
+
 def test_eval_bounds_the_memory_of_its_logits(runner, model_file, tiny_corpus, monkeypatch):
     """`charlm eval` walks the text in batches whose logits (rows x steps x vocab, float32) stay
     within a fixed budget: 32 rows of 256 steps of a 100k-word vocab would be 3.3 GB. Fewer steps
