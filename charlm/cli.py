@@ -379,7 +379,8 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
     context = prefix_ids or generator.start_ids(vocab)
     shown_prefix = tokenizer.join(vocab.decode(prefix_ids))
     banned = generator.special_ids(vocab)
-    separator = "" if meta["tokens"] == "char" or not prefix_ids else " "
+    gap = tokenizer.join(["", ""])  # between two tokens: "" for characters, " " for words
+    separator = gap if prefix_ids else ""  # between the prefix and the new text
 
     if num_samples == 1:
         write(shown_prefix + separator)
@@ -387,7 +388,7 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
 
         def stream(block: Any) -> None:
             pieces = vocab.decode(block[0].tolist())
-            write(("" if first[0] else separator) + tokenizer.join(pieces))
+            write(("" if first[0] else gap) + tokenizer.join(pieces))
             first[0] = False
 
         generator.generate(model, context, length, sampling, 1, seed, on_tokens=stream, banned=banned)

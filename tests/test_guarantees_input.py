@@ -316,6 +316,17 @@ def test_eval_bounds_the_memory_of_its_logits(runner, model_file, tiny_corpus, m
 # Output
 
 
+def test_a_word_model_separates_its_words_without_a_prefix(runner, tiny_corpus):
+    train(runner, tiny_corpus, "--tokens", "word", "--max-steps", "2", "--out", "words.safetensors")
+    vocab = json.loads(run_cli(runner, "info", "words.safetensors", "--json").stdout)["vocab"]["itos"]
+    for prefix in ("", "the time", "   "):
+        text = run_cli(runner, "generate", "--checkpoint", "words.safetensors", "--length", "12", "--seed", "1",
+                       *(["--prefix", prefix] if prefix else [])).stdout
+        words = text.split()
+        assert words[: len(prefix.split())] == prefix.split() and len(words) == len(prefix.split()) + 12, text
+        assert set(words) <= set(vocab) and text == " ".join(words) + "\n"
+
+
 def test_info_escapes_control_characters_of_the_metadata(runner, model_file):
     """A checkpoint is anyone's file: ESC, BEL and C1 controls in its metadata are shown escaped
     by `info`, in text (\\x1b) and in JSON (\\u001b, \\u009b: json.dumps leaves C1 raw), and a
