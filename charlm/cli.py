@@ -40,6 +40,8 @@ class CharlmGroup(click.Group):
                 sys.stdout.reconfigure(errors="backslashreplace")
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # stdout's reader has gone (`| head`): click ends quietly, as `cat` does
+            raise
         except CharlmError as error:
             fail(str(error), error.exit_code)
         except click.UsageError as error:  # a bad flag or argument: click's own words, on one line

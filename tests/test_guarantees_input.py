@@ -259,6 +259,24 @@ def test_translate_with_stdin_closed_says_so(runner, pair_model):
     assert result.stderr.strip().startswith("charlm: error: stdin is closed; give the WORDS to translate"), result.output
 
 
+@pytest.mark.slow  # a real process: seconds to import torch
+def test_output_into_a_closed_pipe_ends_quietly(runner, pair_model):
+    """`yes man | charlm translate | head -1`: when stdout's reader has gone, charlm stops with a
+    non-zero exit and says nothing (no "Broken pipe" error, no "Exception ignored")."""
+    process = start("translate", "--checkpoint", pair_model)
+    process.stdout.close()  # the reader has gone before the first answer
+    try:
+        process.stdin.write(b"abc\n" * 300)
+        process.stdin.close()
+    except BrokenPipeError:  # charlm has already gone: the same
+        pass
+    try:
+        assert process.wait(90) != 0
+        assert process.stderr.read() == b""
+    finally:
+        process.kill()
+
+
 # ---------------------------------------------------------------------------------------------
 # Flags
 
