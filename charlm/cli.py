@@ -2,15 +2,19 @@
 
 Commands import torch and the rest of charlm lazily, inside the command, so `charlm --help` is
 instant. A user's mistake raises `CharlmError` somewhere below; it is shown here as one line on
-stderr with a non-zero exit code, never a traceback. Only generated text goes to stdout.
+stderr with a non-zero exit code, never a traceback. Only generated text goes to stdout; text
+from a checkpoint reaches a terminal with its control characters escaped (`escaped`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +30,18 @@ class CharlmGroup(click.Group):
         from charlm.errors import CharlmError
 
         def fail(message: str, exit_code: int = 1) -> None:
-            click.echo(f"charlm: error: {' '.join(message.split())}", err=True)
+            click.echo(f"charlm: error: {escaped(' '.join(message.split()))}", err=True)
             ctx.exit(exit_code)
 
+        # A character stdout's encoding cannot hold (a lone surrogate in a vocab, "é" on an ASCII
+        # terminal) is written as a backslash escape rather than ending in a traceback.
+        if getattr(sys.stdout, "errors", None) == "strict":
+            with contextlib.suppress(AttributeError, ValueError):
+                sys.stdout.reconfigure(errors="backslashreplace")
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # stdout's reader has gone (`| head`): click ends quietly, as `cat` does
+            raise
         except CharlmError as error:
             fail(str(error), error.exit_code)
         except click.UsageError as error:  # a bad flag or argument: click's own words, on one line
@@ -68,10 +79,65 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Printing what a file holds
+
+# C0, DEL and C1 control characters drive a terminal (ESC starts its commands; U+009B is CSI),
+# and a lone surrogate cannot be written as UTF-8: text from a checkpoint or a corpus shows them
+# escaped wherever it could reach a terminal.
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def escaped(text: str, keep: str = "") -> str:
+    """`text` with the characters of `UNSAFE` but those in `keep` written as \\x1b, \\udcff."""
+    def escape(match: re.Match) -> str:
+        code = ord(match.group())
+        return match.group() if match.group() in keep else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return UNSAFE.sub(escape, text)
+
+
+def to_json(value: Any, **options: Any) -> str:
+    """JSON that keeps non-ASCII text readable but escapes the rest of `UNSAFE` in its strings:
+    json.dumps escapes only C0 control characters itself."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return re.sub(r"[\x7f-\x9f\ud800-\udfff]", lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal, where control characters are commands rather than text."""
+    return stream.isatty()
+
+
+def write(text: str, keep: str = "\n\t", end: str = "") -> None:
+    """Write text and `end` to stdout at once (it streams): exact into a pipe or a file; on a
+    terminal with the control characters but `keep` escaped, so that a model's output cannot
+    drive the terminal."""
+    sys.stdout.write((escaped(text, keep) if is_terminal(sys.stdout) else text) + end)
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
 # Shared options
 
-positive = click.IntRange(min=1)
-non_negative = click.IntRange(min=0)
+class Size(click.IntRange):
+    """A whole number from `min` up to 2**63 - 1, torch's largest size: past it torch fails deep
+    inside on an overflow, below it a size too big is "out of memory"."""
+
+    largest = 2**63 - 1
+
+    def __init__(self, min: int) -> None:
+        super().__init__(min=min)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = super().convert(value, param, ctx)
+        if number > self.largest:
+            self.fail(f"{number} is too large (at most {self.largest:,})", param, ctx)
+        return number
+
+
+positive = Size(min=1)
+non_negative = Size(min=0)
+MAX_THREADS = 1024  # torch takes up to 2**31 - 1, and would start them all on a first parallel op
 unknown_option = click.option(
     "--unknown", type=click.Choice(["error", "skip", "unk"]), default="error", show_default=True,
     help="What to do with characters the model never saw: stop with an error, drop them, or map them to <unk>.")
@@ -182,7 +248,7 @@ def _flag(name: str) -> str:
 @click.option("--eval-every", type=positive, default=None, help="Evaluate every N steps (default: each epoch).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
-@click.option("--threads", type=positive, default=None,
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help=f"CPU threads for torch (small models are faster on one). {_per_task('threads')}")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on a CUDA GPU that supports it, else fp32.")
@@ -329,11 +395,8 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
     context = prefix_ids or generator.start_ids(vocab)
     shown_prefix = tokenizer.join(vocab.decode(prefix_ids))
     banned = generator.special_ids(vocab)
-    separator = "" if meta["tokens"] == "char" or not prefix_ids else " "
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    gap = tokenizer.join(["", ""])  # between two tokens: "" for characters, " " for words
+    separator = gap if prefix_ids else ""  # between the prefix and the new text
 
     if num_samples == 1:
         write(shown_prefix + separator)
@@ -341,7 +404,7 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
 
         def stream(block: Any) -> None:
             pieces = vocab.decode(block[0].tolist())
-            write(("" if first[0] else separator) + tokenizer.join(pieces))
+            write(("" if first[0] else gap) + tokenizer.join(pieces))
             first[0] = False
 
         generator.generate(model, context, length, sampling, 1, seed, on_tokens=stream, banned=banned)
@@ -383,7 +446,8 @@ def decoding_options(function: Any) -> Any:
 @device_option
 def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int, length_penalty: float,
                       max_length: int | None, attention_plot: Path | None, unknown: str, device: str) -> None:
-    """Translate each WORD, or each line of stdin when no WORD is given: one line out per input.
+    """Translate each WORD, or each line of stdin as it comes when no WORD is given: one line out
+    per input.
 
     \b
     charlm translate man king
@@ -395,16 +459,27 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
     from charlm.checkpoint import load_translator
     from charlm.runtime import cpu_threads, pick_device
 
-    texts = list(words) or [line.rstrip("\n") for line in sys.stdin]
-    if attention_plot and len(texts) != 1:
-        raise click.UsageError(f"--attention-plot draws one input; got {len(texts)}")
+    texts = list(words) or None  # None: each line of stdin, translated as it comes
+    if attention_plot:
+        texts = texts or list(itertools.islice(stdin_lines(unknown), 2))
+        if len(texts) != 1:
+            got = len(texts) if words else "more than one line" if texts else "no line"
+            raise click.UsageError(f"--attention-plot draws one input; got {got}")
     path = _checkpoint_or_latest(checkpoint, "translate")
     model, _, source_vocab, target_vocab = load_translator(path, pick_device(device))
+
+    def translated(inputs: list[str]) -> list[str]:
+        return translate.translate(model, inputs, source_vocab, target_vocab, beam, max_length, length_penalty,
+                                   unknown)
+
     with cpu_threads(PAIR_THREADS):
-        outputs = translate.translate(model, texts, source_vocab, target_vocab, beam, max_length, length_penalty,
-                                      unknown)
+        if texts is None:  # a line's answer is out before the next line is read: `yes man |` works
+            for line in stdin_lines(unknown):
+                write(translated([line])[0], keep="", end="\n")
+            return
+        outputs = translated(texts)  # in batches
     for output in outputs:
-        click.echo(output)
+        write(output, keep="", end="\n")
     if attention_plot:
         from charlm.generate import encode_prefix
         from charlm.plot import plot_attention
@@ -415,6 +490,39 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
         weights = translate.attention_weights(model, source_ids, target_vocab.encode(outputs[0]))
         plot_attention(weights, source_vocab.decode(source_ids), [*outputs[0], "<eos>"], attention_plot)
         click.echo(f"attention weights drawn in {attention_plot}", err=True)
+
+
+MAX_LINE_BYTES = 1 << 20  # a line of stdin; `translate < /dev/zero` must not read forever
+
+
+def stdin_lines(unknown: str) -> Iterator[str]:
+    """The lines of stdin, each as soon as it has come, without its "\\n" or "\\r\\n" (and the
+    first without a byte-order mark). stdin is read as bytes and decoded here: bytes that are not
+    text in its encoding are an error naming the line, or under --unknown skip / unk characters
+    the model never saw (U+FFFD)."""
+    from charlm.errors import CharlmError
+
+    if sys.stdin is None:
+        raise click.UsageError("stdin is closed; give the WORDS to translate, or pipe lines in")
+    encoding = sys.stdin.encoding or "utf-8"
+    for number in itertools.count(1):
+        line = sys.stdin.buffer.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        elif len(line) > MAX_LINE_BYTES:
+            raise CharlmError(f"line {number} of stdin is longer than {MAX_LINE_BYTES:,} bytes; give shorter lines")
+        try:
+            text = line.decode(encoding)
+        except UnicodeDecodeError as error:
+            if unknown == "error":
+                raise CharlmError(
+                    f"line {number} of stdin is not valid {encoding} at byte offset {error.start}; convert it to "
+                    f"{encoding}, or pass --unknown skip (drop what is not) or --unknown unk (map it to <unk>)"
+                ) from None
+            text = line.decode(encoding, errors="replace")
+        yield text.removeprefix("\ufeff") if number == 1 else text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +580,8 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, lengt
     if len(data.ids) < 2:
         raise click.UsageError(f"{file} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())
-    report = {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate_batches(model, lm_eval_batches(data.ids)()))}
+    batches = lm_eval_batches(data.ids, vocab_size=len(vocab))  # logits within a budget, whatever the vocab
+    report = {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate_batches(model, batches()))}
     if unknown and not as_json:
         click.echo(f"note: {unknown:,} tokens of {file} are not in the model's vocab and count as <unk>", err=True)
     if as_json:
@@ -539,7 +648,7 @@ def stats(corpus: Path, tokens: str, preprocess: str, encoding: str, top: int, a
     report = {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
               "most_frequent": frequent}
     if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False))
+        click.echo(to_json(report))
         return
     click.echo(f"tokens      {report['tokens']:,}")
     click.echo(f"vocab size  {report['vocab_size']} (<unk> + {report['distinct_tokens']} distinct)")
@@ -560,7 +669,7 @@ def info(checkpoint: str, as_json: bool) -> None:
 
     meta = read_metadata(checkpoint)
     if as_json:
-        click.echo(json.dumps(meta, ensure_ascii=False, indent=2))
+        click.echo(to_json(meta, indent=2))
         return
     def field(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:  # metadata is data: trust no type
         return value if isinstance(value, kind) and not isinstance(value, bool) else default
@@ -582,7 +691,7 @@ def info(checkpoint: str, as_json: bool) -> None:
         f"training     {training.get('steps')} steps, {training.get('tokens')} tokens"
         + (f", {best} at step {training.get('best_step')}" if best else ""),
     ]
-    click.echo("\n".join(lines))
+    click.echo("\n".join(escaped(line) for line in lines))  # the metadata is anyone's text
 
 
 # ---------------------------------------------------------------------------------------------

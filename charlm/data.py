@@ -28,7 +28,7 @@ import torch
 
 from charlm.errors import CharlmError, CorpusError
 from charlm.runtime import cpu_threads, seeded_generator
-from charlm.text import Tokenizer, Vocab, count_tokens, preprocess_chunks, read_chunks
+from charlm.text import Tokenizer, Vocab, check_readable, count_tokens, preprocess_chunks, read_chunks
 
 ITERATORS = ("sequential", "random")
 
@@ -83,6 +83,8 @@ def load_corpus(
         return preprocess_chunks(read_chunks(path, encoding, hasher=hasher if hashed else None), preprocess)
 
     num_tokens = None
+    check_readable(path)
+    before = _stamp(path)
     # torch on one thread: each chunk op here is short and memory-bound, a thread team gains
     # nothing, and on a busy machine each op waited ~20 ms for a descheduled thread
     with cpu_threads(1):
@@ -93,7 +95,15 @@ def load_corpus(
             if counts and len(vocab) < 2:
                 raise CorpusError(f"{path}: the vocab would hold only <unk> (--min-freq {min_freq}, --max-vocab "
                                   f"{max_vocab}); lower --min-freq or raise --max-vocab")
-        ids = encode_stream(Tokenizer(tokens).split_chunks(chunks(hashed=num_tokens is None)), vocab, num_tokens)
+        try:
+            ids = encode_stream(Tokenizer(tokens).split_chunks(chunks(hashed=num_tokens is None)), vocab, num_tokens)
+            changed = num_tokens is not None and (len(ids) != num_tokens or _stamp(path) != before)
+        except _MoreThanCounted:
+            changed = True
+    # Two passes (count, then encode) must read the same text: otherwise the vocab, the count
+    # (the tensor's size) and the hash belong to another text than the ids.
+    if changed:
+        raise CorpusError(f"{path}: the file changed while it was being read; try again once nothing writes to it")
     if len(ids) == 0:
         raise CorpusError(f"{path}: no tokens left after preprocessing {preprocess!r}")
     corpus = Corpus(ids, vocab, tokens, preprocess)
@@ -102,11 +112,22 @@ def load_corpus(
     return corpus
 
 
+def _stamp(path: str | os.PathLike) -> tuple[int, ...]:
+    """What changes when a file is written to or replaced."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+class _MoreThanCounted(CorpusError):
+    """`encode_stream` was given more tokens than `num_tokens`."""
+
+
 def encode_stream(
     token_chunks: Iterable[Sequence[str]], vocab: Vocab, num_tokens: int | None = None
 ) -> torch.Tensor:
     """Encode token chunks into one (N,) tensor of ids in the vocab's compact dtype. With
-    `num_tokens` known the tensor is allocated once and filled; otherwise the parts are joined."""
+    `num_tokens` known the tensor is allocated once and filled (more tokens than that raise
+    `_MoreThanCounted`); otherwise the parts are joined."""
     dtype = id_dtype(len(vocab))
     encoder = _CharEncoder(vocab) if all(len(token) == 1 for token in vocab.itos[1:]) else None
     parts, filled = [], 0
@@ -119,6 +140,8 @@ def encode_stream(
         else:
             part = torch.frombuffer(array.array("i", vocab.encode(chunk)), dtype=torch.int32)  # 2x torch.tensor(list)
         if out is not None:
+            if filled + len(part) > num_tokens:
+                raise _MoreThanCounted(f"more than the {num_tokens} tokens counted")
             out[filled : filled + len(part)] = part
         else:
             parts.append(part.to(dtype))
@@ -345,26 +368,42 @@ class BatchIterator:
                 yield self.ids[positions].long(), self.ids[positions + 1].long()
 
 
-def eval_batches(ids: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    ids: torch.Tensor, batch_size: int, seq_len: int, max_positions: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every position of `ids` predicted exactly once, with no offset or shuffling: the ids are cut
-    into at most `batch_size` equal rows walked T at a time (carry the state between batches), then
-    the few left over, which continue the last row, come as one (1, r) batch: keep the last row of
-    the state for it."""
+    into at most `batch_size` equal rows of at least `seq_len` walked T at a time (carry the state
+    between batches), then the few left over, which continue the last row, come as one (1, r)
+    batch: keep the last row of the state for it. T is `seq_len`, or less where a batch would hold
+    more than `max_positions` (rows x T) positions; how many steps a batch walks changes no result."""
     num_targets = len(ids) - 1
     rows = max(min(batch_size, num_targets // max(seq_len, 1)), 1)
+    steps = max(seq_len, 1)
+    if max_positions is not None:
+        rows = min(rows, max(max_positions, 1))  # fewer rows (a slightly other loss): a vocab of millions
+        steps = max(min(steps, max_positions // rows), 1)
     row_len = num_targets // rows
     inputs = ids[: rows * row_len].view(rows, row_len)
     targets = ids[1 : rows * row_len + 1].view(rows, row_len)
-    for start in range(0, row_len, seq_len):
-        yield inputs[:, start : start + seq_len].long(), targets[:, start : start + seq_len].long()
+    for start in range(0, row_len, steps):
+        yield inputs[:, start : start + steps].long(), targets[:, start : start + steps].long()
     if rows * row_len < num_targets:
         yield ids[None, rows * row_len : num_targets].long(), ids[None, rows * row_len + 1 :].long()
 
 
-def lm_eval_batches(ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256) -> Callable[[], Iterator]:
+# The float32 logits of one evaluation batch: 32 rows x 256 steps of a 100k-word vocab would be
+# 3.3 GB (and the loss takes as much again).
+EVAL_LOGITS_BYTES = 256 << 20
+
+
+def lm_eval_batches(
+    ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256, vocab_size: int | None = None
+) -> Callable[[], Iterator]:
     """Validation batches of a language model, as a function the trainer calls at each evaluation:
-    every position of `ids` once, in rows of at least 256 steps."""
-    return lambda: eval_batches(ids, batch_size, max(seq_len, 256))
+    every position of `ids` once, in rows of at least 256 steps; with `vocab_size`, in batches
+    whose logits stay within `EVAL_LOGITS_BYTES`."""
+    most = EVAL_LOGITS_BYTES // (4 * vocab_size) if vocab_size else None
+    return lambda: eval_batches(ids, batch_size, max(seq_len, 256), most)
 
 
 # ---------------------------------------------------------------------------------------------

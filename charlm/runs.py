@@ -82,7 +82,7 @@ def language_model_run(
                    f"{shown}, {model.num_parameters():,} parameters")
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
-    val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len) if len(val_ids) >= 2 else None
+    val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab)) if len(val_ids) >= 2 else None
     return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes)
 
 

@@ -13,9 +13,11 @@ is left to `charlm.data`; nothing here knows about torch, models or batches.
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -33,16 +35,33 @@ UNK = "<unk>"
 
 
 def check_readable(path: str | os.PathLike) -> None:
-    """Raise a `CorpusError` saying what is wrong if `path` is not a readable, non-empty file."""
+    """Raise a `CorpusError` saying what is wrong if `path` is not a readable regular file. Only
+    `os.stat` is asked, so a FIFO is named, never opened (opening one waits for a writer). Whether
+    the file is empty is for reading to say: /proc files report a size of 0 and hold text."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CorpusError(f"{path}: no such file; check the path")
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CorpusError(f"{path}: no such file; check the path") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise CorpusError(f"{path}: a loop of symbolic links; check the path") from None
+        raise CorpusError(f"{path}: {error.strerror or error}; check the path") from None
+    if stat.S_ISDIR(mode):
         raise CorpusError(f"{path}: is a directory; give a text file")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+        raise CorpusError(f"{path}: not a regular file ({kind}); give a text file")
     if not os.access(path, os.R_OK):
         raise CorpusError(f"{path}: not readable; check its permissions")
-    if os.path.getsize(path) == 0:
-        raise CorpusError(f"{path}: the file is empty; give a file with some text in it")
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+# Byte-order marks of the encodings whose text is full of NUL bytes, UTF-32's first: its
+# little-endian mark starts with UTF-16's.
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 def read_chunks(
@@ -50,23 +69,31 @@ def read_chunks(
 ) -> Iterator[str]:
     """Yield the decoded text of `path` in chunks, as text: a UTF-8 byte-order mark is dropped and
     CRLF / CR line ends become "\\n". Undecodable bytes raise a `CorpusError` naming the byte offset;
-    a NUL byte (a binary file) does too. A `hasher` (a `hashlib` object) is fed every byte read, so
-    the file's content hash comes with no pass of its own."""
+    a NUL byte (a binary file) does too, and so do a file with no bytes and a UTF-16 or UTF-32
+    byte-order mark read as another encoding (it names the one to pass). A `hasher` (a `hashlib`
+    object) is fed every byte read, so the file's content hash comes with no pass of its own."""
     check_readable(path)
     path = os.fspath(path)
     codec = _checked_encoding(encoding).name
     decoder = codecs.getincrementaldecoder(codec)("strict")
     pending_cr = False  # a chunk that ended in "\r" may be the first half of "\r\n"
+    wide = "16" in codec or "32" in codec
     with open(path, "rb") as file:
+        start = file.read(4)
+        if not start:
+            raise CorpusError(f"{path}: the file is empty; give a file with some text in it")
+        bom = next((name for mark, name in _WIDE_BOMS if start.startswith(mark)), None)
+        if bom and not wide:
+            raise CorpusError(f"{path}: starts with a {bom.upper()} byte-order mark; pass --encoding {bom}")
         # A UTF-8 byte-order mark is not text; `offset` counts the bytes before the current block.
-        offset = 3 if codec == "utf-8" and file.read(3) == codecs.BOM_UTF8 else 0
+        offset = 3 if codec == "utf-8" and start.startswith(codecs.BOM_UTF8) else 0
         file.seek(offset)
         while True:
             block = file.read(chunk_bytes)
             final = not block
             if hasher is not None:
                 hasher.update(block)
-            if b"\0" in block and "16" not in codec and "32" not in codec:
+            if b"\0" in block and not wide:
                 at = offset + block.index(b"\0")
                 raise CorpusError(
                     f"{path}: looks like a binary file (NUL byte at offset {at}); give a text file"
