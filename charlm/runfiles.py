@@ -69,15 +69,23 @@ def check_creatable(out: str | os.PathLike) -> None:
     if not stem or stem in (".", "..") or os.fspath(out).endswith(os.sep):
         raise CharlmError(f"--out {os.fspath(out)!r} names no file; give a checkpoint path such as runs/my.safetensors")
     folder = os.path.dirname(os.path.abspath(paths["model"]))
+    # Nothing is created here: the folders are made by the first save. The nearest folder that
+    # exists must be one, and take new entries; the file system's limits are read from it.
+    existing = next(parent for parent in _ancestors(folder) if os.path.lexists(parent))
+    if not os.path.isdir(existing):
+        raise CharlmError(f"cannot create the folder of --out {paths['model']} ({existing} is not a folder); "
+                          "choose another --out")
     try:
-        os.makedirs(folder, exist_ok=True)
-        name_max = os.pathconf(folder, "PC_NAME_MAX")
-        path_max = os.pathconf(folder, "PC_PATH_MAX")
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".charlm-probe."))
     except OSError as error:
-        blocking = next((parent for parent in _ancestors(folder) if os.path.lexists(parent)), folder)
-        reason = f"{blocking} is not a folder" if not os.path.isdir(blocking) else error.strerror or str(error)
-        raise CharlmError(f"cannot create the folder of --out {paths['model']} ({reason}); "
-                          "choose another --out") from None
+        raise CharlmError(f"cannot write in {existing} ({error.strerror or error}); choose another --out") from None
+    missing = os.path.relpath(folder, existing).split(os.sep) if folder != existing else []
+    for part in missing:  # folders the first save will make
+        if len(os.fsencode(part)) > name_max:
+            raise CharlmError(f"--out {paths['model']} is too long: the folder name {part[:40]}... is more than the "
+                              f"{name_max} bytes this file system allows; choose a shorter --out")
     for role in ROLES:
         names = [os.path.basename(paths[role])]
         if role in CHECKPOINT_KINDS:
@@ -90,12 +98,6 @@ def check_creatable(out: str | os.PathLike) -> None:
         if len(os.fsencode(os.path.abspath(paths[role]))) + 32 > path_max:
             raise CharlmError(f"--out {paths['model']} is too long a path for this file system ({path_max} bytes); "
                               "choose a shorter --out")
-    try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".charlm-probe.")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise CharlmError(f"cannot write in {folder} ({error.strerror or error}); choose another --out") from None
 
 
 def _ancestors(folder: str) -> Iterator[str]:
