@@ -572,7 +572,7 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, lengt
     from charlm.checkpoint import load_model
     from charlm.data import lm_eval_batches, load_corpus
     from charlm.runtime import pick_device
-    from charlm.trainer import evaluate as evaluate_batches, loss_report
+    from charlm.evaluation import evaluate as evaluate_batches, loss_report
 
     model, meta, vocab = load_model(path, "lm", pick_device(device))
     data = load_corpus(file, meta["tokens"], meta["preprocess"], encoding, vocab=vocab,

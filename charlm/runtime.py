@@ -41,6 +41,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked for (or, with "auto", on a CUDA device that supports it)."""
+    wanted = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    return torch.autocast(device.type, dtype=torch.bfloat16) if wanted else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def cpu_threads(count: int | None) -> Iterator[None]:
     """Run the block with torch's intra-op CPU threads set to `count` (None: as they are), then

@@ -41,7 +41,8 @@ from charlm import checkpoint
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.state import map_state
 from charlm.runfiles import check_creatable, check_replaceable, locked_run, run_paths
-from charlm.runtime import World, atomic_write, rng_states, seed_everything, set_rng_states
+from charlm.evaluation import evaluate, loss_report
+from charlm.runtime import World, atomic_write, autocast, rng_states, seed_everything, set_rng_states
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -143,42 +144,6 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
         return config.lr
     progress = min(step / (total_steps - 1), 1.0)
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where asked for (or, with "auto", on a CUDA device that supports it)."""
-    wanted = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    return torch.autocast(device.type, dtype=torch.bfloat16) if wanted else contextlib.nullcontext()
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device | None = None,
-    precision: str = "fp32",
-) -> float:
-    """Mean loss in nats per predicted token over `batches`, carrying the state from batch to
-    batch (a batch with fewer rows continues the last rows). Uses no random numbers, so evaluating
-    never changes a training run's trajectory."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count, state = 0.0, 0, None
-    with autocast(device, precision):
-        for batch in batches:
-            rows = batch[0].shape[0]
-            if state is not None and state.batch_size > rows:
-                state = state.rows(slice(-rows, None))
-            loss, predicted, state = model.batch_loss(tuple(part.to(device) for part in batch), state)
-            total, count = total + float(loss), count + int(predicted)
-    model.train(was_training)
-    return total / max(count, 1)
-
-
-def loss_report(loss: float) -> dict[str, float]:
-    """Loss in nats/token, perplexity, and bits per token."""
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpc": loss / math.log(2)}
 
 
 def _resume_position(info: Any) -> dict[str, Any]:

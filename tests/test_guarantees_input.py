@@ -300,19 +300,19 @@ def test_eval_bounds_the_memory_of_its_logits(runner, model_file, tiny_corpus, m
     """`charlm eval` walks the text in batches whose logits (rows x steps x vocab, float32) stay
     within a fixed budget: 32 rows of 256 steps of a 100k-word vocab would be 3.3 GB. Fewer steps
     per batch change no result: the state is carried, so the loss is today's within 1e-6."""
-    from charlm import data, trainer
+    from charlm import data, evaluation
 
     budget = 64 * 1024  # bytes: forces short batches on the tiny model's vocab of 26
     monkeypatch.setattr(data, "EVAL_LOGITS_BYTES", budget, raising=False)
     seen = []
-    evaluate = trainer.evaluate
+    evaluate = evaluation.evaluate
 
     def recording(model, batches, *args, **kwargs):
         batches = list(batches)
         seen.append((model, batches))
         return evaluate(model, batches, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", recording)
+    monkeypatch.setattr(evaluation, "evaluate", recording)
     report = json.loads(run_cli(runner, "eval", "--checkpoint", model_file, tiny_corpus, "--json").stdout)
     (model, batches), = seen
     vocab_size = model.head.out_features
