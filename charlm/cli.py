@@ -291,6 +291,7 @@ def train(ctx: click.Context, corpus: Path, out: Path | None, resume: bool, over
 
 def _train(task: str, corpus: Path, out: Path | None, resume: bool, overwrite: bool, quiet: bool, options: dict,
            world: Any) -> None:
+    from charlm.data import DataConfig
     from charlm.runs import language_model_run, translation_run
     from charlm.trainer import TrainConfig, Trainer
 
@@ -300,10 +301,12 @@ def _train(task: str, corpus: Path, out: Path | None, resume: bool, overwrite: b
         from charlm.runfiles import check_creatable
 
         check_creatable(out)
+    data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
     if task == "lm":
-        run = language_model_run(corpus, train_config, options, world)
+        run = language_model_run(corpus, data_config, train_config, options["cell"], options, world)
     else:
-        run = translation_run(corpus, train_config, options, detected=options["task"] == "auto")
+        run = translation_run(corpus, data_config, train_config, options["model_type"] or "seq2seq", options,
+                              detected=options["task"] == "auto")
     train_config = run.train_config or train_config
     if world.is_main:
         for note in run.notes:

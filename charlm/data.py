@@ -27,10 +27,24 @@ from typing import Any
 import torch
 
 from charlm.errors import CharlmError, CorpusError
+from charlm.presets import COMMON, ITERATORS
 from charlm.runtime import cpu_threads, seeded_generator
 from charlm.text import Tokenizer, Vocab, check_readable, count_tokens, preprocess_chunks, read_chunks
 
-ITERATORS = ("sequential", "random")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a corpus file becomes tokens (the text flags of `charlm train`); defaults from
+    `charlm.presets`. `cache_dir` None keeps no token cache; `skip_bad_lines` is for pair files."""
+
+    tokens: str = COMMON["tokens"]
+    preprocess: str = COMMON["preprocess"]
+    encoding: str = COMMON["encoding"]
+    min_freq: int = COMMON["min_freq"]
+    max_vocab: int | None = COMMON["max_vocab"]
+    cache_dir: str | None = None
+    skip_bad_lines: bool = False
 
 
 def id_dtype(vocab_size: int) -> torch.dtype:
