@@ -13,8 +13,8 @@ not a charlm file of that kind, or that is an input of the command (the corpus),
 without --overwrite. The lock is keyed on the run (its folder's real path and its stem), not on the
 spelling of --out, so `--out runs/x` and `--out ./runs/x.safetensors` are the same run.
 
-Standard library only (plot reads metrics files without torch); checkpoint headers are read through
-`charlm.checkpoint`, imported when a checkpoint must be checked.
+Standard library only at import (plot names metrics files without torch); `charlm.runtime` (locks,
+temporaries) and `charlm.checkpoint` (headers) are imported when a run's files are checked.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 from charlm.errors import CharlmError, CheckpointError
-from charlm.runtime import exclusive_lock, temporary_names
 
 SUFFIX = ".safetensors"
 ROLES = ("model", "resume", "metrics", "lock")
@@ -53,6 +52,8 @@ def run_key(out: str | os.PathLike) -> str:
 def locked_run(out: str | os.PathLike) -> Iterator[None]:
     """Hold the run's lock for the block (see `runtime.exclusive_lock`), keyed on the run itself.
     A non-empty file where the lock goes is someone else's: refused, never truncated or removed."""
+    from charlm.runtime import exclusive_lock
+
     key = run_key(out)
     if os.path.lexists(key) and (not os.path.isfile(key) or os.path.getsize(key) > 0):
         raise CharlmError(f"{run_paths(out)['lock']} exists and is not a charlm lock file; charlm will not "
@@ -64,6 +65,8 @@ def locked_run(out: str | os.PathLike) -> Iterator[None]:
 def check_creatable(out: str | os.PathLike) -> None:
     """Fail now, before any training, if a file of the run or one of its temporaries cannot be
     created: a name longer than the file system allows, or a folder that cannot be written."""
+    from charlm.runtime import temporary_names
+
     paths = run_paths(out)
     stem = os.path.basename(paths["lock"])[: -len(".lock")]
     if not stem or stem in (".", "..") or os.fspath(out).endswith(os.sep):
@@ -166,3 +169,34 @@ def _is_run_file(path: str, role: str) -> bool:
     except ValueError:
         return b"\n" not in head and head.startswith(b'{"step": ')  # one line, cut short by a kill
     return isinstance(record, dict) and isinstance(record.get("step"), int) and "val_loss" in record
+
+
+class MetricsFile:
+    """A run's `X.metrics.jsonl`: one JSON object per evaluation, appended as the run goes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def truncate(self, step: int, stop_evaluated: bool) -> None:
+        """Keep the records a run resumed at `step` has made: drop those from after it (a run killed
+        before its next save), a stop's evaluation at it, and any line cut short by a kill."""
+        from charlm.runtime import atomic_write
+
+        if not os.path.exists(self.path):
+            return
+        if not os.path.isfile(self.path):  # a FIFO would block the read below forever
+            raise CharlmError(f"{self.path}: not a regular file, so not this run's metrics; move it away and resume")
+        kept = []
+        with open(self.path, encoding="utf-8", errors="replace") as file:
+            for line in file:
+                try:
+                    at = json.loads(line)["step"]
+                    if at < step or (at == step and not stop_evaluated):
+                        kept.append(line.rstrip("\n") + "\n")
+                except (KeyError, TypeError, ValueError):
+                    continue
+        atomic_write(self.path, "".join(kept).encode("utf-8"))

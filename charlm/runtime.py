@@ -1,6 +1,7 @@
 """Runtime: the one place that picks a device, sets torch's CPU threads, seeds the random
-generators, writes a file atomically, locks an output path and knows which of several processes
-this one is (`World`, under torchrun). Everything that does one of these calls in here.
+generators, picks the precision (autocast), writes a file atomically, locks an output path, turns
+stop signals into a flag and knows which of several processes this one is (`World`, under
+torchrun). Everything that does one of these calls in here.
 
 It knows nothing about models, data or checkpoints' contents.
 """
@@ -14,6 +15,7 @@ import glob
 import os
 import random
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -211,6 +213,34 @@ def exclusive_lock(lock_path: str | os.PathLike, what: str | None = None) -> Ite
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         lock_file.close()  # closing releases the lock
+
+
+class StopSignals:
+    """Within the block, SIGINT and SIGTERM only ask to stop: `received` is the first one's number,
+    for a loop to finish its step and save; a second one stops at once (KeyboardInterrupt). Outside
+    the main thread no handler can be set, and signals act as they always do."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, number: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = number
+
+    def __enter__(self) -> StopSignals:
+        try:
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handler)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for number, old in self._previous.items():
+            signal.signal(number, old)
+        self._previous.clear()
 
 
 # ---------------------------------------------------------------------------------------------
