@@ -467,7 +467,7 @@ class PairBatches:
 
     def plan(self, epoch: int) -> list[list[int]]:
         """The pair indices of every batch of `epoch`, in order."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = seeded_generator(self.seed * 1_000_003 + epoch)  # any integer is a seed
         order = torch.randperm(len(self.encoded), generator=generator).tolist()
         pool = self.batch_size * self.POOL_BATCHES
         batches = []

@@ -289,9 +289,9 @@ def _is_ids(x: Tensor) -> bool:
     return x.dim() == 2 and not x.is_floating_point() and not x.is_complex()
 
 
-def one_hot(ids: Tensor, module: nn.RNNBase) -> Tensor:
-    """ids (B, T) -> the one-hot input (B, T, I) they stand for, in the module's dtype."""
-    return F.one_hot(ids, module.input_size).to(module.weight_ih_l0.dtype)
+def one_hot(ids: Tensor, size: int, dtype: torch.dtype) -> Tensor:
+    """ids (B, T) -> the one-hot vectors (B, T, size) they stand for, in `dtype`."""
+    return F.one_hot(ids, size).to(dtype)
 
 
 def supports(module: nn.Module, x: Tensor) -> bool:
@@ -367,7 +367,7 @@ def recurrent(
     elif fast and not supports(module, x):
         raise ValueError(f"the fast path does not support {module} with input {tuple(x.shape)} {x.dtype}")
     if not fast:
-        return module(one_hot(x, module) if _is_ids(x) else x, state)
+        return module(one_hot(x, module.input_size, module.weight_ih_l0.dtype) if _is_ids(x) else x, state)
 
     is_lstm = module.mode == "LSTM"
     batch = x.shape[0]

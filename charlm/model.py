@@ -78,7 +78,7 @@ class LanguageModel(nn.Module):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
-            return F.one_hot(ids, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
+            return kernels.one_hot(ids, self.config.vocab_size, self.head.weight.dtype)  # (B, T, V)
         return self.dropout(self.embedding(ids))  # (B, T, E)
 
     def forward(

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from charlm.errors import CharlmError, MissingExtra
+from charlm.runfiles import metrics_of
 
 INSTALL_HINT = "pip install 'charlm[plot]'"
 DRAWN = ("train_loss", "val_loss", "val_ppl")  # the values of a metrics record that are drawn, against "tokens"
@@ -27,17 +28,12 @@ DRAWN = ("train_loss", "val_loss", "val_ppl")  # the values of a metrics record 
 
 def metrics_path(path: str | os.PathLike) -> Path:
     """The metrics file of a run: the path itself if it is one, else the one beside a checkpoint
-    (`X.safetensors` or `X.resume.safetensors` -> `X.metrics.jsonl`, the names that
-    `charlm.trainer.run_paths` gives; not imported from there, so plotting needs no torch)."""
+    (`X.safetensors` or `X.resume.safetensors` -> `X.metrics.jsonl`, as `charlm.runfiles` names
+    them; it imports no torch, nor does plotting)."""
     path = Path(path)
     if path.name.endswith(".jsonl"):
         return path
-    name = path.name
-    for suffix in (".resume.safetensors", ".safetensors"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.with_name(f"{name}.metrics.jsonl")
+    return Path(metrics_of(path))
 
 
 def read_metrics(path: str | os.PathLike, notes: list[str] | None = None) -> list[dict[str, Any]]:

@@ -41,6 +41,13 @@ def run_paths(out: str | os.PathLike) -> dict[str, str]:
             "lock": f"{stem}.lock"}
 
 
+def metrics_of(path: str | os.PathLike) -> str:
+    """The metrics file of the run that `path`, its checkpoint or its resume file, belongs to."""
+    path = os.fspath(path)
+    resume = f".resume{SUFFIX}"
+    return run_paths(path[: -len(resume)] if path.endswith(resume) else path)["metrics"]
+
+
 def run_key(out: str | os.PathLike) -> str:
     """The run `out` names, whatever its spelling: the real path of its lock file."""
     lock = run_paths(out)["lock"]
