@@ -60,6 +60,7 @@ class RunState:
     loss_sum: float = 0.0
     loss_count: int = 0
     running_count: int = 0
+    planned_steps: int | None = None  # the steps the LR schedule runs over, when --max-time fitted it
 
     @classmethod
     def from_metadata(cls, info: Any) -> RunState:
@@ -72,6 +73,10 @@ class RunState:
         finite = lambda value: type(value) in (int, float) and -math.inf < value < math.inf  # noqa: E731
         bad += [key for key in ("elapsed", "loss_sum", "best_val_loss")
                 if not (finite(values[key]) or (key == "best_val_loss" and values[key] is None))]
+        values["planned_steps"] = info.get("planned_steps")
+        if values["planned_steps"] is not None and (type(values["planned_steps"]) is not int
+                                                    or values["planned_steps"] < 1):
+            bad.append("planned_steps")
         if bad:
             raise ValueError(f"bad {', '.join(bad)}")
         return cls(**values)
@@ -110,7 +115,10 @@ def write_resume(
     if carried is not None:
         tensors.update({f"carry.{name}": tensor for name, tensor in carried.tensors().items()})
     tensors["train.running_loss"] = running_loss
-    resume = {**asdict(run_state), "stop_evaluated": stop_evaluated, "optimizer_scalars": scalars}
+    resume = asdict(run_state)
+    if resume["planned_steps"] is None:  # no plan without --max-time: the file is as it always was
+        del resume["planned_steps"]
+    resume.update(stop_evaluated=stop_evaluated, optimizer_scalars=scalars)
     checkpoint.save(path, tensors, {**meta, "resume": resume})
 
 

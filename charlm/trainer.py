@@ -23,6 +23,7 @@ replaced by `charlm.runfiles`):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -48,6 +49,10 @@ from charlm.runtime import StopSignals, World, autocast, rng_states, seed_everyt
 from charlm.state import map_state
 
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
+LINE_SECONDS = 30.0  # between progress lines when stderr is not a terminal
+PLAN_AFTER = 0.02  # of --max-time: the throughput is measured this long before the schedule is fitted
+PLAN_WINDOW = 6  # flushes: the throughput that plans a --max-time run is that of the last few
+clock = time.perf_counter  # the trainer's clock (a test may make time pass as it likes)
 
 
 @dataclass
@@ -190,14 +195,14 @@ class Trainer:
 
     def _loop(self) -> None:
         config, state = self.config, self.run_state
-        started = time.perf_counter() - state.elapsed
+        started = clock() - state.elapsed
+        self._recent = collections.deque([(clock(), state.step)], maxlen=PLAN_WINDOW)  # (time, step) at flushes
         per_epoch = len(self.batches)
         total = config.epochs * per_epoch
         if config.max_steps is not None:
             total = min(total, config.max_steps)
-        bar = tqdm(total=total, initial=state.step, disable=not self.progress, unit="step",
-                   dynamic_ncols=True, leave=False, file=sys.stderr)
-        last_log, last_tokens = time.perf_counter(), state.tokens
+        bar = Progress(total, state.step, self.progress)
+        last_log, last_tokens = clock(), state.tokens
         self.model.train()
         try:
             while state.epoch < config.epochs and not self._stop_now(started):
@@ -215,10 +220,10 @@ class Trainer:
                     flush = state.step % LOG_EVERY == 0 or due or state.batch_index == per_epoch
                     if flush:
                         value, count = self._flush()
-                        now = time.perf_counter()
+                        self._plan(started)
+                        now = clock()
                         rate = (state.tokens - last_tokens) / max(now - last_log, 1e-9)
-                        bar.update(state.step - bar.n)
-                        bar.set_postfix(loss=f"{value / count:.3f}", tok_s=f"{rate:,.0f}")
+                        bar.update(state.step, value / count, rate, self.optimizer.param_groups[0]["lr"], now - started)
                         last_log, last_tokens = now, state.tokens
                     # 3. evaluation every --eval-every steps: metrics, best model, resume file
                     if due:
@@ -234,7 +239,7 @@ class Trainer:
                 break
             # 5. the stop: check the steps since the last flush, then save
             self._check_finite(float(self.world.mean(self.running_loss)))
-            state.elapsed = time.perf_counter() - started
+            state.elapsed = clock() - started
             interrupted = self.world.any(self.signals.received is not None, self.device)
             if interrupted:  # save the exact state, and no evaluation
                 self.save_resume()
@@ -266,7 +271,8 @@ class Trainer:
         self.carried = map_state(lambda tensor: tensor.float(), carried) if self.batches.carries_state else None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        rate = learning_rate(config, self.run_state.step, config.epochs * len(self.batches))
+        planned = self.run_state.planned_steps or config.epochs * len(self.batches)
+        rate = learning_rate(config, self.run_state.step, planned)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
         if config.clip > 0:
@@ -274,12 +280,35 @@ class Trainer:
         self.optimizer.step()
         return loss
 
+    def _plan(self, started: float) -> None:
+        """With --max-time, fit the schedule to the time: the steps it runs over are the steps done
+        and as many as the time left allows at the rate of the last PLAN_WINDOW flushes (evaluations
+        included), no more than --epochs (and --max-steps) allow. Planned first after PLAN_AFTER of
+        the budget, then again at every flush, so a machine that slows down (another job on it)
+        still ends its cosine at the floor when the time is up. Every process takes the
+        same plan (the mean of theirs); it is kept in the run state, so a resume goes on with it."""
+        config, state = self.config, self.run_state
+        if config.max_time is None:
+            return
+        now = clock()
+        measured_at, measured_step = self._recent[0]
+        self._recent.append((now, state.step))
+        if now - started < PLAN_AFTER * config.max_time or state.step <= measured_step:
+            return
+        steps_per_second = (state.step - measured_step) / max(now - measured_at, 1e-9)
+        fits = state.step + steps_per_second * max(config.max_time - (now - started), 0.0)
+        cap = config.epochs * len(self.batches)
+        if config.max_steps is not None:
+            cap = min(cap, config.max_steps)
+        planned = float(self.world.mean(torch.tensor(min(fits, cap), dtype=torch.float64)))
+        state.planned_steps = max(int(planned), state.step)
+
     def _should_stop(self, started: float) -> bool:
         config = self.config
         return (
             self.signals.received is not None
             or (config.max_steps is not None and self.run_state.step >= config.max_steps)
-            or (config.max_time is not None and time.perf_counter() - started >= config.max_time)
+            or (config.max_time is not None and clock() - started >= config.max_time)
         )
 
     def _stop_now(self, started: float, agree: bool = True) -> bool:
@@ -322,7 +351,7 @@ class Trainer:
         """Evaluate, append a metrics line, save the model if it is the best so far and the resume
         state. At a `stop` the training-loss sums and the resume state are left to the caller."""
         state = self.run_state
-        state.elapsed = time.perf_counter() - started
+        state.elapsed = clock() - started
         val_loss = None
         if self.val_batches is not None:  # on every process (same weights, same number): same decisions
             val_loss = evaluate(self.model, self.val_batches(), self.device, self.config.precision)
@@ -406,6 +435,30 @@ class Trainer:
         self.carried = None if resumed.carried is None else resumed.carried.rows(rows)
         if self.world.is_main:
             self.metrics.truncate(self.run_state.step, resumed.stop_evaluated)
+
+
+class Progress:
+    """Training progress on stderr: tqdm's bar on a terminal; elsewhere (a log file, a pipe) a
+    plain line every LINE_SECONDS, so that a long run's log holds lines, not carriage returns."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.enabled, self.total = enabled, total
+        self.lines = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled or self.lines, unit="step",
+                        dynamic_ncols=True, leave=False, file=sys.stderr)
+        self.last_line = clock()
+
+    def update(self, step: int, loss: float, tokens_per_second: float, lr: float, elapsed: float) -> None:
+        if self.lines and clock() - self.last_line >= LINE_SECONDS:
+            print(f"step {step}/{self.total}  loss {loss:.3f}  lr {lr:.3g}  {tokens_per_second:,.0f} tok/s  "
+                  f"{elapsed:.0f} s", file=sys.stderr, flush=True)
+            self.last_line = clock()
+        elif not self.lines:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _BatchLoss(nn.Module):

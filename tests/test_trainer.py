@@ -67,3 +67,93 @@ def test_metrics_record_the_scheduled_rate(runner, tiny_corpus):
         expected = learning_rate(TrainConfig(lr=0.01), record["step"] - 1, 2 * steps_per_epoch)
         assert math.isclose(record["lr"], expected, rel_tol=1e-9)
     assert records[-1]["lr"] == pytest.approx(0.001)
+
+
+class StepClock:
+    """A clock the trainer reads, where each optimizer step costs `cost(step)` seconds."""
+
+    def __init__(self, trainer_module, cost) -> None:
+        self.now, self.cost, self.module = 0.0, cost, trainer_module
+        step = trainer_module.Trainer._train_step
+
+        def timed(trainer, batch):
+            self.now += self.cost(trainer.run_state.step)
+            return step(trainer, batch)
+
+        self.timed = timed
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """Make a step cost what a test says, on the trainer's clock."""
+    from charlm import trainer
+
+    def install(cost):
+        clock = StepClock(trainer, cost)
+        monkeypatch.setattr(trainer, "clock", clock)
+        monkeypatch.setattr(trainer.Trainer, "_train_step", clock.timed)
+        return clock
+
+    return install
+
+
+def lr_records(path="checkpoints/tiny.metrics.jsonl"):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.mark.parametrize("slows_down", [False, True], ids=["steady", "slowed down by another job halfway"])
+def test_max_time_fits_the_schedule_to_the_budget(runner, tiny_corpus, step_clock, slows_down):
+    """With --max-time the cosine ends at its floor when the time is up, not at the end of
+    --epochs; on a machine that slows down halfway too, since the plan is fitted again as it goes."""
+    step_clock(lambda step: 0.01 * (3 if slows_down and step >= 300 else 1))
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--epochs", "1000", "--eval-every", "100", "--lr", "0.01",
+            "--max-time", "10")
+    records = lr_records()
+    planned = read_metadata("checkpoints/tiny.resume.safetensors")["resume"]["planned_steps"]
+    assert records[-1]["step"] == pytest.approx(533 if slows_down else 1000, abs=2)
+    assert abs(planned - records[-1]["step"]) <= 12
+    assert records[-1]["lr"] == pytest.approx(0.001, rel=0.05)  # the floor: lr x --min-lr-ratio
+    rates = [record["lr"] for record in records]
+    assert rates[0] > 0.009 and all(a >= b for a, b in zip(rates, rates[1:]))  # one descent, over the budget
+
+
+def test_without_max_time_the_schedule_is_planned_over_epochs_and_no_plan_is_saved(runner, tiny_corpus):
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--epochs", "2", "--max-steps", "5")
+    assert "planned_steps" not in read_metadata("checkpoints/tiny.resume.safetensors")["resume"]
+
+
+def test_a_resumed_max_time_run_follows_the_saved_plan(runner, tiny_corpus, step_clock):
+    """Interrupted (here: --max-steps) and resumed, a --max-time run keeps the curve it planned."""
+    step_clock(lambda step: 0.1)
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--epochs", "1000", "--eval-every", "10", "--lr", "0.01",
+            "--max-time", "10", "--max-steps", "40")
+    planned = read_metadata("checkpoints/tiny.resume.safetensors")["resume"]["planned_steps"]
+    assert 40 <= planned <= 40  # --max-steps caps the plan
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--epochs", "1000", "--eval-every", "10", "--lr", "0.01",
+            "--max-time", "10", "--max-steps", "60", "--resume")
+    records = lr_records()
+    expected = learning_rate(TrainConfig(lr=0.01), 39, 40)
+    assert [r["lr"] for r in records if r["step"] == 40] == [pytest.approx(expected)]
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, tiny_corpus):
+    """stderr that is not a terminal gets a line every so often, never carriage returns."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    log = tmp_path / "log.txt"
+    with open(log, "w") as stderr:
+        subprocess.run([sys.executable, "-c", "from charlm import trainer; trainer.LINE_SECONDS = 0; "
+                        "from charlm.cli import main; main()", "train", str(tiny_corpus), *TINY_MODEL[:-1],
+                        "--max-steps", "30", "--out", str(tmp_path / "m.safetensors")],
+                       stderr=stderr, stdout=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    text = log.read_text()
+    assert "\r" not in text
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("step ") and "/" in line.split()[1]][:3] \
+        == ["10/30", "20/30", "30/30"]
