@@ -27,11 +27,14 @@ class CharlmGroup(click.Group):
     """Turns the errors a user can cause into one line on stderr and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from charlm.errors import CharlmError
+        from charlm.errors import CharlmError, UsageError
 
         def fail(message: str, exit_code: int = 1) -> None:
             click.echo(f"charlm: error: {escaped(' '.join(message.split()))}", err=True)
             ctx.exit(exit_code)
+
+        def usage(message: str, command: str | None, exit_code: int) -> None:
+            fail(f"{message} (see charlm {command + ' ' if command else ''}--help)", exit_code)
 
         # A character stdout's encoding cannot hold (a lone surrogate in a vocab, "é" on an ASCII
         # terminal) is written as a backslash escape rather than ending in a traceback.
@@ -42,11 +45,13 @@ class CharlmGroup(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:  # stdout's reader has gone (`| head`): click ends quietly, as `cat` does
             raise
+        except UsageError as error:  # found below the CLI: shown as click's own
+            usage(str(error), ctx.invoked_subcommand, error.exit_code)
         except CharlmError as error:
             fail(str(error), error.exit_code)
         except click.UsageError as error:  # a bad flag or argument: click's own words, on one line
-            command = error.ctx.info_name if error.ctx and error.ctx.parent else None
-            fail(f"{error.format_message()} (see charlm {command + ' ' if command else ''}--help)", error.exit_code)
+            usage(error.format_message(), error.ctx.info_name if error.ctx and error.ctx.parent else None,
+                  error.exit_code)
         except KeyboardInterrupt:
             click.echo("charlm: interrupted", err=True)
             ctx.exit(130)
@@ -322,7 +327,9 @@ def _train(task: str, corpus: Path, out: Path | None, resume: bool, overwrite: b
             shown += f" at step {summary['best_step']}; saved the last model"
         click.echo(f"saved {out}: {summary['steps']} steps, {shown}", err=True)
         if run.held_out:
-            _report_pairs(_evaluate_translator(str(out), run.held_out, options["device"]), "held out: ")
+            from charlm.evaluation import evaluate_translator
+
+            _report_pairs(evaluate_translator(str(out), run.held_out, options["device"]), "held out: ")
 
 
 def _task_of(corpus: Path, task: str, encoding: str) -> str:
@@ -340,20 +347,16 @@ def _say_skipped(path: Path, skipped: list[int]) -> None:
         click.echo(f"skipped {len(skipped)} malformed line{'s' if len(skipped) > 1 else ''} of {path}: {shown}", err=True)
 
 
-def _exp(value: float) -> float:
-    import math
-
-    return math.exp(min(value, 700.0))
-
-
 def _best_loss(training: dict) -> str | None:
     """The best loss of a training summary as shown: "best val loss L (ppl P)", or "best train
     loss ..." for a run without a validation split; None if it holds no such number (metadata is
     data: any type, and an int too big for a float)."""
+    from charlm.evaluation import perplexity
+
     for key, name in (("best_val_loss", "val"), ("best_train_loss", "train")):
         value = training.get(key)
         if isinstance(value, float) or (type(value) is int and -1e308 < value < 1e308):
-            return f"best {name} loss {value:.4f} (ppl {_exp(value):.2f})"
+            return f"best {name} loss {value:.4f} (ppl {perplexity(value):.2f})"
     return None
 
 
@@ -560,11 +563,12 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, lengt
         task = "translate" if looks_like_pairs(file, encoding) else "lm"
     path = _checkpoint_or_latest(checkpoint, task)
     if task == "translate":
+        from charlm.evaluation import evaluate_translator
         from charlm.pairs import read_pairs
 
         pairs, skipped = read_pairs(file, encoding, skip_bad_lines)
         _say_skipped(file, skipped)
-        report = _evaluate_translator(path, pairs, device, held_out, beam, length_penalty, max_length)
+        report = evaluate_translator(path, pairs, device, held_out, beam, length_penalty, max_length)
         if as_json:
             click.echo(json.dumps(report))
         else:
@@ -573,49 +577,19 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, lengt
     if held_out:
         raise click.UsageError("--held-out is for translation models")
     from charlm.checkpoint import load_model
-    from charlm.data import lm_eval_batches, load_corpus
+    from charlm.evaluation import evaluate_text
     from charlm.runtime import pick_device
-    from charlm.evaluation import evaluate as evaluate_batches, loss_report
 
     model, meta, vocab = load_model(path, "lm", pick_device(device))
-    data = load_corpus(file, meta["tokens"], meta["preprocess"], encoding, vocab=vocab,
-                       cache_dir=None)  # evaluating writes no file
-    if len(data.ids) < 2:
-        raise click.UsageError(f"{file} has fewer than 2 tokens; nothing to predict")
-    unknown = int((data.ids == vocab.unk_index).sum())
-    batches = lm_eval_batches(data.ids, vocab_size=len(vocab))  # logits within a budget, whatever the vocab
-    report = {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate_batches(model, batches()))}
-    if unknown and not as_json:
-        click.echo(f"note: {unknown:,} tokens of {file} are not in the model's vocab and count as <unk>", err=True)
+    report = evaluate_text(model, meta, vocab, file, encoding)
+    if report["unknown_tokens"] and not as_json:
+        click.echo(f"note: {report['unknown_tokens']:,} tokens of {file} are not in the model's vocab and count as <unk>",
+                   err=True)
     if as_json:
         click.echo(json.dumps(report))
     else:
         click.echo(f"loss {report['loss']:.4f} nats/token  perplexity {report['ppl']:.3f}  "
                    f"bits/token {report['bpc']:.4f}  ({report['tokens']:,} tokens)")
-
-
-def _evaluate_translator(path: str, pairs: list, device: str, held_out: bool = False, beam: int = 1,
-                         length_penalty: float = 0.0, max_length: int | None = None) -> dict:
-    """Scores of the translation checkpoint at `path` on `pairs`, or with `held_out` on the part
-    of them its training held out (split again with the same fraction and seed)."""
-    from charlm.checkpoint import load_translator
-    from charlm.errors import CheckpointError
-    from charlm.pairs import split_pairs
-    from charlm.runtime import cpu_threads, pick_device
-    from charlm.translate import evaluate_pairs
-
-    model, meta, source_vocab, target_vocab = load_translator(path, pick_device(device))
-    if held_out:
-        train = meta.get("train", {})
-        fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if isinstance(train, dict) else (None, None)
-        if not (type(fraction) in (int, float) and 0 <= fraction < 1 and type(seed) is int):  # metadata is data
-            raise CheckpointError(f"{path}: damaged training settings (val_fraction, seed) in charlm metadata; "
-                                  "score the whole file without --held-out")
-        pairs = split_pairs(pairs, fraction, seed)[1]
-        if not pairs:
-            raise click.UsageError(f"{path} was trained with nothing held out of this file")
-    with cpu_threads(PAIR_THREADS):
-        return evaluate_pairs(model, pairs, source_vocab, target_vocab, beam, max_length, length_penalty)
 
 
 def _report_pairs(report: dict, lead: str = "") -> None:
