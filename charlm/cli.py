@@ -389,36 +389,14 @@ def generate(checkpoint: str | None, prefix: str, length: int, temperature: floa
     from charlm import generate as generator
     from charlm.checkpoint import load_model
     from charlm.runtime import pick_device
-    from charlm.text import Tokenizer
 
     sampling = generator.Sampling(temperature, top_k, top_p, greedy)
     path = _checkpoint_or_latest(checkpoint, "lm")
     model, meta, vocab = load_model(path, "lm", pick_device(device))
-    tokenizer = Tokenizer(meta["tokens"])
     prefix_ids = generator.encode_prefix(prefix, vocab, meta["tokens"], meta["preprocess"], unknown)
     if prefix and not prefix_ids and unknown == "skip":
         click.echo("note: every character of the prefix was unknown and skipped: generating without one", err=True)
-    context = prefix_ids or generator.start_ids(vocab)
-    shown_prefix = tokenizer.join(vocab.decode(prefix_ids))
-    banned = generator.special_ids(vocab)
-    gap = tokenizer.join(["", ""])  # between two tokens: "" for characters, " " for words
-    separator = gap if prefix_ids else ""  # between the prefix and the new text
-
-    if num_samples == 1:
-        write(shown_prefix + separator)
-        first = [True]
-
-        def stream(block: Any) -> None:
-            pieces = vocab.decode(block[0].tolist())
-            write(("" if first[0] else gap) + tokenizer.join(pieces))
-            first[0] = False
-
-        generator.generate(model, context, length, sampling, 1, seed, on_tokens=stream, banned=banned)
-        write("\n")
-    else:
-        made = generator.generate(model, context, length, sampling, num_samples, seed, banned=banned)
-        for index, sample in enumerate(made.tolist()):
-            write(("\n" if index else "") + shown_prefix + separator + tokenizer.join(vocab.decode(sample)) + "\n")
+    generator.stream_text(model, vocab, meta["tokens"], prefix_ids, length, sampling, num_samples, seed, on_text=write)
 
 
 # ---------------------------------------------------------------------------------------------
