@@ -8,7 +8,9 @@ one holds the group, what the commands share (options, finding a checkpoint, pri
 Commands import torch and the rest of charlm lazily, inside the command, so `charlm --help` is
 instant. A user's mistake raises `CharlmError` somewhere below; it is shown here as one line on
 stderr with a non-zero exit code, never a traceback. Only generated text goes to stdout; text
-from a checkpoint reaches a terminal with its control characters escaped (`escaped`).
+from a checkpoint reaches a terminal with its control characters escaped (`escaped`). Every
+choice and default is `charlm.presets`' (the architectures are `charlm.registry`'s, read when a
+command runs), so a flag never disagrees with the config it fills.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import contextlib
 import json
 import re
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
+
+from charlm.presets import COMMON, DEVICES, UNKNOWN_POLICIES
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -142,17 +147,34 @@ class Size(click.IntRange):
         return number
 
 
+class LiveChoice(click.Choice):
+    """A choice among what `choices()` returns when a command runs rather than when the option is
+    made: `charlm.registry`'s architectures, which a program may add to after importing the CLI."""
+
+    def __init__(self, choices: Callable[[], Iterable[str]]) -> None:
+        self.read_choices = choices
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.read_choices())
+
+    @choices.setter
+    def choices(self, _: Iterable[str]) -> None:  # click.Choice.__init__ sets its fixed ones; these are read
+        pass
+
+
 positive = Size(min=1)
 non_negative = Size(min=0)
 MAX_THREADS = 1024  # torch takes up to 2**31 - 1, and would start them all on a first parallel op
 unknown_option = click.option(
-    "--unknown", type=click.Choice(["error", "skip", "unk"]), default="error", show_default=True,
+    "--unknown", type=click.Choice(UNKNOWN_POLICIES), default="error", show_default=True,
     help="What to do with characters the model never saw: stop with an error, drop them, or map them to <unk>.")
 device_option = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+    "--device", type=click.Choice(DEVICES), default=COMMON["device"], show_default=True,
     help="Where to run: auto picks cuda, then mps, then cpu.")
 encoding_option = click.option(
-    "--encoding", default="utf-8", show_default=True, help="Text encoding of the input file.")
+    "--encoding", default=COMMON["encoding"], show_default=True, help="Text encoding of the input file.")
 
 
 def decoding_options(function: Any) -> Any:

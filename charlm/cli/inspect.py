@@ -10,12 +10,13 @@ from typing import Any
 import click
 
 from charlm.cli import best_loss, encoding_option, escaped, non_negative, to_json
+from charlm.presets import COMMON, PREPROCESS_MODES, TOKEN_KINDS
 
 
 @click.command()
 @click.argument("corpus", type=click.Path(path_type=Path))
-@click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True)
-@click.option("--preprocess", type=click.Choice(["none", "d2l"]), default="none", show_default=True)
+@click.option("--tokens", type=click.Choice(TOKEN_KINDS), default=COMMON["tokens"], show_default=True)
+@click.option("--preprocess", type=click.Choice(PREPROCESS_MODES), default=COMMON["preprocess"], show_default=True)
 @encoding_option
 @click.option("--top", type=non_negative, default=10, show_default=True, help="How many of the most frequent tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
