@@ -1,5 +1,5 @@
-"""`charlm stats` and `charlm info`: what a corpus and a checkpoint hold, read without training or loading a model.
-"""
+"""`charlm stats` and `charlm info`: what a corpus and a checkpoint hold, read without training or
+loading a model (`charlm.text` counts the tokens; `charlm.checkpoint` reads the metadata)."""
 
 from __future__ import annotations
 
