@@ -11,6 +11,13 @@ class CharlmError(Exception):
     exit_code = 1
 
 
+class UsageError(CharlmError):
+    """A request the input leaves nothing to do for (a text of one token, no pair held out), found
+    below the CLI: shown as click shows a bad flag, with the command's --help, exit code 2."""
+
+    exit_code = 2
+
+
 class CorpusError(CharlmError):
     """A corpus file that cannot be read or used."""
 

@@ -1,19 +1,30 @@
-"""Evaluation: the loss of a model on batches, and what it means (perplexity, bits per token).
+"""Evaluation: the loss of a model on batches and what it means (perplexity, bits per token), and
+the scores of a trained model on a file, as `charlm eval` reports them.
 
 `evaluate` serves the trainer's evaluations and `charlm eval` alike: any model that keeps the
-`batch_loss(batch, state)` contract, its state carried from batch to batch whatever it holds. It
-knows nothing about files, the CLI, or how batches are made.
+`batch_loss(batch, state)` contract, its state carried from batch to batch whatever it holds; it
+knows nothing about files or how batches are made. `evaluate_text` and `evaluate_translator` do:
+they read a file with a model's vocab and return a report (a dict). Showing a report is the CLI's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from charlm.runtime import autocast
+from charlm import checkpoint
+from charlm.data import lm_eval_batches, load_corpus
+from charlm.errors import CheckpointError, UsageError
+from charlm.pairs import Pair, split_pairs
+from charlm.presets import PAIRS
+from charlm.runtime import autocast, cpu_threads, pick_device
+from charlm.text import Vocab
+from charlm.translate import evaluate_pairs
 
 
 @torch.no_grad()
@@ -47,3 +58,38 @@ def loss_report(loss: float) -> dict[str, float]:
 def perplexity(loss: float) -> float:
     """exp(loss), bounded so that a diverged loss prints as a huge number, not an overflow."""
     return math.exp(min(loss, 700.0))
+
+
+def evaluate_text(
+    model: nn.Module, meta: dict[str, Any], vocab: Vocab, path: str | os.PathLike, encoding: str = "utf-8",
+) -> dict[str, Any]:
+    """How well a language model (with its checkpoint's `meta` and `vocab`) predicts the text at
+    `path`, read as its corpus was: the tokens predicted, how many of them the vocab lacks (they
+    count as `<unk>`), and `loss_report`. Writes no token cache."""
+    data = load_corpus(path, meta["tokens"], meta["preprocess"], encoding, vocab=vocab, cache_dir=None)
+    if len(data.ids) < 2:
+        raise UsageError(f"{path} has fewer than 2 tokens; nothing to predict")
+    unknown = int((data.ids == vocab.unk_index).sum())
+    batches = lm_eval_batches(data.ids, vocab_size=len(vocab))  # logits within a budget, whatever the vocab
+    return {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate(model, batches()))}
+
+
+def evaluate_translator(
+    path: str, pairs: Sequence[Pair], device: str = "auto", held_out: bool = False, beam: int = 1,
+    length_penalty: float = 0.0, max_length: int | None = None,
+) -> dict[str, Any]:
+    """Scores of the translation checkpoint at `path` on `pairs` (`charlm.translate.evaluate_pairs`),
+    or with `held_out` on the part of them its training held out (split again with the same
+    fraction and seed)."""
+    model, meta, source_vocab, target_vocab = checkpoint.load_translator(path, pick_device(device))
+    if held_out:
+        train = meta.get("train", {})
+        fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if isinstance(train, dict) else (None, None)
+        if not (type(fraction) in (int, float) and 0 <= fraction < 1 and type(seed) is int):  # metadata is data
+            raise CheckpointError(f"{path}: damaged training settings (val_fraction, seed) in charlm metadata; "
+                                  "score the whole file without --held-out")
+        pairs = split_pairs(pairs, fraction, seed)[1]
+        if not pairs:
+            raise UsageError(f"{path} was trained with nothing held out of this file")
+    with cpu_threads(PAIRS["threads"]):
+        return evaluate_pairs(model, pairs, source_vocab, target_vocab, beam, max_length, length_penalty)

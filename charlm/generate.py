@@ -5,8 +5,9 @@ greedy, temperature, top-k or top-p (nucleus) sampling, for one or many samples 
 Tokens reach the caller through `on_tokens` as they are made, a few steps at a time on a GPU so
 that sampling never waits on the host each step.
 
-It knows nothing about files or the CLI; turning a prefix into ids (and its unseen characters) is
-`encode_prefix`'s job.
+`stream_text` turns what `generate` makes into the text `charlm generate` prints, piece by piece:
+the caller decides where the pieces go. It knows nothing about files or the CLI; turning a prefix
+into ids (and its unseen characters) is `encode_prefix`'s job.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import torch
 from torch import nn
 
 from charlm.errors import CharlmError
+from charlm.presets import UNKNOWN_POLICIES
 from charlm.runtime import seeded_generator
 from charlm.text import Tokenizer, Vocab, preprocess_prefix
-
-UNKNOWN_POLICIES = ("error", "skip", "unk")
 
 
 @dataclass
@@ -159,3 +159,43 @@ def generate(
         if position + 1 < length:
             logits, state = step(made[-1], state)
     return (torch.stack(made, dim=1, out=out) if made else out).cpu()
+
+
+def stream_text(
+    model: nn.Module,
+    vocab: Vocab,
+    tokens: str,
+    prefix_ids: list[int],
+    length: int,
+    sampling: Sampling = Sampling(),
+    num_samples: int = 1,
+    seed: int | None = None,
+    *,
+    on_text: Callable[[str], None],
+) -> None:
+    """Sample `length` tokens after `prefix_ids` and hand the text to `on_text` in pieces: the
+    prefix (its tokens joined), then the new text, and a "\n" after each sample. One sample
+    streams, a piece per block of tokens as `generate` makes them; several come whole, a blank line
+    between them. Words (`tokens` "word") are separated by a space, also from the prefix; an empty
+    prefix starts the model from `start_ids` and shows nothing."""
+    tokenizer = Tokenizer(tokens)
+    context = prefix_ids or start_ids(vocab)
+    shown_prefix = tokenizer.join(vocab.decode(prefix_ids))
+    banned = special_ids(vocab)
+    gap = tokenizer.join(["", ""])  # between two tokens: "" for characters, " " for words
+    separator = gap if prefix_ids else ""  # between the prefix and the new text
+    if num_samples == 1:
+        on_text(shown_prefix + separator)
+        first = True
+
+        def stream(block: torch.Tensor) -> None:  # (1, k)
+            nonlocal first
+            on_text(("" if first else gap) + tokenizer.join(vocab.decode(block[0].tolist())))
+            first = False
+
+        generate(model, context, length, sampling, 1, seed, on_tokens=stream, banned=banned)
+        on_text("\n")
+        return
+    made = generate(model, context, length, sampling, num_samples, seed, banned=banned)
+    for index, sample in enumerate(made.tolist()):
+        on_text(("\n" if index else "") + shown_prefix + separator + tokenizer.join(vocab.decode(sample)) + "\n")

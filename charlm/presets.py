@@ -31,7 +31,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lm": {"cell": "lstm", "embedding_size": 64, "hidden_size": 512, "num_layers": 2, "dropout": 0.3,
            "lr": 3e-3, "lr_schedule": "cosine", "epochs": 10, "keep": "best", "threads": None},
     "translate": {"cell": "gru", "embedding_size": 32, "hidden_size": 128, "num_layers": 1, "dropout": 0.0,
-                  "lr": 5e-3, "lr_schedule": "constant", "epochs": 30, "keep": "last", "threads": 1},
+                  "lr": 5e-3, "lr_schedule": "constant", "epochs": 30, "keep": "last", "threads": 1,
+                  "model_type": "seq2seq"},  # the architecture; for text the "cell" (--model) names it
 }
 # The settings both tasks share.
 COMMON: dict[str, Any] = {
@@ -46,6 +47,10 @@ PAIRS = {**COMMON, **PRESETS["translate"]}
 # Settings that only one task reads: given for the other, they are an error.
 LM_ONLY = ("tokens", "preprocess", "seq_len", "iterator", "cache_dir", "no_cache")
 PAIRS_ONLY = ("model_type", "attention", "skip_bad_lines")
+# Settings that go to a model's config by field name: given for an architecture whose config has
+# no such field, they are an error. (For pairs the cell is one too; for text "cell" names the
+# architecture.)
+MODEL_SETTINGS = ("from_scratch", "embedding_size", "hidden_size", "num_layers", "dropout")
 
 
 def task_defaults(task: str) -> dict[str, Any]:

@@ -4,10 +4,12 @@ is in tests/test_guarantees.py."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 
 import pytest
 import torch
 
+from charlm.model import LanguageModel, ModelConfig
 from tests.conftest import TIMEMACHINE, TINY_MODEL, run_cli
 
 
@@ -97,3 +99,43 @@ def test_the_same_seed_gives_the_same_weights(runner, tiny_corpus):
         train_tiny(runner, tiny_corpus, "--max-steps", "1", "--seed", "5", "--out", f"{name}.safetensors")
     first, second = load("a.safetensors")[0], load("b.safetensors")[0]
     assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
+@dataclass
+class ToyConfig:
+    """A language model's config without `from_scratch`: the flag has nothing to set."""
+
+    vocab_size: int
+    cell: str = "gru"
+    embedding_size: int = 8
+    hidden_size: int = 16
+    num_layers: int = 1
+    dropout: float = 0.0
+
+
+class ToyModel(LanguageModel):
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__(ModelConfig(**asdict(config)))
+
+
+def test_an_architecture_registered_after_import_is_one_train_takes(runner, tiny_corpus, monkeypatch):
+    """--model reads the registry when the command runs: an architecture registered in-process
+    trains, its own defaults over the task's and under the command line's. A model flag its config
+    has no field for, or a text architecture named for pairs, is one line naming both."""
+    from charlm import registry
+
+    monkeypatch.setitem(registry.ARCHITECTURES, ("lm", "toy"), registry.Architecture(
+        "lm", "toy", ToyModel, ToyConfig, fixed={"cell": "gru"}, defaults={"hidden_size": 12}))
+    toy = ("train", tiny_corpus, "--model", "toy", "--batch-size", "4", "--seq-len", "8", "--max-steps", "1", "--quiet")
+    assert "[rnn|gru|lstm|toy]" in run_cli(runner, "train", "--help").stdout
+    for extra, hidden_size in (((), 12), (("--hidden-size", "10"), 10)):
+        run_cli(runner, *toy, *extra, "--out", f"toy{hidden_size}.safetensors")
+        meta = json.loads(run_cli(runner, "info", f"toy{hidden_size}.safetensors", "--json").stdout)
+        assert meta["architecture"] == "toy" and meta["model"]["hidden_size"] == hidden_size
+    result = run_cli(runner, *toy, "--from-scratch", ok=False)
+    assert result.exit_code == 2
+    assert result.stderr == "charlm: error: --from-scratch does not apply to --model toy (see charlm train --help)\n"
+    pairs = tiny_corpus.with_name("pairs.tsv")
+    pairs.write_text("ab\tba\ncd\tdc\n", encoding="utf-8")
+    result = run_cli(runner, "train", pairs, "--model", "toy", ok=False)
+    assert result.exit_code == 2 and "--model toy is for text; for pairs --model takes a cell" in result.stderr

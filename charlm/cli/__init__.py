@@ -1,0 +1,253 @@
+"""CLI: `charlm train | generate | translate | eval | stats | info | plot`, the only home of click.
+
+The CLI parses options and prints; the work is the library's. One module per command: `train`,
+`generate`, `translate`, `evaluate` (`charlm eval`), `inspect` (`stats`, `info`), `plot`. This
+one holds the group, what the commands share (options, finding a checkpoint, printing) and
+`main`, the `charlm` script. Nothing in charlm imports the CLI.
+
+Commands import torch and the rest of charlm lazily, inside the command, so `charlm --help` is
+instant. A user's mistake raises `CharlmError` somewhere below; it is shown here as one line on
+stderr with a non-zero exit code, never a traceback. Only generated text goes to stdout; text
+from a checkpoint reaches a terminal with its control characters escaped (`escaped`). Every
+choice and default is `charlm.presets`' (the architectures are `charlm.registry`'s, read when a
+command runs), so a flag never disagrees with the config it fills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from charlm.presets import COMMON, DEVICES, UNKNOWN_POLICIES
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CharlmGroup(click.Group):
+    """Turns the errors a user can cause into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from charlm.errors import CharlmError, UsageError
+
+        def fail(message: str, exit_code: int = 1) -> None:
+            click.echo(f"charlm: error: {escaped(' '.join(message.split()))}", err=True)
+            ctx.exit(exit_code)
+
+        def usage(message: str, command: str | None, exit_code: int) -> None:
+            fail(f"{message} (see charlm {command + ' ' if command else ''}--help)", exit_code)
+
+        # A character stdout's encoding cannot hold (a lone surrogate in a vocab, "é" on an ASCII
+        # terminal) is written as a backslash escape rather than ending in a traceback.
+        if getattr(sys.stdout, "errors", None) == "strict":
+            with contextlib.suppress(AttributeError, ValueError):
+                sys.stdout.reconfigure(errors="backslashreplace")
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # stdout's reader has gone (`| head`): click ends quietly, as `cat` does
+            raise
+        except UsageError as error:  # found below the CLI: shown as click's own
+            usage(str(error), ctx.invoked_subcommand, error.exit_code)
+        except CharlmError as error:
+            fail(str(error), error.exit_code)
+        except click.UsageError as error:  # a bad flag or argument: click's own words, on one line
+            usage(error.format_message(), error.ctx.info_name if error.ctx and error.ctx.parent else None,
+                  error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("charlm: interrupted", err=True)
+            ctx.exit(130)
+        except OSError as error:  # disk full, permission denied, ...
+            fail(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+        except (MemoryError, RuntimeError) as error:  # torch says "can't allocate memory" in a RuntimeError
+            wanted = re.search(r"allocate (\d+) bytes", str(error))
+            if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or wanted):
+                raise
+            size = f" ({int(wanted.group(1)):,} bytes asked for)" if wanted else ""
+            fail(f"out of memory{size}; use smaller sizes: --hidden-size, --batch-size, --length, --num-samples")
+
+
+@click.group(cls=CharlmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="charlm")
+def cli() -> None:
+    """charlm: train character-level language models on any UTF-8 text, and sample from them;
+    or models that map one string to another, from files of source<TAB>target pairs.
+
+    \b
+    charlm train corpora/timemachine.txt
+    charlm generate --prefix "time "
+    charlm train corpora/wordpairs.tsv
+    charlm translate man
+    """
+
+
+def main() -> None:
+    cli(prog_name="charlm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing what a file holds
+
+# C0, DEL and C1 control characters drive a terminal (ESC starts its commands; U+009B is CSI),
+# and a lone surrogate cannot be written as UTF-8: text from a checkpoint or a corpus shows them
+# escaped wherever it could reach a terminal.
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def escaped(text: str, keep: str = "") -> str:
+    """`text` with the characters of `UNSAFE` but those in `keep` written as \\x1b, \\udcff."""
+    def escape(match: re.Match) -> str:
+        code = ord(match.group())
+        return match.group() if match.group() in keep else f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return UNSAFE.sub(escape, text)
+
+
+def to_json(value: Any, **options: Any) -> str:
+    """JSON that keeps non-ASCII text readable but escapes the rest of `UNSAFE` in its strings:
+    json.dumps escapes only C0 control characters itself."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return re.sub(r"[\x7f-\x9f\ud800-\udfff]", lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether `stream` is a terminal, where control characters are commands rather than text."""
+    return stream.isatty()
+
+
+def write(text: str, keep: str = "\n\t", end: str = "") -> None:
+    """Write text and `end` to stdout at once (it streams): exact into a pipe or a file; on a
+    terminal with the control characters but `keep` escaped, so that a model's output cannot
+    drive the terminal."""
+    sys.stdout.write((escaped(text, keep) if is_terminal(sys.stdout) else text) + end)
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared options
+
+class Size(click.IntRange):
+    """A whole number from `min` up to 2**63 - 1, torch's largest size: past it torch fails deep
+    inside on an overflow, below it a size too big is "out of memory"."""
+
+    largest = 2**63 - 1
+
+    def __init__(self, min: int) -> None:
+        super().__init__(min=min)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = super().convert(value, param, ctx)
+        if number > self.largest:
+            self.fail(f"{number} is too large (at most {self.largest:,})", param, ctx)
+        return number
+
+
+class LiveChoice(click.Choice):
+    """A choice among what `choices()` returns when a command runs rather than when the option is
+    made: `charlm.registry`'s architectures, which a program may add to after importing the CLI."""
+
+    def __init__(self, choices: Callable[[], Iterable[str]]) -> None:
+        self.read_choices = choices
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.read_choices())
+
+    @choices.setter
+    def choices(self, _: Iterable[str]) -> None:  # click.Choice.__init__ sets its fixed ones; these are read
+        pass
+
+
+positive = Size(min=1)
+non_negative = Size(min=0)
+MAX_THREADS = 1024  # torch takes up to 2**31 - 1, and would start them all on a first parallel op
+unknown_option = click.option(
+    "--unknown", type=click.Choice(UNKNOWN_POLICIES), default="error", show_default=True,
+    help="What to do with characters the model never saw: stop with an error, drop them, or map them to <unk>.")
+device_option = click.option(
+    "--device", type=click.Choice(DEVICES), default=COMMON["device"], show_default=True,
+    help="Where to run: auto picks cuda, then mps, then cpu.")
+encoding_option = click.option(
+    "--encoding", default=COMMON["encoding"], show_default=True, help="Text encoding of the input file.")
+
+
+def decoding_options(function: Any) -> Any:
+    """--beam, --length-penalty and --max-length, shared by translate and eval."""
+    options = [
+        click.option("--beam", type=positive, default=1, show_default=True,
+                     help="Beam search keeping this many candidates (1: greedy)."),
+        click.option("--length-penalty", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Beam search ranks finished outputs by log-probability / length ** this "
+                          "(0: total log-probability; 1: per character)."),
+        click.option("--max-length", type=positive, default=None,
+                     help="Stop an output at this many characters [default: twice the input's length + 10]."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+# ---------------------------------------------------------------------------------------------
+# What several commands do: find a checkpoint, say what was skipped, show a loss and pair scores
+
+
+def checkpoint_or_latest(path: str | None, task: str) -> str:
+    """The given checkpoint, or the newest of `task` in checkpoints/ (said on stderr)."""
+    from charlm.checkpoint import latest
+
+    if path:
+        return path
+    found = latest(CHECKPOINT_DIR, task)
+    if found is None:
+        hint = "charlm train corpora/timemachine.txt" if task == "lm" else "charlm train corpora/wordpairs.tsv"
+        raise click.UsageError(f"no checkpoint in {CHECKPOINT_DIR}/ yet; train one first ({hint}) or pass --checkpoint")
+    click.echo(f"using {found}", err=True)
+    return found
+
+
+def say_skipped(path: Path, skipped: list[int]) -> None:
+    """The malformed lines of a pair file left out (--skip-bad-lines), on stderr."""
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+        click.echo(f"skipped {len(skipped)} malformed line{'s' if len(skipped) > 1 else ''} of {path}: {shown}", err=True)
+
+
+def best_loss(training: dict) -> str | None:
+    """The best loss of a training summary as shown: "best val loss L (ppl P)", or "best train
+    loss ..." for a run without a validation split; None if it holds no such number (metadata is
+    data: any type, and an int too big for a float)."""
+    from charlm.evaluation import perplexity
+
+    for key, name in (("best_val_loss", "val"), ("best_train_loss", "train")):
+        value = training.get(key)
+        if isinstance(value, float) or (type(value) is int and -1e308 < value < 1e308):
+            return f"best {name} loss {value:.4f} (ppl {perplexity(value):.2f})"
+    return None
+
+
+def report_pairs(report: dict[str, Any], lead: str = "") -> None:
+    """One line of translation scores (on stderr when it comments on training), notes after it."""
+    bleu = f"  BLEU {report['bleu']:.2f}" if report["bleu"] is not None else ""
+    click.echo(f"{lead}exact match {100 * report['exact_match']:.1f} %  CER {report['cer']:.3f}{bleu}  "
+               f"({report['pairs']:,} pairs, {report['sources']:,} distinct sources)", err=bool(lead))
+    if report["unknown_characters"]:
+        click.echo(f"note: {report['unknown_characters']:,} source characters are not in the model's vocab "
+                   "and count as <unk>", err=True)
+    if report.get("note"):
+        click.echo(f"note: {report['note']}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands, one module each; they use what is above, so they are imported last.
+
+from charlm.cli import evaluate, generate, inspect, plot, train, translate  # noqa: E402
+
+for command in (train.train, generate.generate, translate.translate_command, evaluate.evaluate, inspect.stats,
+                inspect.info, plot.plot):
+    cli.add_command(command)

@@ -1,0 +1,72 @@
+"""`charlm eval`: the scores of a checkpoint on a file, text or pairs, as a line or as JSON.
+
+Scoring is `charlm.evaluation`'s; this module picks the checkpoint and prints the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from charlm.cli import (
+    CHECKPOINT_DIR, checkpoint_or_latest, decoding_options, device_option, encoding_option, report_pairs, say_skipped,
+)
+
+
+@click.command("eval")
+@click.option("--checkpoint", type=click.Path(path_type=str), default=None,
+              help=f"A checkpoint [default: the newest in {CHECKPOINT_DIR}/ for FILE's kind: text or pairs].")
+@click.argument("file", type=click.Path(path_type=Path))
+@encoding_option
+@decoding_options
+@click.option("--held-out", is_flag=True, help="Pairs: score only the pairs of FILE held out when the model was trained on it.")
+@click.option("--skip-bad-lines", is_flag=True, help="Pairs: leave out malformed lines instead of stopping.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, length_penalty: float,
+             max_length: int | None, held_out: bool, skip_bad_lines: bool, device: str, as_json: bool) -> None:
+    """Loss, perplexity and bits per character of a language model on FILE; or exact match,
+    character error rate and BLEU of a translation model on FILE's pairs.
+
+    \b
+    charlm eval --checkpoint checkpoints/timemachine.safetensors corpora/timemachine.txt
+    charlm eval --checkpoint checkpoints/wordpairs.safetensors corpora/wordpairs.tsv --held-out
+    """
+    from charlm.checkpoint import read_metadata
+    from charlm.pairs import looks_like_pairs
+
+    if checkpoint:
+        task = read_metadata(checkpoint).get("task")
+    else:
+        task = "translate" if looks_like_pairs(file, encoding) else "lm"
+    path = checkpoint_or_latest(checkpoint, task)
+    if task == "translate":
+        from charlm.evaluation import evaluate_translator
+        from charlm.pairs import read_pairs
+
+        pairs, skipped = read_pairs(file, encoding, skip_bad_lines)
+        say_skipped(file, skipped)
+        report = evaluate_translator(path, pairs, device, held_out, beam, length_penalty, max_length)
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            report_pairs(report)
+        return
+    if held_out:
+        raise click.UsageError("--held-out is for translation models")
+    from charlm.checkpoint import load_model
+    from charlm.evaluation import evaluate_text
+    from charlm.runtime import pick_device
+
+    model, meta, vocab = load_model(path, "lm", pick_device(device))
+    report = evaluate_text(model, meta, vocab, file, encoding)
+    if report["unknown_tokens"] and not as_json:
+        click.echo(f"note: {report['unknown_tokens']:,} tokens of {file} are not in the model's vocab and count as <unk>",
+                   err=True)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(f"loss {report['loss']:.4f} nats/token  perplexity {report['ppl']:.3f}  "
+                   f"bits/token {report['bpc']:.4f}  ({report['tokens']:,} tokens)")

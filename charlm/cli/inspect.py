@@ -1,0 +1,80 @@
+"""`charlm stats` and `charlm info`: what a corpus and a checkpoint hold, read without training or
+loading a model (`charlm.text` counts the tokens; `charlm.checkpoint` reads the metadata)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from charlm.cli import best_loss, encoding_option, escaped, non_negative, to_json
+from charlm.presets import COMMON, PREPROCESS_MODES, TOKEN_KINDS
+
+
+@click.command()
+@click.argument("corpus", type=click.Path(path_type=Path))
+@click.option("--tokens", type=click.Choice(TOKEN_KINDS), default=COMMON["tokens"], show_default=True)
+@click.option("--preprocess", type=click.Choice(PREPROCESS_MODES), default=COMMON["preprocess"], show_default=True)
+@encoding_option
+@click.option("--top", type=non_negative, default=10, show_default=True, help="How many of the most frequent tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stats(corpus: Path, tokens: str, preprocess: str, encoding: str, top: int, as_json: bool) -> None:
+    """Token count, vocab size and the most frequent tokens of CORPUS.
+
+    \b
+    charlm stats corpora/timemachine.txt --preprocess d2l
+    """
+    from charlm.text import Vocab, count_tokens, preprocess_chunks, read_chunks
+
+    counts = count_tokens(preprocess_chunks(read_chunks(corpus, encoding), preprocess), tokens)
+    vocab = Vocab(counts)
+    frequent = [[token, counts[token]] for token in vocab.itos[1 : 1 + top]]
+    report = {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
+              "most_frequent": frequent}
+    if as_json:
+        click.echo(to_json(report))
+        return
+    click.echo(f"tokens      {report['tokens']:,}")
+    click.echo(f"vocab size  {report['vocab_size']} (<unk> + {report['distinct_tokens']} distinct)")
+    for token, count in frequent:
+        click.echo(f"  {token!r:>12}  {count:,}")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole metadata as JSON.")
+def info(checkpoint: str, as_json: bool) -> None:
+    """What is inside CHECKPOINT, read from its metadata alone.
+
+    \b
+    charlm info checkpoints/timemachine.safetensors
+    """
+    from charlm.checkpoint import read_metadata
+
+    meta = read_metadata(checkpoint)
+    if as_json:
+        click.echo(to_json(meta, indent=2))
+        return
+    def field(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:  # metadata is data: trust no type
+        return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+    model, training = field(meta.get("model"), dict, {}), field(meta.get("training"), dict, {})
+    vocab_size = lambda key: len(field(field(meta.get(key), dict, {}).get("itos"), list, []))
+    if meta.get("task") == "translate":
+        vocabs = f"source vocab {vocab_size('source_vocab')}, target vocab {vocab_size('target_vocab')}"
+    else:
+        vocabs = f"vocab {vocab_size('vocab')}"
+    best = best_loss(training)
+    lines = [
+        f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {meta.get('format_version')})",
+        f"task         {meta.get('task')} ({meta.get('kind', 'model')})",
+        f"model        {str(meta['architecture']) + ': ' if meta.get('architecture') else ''}"
+        f"{', '.join(f'{key}={value}' for key, value in model.items())}",
+        f"text         tokens={meta.get('tokens')}, preprocess={meta.get('preprocess')}, {vocabs}"
+        + (f", corpus {meta['corpus']}" if meta.get("corpus") else ""),
+        f"training     {training.get('steps')} steps, {training.get('tokens')} tokens"
+        + (f", {best} at step {training.get('best_step')}" if best else ""),
+    ]
+    click.echo("\n".join(escaped(line) for line in lines))  # the metadata is anyone's text

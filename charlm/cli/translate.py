@@ -1,0 +1,106 @@
+"""`charlm translate`: each word given, or each line of stdin as it comes, through a translation model.
+
+Decoding is `charlm.translate`'s; this module reads stdin (`stdin_lines`) and writes one line per input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from charlm.cli import CHECKPOINT_DIR, checkpoint_or_latest, decoding_options, device_option, unknown_option, write
+from charlm.presets import PAIRS
+
+
+@click.command("translate")
+@click.argument("words", nargs=-1)
+@click.option("--checkpoint", type=click.Path(path_type=str), default=None,
+              help=f"A translation checkpoint [default: the newest in {CHECKPOINT_DIR}/].")
+@decoding_options
+@click.option("--attention-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw the attention weights of the one input as a heat map to this PNG (needs charlm[plot]).")
+@unknown_option
+@device_option
+def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int, length_penalty: float,
+                      max_length: int | None, attention_plot: Path | None, unknown: str, device: str) -> None:
+    """Translate each WORD, or each line of stdin as it comes when no WORD is given: one line out
+    per input.
+
+    \b
+    charlm translate man king
+    printf 'hello\\nhihell\\n' | charlm translate --checkpoint checkpoints/hihell.safetensors
+    charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --beam 5 "I'm cold."
+    charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --attention-plot a.png "Go away."
+    """
+    from charlm import translate
+    from charlm.checkpoint import load_translator
+    from charlm.runtime import cpu_threads, pick_device
+
+    texts = list(words) or None  # None: each line of stdin, translated as it comes
+    if attention_plot:
+        texts = texts or list(itertools.islice(stdin_lines(unknown), 2))
+        if len(texts) != 1:
+            got = len(texts) if words else "more than one line" if texts else "no line"
+            raise click.UsageError(f"--attention-plot draws one input; got {got}")
+    path = checkpoint_or_latest(checkpoint, "translate")
+    model, _, source_vocab, target_vocab = load_translator(path, pick_device(device))
+
+    def translated(inputs: list[str]) -> list[str]:
+        return translate.translate(model, inputs, source_vocab, target_vocab, beam, max_length, length_penalty,
+                                   unknown)
+
+    with cpu_threads(PAIRS["threads"]):
+        if texts is None:  # a line's answer is out before the next line is read: `yes man |` works
+            for line in stdin_lines(unknown):
+                write(translated([line])[0], keep="", end="\n")
+            return
+        outputs = translated(texts)  # in batches
+    for output in outputs:
+        write(output, keep="", end="\n")
+    if attention_plot:
+        from charlm.generate import encode_prefix
+        from charlm.plot import plot_attention
+
+        source_ids = encode_prefix(texts[0], source_vocab, unknown=unknown, what="input")
+        if not source_ids:
+            raise click.UsageError("nothing to plot: the input is empty")
+        weights = translate.attention_weights(model, source_ids, target_vocab.encode(outputs[0]))
+        plot_attention(weights, source_vocab.decode(source_ids), [*outputs[0], "<eos>"], attention_plot)
+        click.echo(f"attention weights drawn in {attention_plot}", err=True)
+
+
+MAX_LINE_BYTES = 1 << 20  # a line of stdin; `translate < /dev/zero` must not read forever
+
+
+def stdin_lines(unknown: str) -> Iterator[str]:
+    """The lines of stdin, each as soon as it has come, without its "\\n" or "\\r\\n" (and the
+    first without a byte-order mark). stdin is read as bytes and decoded here: bytes that are not
+    text in its encoding are an error naming the line, or under --unknown skip / unk characters
+    the model never saw (U+FFFD)."""
+    from charlm.errors import CharlmError
+
+    if sys.stdin is None:
+        raise click.UsageError("stdin is closed; give the WORDS to translate, or pipe lines in")
+    encoding = sys.stdin.encoding or "utf-8"
+    for number in itertools.count(1):
+        line = sys.stdin.buffer.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        elif len(line) > MAX_LINE_BYTES:
+            raise CharlmError(f"line {number} of stdin is longer than {MAX_LINE_BYTES:,} bytes; give shorter lines")
+        try:
+            text = line.decode(encoding)
+        except UnicodeDecodeError as error:
+            if unknown == "error":
+                raise CharlmError(
+                    f"line {number} of stdin is not valid {encoding} at byte offset {error.start}; convert it to "
+                    f"{encoding}, or pass --unknown skip (drop what is not) or --unknown unk (map it to <unk>)"
+                ) from None
+            text = line.decode(encoding, errors="replace")
+        yield text.removeprefix("\ufeff") if number == 1 else text
