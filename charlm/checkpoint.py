@@ -39,7 +39,8 @@ from charlm import registry
 from charlm.errors import CharlmError, CheckpointError
 from charlm.pairs import is_pair_vocab
 from charlm.runtime import atomic_path
-from charlm.text import PREPROCESS_MODES, TOKEN_KINDS, Vocab
+from charlm.presets import PREPROCESS_MODES, TOKEN_KINDS
+from charlm.text import Vocab
 
 FORMAT_VERSION = 1
 METADATA_KEY = "charlm"

@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from charlm.errors import CharlmError
+from charlm.presets import DEVICES
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 TEMPORARY_STEM_CHARS = 64  # of a file's name, in the name of its temporaries
 
 

@@ -23,9 +23,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from charlm.errors import CorpusError
+from charlm.presets import PREPROCESS_MODES, TOKEN_KINDS
 
-PREPROCESS_MODES = ("none", "d2l")
-TOKEN_KINDS = ("char", "word")
 CHUNK_BYTES = 1 << 20  # 1 MiB of the file at a time: bounds each chunk's buffers (tens of MB)
 UNK = "<unk>"
 
