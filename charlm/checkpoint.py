@@ -38,8 +38,8 @@ from torch import nn
 from charlm import registry
 from charlm.errors import CharlmError, CheckpointError
 from charlm.pairs import is_pair_vocab
-from charlm.runtime import atomic_path
 from charlm.presets import PREPROCESS_MODES, TOKEN_KINDS
+from charlm.runtime import atomic_path
 from charlm.text import Vocab
 
 FORMAT_VERSION = 1
