@@ -28,7 +28,7 @@ from charlm.data import (
 from charlm.errors import CharlmError, CorpusError
 from charlm.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
 from charlm.runtime import World, seed_everything
-from charlm.trainer import TrainConfig
+from charlm.recipe import TrainConfig
 
 
 

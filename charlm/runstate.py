@@ -26,18 +26,14 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from charlm import checkpoint
 from charlm.errors import CharlmError, CheckpointError
-
-if TYPE_CHECKING:
-    from charlm.trainer import TrainConfig
-
-OptimizerFactory = Callable[[nn.Module, "TrainConfig"], torch.optim.Optimizer]
+from charlm.recipe import TrainConfig, make_optimizer
 
 # The training flags that fix the order of the batches: a resume must keep them.
 SAME_RUN_FLAGS = ("batch_size", "seq_len", "iterator", "seed", "optimizer", "val_fraction")
@@ -124,11 +120,10 @@ def write_resume(
 
 def read_resume(
     path: str, meta: dict[str, Any], train_config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-    make_optimizer: OptimizerFactory, batches_per_epoch: int, carries_state: bool, rank: int, device: torch.device,
+    batches_per_epoch: int, carries_state: bool, rank: int, device: torch.device,
 ) -> Resumed:
     """Read and check the resume file of the run described by `meta` and `train_config` (see the
-    module docstring). `make_optimizer(model, config)` builds an optimizer of the run's kind, to
-    learn what it keeps; `rank` is this process's place in a torchrun."""
+    module docstring). `rank` is this process's place in a torchrun."""
     if not os.path.exists(path):
         raise CharlmError(f"nothing to resume: {path} does not exist; train without --resume first")
     tensors, saved = checkpoint.load(path, task=meta["task"], kind="resume")
@@ -140,7 +135,7 @@ def read_resume(
         if run_state.batch_index > batches_per_epoch:
             raise ValueError(f"batch_index {run_state.batch_index} is past the end of an epoch "
                              f"({batches_per_epoch} batches)")
-        layout = optimizer_layout(train_config, make_optimizer)
+        layout = optimizer_layout(train_config)
         optimizer_state = _optimizer_state(tensors, info["optimizer_scalars"], run_state.step, optimizer, layout,
                                            train_config.optimizer, device)
         carried = _carried_state(tensors, model, train_config.batch_size, device) if carries_state else None
@@ -166,7 +161,7 @@ def _check_same_run(path: str, saved: dict[str, Any], meta: dict[str, Any], trai
                           "resume with the same flags and corpus")
 
 
-def optimizer_layout(train_config: TrainConfig, make_optimizer: OptimizerFactory) -> dict[str, Any]:
+def optimizer_layout(train_config: TrainConfig) -> dict[str, Any]:
     """What the optimizer of `train_config` keeps for each parameter, learnt from one stepped on a
     probe: {key: "parameter" (a tensor of the parameter's shape), "scalar" (a 0-dim tensor, such as
     the step count) or the type of a plain value}."""

@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ from tqdm import tqdm
 from charlm import checkpoint
 from charlm.errors import CharlmError, TrainingDiverged, TrainingInterrupted
 from charlm.evaluation import evaluate, loss_report
-from charlm.presets import KEEPS, LM, OPTIMIZERS, PRECISIONS, SCHEDULES
+from charlm.recipe import TrainConfig, learning_rate, make_optimizer
 from charlm.runfiles import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
 from charlm.runstate import RunState, read_resume, write_resume
 from charlm.runtime import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
@@ -53,73 +53,6 @@ LINE_SECONDS = 30.0  # between progress lines when stderr is not a terminal
 PLAN_AFTER = 0.02  # of --max-time: the throughput is measured this long before the schedule is fitted
 PLAN_WINDOW = 6  # flushes: the throughput that plans a --max-time run is that of the last few
 clock = time.perf_counter  # the trainer's clock (a test may make time pass as it likes)
-
-
-@dataclass
-class TrainConfig:
-    """How a model is trained: the optimizer, its schedule, the batches, when to stop and to
-    evaluate. Defaults are the language-model task's (`charlm.presets`)."""
-
-    optimizer: str = LM["optimizer"]
-    lr: float = LM["lr"]
-    lr_schedule: str = LM["lr_schedule"]  # over --epochs; --max-steps and --max-time only stop early
-    min_lr_ratio: float = LM["min_lr_ratio"]  # the cosine ends at lr * this
-    weight_decay: float = LM["weight_decay"]
-    clip: float = LM["clip"]  # max global gradient norm; 0 turns clipping off
-    epochs: int = LM["epochs"]
-    max_steps: int | None = LM["max_steps"]
-    max_time: float | None = LM["max_time"]  # seconds
-    batch_size: int = LM["batch_size"]
-    seq_len: int = LM["seq_len"]
-    iterator: str = LM["iterator"]
-    val_fraction: float = LM["val_fraction"]
-    eval_every: int | None = LM["eval_every"]  # steps; None evaluates once per epoch
-    seed: int = LM["seed"]
-    device: str = LM["device"]
-    precision: str = LM["precision"]  # auto: bf16 autocast on CUDA with bf16 support, else fp32
-    keep: str = LM["keep"]  # the model checkpoint: the best by validation loss, or the last evaluated
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
-            (0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
-            # Finite, so that a bad value is refused here: an infinite weight decay surfaces steps
-            # later as a NaN loss blamed on --lr, and an infinite clip is no clip, which 0 says.
-            # --max-time inf stays: only compared with the clock, it is a limit never reached.
-            (0 <= self.weight_decay < math.inf, f"--weight-decay must be finite, 0 or more, got {self.weight_decay}"),
-            (0 <= self.clip < math.inf, f"--clip must be 0 (off) or a finite number, got {self.clip}"),
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
-            (self.max_time is None or self.max_time > 0, f"--max-time must be positive, got {self.max_time}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}"),
-            (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
-            (self.eval_every is None or self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CharlmError(message)
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """The learning rate of optimizer step `step` (0-based) of a run planned for `total_steps`:
-    constant, or a cosine from --lr down to --lr x --min-lr-ratio. A pure function of the step, so
-    a resumed run follows the same curve."""
-    if config.lr_schedule == "constant" or total_steps <= 1:
-        return config.lr
-    progress = min(step / (total_steps - 1), 1.0)
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class Trainer:
@@ -421,7 +354,7 @@ class Trainer:
         """Restore everything `save_resume` wrote, checked whole first. The learning rate and
         weight decay are the command's own, and the schedule a function of the step, so
         `--resume --lr` goes on along the same curve scaled to the new rate."""
-        resumed = read_resume(self.paths["resume"], self.meta, self.config, self.model, self.optimizer, make_optimizer,
+        resumed = read_resume(self.paths["resume"], self.meta, self.config, self.model, self.optimizer,
                               len(self.batches), self.batches.carries_state, self.world.rank, self.device)
         self.optimizer.load_state_dict({"state": resumed.optimizer_state,
                                         "param_groups": self.optimizer.state_dict()["param_groups"]})

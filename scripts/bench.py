@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from charlm.generate import Sampling, generate  # noqa: E402
 from charlm.model import LanguageModel, ModelConfig  # noqa: E402
-from charlm.trainer import TrainConfig, Trainer  # noqa: E402
+from charlm.recipe import TrainConfig  # noqa: E402
+from charlm.trainer import Trainer  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 LESSONS = dict(vocab_size=28, hidden_size=512, seq_len=35, batch_size=32)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from charlm.checkpoint import read_metadata
-from charlm.trainer import TrainConfig, Trainer, learning_rate
+from charlm.recipe import TrainConfig, learning_rate
+from charlm.trainer import Trainer
 from tests.conftest import TINY_MODEL, run_cli
 
 

@@ -168,7 +168,8 @@ def _train(task: str, architecture: str, corpus: Path, out: Path | None, resume:
            options: dict[str, Any], world: Any) -> None:
     from charlm.data import DataConfig
     from charlm.runs import language_model_run, translation_run
-    from charlm.trainer import TrainConfig, Trainer
+    from charlm.recipe import TrainConfig
+    from charlm.trainer import Trainer
 
     train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
     out = out or Path(CHECKPOINT_DIR) / f"{corpus.stem}.safetensors"
