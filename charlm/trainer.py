@@ -129,7 +129,9 @@ class Trainer:
     def _loop(self) -> None:
         config, state = self.config, self.run_state
         started = clock() - state.elapsed
-        self._recent = collections.deque([(clock(), state.step)], maxlen=PLAN_WINDOW)  # (time, step) at flushes
+        # What plans a --max-time run: (time, step, seconds spent evaluating so far) at recent flushes
+        self._evaluating = [0.0, 0]  # seconds spent in evaluations by this process, and how many
+        self._recent = collections.deque([(clock(), state.step, 0.0)], maxlen=PLAN_WINDOW)
         per_epoch = len(self.batches)
         total = config.epochs * per_epoch
         if config.max_steps is not None:
@@ -215,21 +217,28 @@ class Trainer:
 
     def _plan(self, started: float) -> None:
         """With --max-time, fit the schedule to the time: the steps it runs over are the steps done
-        and as many as the time left allows at the rate of the last PLAN_WINDOW flushes (evaluations
-        included), no more than --epochs (and --max-steps) allow. Planned first after PLAN_AFTER of
-        the budget, then again at every flush, so a machine that slows down (another job on it)
-        still ends its cosine at the floor when the time is up. Every process takes the
-        same plan (the mean of theirs); it is kept in the run state, so a resume goes on with it."""
+        and as many as the time left holds, at the training rate of the last PLAN_WINDOW flushes
+        (time spent evaluating left out) with the evaluations still to come (each as long as those
+        so far, the stop's one included) set aside; no more than --epochs (and --max-steps) allow.
+        Planned first after PLAN_AFTER of the budget, then again at every flush, so a machine that
+        slows down (another job on it) still ends its cosine at the floor when the time is up.
+        Every process takes the same plan (the mean of theirs); the run state keeps it, so a
+        resume goes on with it."""
         config, state = self.config, self.run_state
         if config.max_time is None:
             return
         now = clock()
-        measured_at, measured_step = self._recent[0]
-        self._recent.append((now, state.step))
-        if now - started < PLAN_AFTER * config.max_time or state.step <= measured_step:
+        evaluating, evaluations = self._evaluating
+        measured_at, measured_step, measured_evaluating = self._recent[0]
+        self._recent.append((now, state.step, evaluating))
+        training_seconds = (now - measured_at) - (evaluating - measured_evaluating)
+        if now - started < PLAN_AFTER * config.max_time or state.step <= measured_step or training_seconds <= 0:
             return
-        steps_per_second = (state.step - measured_step) / max(now - measured_at, 1e-9)
-        fits = state.step + steps_per_second * max(config.max_time - (now - started), 0.0)
+        seconds_per_step = training_seconds / (state.step - measured_step)
+        per_evaluation = evaluating / evaluations if evaluations else 0.0
+        every = config.eval_every or len(self.batches)  # steps between evaluations
+        left = max(config.max_time - (now - started) - per_evaluation, 0.0)  # the stop's evaluation set aside
+        fits = state.step + left / (seconds_per_step + per_evaluation / every)
         cap = config.epochs * len(self.batches)
         if config.max_steps is not None:
             cap = min(cap, config.max_steps)
@@ -284,7 +293,8 @@ class Trainer:
         """Evaluate, append a metrics line, save the model if it is the best so far and the resume
         state. At a `stop` the training-loss sums and the resume state are left to the caller."""
         state = self.run_state
-        state.elapsed = clock() - started
+        began = clock()
+        state.elapsed = began - started
         val_loss = None
         if self.val_batches is not None:  # on every process (same weights, same number): same decisions
             val_loss = evaluate(self.model, self.val_batches(), self.device, self.config.precision)
@@ -318,6 +328,8 @@ class Trainer:
             tqdm.write(file=sys.stderr, s=f"step {state.step}  epoch {record['epoch']:.2f}  train loss "
                        f"{train_loss if train_loss is None else round(train_loss, 4)}  {shown}  "
                        f"{record['tokens_per_sec']:,.0f} tok/s")
+        self._evaluating[0] += clock() - began
+        self._evaluating[1] += 1
 
     def summary(self) -> dict[str, Any]:
         """The run so far. Without a validation split the best model is the one of the lowest
