@@ -39,7 +39,7 @@ class TrainConfig:
     eval_every: int | None = LM["eval_every"]  # steps; None evaluates once per epoch
     seed: int = LM["seed"]
     device: str = LM["device"]
-    precision: str = LM["precision"]  # auto: bf16 autocast on CUDA with bf16 support, else fp32
+    precision: str = LM["precision"]  # auto: bf16 on CUDA with it, or where measured faster on a CPU
     keep: str = LM["keep"]  # the model checkpoint: the best by validation loss, or the last evaluated
 
     def __post_init__(self) -> None:

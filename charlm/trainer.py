@@ -47,6 +47,7 @@ from charlm.runfiles import MetricsFile, check_creatable, check_replaceable, loc
 from charlm.runstate import RunState, read_resume, write_resume
 from charlm.runtime import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
 from charlm.state import map_state
+from charlm.tuning import Decisions, choose_cpu_precision
 
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
 LINE_SECONDS = 30.0  # between progress lines when stderr is not a terminal
@@ -69,10 +70,12 @@ class Trainer:
     def __init__(
         self, model: nn.Module, train_batches: Any, val_batches: Callable[[], Iterable] | None,
         config: TrainConfig, out: str | os.PathLike, meta: dict[str, Any], progress: bool = True,
-        world: World = World(), inputs: Sequence[str | os.PathLike] = (),
+        world: World = World(), inputs: Sequence[str | os.PathLike] = (), tuning_dir: str | None = None,
     ) -> None:
         self.config, self.meta, self.world = config, meta, world
         self.inputs = list(inputs)
+        self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.tuning`)
+        self.precision = config.precision  # "auto" on a CPU becomes what `_choose_precision` measures
         self.progress = progress and world.is_main
         self.paths = run_paths(out)
         self.metrics = MetricsFile(self.paths["metrics"])
@@ -114,6 +117,7 @@ class Trainer:
             elif self.world.is_main:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.paths["metrics"])  # a charlm metrics file: checked above
+            self.precision = self._choose_precision()
             try:
                 self._loop()
             except OSError as error:  # a full disk mid-run: the last state saved is whole (atomic writes)
@@ -200,7 +204,7 @@ class Trainer:
             self.carried = None  # the model starts from zeros
         else:
             self.carried = self.carried.map(torch.Tensor.detach)
-        with autocast(self.device, config.precision):
+        with autocast(self.device, self.precision):
             loss_sum, count, carried = self.loss_module(batch, self.carried)
             loss = loss_sum / count
         self.carried = map_state(lambda tensor: tensor.float(), carried) if self.batches.carries_state else None
@@ -244,6 +248,32 @@ class Trainer:
             cap = min(cap, config.max_steps)
         planned = float(self.world.mean(torch.tensor(min(fits, cap), dtype=torch.float64)))
         state.planned_steps = max(int(planned), state.step)
+
+    def _choose_precision(self) -> str:
+        """`--precision auto` on a CPU: bf16 autocast where it measures faster on this machine and
+        keeps the loss (see `charlm.tuning`), decided on the run's first batch; elsewhere as asked
+        (auto on CUDA is bf16 where the GPU has it: `runtime.autocast`)."""
+        if self.config.precision != "auto" or self.device.type != "cpu":
+            return self.config.precision
+        batch = next(iter(self.batches.batches(0)), None)
+        if batch is None:
+            return "fp32"
+        batch = tuple(part.to(self.device) for part in batch)
+
+        def step_loss(bf16: bool, backward: bool) -> torch.Tensor:
+            with autocast(self.device, "bf16" if bf16 else "fp32"):
+                loss_sum, count, _ = self.model.batch_loss(batch, None)
+                loss = loss_sum / count
+            if backward:
+                loss.backward()
+            return loss.detach()
+
+        key = {"model": self.meta.get("model"), "batch": [list(part.shape) for part in batch]}
+        precision, why = choose_cpu_precision(step_loss, self.model, key, Decisions(self.tuning_dir))
+        precision = "bf16" if self.world.any(precision == "bf16", self.device) else "fp32"
+        if why and self.progress:
+            tqdm.write(f"note: --precision auto: {why}", file=sys.stderr)
+        return precision
 
     def _should_stop(self, started: float) -> bool:
         config = self.config
@@ -297,7 +327,7 @@ class Trainer:
         state.elapsed = began - started
         val_loss = None
         if self.val_batches is not None:  # on every process (same weights, same number): same decisions
-            val_loss = evaluate(self.model, self.val_batches(), self.device, self.config.precision)
+            val_loss = evaluate(self.model, self.val_batches(), self.device, self.precision)
         count = state.loss_count + state.running_count
         train_loss = (state.loss_sum + float(self.world.mean(self.running_loss))) / count if count else None
         if val_loss is not None:

@@ -1,0 +1,90 @@
+"""Measured choices: `--precision auto` on a CPU picks bf16 autocast only where it measures faster
+and keeps the loss, remembers the decision, and measuring changes nothing of the run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlm import checkpoint, tuning
+from tests.conftest import TINY_MODEL, run_cli
+
+
+def fake_step(seconds: dict, losses: dict):
+    """A step_loss whose duration and loss per precision the test sets."""
+    calls = []
+
+    def step_loss(bf16: bool, backward: bool) -> torch.Tensor:
+        calls.append(bf16)
+        time.sleep(seconds[bf16])
+        return torch.tensor(losses[bf16])
+
+    return step_loss, calls
+
+
+@pytest.fixture
+def capable(monkeypatch):
+    monkeypatch.setattr(tuning, "bf16_capable", lambda: True)
+
+
+def test_bf16_is_chosen_when_faster_with_the_same_loss_and_remembered(tmp_path, capable):
+    decisions = tuning.Decisions(tmp_path)
+    step, calls = fake_step({False: 0.03, True: 0.01}, {False: 2.0, True: 2.001})
+    precision, why = tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {"shape": 1}, decisions)
+    assert precision == "bf16" and 2.0 < float(why.split("measured ")[1].split("x")[0]) < 4.0  # ~3x
+    again, calls_before = tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {"shape": 1}, decisions), len(calls)
+    assert again[0] == "bf16" and "as measured before" in again[1] and len(calls) == calls_before  # not measured again
+    assert json.loads((tmp_path / "tuning.json").read_text())  # kept beside the token cache
+
+
+@pytest.mark.parametrize(("seconds", "losses"), [({False: 0.03, True: 0.03}, {False: 2.0, True: 2.0}),
+                                                 ({False: 0.03, True: 0.01}, {False: 2.0, True: 2.2})],
+                         ids=["not faster", "loss does not hold"])
+def test_fp32_stays_unless_bf16_is_faster_and_keeps_the_loss(tmp_path, capable, seconds, losses):
+    step, _ = fake_step(seconds, losses)
+    assert tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {}, tuning.Decisions(tmp_path))[0] == "fp32"
+
+
+def test_no_bf16_instructions_or_a_tiny_step_means_fp32_unmeasured(tmp_path, monkeypatch):
+    step, calls = fake_step({False: 0.0, True: 0.0}, {False: 2.0, True: 2.0})
+    monkeypatch.setattr(tuning, "bf16_capable", lambda: False)
+    assert tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {}, tuning.Decisions(tmp_path)) == ("fp32", None)
+    assert calls == []
+    monkeypatch.setattr(tuning, "bf16_capable", lambda: True)
+    assert tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {}, tuning.Decisions(tmp_path)) == ("fp32", None)
+    assert True not in calls  # a step far under MIN_STEP_SECONDS: bf16 never tried
+
+
+@pytest.mark.skipif(not tuning.bf16_capable(), reason="this CPU has no bf16 matrix instructions")
+def test_measuring_changes_nothing_of_the_run(runner, tiny_corpus, monkeypatch):
+    """A run whose precision was measured (the tiny model made worth measuring) writes the very
+    bytes of a run told that precision: the measurement's forward and backward passes touch
+    neither the random state nor the weights."""
+    monkeypatch.setattr(tuning, "MIN_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(tuning, "SPEEDUP", 0.0)  # bf16 whatever the timing, if the loss holds
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--dropout", "0.3", "--num-layers", "2", "--max-steps", "6",
+            "--out", "auto.safetensors")
+    decided = next(iter(json.loads((tiny_corpus.parent / ".charlm-cache" / "tuning.json").read_text()).values()))
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--dropout", "0.3", "--num-layers", "2", "--max-steps", "6",
+            "--precision", decided["precision"], "--out", "told.safetensors")
+    auto, told = checkpoint.load("auto.safetensors"), checkpoint.load("told.safetensors")
+    assert auto[1]["training"] == told[1]["training"]
+    assert all(torch.equal(auto[0][name], told[0][name]) for name in told[0])
+
+
+@pytest.mark.skipif(not tuning.bf16_capable(), reason="this CPU has no bf16 matrix instructions")
+def test_bf16_training_follows_fp32_within_a_tolerance(runner, tiny_corpus):
+    """The loss curve holds: 20 steps in bf16 autocast end within 2 % of fp32's losses (the
+    recurrent state and the loss stay fp32)."""
+    for precision in ("fp32", "bf16"):
+        run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "20", "--eval-every", "10",
+                "--precision", precision, "--out", f"{precision}.safetensors")
+    lines = {precision: [json.loads(line) for line in Path(f"{precision}.metrics.jsonl").read_text().splitlines()]
+             for precision in ("fp32", "bf16")}
+    for fp32, bf16 in zip(lines["fp32"], lines["bf16"]):
+        assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.02)
+        assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], rel=0.02)
