@@ -32,6 +32,7 @@ LOSS_TOLERANCE = 0.01  # relative: bf16's loss on the measured batch against fp3
 SPEEDUP = 1.1  # bf16 must be at least this much faster
 REPEATS = 3  # timed steps of each precision, after one untimed
 FILE = "tuning.json"
+MAX_FILE_BYTES = 1 << 20  # a decisions file past this is not charlm's: it is measured again, not read
 
 
 def cpu_name() -> str:
@@ -59,8 +60,8 @@ class Decisions:
         self.path = os.path.join(os.fspath(folder), FILE) if folder is not None else None
 
     def _read(self) -> dict[str, Any]:
-        if self.path is None:
-            return {}
+        if self.path is None or not os.path.isfile(self.path) or os.path.getsize(self.path) > MAX_FILE_BYTES:
+            return {}  # none yet; or a FIFO (which would block the read), a folder, a giant: measure again
         try:
             with open(self.path, encoding="utf-8") as file:
                 found = json.load(file)

@@ -88,3 +88,21 @@ def test_bf16_training_follows_fp32_within_a_tolerance(runner, tiny_corpus):
     for fp32, bf16 in zip(lines["fp32"], lines["bf16"]):
         assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.02)
         assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], rel=0.02)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "not json", "a list", "huge"])
+def test_a_decisions_file_that_is_not_one_is_measured_again(tmp_path, capable, kind):
+    """What lies where tuning.json goes is read only if it is a small regular file of JSON; a FIFO
+    is never opened (it would block), and the rest cost a measurement, never the run."""
+    import os
+
+    path = tmp_path / "tuning.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.write_text({"not json": "{", "a list": "[1, 2]", "huge": " " * (2 << 20) + "{}"}[kind])
+    step, calls = fake_step({False: 0.03, True: 0.01}, {False: 2.0, True: 2.0})
+    assert tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {}, tuning.Decisions(tmp_path))[0] == "bf16"
+    assert True in calls
