@@ -86,6 +86,8 @@ def read_chunks(
             raise CorpusError(f"{path}: starts with a {bom.upper()} byte-order mark; pass --encoding {bom}")
         # A UTF-8 byte-order mark is not text; `offset` counts the bytes before the current block.
         offset = 3 if codec == "utf-8" and start.startswith(codecs.BOM_UTF8) else 0
+        if hasher is not None:
+            hasher.update(start[:offset])  # the hash is of the file's bytes, the mark's too
         file.seek(offset)
         while True:
             block = file.read(chunk_bytes)
