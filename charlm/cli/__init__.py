@@ -177,6 +177,32 @@ encoding_option = click.option(
     "--encoding", default=COMMON["encoding"], show_default=True, help="Text encoding of the input file.")
 
 
+def corpus_options(function: Any) -> Any:
+    """--include and --exclude, shared by train, stats and eval: which files of a folder are read."""
+    options = [
+        click.option("--include", multiple=True, metavar="GLOB",
+                     help="Of a folder, read only the files this glob matches (by their path inside it or their "
+                          "name; repeatable). A file named on the command line is always read."),
+        click.option("--exclude", multiple=True, metavar="GLOB",
+                     help="Of a folder, leave out the files and folders this glob matches (repeatable)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def find_text(paths: Iterable[Path], encoding: str, include: Iterable[str] = (), exclude: Iterable[str] = (),
+              say: bool = True) -> Any:
+    """The text files of `paths` (`charlm.corpus.find_corpus`), with how many of a folder's files
+    were taken and skipped said on stderr."""
+    from charlm.corpus import find_corpus
+
+    found = find_corpus(list(paths), encoding, include, exclude)
+    if say and (line := found.summary()):
+        click.echo(f"note: {escaped(line)}", err=True)
+    return found
+
+
 def decoding_options(function: Any) -> Any:
     """--beam, --length-penalty and --max-length, shared by translate and eval."""
     options = [
