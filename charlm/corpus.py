@@ -1,18 +1,19 @@
 """Corpus: the text files a corpus is made of, found in the paths a user gives, and their text as
 one stream of documents joined by `SEPARATOR`.
 
-    found = find_corpus(["notes/", "extra.txt"], include=["*.md"])    # hashed, checked to be text
-    found.files                   # CorpusFile(path, name, size, sha256, stamp), in reading order
+    found = find_corpus(["notes/", "extra.txt"], include=["*.md"])    # the candidate files, by name
+    chunks = document_chunks(found, "utf-8", "d2l")                  # each preprocessed, then joined
+    found.files                   # once read: CorpusFile(path, name, size, sha256, stamp), in order
     found.skipped                 # [(name, why)]: what a folder held that is not text
-    chunks = document_chunks(found.files, "utf-8", "d2l")           # each preprocessed, then joined
 
 A file named on the command line is read strictly, as a corpus of one file always was: what is
 wrong with it is an error. A folder is walked recursively, its files in the order of their sorted
 paths, leaving out hidden files and folders (a name starting with "."), files and folders an
 `exclude` glob matches and files no `include` glob matches (a glob is matched against the path
-inside the folder and against the name). What is left is read once here, to hash it and check it is
-text (not empty, no NUL byte, decodable with the encoding); a file that is not is skipped, with its
-reason. A folder with no text file in it is an error.
+inside the folder and against the name). The first reading of the text hashes each of these
+candidates and checks it is text (not empty, no NUL byte, decodable with the encoding) before any
+of its text is used: a file that is not is skipped, with its reason, and a folder with no text file
+in it is an error. Later readings read the files taken.
 
 Documents are joined by a blank line, "\\n\\n", after each is preprocessed, as nanoGPT-style
 corpora are: the model learns a blank line as where one text ends and another may start, and the
@@ -30,36 +31,51 @@ import fnmatch
 import hashlib
 import itertools
 import os
+import stat as stat_module
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from charlm.errors import CorpusError
 from charlm.text import check_readable, checked_encoding, preprocess_chunks, read_chunks
 
 SEPARATOR = "\n\n"  # between two documents
-CHUNK_CHARS = 1 << 20  # small documents are gathered into chunks of about this many characters
+CHUNK_CHARS = 1 << 18  # small documents are gathered into chunks of about this many characters
+HELD_CHARS = 1 << 20  # a file is held whole while it is checked up to this size, and read twice past it
 SHOWN = 3  # skipped files named in a message; the rest are counted
 VAL_STRETCHES = 20  # the validation split of a corpus of several files is taken in this many places
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CorpusFile:
     path: str  # what is opened
     name: str  # what is shown and recorded: the folder as given, then the path inside it
     size: int | None = None
     sha256: str | None = None  # None for a corpus of one file, hashed as it is tokenized
-    stamp: tuple[int, ...] | None = None  # `stamp(path)` before it was read here
+    stamp: tuple[int, ...] | None = None  # `stamp(path)` before it was first read
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    path: str
+    name: str
+    root: int  # the index of the path given that it was found in
+    strict: bool  # named on the command line: what is wrong with it is an error
 
 
 @dataclass
 class FoundCorpus:
-    """The files of a corpus, as `find_corpus` found them."""
+    """The files of a corpus: the candidates `find_corpus` found, and once the text has been read
+    (`document_chunks`), the files taken and those skipped."""
 
     roots: tuple[str, ...]  # the paths as given
-    files: list[CorpusFile]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why), in reading order
+    candidates: list[Candidate]
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    files: list[CorpusFile] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why), in reading order
+    records: list[dict[str, Any]] = field(default_factory=list)  # every candidate: path, size, sha256, skipped
+    checked: bool = False  # the candidates have been read: `files` and `skipped` are known
 
     @property
     def single(self) -> bool:
@@ -90,40 +106,48 @@ class FoundCorpus:
             line += f", {len(self.skipped):,} skipped: {_shown(self.skipped)}"
         return line
 
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Take what an earlier reading of these very candidates found (their `records`, checked
+        to match by the caller): the files taken, stamped now, and those skipped."""
+        self.files = [CorpusFile(candidate.path, candidate.name, record["size"], record["sha256"], stamp(candidate.path))
+                      for candidate, record in zip(self.candidates, records) if record["skipped"] is None]
+        self.skipped = [(candidate.name, record["skipped"]) for candidate, record in zip(self.candidates, records)
+                        if record["skipped"] is not None]
+        self.records, self.checked = records, True
+
 
 def find_corpus(
     paths: Sequence[str | os.PathLike], encoding: str = "utf-8", include: Iterable[str] = (),
     exclude: Iterable[str] = (),
 ) -> FoundCorpus:
-    """The text files of `paths`, each a file or a folder (see the module docstring). One file
-    named alone is only checked to be readable; every other file is read once, to hash it."""
+    """The candidate files of `paths`, each a file or a folder (see the module docstring), found by
+    name: nothing is read yet. One file named alone is checked to be readable, and is the corpus."""
     roots = tuple(os.fspath(path) for path in paths)
     include, exclude = tuple(include), tuple(exclude)
     if not roots:
         raise CorpusError("no corpus given; name a text file or a folder of them")
-    found = FoundCorpus(roots, [], [], include, exclude)
+    found = FoundCorpus(roots, [], include, exclude)
     if found.single:
         check_readable(roots[0])
-        found.files.append(CorpusFile(roots[0], os.path.normpath(roots[0])))
+        found.files, found.checked = [CorpusFile(roots[0], os.path.normpath(roots[0]))], True
         return found
     checked_encoding(encoding)  # a bad --encoding is one error, not a reason to skip every file
-    for root in roots:
+    for index, root in enumerate(roots):
         if not os.path.isdir(root):
-            found.files.append(_scan(root, os.path.normpath(root), encoding, strict=True))
+            found.candidates.append(Candidate(root, os.path.normpath(root), index, strict=True))
             continue
-        taken = len(found.files)
-        skipped = len(found.skipped)
+        before = len(found.candidates)
         for path, name in _walk(root, include, exclude, found.skipped):
-            scanned = _scan(path, name, encoding, strict=False)
-            if isinstance(scanned, str):
-                found.skipped.append((name, scanned))
-            else:
-                found.files.append(scanned)
-        if len(found.files) == taken:
-            why = f" (skipped: {_shown(found.skipped[skipped:])})" if len(found.skipped) > skipped else ""
-            globs = ", or change --include / --exclude" if include or exclude else ""
-            raise CorpusError(f"{root}: no text file in it{why}; give a folder that holds text files{globs}")
+            found.candidates.append(Candidate(path, name, index, strict=False))
+        if len(found.candidates) == before:
+            raise _no_text(root, found.skipped, include or exclude)
     return found
+
+
+def _no_text(root: str, skipped: Sequence[tuple[str, str]], globs: Any) -> CorpusError:
+    why = f" (skipped: {_shown(skipped)})" if skipped else ""
+    advice = ", or change --include / --exclude" if globs else ""
+    return CorpusError(f"{root}: no text file in it{why}; give a folder that holds text files{advice}")
 
 
 def _walk(root: str, include: tuple[str, ...], exclude: tuple[str, ...],
@@ -168,22 +192,6 @@ def _name(root: str, relative: str) -> str:
     return relative if root == "." else f"{root}/{relative}"
 
 
-def _scan(path: str, name: str, encoding: str, strict: bool) -> CorpusFile | str:
-    """The file, hashed and checked to be text as `read_chunks` reads it; or, unless `strict`,
-    why it is not."""
-    hasher = hashlib.sha256()
-    try:
-        check_readable(path)
-        before = stamp(path)
-        for _ in read_chunks(path, encoding, hasher=hasher):
-            pass
-    except CorpusError as error:
-        if strict or error.reason is None:
-            raise
-        return error.reason
-    return CorpusFile(path, name, before[2], hasher.hexdigest(), before)
-
-
 def stamp(path: str | os.PathLike) -> tuple[int, ...]:
     """What changes when a file is written to or replaced."""
     info = os.stat(path)
@@ -202,15 +210,17 @@ def changed_file(files: Iterable[CorpusFile]) -> CorpusFile | None:
 
 
 def document_chunks(
-    files: Sequence[CorpusFile], encoding: str = "utf-8", preprocess: str = "none", chunk_chars: int = CHUNK_CHARS,
+    found: FoundCorpus, encoding: str = "utf-8", preprocess: str = "none", chunk_chars: int = CHUNK_CHARS,
 ) -> Iterator[str]:
-    """The text of `files`, each read and preprocessed on its own, joined by `SEPARATOR`. Small
-    pieces are gathered into chunks of about `chunk_chars` characters, so that 10,000 small files
-    cost the tokenizer about as many calls as one file of their size."""
+    """The text of the corpus: each file read and preprocessed on its own, the documents joined by
+    `SEPARATOR`. The first reading checks the candidates (see the module docstring) and fills
+    `found`'s files and skipped once it is read to the end. Small pieces are gathered into chunks
+    of about `chunk_chars` characters, so that 10,000 small files cost the tokenizer about as many
+    calls as one file of their size."""
     pieces: list[str] = []
     size = 0
-    for index, file in enumerate(files):
-        texts = preprocess_chunks(read_chunks(file.path, encoding), preprocess)
+    for index, texts in enumerate(_documents(found, encoding)):
+        texts = preprocess_chunks(texts, preprocess)
         for text in itertools.chain((SEPARATOR,), texts) if index else texts:
             if len(text) >= chunk_chars:  # a chunk of a big file goes as it is
                 if pieces:
@@ -225,6 +235,87 @@ def document_chunks(
                 pieces, size = [], 0
     if pieces:
         yield "".join(pieces)
+
+
+def _documents(found: FoundCorpus, encoding: str) -> Iterator[Iterable[str]]:
+    """The raw text chunks of each file, in order: of the files taken, or on the first reading of
+    each candidate that is text, checked whole before any of it is given."""
+    if found.checked:
+        for file in found.files:
+            yield read_chunks(file.path, encoding)
+        return
+    files, skipped, records = [], list(found.skipped), []
+    for root, candidates in itertools.groupby(found.candidates, key=lambda candidate: candidate.root):
+        taken, passed = len(files), len(skipped)
+        for candidate in candidates:
+            checked = _checked(candidate, encoding)
+            if isinstance(checked, str):
+                skipped.append((candidate.name, checked))
+                records.append({"path": os.path.abspath(candidate.path), "size": file_size(candidate.path),
+                                "sha256": file_hash(candidate.path), "skipped": checked})
+                continue
+            file, texts = checked
+            files.append(file)
+            records.append({"path": os.path.abspath(file.path), "size": file.size, "sha256": file.sha256,
+                            "skipped": None})
+            yield texts
+        if len(files) == taken:
+            raise _no_text(found.roots[root], skipped[passed:], found.include or found.exclude)
+    found.files, found.skipped, found.records, found.checked = files, skipped, records, True
+
+
+def _checked(candidate: Candidate, encoding: str) -> tuple[CorpusFile, Iterable[str]] | str:
+    """A candidate that is text, hashed, and its text; or, unless it is strict, why it is not. The
+    text of a file is held until it has been read whole; past `HELD_CHARS` it is read through
+    to check it, then given as a second reading."""
+    hasher = hashlib.sha256()
+    try:
+        check_readable(candidate.path)
+        before = stamp(candidate.path)
+        reading = read_chunks(candidate.path, encoding, hasher=hasher)
+        texts: Iterable[str] = []
+        held = 0
+        for text in reading:
+            texts.append(text)
+            held += len(text)
+            if held > HELD_CHARS:
+                for _ in reading:
+                    pass
+                texts = read_chunks(candidate.path, encoding)
+                break
+    except CorpusError as error:
+        if candidate.strict or error.reason is None:
+            raise
+        return error.reason
+    return CorpusFile(candidate.path, candidate.name, before[2], hasher.hexdigest(), before), texts
+
+
+def file_size(path: str | os.PathLike) -> int | None:
+    """The size of a regular file, or None for anything else (never opened)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size if stat_module.S_ISREG(info.st_mode) else None
+
+
+def file_digest(path: str | os.PathLike, block_bytes: int = 1 << 22) -> str:
+    """The SHA-256 of a file's bytes, as reading hashes them (~1.5 GB/s)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(block_bytes):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def file_hash(path: str | os.PathLike) -> str | None:
+    """`file_digest` of a regular file, or None where there is none that can be read."""
+    if file_size(path) is None:
+        return None
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
 
 
 def held_out(documents: int, val_fraction: float) -> str:

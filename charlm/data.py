@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
-from charlm.corpus import VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, stamp
+from charlm.corpus import (
+    VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, file_digest, file_hash, file_size, stamp,
+)
 from charlm.errors import CharlmError, CorpusError
 from charlm.presets import COMMON, ITERATORS
 from charlm.runtime import cpu_threads, seeded_generator
@@ -122,9 +124,9 @@ def load_corpus(
         check_readable(path)
         before = stamp(path)
         name, moved = os.fspath(path), lambda: os.fspath(path) if stamp(path) != before else None
-    else:  # the files were hashed when they were found, and are stamped since
+    else:  # the first pass checks which files are text, hashing and stamping them
         def chunks(hashed: bool) -> Iterator[str]:
-            return document_chunks(found.files, encoding, preprocess)
+            return document_chunks(found, encoding, preprocess)
 
         name = found.shown
         moved = lambda: getattr(changed_file(found.files), "name", None)  # noqa: E731
@@ -268,15 +270,6 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_digest(path: str | os.PathLike, block_bytes: int = 1 << 22) -> str:
-    """The SHA-256 of a file's bytes, as `load_corpus` hashes them while it reads (~1.5 GB/s)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(block_bytes):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 class TokenCache:
     """The token ids of one corpus under one set of tokenization settings, kept in a folder so that
     the next run on the same text skips reading and tokenizing it.
@@ -293,21 +286,22 @@ class TokenCache:
     written atomically, so processes sharing a folder never read a part.
 
     A corpus of several files (a `FoundCorpus`) is keyed by the paths given and the --include /
-    --exclude globs, and its entry lists every file read, with its absolute path, size and SHA-256
-    (hashed when the files were found): an added, removed or edited file replaces the entry.
+    --exclude globs, and its entry lists every candidate file with its absolute path, size,
+    SHA-256 and whether it was skipped as not text: an added, removed or edited file replaces the
+    entry (a hit costs a stat of each file and one read to hash it, as for one file).
     """
 
     def __init__(self, folder: str | os.PathLike, corpus: str | os.PathLike | FoundCorpus,
                  settings: dict[str, Any]) -> None:
-        if isinstance(corpus, FoundCorpus):
-            self.source, self.size = None, None
-            self.files = [{"path": os.path.abspath(file.path), "size": file.size, "sha256": file.sha256}
-                          for file in corpus.files]
-            roots = [os.path.abspath(root) for root in corpus.roots]
-            keyed = {"sources": roots, "include": list(corpus.include), "exclude": list(corpus.exclude), **settings}
+        self.found = corpus if isinstance(corpus, FoundCorpus) else None
+        if self.found is not None:
+            self.source = self.size = None
+            roots = [os.path.abspath(root) for root in self.found.roots]
+            keyed = {"sources": roots, "include": list(self.found.include), "exclude": list(self.found.exclude),
+                     **settings}
             name = os.path.basename(roots[0]) + (f"+{len(roots) - 1}" if len(roots) > 1 else "")
         else:
-            self.source, self.files = os.path.abspath(corpus), None
+            self.source = os.path.abspath(corpus)
             keyed = {"source": self.source, **settings}
             name = os.path.basename(self.source)
             self.size = os.path.getsize(self.source) if os.path.isfile(self.source) else None
@@ -333,25 +327,33 @@ class TokenCache:
                 raise ValueError("its content does not match its checksum")
             if int(ids.min()) < 0 or int(ids.max()) >= len(vocab):
                 raise ValueError("ids outside its vocab")
+            if self.found is not None:
+                self.found.restore(meta["files"])
             return Corpus(ids, vocab, meta["tokens"], meta["preprocess"], cached=True,
-                          documents=len(self.files) if self.files is not None else 1)
+                          documents=len(self.found.files) if self.found is not None else 1)
         except (CharlmError, OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
             print(f"charlm: note: the token cache {self.path} is damaged ({error}); reading the text again",
                   file=sys.stderr)
             return None
 
     def _same_source(self, meta: dict[str, Any]) -> bool:
-        """Whether the entry was made from the very files to read now."""
-        if self.files is not None:
-            return meta.get("files") == self.files
-        source = meta["source"]
-        return source["size"] == self.size and source["sha256"] == file_digest(self.source)
+        """Whether the entry was made from the very files to read now: the same sizes (nothing is
+        read when one differs), then the same hashes."""
+        if self.found is None:
+            source = meta["source"]
+            return source["size"] == self.size and source["sha256"] == file_digest(self.source)
+        records, candidates = meta["files"], self.found.candidates
+        if [(record["path"], record["size"]) for record in records] != \
+                [(os.path.abspath(candidate.path), file_size(candidate.path)) for candidate in candidates]:
+            return False
+        return all(record["sha256"] == file_hash(candidate.path) for record, candidate in zip(records, candidates))
 
     def store(self, corpus: Corpus, sha256: str) -> None:
-        """Keep `corpus`, read from the file whose bytes hash to `sha256` (or from `self.files`)."""
+        """Keep `corpus`, read from the file whose bytes hash to `sha256` (or from the files its
+        `FoundCorpus` records)."""
         from charlm import checkpoint
 
-        source = {"files": self.files} if self.files is not None else \
+        source = {"files": self.found.records} if self.found is not None else \
             {"source": {"name": os.path.basename(self.source), "size": self.size, "sha256": sha256}}
         meta = {"kind": CACHE_KIND, **source, "vocab": corpus.vocab.to_dict(), "tokens": corpus.tokens,
                 "preprocess": corpus.preprocess, "content_sha256": content_digest(corpus.ids, corpus.vocab)}

@@ -112,7 +112,7 @@ def language_model_run(
                            data_config.min_freq, data_config.max_vocab, vocab=vocab, cache_dir=data_config.cache_dir,
                            unknown=data_config.unknown if parent is not None else "unk")
     train_ids, val_ids = data.split(train_config.val_fraction)
-    notes = []
+    notes = [line] if isinstance(corpus, FoundCorpus) and (line := corpus.summary()) else []
     batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
     if batch_size < train_config.batch_size:
         notes.append(f"the training split has {len(train_ids):,} tokens, too few for batches of "

@@ -14,6 +14,7 @@ import torch
 from charlm import checkpoint
 from charlm.corpus import find_corpus
 from charlm.data import file_digest, load_corpus
+from charlm.text import CHUNK_BYTES
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import fails, train
 
@@ -88,6 +89,25 @@ def test_include_and_exclude_choose_the_files_of_a_folder(runner, notes):
           message=f"{notes}: no text file in it; give a folder that holds text files, or change --include / --exclude")
 
 
+def test_a_file_that_is_not_text_is_skipped_whole_however_far_in_it_is_found(tmp_path, monkeypatch):
+    """A file of a folder is checked whole before any of its text is used: one that turns out not
+    to be UTF-8 (or to hold a NUL byte) past the part held while checking is left out whole, and a
+    long file that is text is read whole."""
+    from charlm import corpus
+
+    monkeypatch.setattr(corpus, "HELD_CHARS", 100)  # past this a file is checked through, then read again
+    size = CHUNK_BYTES + 10  # the fault is in the second block read
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text("a" * size, encoding="utf-8")
+    (tmp_path / "books" / "b.txt").write_bytes(b"b" * size + b"\xff")
+    (tmp_path / "books" / "c.txt").write_bytes(b"c" * size + b"\x00")
+    (tmp_path / "books" / "d.txt").write_text("d" * 50, encoding="utf-8")
+    found = find_corpus([tmp_path / "books"])
+    assert text_of(load_corpus(found)) == "a" * size + "\n\n" + "d" * 50
+    assert found.skipped == [(f"{tmp_path}/books/b.txt", f"not valid utf-8 at byte offset {size}"),
+                             (f"{tmp_path}/books/c.txt", f"looks like a binary file (NUL byte at offset {size})")]
+
+
 def test_a_file_named_on_the_command_line_is_read_strictly(runner, notes):
     """A folder skips what is not text; the same file named on the command line is an error, as
     a corpus of one file always was."""
@@ -137,12 +157,14 @@ def test_the_token_cache_notices_an_added_removed_or_edited_file(notes, monkeypa
     from charlm import data
 
     cache = notes.parent / "cache"
-    load = lambda: load_corpus(find_corpus([notes]), cache_dir=cache)  # noqa: E731
-    first = load()
+    load = lambda found=None: load_corpus(found or find_corpus([notes]), cache_dir=cache)  # noqa: E731
+    first_found, found = find_corpus([notes]), find_corpus([notes])
+    first = load(first_found)
     tokenize = data.encode_stream
     monkeypatch.setattr(data, "encode_stream", lambda *args, **kwargs: pytest.fail("tokenized again"))
-    hit = load()
+    hit = load(found)
     assert hit.cached and torch.equal(hit.ids, first.ids) and hit.documents == 3
+    assert found.summary() == first_found.summary() and found.identity() == first_found.identity()
     monkeypatch.setattr(data, "encode_stream", tokenize)
     stat = os.stat(notes / "a.txt")
     (notes / "a.txt").write_text(TINY_TEXT.replace("time", "TIME"), encoding="utf-8")

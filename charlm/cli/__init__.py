@@ -191,16 +191,11 @@ def corpus_options(function: Any) -> Any:
     return function
 
 
-def find_text(paths: Iterable[Path], encoding: str, include: Iterable[str] = (), exclude: Iterable[str] = (),
-              say: bool = True) -> Any:
-    """The text files of `paths` (`charlm.corpus.find_corpus`), with how many of a folder's files
-    were taken and skipped said on stderr."""
-    from charlm.corpus import find_corpus
-
-    found = find_corpus(list(paths), encoding, include, exclude)
-    if say and (line := found.summary()):
+def say_files(found: Any) -> None:
+    """How many of its folders' files a corpus (`charlm.corpus.FoundCorpus`, read) took and
+    skipped, on stderr; nothing for a corpus of files named one by one."""
+    if line := found.summary():
         click.echo(f"note: {escaped(line)}", err=True)
-    return found
 
 
 def decoding_options(function: Any) -> Any:

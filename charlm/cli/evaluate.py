@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from charlm.cli import (
-    CHECKPOINT_DIR, checkpoint_or_latest, corpus_options, decoding_options, device_option, encoding_option, find_text,
-    report_pairs, say_skipped,
+    CHECKPOINT_DIR, checkpoint_or_latest, corpus_options, decoding_options, device_option, encoding_option, report_pairs,
+    say_files, say_skipped,
 )
 
 
@@ -70,9 +70,12 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
     from charlm.evaluation import evaluate_text
     from charlm.runtime import pick_device
 
-    found = find_text(file, encoding, include, exclude)
+    from charlm.corpus import find_corpus
+
+    found = find_corpus(file, encoding, include, exclude)
     model, meta, vocab = load_model(path, "lm", pick_device(device))
     report = evaluate_text(model, meta, vocab, found, encoding)
+    say_files(found)
     if report["unknown_tokens"] and not as_json:
         click.echo(f"note: {report['unknown_tokens']:,} tokens of {found.shown} are not in the "
                    "model's vocab and count as <unk>", err=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from charlm.cli import best_loss, corpus_options, encoding_option, escaped, find_text, non_negative, to_json
+from charlm.cli import best_loss, corpus_options, encoding_option, escaped, non_negative, say_files, to_json
 from charlm.presets import COMMON, PREPROCESS_MODES, TOKEN_KINDS
 
 
@@ -31,11 +31,12 @@ def stats(corpus: tuple[Path, ...], tokens: str, preprocess: str, encoding: str,
     charlm stats corpora/timemachine.txt --preprocess d2l
     charlm stats notes/ --include '*.md'
     """
-    from charlm.corpus import document_chunks, held_out
+    from charlm.corpus import document_chunks, find_corpus, held_out
     from charlm.text import Vocab, count_tokens
 
-    found = find_text(corpus, encoding, include, exclude)
-    counts = count_tokens(document_chunks(found.files, encoding, preprocess), tokens)
+    found = find_corpus(corpus, encoding, include, exclude)
+    counts = count_tokens(document_chunks(found, encoding, preprocess), tokens)
+    say_files(found)
     vocab = Vocab(counts)
     frequent = [[token, counts[token]] for token in vocab.itos[1 : 1 + top]]
     split = f"{held_out(len(found.files), COMMON['val_fraction'])} (--val-fraction {COMMON['val_fraction']:g})"

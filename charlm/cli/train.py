@@ -16,8 +16,8 @@ from click.core import ParameterSource
 
 from charlm import registry
 from charlm.cli import (
-    CHECKPOINT_DIR, MAX_THREADS, LiveChoice, best_loss, corpus_options, device_option, encoding_option, find_text,
-    non_negative, positive, report_pairs, say_skipped,
+    CHECKPOINT_DIR, MAX_THREADS, LiveChoice, best_loss, corpus_options, device_option, encoding_option, non_negative,
+    positive, report_pairs, say_skipped,
 )
 from charlm.presets import (
     CELLS, COMMON, ITERATORS, KEEPS, LM, LM_ONLY, MODEL_SETTINGS, OPTIMIZERS, PAIRS, PAIRS_ONLY, PRECISIONS,
@@ -240,13 +240,15 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
     data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
     inputs: list[Any] = [corpus[0]]
     if task == "lm":
-        found = find_text(corpus, options["encoding"], options["include"], options["exclude"], say=world.is_main)
-        inputs = [file.path for file in found.files] + ([parent.path] if parent is not None else [])
+        from charlm.corpus import find_corpus
+
+        found = find_corpus(corpus, options["encoding"], options["include"], options["exclude"])
         if parent is not None:
             run = language_model_run(found, data_config, train_config, model_settings=options["model_settings"],
                                      world=world, parent=parent)
         else:
             run = language_model_run(found, data_config, train_config, architecture, options, world)
+        inputs = [file.path for file in found.files] + ([parent.path] if parent is not None else [])
     else:
         run = translation_run(corpus[0], data_config, train_config, architecture, options,
                               detected=options["task"] == "auto")
