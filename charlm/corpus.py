@@ -111,8 +111,8 @@ class FoundCorpus:
         to match by the caller): the files taken, stamped now, and those skipped."""
         self.files = [CorpusFile(candidate.path, candidate.name, record["size"], record["sha256"], stamp(candidate.path))
                       for candidate, record in zip(self.candidates, records) if record["skipped"] is None]
-        self.skipped = [(candidate.name, record["skipped"]) for candidate, record in zip(self.candidates, records)
-                        if record["skipped"] is not None]
+        self.skipped += [(candidate.name, record["skipped"]) for candidate, record in zip(self.candidates, records)
+                         if record["skipped"] is not None]  # after what the walk itself left out
         self.records, self.checked = records, True
 
 
@@ -251,8 +251,9 @@ def _documents(found: FoundCorpus, encoding: str) -> Iterator[Iterable[str]]:
             checked = _checked(candidate, encoding)
             if isinstance(checked, str):
                 skipped.append((candidate.name, checked))
-                records.append({"path": os.path.abspath(candidate.path), "size": file_size(candidate.path),
-                                "sha256": file_hash(candidate.path), "skipped": checked})
+                size = file_size(candidate.path)
+                records.append({"path": os.path.abspath(candidate.path), "size": size,
+                                "sha256": file_hash(candidate.path, size), "skipped": checked})
                 continue
             file, texts = checked
             files.append(file)
@@ -308,9 +309,10 @@ def file_digest(path: str | os.PathLike, block_bytes: int = 1 << 22) -> str:
     return hasher.hexdigest()
 
 
-def file_hash(path: str | os.PathLike) -> str | None:
-    """`file_digest` of a regular file, or None where there is none that can be read."""
-    if file_size(path) is None:
+def file_hash(path: str | os.PathLike, size: int | None) -> str | None:
+    """`file_digest` of a regular file (of `file_size` `size`), or None where there is none that
+    can be read: a file that is not regular is never opened."""
+    if size is None:
         return None
     try:
         return file_digest(path)

@@ -343,10 +343,12 @@ class TokenCache:
             source = meta["source"]
             return source["size"] == self.size and source["sha256"] == file_digest(self.source)
         records, candidates = meta["files"], self.found.candidates
+        sizes = [file_size(candidate.path) for candidate in candidates]
         if [(record["path"], record["size"]) for record in records] != \
-                [(os.path.abspath(candidate.path), file_size(candidate.path)) for candidate in candidates]:
+                [(os.path.abspath(candidate.path), size) for candidate, size in zip(candidates, sizes)]:
             return False
-        return all(record["sha256"] == file_hash(candidate.path) for record, candidate in zip(records, candidates))
+        return all(record["sha256"] == file_hash(candidate.path, size)
+                   for record, candidate, size in zip(records, candidates, sizes))
 
     def store(self, corpus: Corpus, sha256: str) -> None:
         """Keep `corpus`, read from the file whose bytes hash to `sha256` (or from the files its

@@ -108,6 +108,38 @@ def test_a_file_that_is_not_text_is_skipped_whole_however_far_in_it_is_found(tmp
                              (f"{tmp_path}/books/c.txt", f"looks like a binary file (NUL byte at offset {size})")]
 
 
+def test_a_fifo_or_a_link_in_a_folder_is_skipped_and_never_opened(runner, notes, monkeypatch):
+    """A FIFO in a folder is skipped by its os.stat, never opened, by the reading and by the token
+    cache alike (a helper opens its other end if charlm ever does, so that this test fails rather
+    than hangs); a link to a folder is not followed, a broken link is skipped."""
+    import threading
+
+    os.mkfifo(notes / "pipe.txt")
+    os.symlink(notes / "drafts", notes / "elsewhere")
+    os.symlink(notes / "gone.txt", notes / "broken.txt")
+    done = threading.Event()
+
+    def unblock_a_reader() -> None:
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(notes / "pipe.txt", os.O_WRONLY | os.O_NONBLOCK))  # ENXIO until a reader is there
+            except OSError:
+                continue
+
+    threading.Thread(target=unblock_a_reader, daemon=True).start()
+    try:
+        for _ in range(2):  # the second run hits the token cache
+            note = run_cli(runner, "train", notes, *TINY_MODEL, "--max-steps", "1", "--overwrite").stderr
+            assert f"{notes}: 3 text files taken, 5 skipped: {notes}/elsewhere: a link to a folder, not followed; " \
+                   f"{notes}/broken.txt: no such file; {notes}/logo.png: looks like a binary file (NUL byte at offset 8); " \
+                   "and 2 more" in note
+        (entry,) = Path(".charlm-cache").iterdir()
+        assert {"path": str(notes / "pipe.txt"), "size": None, "sha256": None,
+                "skipped": "not a regular file (a FIFO)"} in checkpoint.read_metadata(entry)["files"]
+    finally:
+        done.set()
+
+
 def test_a_file_named_on_the_command_line_is_read_strictly(runner, notes):
     """A folder skips what is not text; the same file named on the command line is an error, as
     a corpus of one file always was."""
