@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import itertools
+import json
 import os
 import stat as stat_module
 from collections.abc import Iterable, Iterator, Sequence
@@ -55,6 +56,11 @@ class CorpusFile:
     stamp: tuple[int, ...] | None = None  # `stamp(path)` before it was first read
 
 
+# What the first reading found of a candidate: (absolute path, size, SHA-256, why it was skipped or
+# None); size and hash are None for what is not a regular file that can be read.
+Record = tuple[str, "int | None", "str | None", "str | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     path: str
@@ -74,7 +80,7 @@ class FoundCorpus:
     exclude: tuple[str, ...] = ()
     files: list[CorpusFile] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why), in reading order
-    records: list[dict[str, Any]] = field(default_factory=list)  # every candidate: path, size, sha256, skipped
+    records: list[Record] = field(default_factory=list)  # of every candidate, once read
     checked: bool = False  # the candidates have been read: `files` and `skipped` are known
 
     @property
@@ -106,13 +112,13 @@ class FoundCorpus:
             line += f", {len(self.skipped):,} skipped: {_shown(self.skipped)}"
         return line
 
-    def restore(self, records: list[dict[str, Any]]) -> None:
+    def restore(self, records: list[Record]) -> None:
         """Take what an earlier reading of these very candidates found (their `records`, checked
         to match by the caller): the files taken, stamped now, and those skipped."""
-        self.files = [CorpusFile(candidate.path, candidate.name, record["size"], record["sha256"], stamp(candidate.path))
-                      for candidate, record in zip(self.candidates, records) if record["skipped"] is None]
-        self.skipped += [(candidate.name, record["skipped"]) for candidate, record in zip(self.candidates, records)
-                         if record["skipped"] is not None]  # after what the walk itself left out
+        pairs = list(zip(self.candidates, records))
+        self.files = [CorpusFile(candidate.path, candidate.name, size, sha256, stamp(candidate.path))
+                      for candidate, (_, size, sha256, why) in pairs if why is None]
+        self.skipped += [(candidate.name, why) for candidate, (*_, why) in pairs if why is not None]  # after the walk's
         self.records, self.checked = records, True
 
 
@@ -252,13 +258,11 @@ def _documents(found: FoundCorpus, encoding: str) -> Iterator[Iterable[str]]:
             if isinstance(checked, str):
                 skipped.append((candidate.name, checked))
                 size = file_size(candidate.path)
-                records.append({"path": os.path.abspath(candidate.path), "size": size,
-                                "sha256": file_hash(candidate.path, size), "skipped": checked})
+                records.append((os.path.abspath(candidate.path), size, file_hash(candidate.path, size), checked))
                 continue
             file, texts = checked
             files.append(file)
-            records.append({"path": os.path.abspath(file.path), "size": file.size, "sha256": file.sha256,
-                            "skipped": None})
+            records.append((os.path.abspath(file.path), file.size, file.sha256, None))
             yield texts
         if len(files) == taken:
             raise _no_text(found.roots[root], skipped[passed:], found.include or found.exclude)
@@ -318,6 +322,11 @@ def file_hash(path: str | os.PathLike, size: int | None) -> str | None:
         return file_digest(path)
     except OSError:
         return None
+
+
+def records_digest(records: Iterable[Sequence[Any]]) -> str:
+    """One SHA-256 of every candidate's record: what a token cache entry checks its files by."""
+    return hashlib.sha256(json.dumps([list(record) for record in records]).encode()).hexdigest()
 
 
 def held_out(documents: int, val_fraction: float) -> str:

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from charlm.corpus import (
-    VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, file_digest, file_hash, file_size, stamp,
+    VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, file_digest, file_hash, file_size, records_digest,
+    stamp,
 )
 from charlm.errors import CharlmError, CorpusError
 from charlm.presets import COMMON, ITERATORS
@@ -286,9 +287,10 @@ class TokenCache:
     written atomically, so processes sharing a folder never read a part.
 
     A corpus of several files (a `FoundCorpus`) is keyed by the paths given and the --include /
-    --exclude globs, and its entry lists every candidate file with its absolute path, size,
-    SHA-256 and whether it was skipped as not text: an added, removed or edited file replaces the
-    entry (a hit costs a stat of each file and one read to hash it, as for one file).
+    --exclude globs. Its entry holds the size of every candidate file, why those skipped were, and
+    one SHA-256 of every candidate's absolute path, size, SHA-256 and skip: an added, removed or
+    edited file replaces the entry (a hit costs a stat of each file and one read to hash it, as
+    for one file; a file of another size is seen from the stat, before anything is read).
     """
 
     def __init__(self, folder: str | os.PathLike, corpus: str | os.PathLike | FoundCorpus,
@@ -328,7 +330,7 @@ class TokenCache:
             if int(ids.min()) < 0 or int(ids.max()) >= len(vocab):
                 raise ValueError("ids outside its vocab")
             if self.found is not None:
-                self.found.restore(meta["files"])
+                self.found.restore(self.records)
             return Corpus(ids, vocab, meta["tokens"], meta["preprocess"], cached=True,
                           documents=len(self.found.files) if self.found is not None else 1)
         except (CharlmError, OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
@@ -342,21 +344,29 @@ class TokenCache:
         if self.found is None:
             source = meta["source"]
             return source["size"] == self.size and source["sha256"] == file_digest(self.source)
-        records, candidates = meta["files"], self.found.candidates
+        entry, candidates = meta["files"], self.found.candidates
         sizes = [file_size(candidate.path) for candidate in candidates]
-        if [(record["path"], record["size"]) for record in records] != \
-                [(os.path.abspath(candidate.path), size) for candidate, size in zip(candidates, sizes)]:
+        if entry["sizes"] != sizes:
             return False
-        return all(record["sha256"] == file_hash(candidate.path, size)
-                   for record, candidate, size in zip(records, candidates, sizes))
+        skipped = entry["skipped"]
+        records = [(os.path.abspath(candidate.path), size, file_hash(candidate.path, size), skipped.get(str(index)))
+                   for index, (candidate, size) in enumerate(zip(candidates, sizes))]
+        if records_digest(records) != entry["digest"]:
+            return False
+        self.records = records
+        return True
 
     def store(self, corpus: Corpus, sha256: str) -> None:
         """Keep `corpus`, read from the file whose bytes hash to `sha256` (or from the files its
         `FoundCorpus` records)."""
         from charlm import checkpoint
 
-        source = {"files": self.found.records} if self.found is not None else \
-            {"source": {"name": os.path.basename(self.source), "size": self.size, "sha256": sha256}}
+        if self.found is not None:  # sizes to tell a change before reading, a digest of every record
+            records = self.found.records
+            source = {"files": {"sizes": [size for _, size, _, _ in records], "digest": records_digest(records),
+                                "skipped": {str(index): why for index, (*_, why) in enumerate(records) if why is not None}}}
+        else:
+            source = {"source": {"name": os.path.basename(self.source), "size": self.size, "sha256": sha256}}
         meta = {"kind": CACHE_KIND, **source, "vocab": corpus.vocab.to_dict(), "tokens": corpus.tokens,
                 "preprocess": corpus.preprocess, "content_sha256": content_digest(corpus.ids, corpus.vocab)}
         try:

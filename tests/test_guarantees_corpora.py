@@ -134,8 +134,8 @@ def test_a_fifo_or_a_link_in_a_folder_is_skipped_and_never_opened(runner, notes,
                    f"{notes}/broken.txt: no such file; {notes}/logo.png: looks like a binary file (NUL byte at offset 8); " \
                    "and 2 more" in note
         (entry,) = Path(".charlm-cache").iterdir()
-        assert {"path": str(notes / "pipe.txt"), "size": None, "sha256": None,
-                "skipped": "not a regular file (a FIFO)"} in checkpoint.read_metadata(entry)["files"]
+        files = checkpoint.read_metadata(entry)["files"]  # the FIFO has no size to compare, nor a hash
+        assert list(files["skipped"].values()).count("not a regular file (a FIFO)") == 1 and None in files["sizes"]
     finally:
         done.set()
 
