@@ -275,8 +275,10 @@ def _checked(candidate: Candidate, encoding: str) -> tuple[CorpusFile, Iterable[
     to check it, then given as a second reading."""
     hasher = hashlib.sha256()
     try:
-        check_readable(candidate.path)
-        before = stamp(candidate.path)
+        try:
+            before = stamp(candidate.path)
+        except OSError:  # what is wrong, read_chunks says first thing, before it opens anything
+            before = None
         reading = read_chunks(candidate.path, encoding, hasher=hasher)
         texts: Iterable[str] = []
         held = 0
@@ -292,6 +294,7 @@ def _checked(candidate: Candidate, encoding: str) -> tuple[CorpusFile, Iterable[
         if candidate.strict or error.reason is None:
             raise
         return error.reason
+    before = before or stamp(candidate.path)  # it appeared as it was read: the end's stamps catch that
     return CorpusFile(candidate.path, candidate.name, before[2], hasher.hexdigest(), before), texts
 
 
