@@ -228,6 +228,8 @@ def test_resume_on_a_changed_corpus_is_refused_naming_what_changed(runner, notes
     result = train(runner, notes, "--max-steps", "4", "--out", "m.safetensors", "--resume", "--allow-changed-corpus")
     assert "1 file edited" in result.stderr and "going on, as --allow-changed-corpus says" in result.stderr
     assert checkpoint.read_metadata("m.resume.safetensors")["resume"]["step"] == 4
+    fails(runner, "train", notes, "--out", "n.safetensors", "--allow-changed-corpus",
+          message="--allow-changed-corpus only applies with --resume")
     fails(runner, "train", notes / "a.txt", *TINY_MODEL, "--max-steps", "5", "--out", "m.safetensors", "--resume",
           message="it was trained on 4 files, and now reads one, a.txt")
 

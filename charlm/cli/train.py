@@ -151,6 +151,8 @@ def train(ctx: click.Context, corpus: tuple[Path, ...], out: Path | None, resume
 
     given = {name for name in options if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
     flags = {param.name: param.opts[0] for param in ctx.command.params}
+    if "allow_changed_corpus" in given and not resume:
+        raise click.UsageError("--allow-changed-corpus only applies with --resume")
     parent = _parent(options, given, flags)
     task = _task_of(corpus, options["task"], options["encoding"], parent is not None)
     not_for = [flags[name] for name in (PAIRS_ONLY if task == "lm" else LM_ONLY) if name in given]
