@@ -26,17 +26,22 @@ from typing import Any
 
 import torch
 
+from charlm.corpus import (
+    VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, file_digest, file_hash, file_size, records_digest,
+    stamp,
+)
 from charlm.errors import CharlmError, CorpusError
 from charlm.presets import COMMON, ITERATORS
 from charlm.runtime import cpu_threads, seeded_generator
 from charlm.text import Tokenizer, Vocab, check_readable, count_tokens, preprocess_chunks, read_chunks
 
 
-
 @dataclass(frozen=True)
 class DataConfig:
-    """How a corpus file becomes tokens (the text flags of `charlm train`); defaults from
-    `charlm.presets`. `cache_dir` None keeps no token cache; `skip_bad_lines` is for pair files."""
+    """How a corpus becomes tokens (the text flags of `charlm train`); defaults from
+    `charlm.presets`. `cache_dir` None keeps no token cache; `skip_bad_lines` is for pair files;
+    `unknown` is for fine-tuning: what the tokens a trained model's vocab lacks become (see
+    `load_corpus`)."""
 
     tokens: str = COMMON["tokens"]
     preprocess: str = COMMON["preprocess"]
@@ -45,6 +50,7 @@ class DataConfig:
     max_vocab: int | None = COMMON["max_vocab"]
     cache_dir: str | None = None
     skip_bad_lines: bool = False
+    unknown: str = "error"
 
 
 def id_dtype(vocab_size: int) -> torch.dtype:
@@ -65,15 +71,27 @@ class Corpus:
     tokens: str = "char"
     preprocess: str = "none"
     cached: bool = False  # the ids came from a `TokenCache`
+    documents: int = 1  # the files joined into the ids
 
     def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(train ids, validation ids): the validation split is the last `val_fraction`."""
+        """(train ids, validation ids), as `held_out` says: of one document, the last
+        `val_fraction` (views of the ids); of several, the last `val_fraction` of each of
+        `VAL_STRETCHES` equal stretches, so that every part of the corpus is validated, not only
+        the files that sort last (the parts are joined: one copy of the ids)."""
         num_val = int(len(self.ids) * val_fraction)
-        return self.ids[: len(self.ids) - num_val], self.ids[len(self.ids) - num_val :]
+        if self.documents == 1 or num_val == 0:
+            return self.ids[: len(self.ids) - num_val], self.ids[len(self.ids) - num_val :]
+        heads, tails = [], []
+        for index in range(VAL_STRETCHES):  # stretch i: [bounds[i], bounds[i+1]); its last `held` are held out
+            start, end = (len(self.ids) * at // VAL_STRETCHES for at in (index, index + 1))
+            held = min(num_val * (index + 1) // VAL_STRETCHES - num_val * index // VAL_STRETCHES, end - start)
+            heads.append(self.ids[start : end - held])
+            tails.append(self.ids[end - held : end])
+        return torch.cat(heads), torch.cat(tails)
 
 
 def load_corpus(
-    path: str | os.PathLike,
+    corpus: str | os.PathLike | FoundCorpus,
     tokens: str = "char",
     preprocess: str = "none",
     encoding: str = "utf-8",
@@ -81,55 +99,90 @@ def load_corpus(
     max_vocab: int | None = None,
     vocab: Vocab | None = None,
     cache_dir: str | os.PathLike | None = None,
+    unknown: str = "unk",
 ) -> Corpus:
-    """Read, preprocess and tokenize a file into a `Corpus`. With `vocab` given (evaluating a
-    trained model) it is used as is and unseen tokens become `<unk>`; otherwise one is built.
-    With `cache_dir` the ids are kept there too, and the next call with the same file and settings
-    loads them instead of reading the text (see `TokenCache`)."""
+    """Read, preprocess and tokenize a file, or the files `charlm.corpus.find_corpus` found, into a
+    `Corpus`. With `vocab` given (evaluating or fine-tuning a trained model) it is used as is, and
+    the tokens it lacks become `<unk>` (`unknown="unk"`), are an error naming them ("error"), or
+    are added after its own ("extend"); otherwise one is built. With `cache_dir` the ids are kept
+    there too, and the next call with the same files and settings loads them instead of reading
+    the text (see `TokenCache`)."""
+    found = corpus if isinstance(corpus, FoundCorpus) and not corpus.single else None
+    path = corpus.files[0].path if isinstance(corpus, FoundCorpus) and found is None else corpus
     settings = {"tokens": tokens, "preprocess": preprocess, "encoding": encoding, "min_freq": min_freq,
                 "max_vocab": max_vocab, "vocab": _digest(vocab.to_json().encode()) if vocab is not None else None}
-    cache = TokenCache(cache_dir, path, settings) if cache_dir is not None else None
+    if vocab is not None and unknown != "unk":
+        settings["unknown"] = unknown
+    cache = TokenCache(cache_dir, found or path, settings) if cache_dir is not None else None
     if cache is not None and (cached := cache.load()) is not None:
         return cached
-    hasher = hashlib.sha256()  # fed by the first pass over the file: the content hash costs no pass
+    hasher = hashlib.sha256()  # fed by the first pass over a file: the content hash costs no pass
 
-    def chunks(hashed: bool) -> Iterator[str]:
-        return preprocess_chunks(read_chunks(path, encoding, hasher=hasher if hashed else None), preprocess)
+    if found is None:
+        def chunks(hashed: bool) -> Iterator[str]:
+            return preprocess_chunks(read_chunks(path, encoding, hasher=hasher if hashed else None), preprocess)
 
+        check_readable(path)
+        before = stamp(path)
+        name, moved = os.fspath(path), lambda: os.fspath(path) if stamp(path) != before else None
+    else:  # the first pass checks which files are text, hashing and stamping them
+        def chunks(hashed: bool) -> Iterator[str]:
+            return document_chunks(found, encoding, preprocess)
+
+        name = found.shown
+        moved = lambda: getattr(changed_file(found.files), "name", None)  # noqa: E731
     num_tokens = None
-    check_readable(path)
-    before = _stamp(path)
-    # torch on one thread: each chunk op here is short and memory-bound, a thread team gains
-    # nothing, and on a busy machine each op waited ~20 ms for a descheduled thread
-    with cpu_threads(1):
-        if vocab is None:
-            counts = count_chars(chunks(hashed=True)) if tokens == "char" else count_tokens(chunks(hashed=True), tokens)
-            vocab = Vocab(counts, min_freq=min_freq, max_size=max_vocab)
-            num_tokens = sum(counts.values())
-            if counts and len(vocab) < 2:
-                raise CorpusError(f"{path}: the vocab would hold only <unk> (--min-freq {min_freq}, --max-vocab "
-                                  f"{max_vocab}); lower --min-freq or raise --max-vocab")
-        try:
-            ids = encode_stream(Tokenizer(tokens).split_chunks(chunks(hashed=num_tokens is None)), vocab, num_tokens)
-            changed = num_tokens is not None and (len(ids) != num_tokens or _stamp(path) != before)
-        except _MoreThanCounted:
-            changed = True
+    try:
+        # torch on one thread: each chunk op here is short and memory-bound, a thread team gains
+        # nothing, and on a busy machine each op waited ~20 ms for a descheduled thread
+        with cpu_threads(1):
+            if vocab is None or unknown != "unk":
+                counted = chunks(hashed=True)
+                counts = count_chars(counted) if tokens == "char" else count_tokens(counted, tokens)
+                num_tokens = sum(counts.values())
+                if vocab is not None:
+                    vocab = _with_unknown(vocab, counts, unknown, name, tokens)
+                else:
+                    vocab = Vocab(counts, min_freq=min_freq, max_size=max_vocab)
+                    if counts and len(vocab) < 2:
+                        raise CorpusError(f"{name}: the vocab would hold only <unk> (--min-freq {min_freq}, "
+                                          f"--max-vocab {max_vocab}); lower --min-freq or raise --max-vocab")
+            try:
+                ids = encode_stream(Tokenizer(tokens).split_chunks(chunks(hashed=num_tokens is None)), vocab, num_tokens)
+                two_passes = num_tokens is not None
+                changed = (two_passes and len(ids) != num_tokens) or bool((two_passes or found) and moved())
+            except _MoreThanCounted:
+                changed = True
+    except CorpusError:
+        if found is None or not moved():
+            raise
+        changed = True  # a file of several that reads otherwise than it did when it was found
     # Two passes (count, then encode) must read the same text: otherwise the vocab, the count
     # (the tensor's size) and the hash belong to another text than the ids.
     if changed:
-        raise CorpusError(f"{path}: the file changed while it was being read; try again once nothing writes to it")
+        raise CorpusError(f"{moved() or name}: the file changed while it was being read; try again once nothing "
+                          "writes to it")
     if len(ids) == 0:
-        raise CorpusError(f"{path}: no tokens left after preprocessing {preprocess!r}")
-    corpus = Corpus(ids, vocab, tokens, preprocess)
+        raise CorpusError(f"{name}: no tokens left after preprocessing {preprocess!r}")
+    corpus = Corpus(ids, vocab, tokens, preprocess, documents=len(found.files) if found is not None else 1)
     if cache is not None:
         cache.store(corpus, hasher.hexdigest())
     return corpus
 
 
-def _stamp(path: str | os.PathLike) -> tuple[int, ...]:
-    """What changes when a file is written to or replaced."""
-    info = os.stat(path)
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+def _with_unknown(vocab: Vocab, counts: Counter, unknown: str, name: str, tokens: str) -> Vocab:
+    """`vocab` for a text of `counts`: as it is when it has every token, or when `unknown` is "unk";
+    with the tokens it lacks added after its own, most frequent first ("extend"); an error naming
+    them ("error")."""
+    missing = [token for token, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if token not in vocab]
+    if not missing or unknown == "unk":
+        return vocab
+    if unknown == "extend":
+        return vocab.extended(missing)
+    kind = "character" if tokens == "char" else "token"
+    shown = ", ".join(repr(token) for token in missing[:10]) + (" ..." if len(missing) > 10 else "")
+    raise CorpusError(f"{name} has {len(missing):,} {kind}{'s' if len(missing) > 1 else ''} the model's vocab "
+                      f"lacks: {shown}; pass --unknown unk to map them to <unk>, or --extend-vocab to add them")
 
 
 class _MoreThanCounted(CorpusError):
@@ -218,15 +271,6 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_digest(path: str | os.PathLike, block_bytes: int = 1 << 22) -> str:
-    """The SHA-256 of a file's bytes, as `load_corpus` hashes them while it reads (~1.5 GB/s)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(block_bytes):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 class TokenCache:
     """The token ids of one corpus under one set of tokenization settings, kept in a folder so that
     the next run on the same text skips reading and tokenizing it.
@@ -241,14 +285,30 @@ class TokenCache:
     tampered entry is rebuilt (said on stderr) instead of trained on. A folder that cannot be
     written, or is full, costs the cache, never the run: one line on stderr says so. Entries are
     written atomically, so processes sharing a folder never read a part.
+
+    A corpus of several files (a `FoundCorpus`) is keyed by the paths given and the --include /
+    --exclude globs. Its entry holds the size of every candidate file, why those skipped were, and
+    one SHA-256 of every candidate's absolute path, size, SHA-256 and skip: an added, removed or
+    edited file replaces the entry (a hit costs a stat of each file and one read to hash it, as
+    for one file; a file of another size is seen from the stat, before anything is read).
     """
 
-    def __init__(self, folder: str | os.PathLike, path: str | os.PathLike, settings: dict[str, Any]) -> None:
-        self.source = os.path.abspath(path)
-        key = _digest(json.dumps({"source": self.source, **settings}, sort_keys=True).encode())[:16]
-        name = os.path.basename(self.source)[:CACHE_NAME_CHARS]
-        self.path = os.path.join(os.fspath(folder), f"{name}.{key}.safetensors")
-        self.size = os.path.getsize(self.source) if os.path.isfile(self.source) else None
+    def __init__(self, folder: str | os.PathLike, corpus: str | os.PathLike | FoundCorpus,
+                 settings: dict[str, Any]) -> None:
+        self.found = corpus if isinstance(corpus, FoundCorpus) else None
+        if self.found is not None:
+            self.source = self.size = None
+            roots = [os.path.abspath(root) for root in self.found.roots]
+            keyed = {"sources": roots, "include": list(self.found.include), "exclude": list(self.found.exclude),
+                     **settings}
+            name = os.path.basename(roots[0]) + (f"+{len(roots) - 1}" if len(roots) > 1 else "")
+        else:
+            self.source = os.path.abspath(corpus)
+            keyed = {"source": self.source, **settings}
+            name = os.path.basename(self.source)
+            self.size = os.path.getsize(self.source) if os.path.isfile(self.source) else None
+        key = _digest(json.dumps(keyed, sort_keys=True).encode())[:16]
+        self.path = os.path.join(os.fspath(folder), f"{name[:CACHE_NAME_CHARS]}.{key}.safetensors")
 
     def load(self) -> Corpus | None:
         """The cached corpus, or None when there is no sound entry for this very content."""
@@ -256,8 +316,7 @@ class TokenCache:
 
         try:
             meta = checkpoint.read_metadata(self.path)
-            source = meta["source"]
-            if meta.get("kind") != CACHE_KIND or source["size"] != self.size or source["sha256"] != file_digest(self.source):
+            if meta.get("kind") != CACHE_KIND or not self._same_source(meta):
                 return None
         except (CharlmError, OSError, KeyError, TypeError, ValueError):  # missing, stale or foreign
             return None
@@ -270,19 +329,46 @@ class TokenCache:
                 raise ValueError("its content does not match its checksum")
             if int(ids.min()) < 0 or int(ids.max()) >= len(vocab):
                 raise ValueError("ids outside its vocab")
-            return Corpus(ids, vocab, meta["tokens"], meta["preprocess"], cached=True)
+            if self.found is not None:
+                self.found.restore(self.records)
+            return Corpus(ids, vocab, meta["tokens"], meta["preprocess"], cached=True,
+                          documents=len(self.found.files) if self.found is not None else 1)
         except (CharlmError, OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
             print(f"charlm: note: the token cache {self.path} is damaged ({error}); reading the text again",
                   file=sys.stderr)
             return None
 
+    def _same_source(self, meta: dict[str, Any]) -> bool:
+        """Whether the entry was made from the very files to read now: the same sizes (nothing is
+        read when one differs), then the same hashes."""
+        if self.found is None:
+            source = meta["source"]
+            return source["size"] == self.size and source["sha256"] == file_digest(self.source)
+        entry, candidates = meta["files"], self.found.candidates
+        sizes = [file_size(candidate.path) for candidate in candidates]
+        if entry["sizes"] != sizes:
+            return False
+        skipped = entry["skipped"]
+        records = [(os.path.abspath(candidate.path), size, file_hash(candidate.path, size), skipped.get(str(index)))
+                   for index, (candidate, size) in enumerate(zip(candidates, sizes))]
+        if records_digest(records) != entry["digest"]:
+            return False
+        self.records = records
+        return True
+
     def store(self, corpus: Corpus, sha256: str) -> None:
-        """Keep `corpus`, read from the file whose bytes hash to `sha256`."""
+        """Keep `corpus`, read from the file whose bytes hash to `sha256` (or from the files its
+        `FoundCorpus` records)."""
         from charlm import checkpoint
 
-        meta = {"kind": CACHE_KIND, "source": {"name": os.path.basename(self.source), "size": self.size, "sha256": sha256},
-                "vocab": corpus.vocab.to_dict(), "tokens": corpus.tokens, "preprocess": corpus.preprocess,
-                "content_sha256": content_digest(corpus.ids, corpus.vocab)}
+        if self.found is not None:  # sizes to tell a change before reading, a digest of every record
+            records = self.found.records
+            source = {"files": {"sizes": [size for _, size, _, _ in records], "digest": records_digest(records),
+                                "skipped": {str(index): why for index, (*_, why) in enumerate(records) if why is not None}}}
+        else:
+            source = {"source": {"name": os.path.basename(self.source), "size": self.size, "sha256": sha256}}
+        meta = {"kind": CACHE_KIND, **source, "vocab": corpus.vocab.to_dict(), "tokens": corpus.tokens,
+                "preprocess": corpus.preprocess, "content_sha256": content_digest(corpus.ids, corpus.vocab)}
         try:
             checkpoint.save(self.path, {"ids": corpus.ids}, meta)
         except (OSError, CharlmError) as error:  # unwritable, full, or a vocab too big for a header

@@ -19,7 +19,12 @@ class UsageError(CharlmError):
 
 
 class CorpusError(CharlmError):
-    """A corpus file that cannot be read or used."""
+    """A corpus file that cannot be read or used. `reason` says what is wrong with the file alone,
+    without its path or advice, where the error is about one file."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CheckpointError(CharlmError):

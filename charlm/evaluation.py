@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from charlm import checkpoint
+from charlm.corpus import FoundCorpus
 from charlm.data import lm_eval_batches, load_corpus
 from charlm.errors import CheckpointError, UsageError
 from charlm.pairs import Pair, split_pairs
@@ -61,14 +62,16 @@ def perplexity(loss: float) -> float:
 
 
 def evaluate_text(
-    model: nn.Module, meta: dict[str, Any], vocab: Vocab, path: str | os.PathLike, encoding: str = "utf-8",
+    model: nn.Module, meta: dict[str, Any], vocab: Vocab, path: str | os.PathLike | FoundCorpus,
+    encoding: str = "utf-8",
 ) -> dict[str, Any]:
     """How well a language model (with its checkpoint's `meta` and `vocab`) predicts the text at
-    `path`, read as its corpus was: the tokens predicted, how many of them the vocab lacks (they
-    count as `<unk>`), and `loss_report`. Writes no token cache."""
+    `path` (or of the files `charlm.corpus.find_corpus` found), read as its corpus was: the tokens
+    predicted, how many of them the vocab lacks (they count as `<unk>`), and `loss_report`. Writes
+    no token cache."""
     data = load_corpus(path, meta["tokens"], meta["preprocess"], encoding, vocab=vocab, cache_dir=None)
     if len(data.ids) < 2:
-        raise UsageError(f"{path} has fewer than 2 tokens; nothing to predict")
+        raise UsageError(f"{path.shown if isinstance(path, FoundCorpus) else path} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())
     batches = lm_eval_batches(data.ids, vocab_size=len(vocab))  # logits within a budget, whatever the vocab
     return {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate(model, batches()))}

@@ -45,7 +45,8 @@ LM = {**COMMON, **PRESETS["lm"]}
 PAIRS = {**COMMON, **PRESETS["translate"]}
 
 # Settings that only one task reads: given for the other, they are an error.
-LM_ONLY = ("tokens", "preprocess", "seq_len", "iterator", "cache_dir", "no_cache")
+LM_ONLY = ("tokens", "preprocess", "seq_len", "iterator", "cache_dir", "no_cache", "include", "exclude",
+           "init_from", "unknown", "extend_vocab", "allow_changed_corpus")
 PAIRS_ONLY = ("model_type", "attention", "skip_bad_lines")
 # Settings that go to a model's config by field name: given for an architecture whose config has
 # no such field, they are an error. (For pairs the cell is one too; for text "cell" names the

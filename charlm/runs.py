@@ -1,15 +1,17 @@
-"""Runs: a training run assembled from a corpus file and the user's settings, for each task: the
-data and its split, the batches, the model (its initial weights seeded) and the metadata its
-checkpoint carries.
+"""Runs: a training run assembled from a corpus and the user's settings, for each task: the data and
+its split, the batches, the model (its initial weights seeded, or a trained model's) and the
+metadata its checkpoint carries.
 
     run = language_model_run(corpus, data, train_config, "lstm", model_settings)   # any text
+    run = language_model_run(corpus, data, train_config, parent=load_parent(path))  # fine-tuning
     run = translation_run(corpus, data, train_config, "seq2seq", model_settings)   # a pair file
     Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta).run()
 
-`data` is a `DataConfig`, the architecture a name in `charlm.registry`, and `model_settings` the
-values for its config's fields by name (sizes, dropout, a pair model's cell; the `charlm train`
-flags). The CLI turns flags into these and prints what a run says; nothing here knows about
-click, and the loop itself is the trainer's.
+`corpus` is a file, or the files `charlm.corpus.find_corpus` found; `data` is a `DataConfig`, the
+architecture a name in `charlm.registry`, and `model_settings` the values for its config's fields
+by name (sizes, dropout, a pair model's cell; the `charlm train` flags). The CLI turns flags into
+these and prints what a run says; nothing here knows about click, and the loop itself is the
+trainer's.
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import torch
 from torch import nn
 
-from charlm import registry
+from charlm import checkpoint, registry
+from charlm.corpus import FoundCorpus
 from charlm.data import (
-    BatchIterator, DataConfig, PairBatches, encode_pairs, fit_batch_size, lm_eval_batches, load_corpus, pair_eval_batches,
+    BatchIterator, DataConfig, PairBatches, encode_pairs, file_digest, fit_batch_size, lm_eval_batches, load_corpus,
+    pair_eval_batches,
 )
-from charlm.errors import CharlmError, CorpusError
+from charlm.errors import CharlmError, CheckpointError, CorpusError
 from charlm.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
-from charlm.runtime import World, seed_everything
+from charlm.presets import LM
 from charlm.recipe import TrainConfig
+from charlm.runtime import World, seed_everything
+from charlm.text import Vocab
 
 
 
@@ -57,35 +64,102 @@ class Run:
     notes: list[str] = field(default_factory=list)  # what the user should know about the run
 
 
+@dataclass
+class Parent:
+    """A trained language model that a run starts from (`--init-from`): its architecture, config,
+    vocab, text settings and weights, and what the new checkpoint records of it."""
+
+    path: str
+    architecture: registry.Architecture
+    meta: dict[str, Any]
+    vocab: Vocab
+    weights: dict[str, torch.Tensor]
+    sha256: str
+
+    def record(self) -> dict[str, str]:
+        return {"path": os.path.abspath(self.path), "sha256": self.sha256}
+
+
+def load_parent(path: str | os.PathLike) -> Parent:
+    """The language-model checkpoint at `path`, checked whole, to fine-tune. A translation
+    checkpoint is refused: a pair model is trained on its pairs from scratch."""
+    path = os.fspath(path)
+    if checkpoint.read_metadata(path).get("task") == "translate":
+        raise CheckpointError(f"{path} is a translation checkpoint; --init-from fine-tunes a language model "
+                              "(train a pair model on the new pairs without --init-from)")
+    model, meta, vocab = checkpoint.load_model(path, "lm")
+    return Parent(path, registry.get("lm", registry.name_of(meta)), meta, vocab, model.state_dict(), file_digest(path))
+
+
 def language_model_run(
-    corpus: str | os.PathLike, data_config: DataConfig, train_config: TrainConfig, architecture: str,
-    model_settings: dict[str, Any], world: World = World(),
+    corpus: str | os.PathLike | FoundCorpus, data_config: DataConfig, train_config: TrainConfig,
+    architecture: str | None = None, model_settings: dict[str, Any] | None = None, world: World = World(),
+    parent: Parent | None = None,
 ) -> Run:
-    """A language model of a text: the last `val_fraction` of it held out. A training split too
-    short for the batch size trains on fewer rows (said in a note)."""
+    """A language model of a text, held out as `Corpus.split` says. A training split too short for
+    the batch size trains on fewer rows (said in a note). With a `parent` the model is the
+    parent's, its weights, architecture, vocab and text settings (`model_settings` may change only
+    what leaves the weights as they are, such as dropout); the tokens the new text has and its
+    vocab lacks follow `data_config.unknown` (with "extend", their rows start as this seed's)."""
+    model_settings = dict(model_settings or {})
+    vocab = None
+    if parent is not None:
+        data_config = replace(data_config, tokens=parent.meta["tokens"], preprocess=parent.meta["preprocess"])
+        architecture, vocab = parent.architecture.name, parent.vocab
+        model_settings = {**parent.meta["model"], **model_settings}
     with world.main_first():  # rank 0 fills the token cache, then the others read it
         data = load_corpus(corpus, data_config.tokens, data_config.preprocess, data_config.encoding,
-                           data_config.min_freq, data_config.max_vocab, cache_dir=data_config.cache_dir)
+                           data_config.min_freq, data_config.max_vocab, vocab=vocab, cache_dir=data_config.cache_dir,
+                           unknown=data_config.unknown if parent is not None else "unk")
     train_ids, val_ids = data.split(train_config.val_fraction)
-    notes = []
+    notes = [line] if isinstance(corpus, FoundCorpus) and (line := corpus.summary()) else []
     batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
     if batch_size < train_config.batch_size:
         notes.append(f"the training split has {len(train_ids):,} tokens, too few for batches of "
                      f"{train_config.batch_size} x {train_config.seq_len}: using --batch-size {batch_size}")
         train_config = replace(train_config, batch_size=batch_size)
-    entry = registry.get("lm", architecture)
+    entry = registry.get("lm", architecture or LM["cell"])
     model_class, config = model_config(entry, model_settings, vocab_size=len(data.vocab))
     seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
     model = model_class(config)
+    if parent is not None:
+        start_from(model, parent.weights)
+        if len(data.vocab) > len(parent.vocab):
+            notes.append(f"added {len(data.vocab) - len(parent.vocab):,} tokens to the vocab of {parent.path}: "
+                         f"{', '.join(repr(token) for token in data.vocab.itos[len(parent.vocab):][:10])}")
     meta = {"task": "lm", **registry.metadata(entry), "model": asdict(config), "vocab": data.vocab.to_dict(),
-            "tokens": data_config.tokens, "preprocess": data_config.preprocess, "corpus": os.path.basename(corpus)}
+            "tokens": data_config.tokens, "preprocess": data_config.preprocess, **corpus_record(corpus)}
+    if parent is not None:
+        meta["parent"] = parent.record()
     shown = model.describe() if hasattr(model, "describe") else entry.name
-    description = (f"{corpus}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
-                   f"{shown}, {model.num_parameters():,} parameters")
+    name = corpus if not isinstance(corpus, FoundCorpus) else corpus.shown if corpus.single \
+        else f"{corpus.shown} ({len(corpus.files):,} files)"
+    description = (f"{name}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
+                   f"{shown}, {model.num_parameters():,} parameters"
+                   + (f", from {parent.path}" if parent is not None else ""))
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
     val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab)) if len(val_ids) >= 2 else None
     return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes)
+
+
+def corpus_record(corpus: str | os.PathLike | FoundCorpus) -> dict[str, Any]:
+    """What a checkpoint records of its corpus: the name of a file; of several files, the names of
+    the paths given and each file's name, size and SHA-256, which `--resume` compares."""
+    if isinstance(corpus, FoundCorpus) and not corpus.single:
+        return {"corpus": corpus.name, "corpus_files": corpus.identity()}
+    return {"corpus": os.path.basename(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus)}
+
+
+@torch.no_grad()
+def start_from(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy a parent's `weights` into `model`, a model of the same architecture whose vocab may be
+    larger. A tensor that has grown (an embedding's or the head's rows, a one-hot input's columns
+    of W_ih) takes the parent's values in its leading part, bit for bit, and keeps its own seeded
+    initial values for the new tokens."""
+    for name, tensor in model.state_dict().items():  # views of the parameters: copied into in place
+        old = weights[name]
+        tensor[tuple(slice(0, size) for size in old.shape)].copy_(old)
 
 
 def translation_run(

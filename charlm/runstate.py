@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from charlm import checkpoint
+from charlm.corpus import corpus_changes
 from charlm.errors import CharlmError, CheckpointError
 from charlm.recipe import TrainConfig, make_optimizer
 
@@ -152,13 +153,48 @@ def read_resume(
 
 def _check_same_run(path: str, saved: dict[str, Any], meta: dict[str, Any], train_config: TrainConfig) -> None:
     """A resume must use the same data, model and batches: everything in the run's metadata but
-    the corpus's name, and the training flags that fix the order of the batches."""
+    the corpus's name and files (`check_corpus` compares those), and the training flags that fix
+    the order of the batches."""
     flags = saved.get("train") if isinstance(saved.get("train"), dict) else {}
     changed = [key for key in SAME_RUN_FLAGS if key in flags and flags[key] != getattr(train_config, key)]
-    changed += [key for key in meta if key != "corpus" and saved.get(key) != meta[key]]
+    changed += [key for key in meta if key not in ("corpus", "corpus_files") and saved.get(key) != meta[key]]
     if changed:
         raise CharlmError(f"{path} was trained with different settings ({', '.join(changed)}); "
                           "resume with the same flags and corpus")
+
+
+def check_corpus(path: str | os.PathLike, meta: dict[str, Any], allow_changed: bool = False) -> str | None:
+    """Compare the corpus a run resumes on (the files `meta` records, see `charlm.runs.corpus_record`)
+    with the one the resume file at `path` was trained on. A change is an error saying which files
+    were added, removed or edited, or with `allow_changed` a note, returned. None when nothing
+    changed or there is nothing to compare: no resume file (`read_resume` says so), or one file
+    then and now (a checkpoint records nothing of one file's content; its vocab is compared with
+    the rest of the metadata)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return None
+    try:
+        saved = checkpoint.read_metadata(path)
+    except CharlmError:
+        return None  # `read_resume` says what is wrong with it
+    before, after = saved.get("corpus_files"), meta.get("corpus_files")
+    if before is None and after is None:
+        return None
+    if before is not None and not (isinstance(before, list)
+                                   and all(isinstance(file, dict) and isinstance(file.get("name"), str) for file in before)):
+        raise CheckpointError(f"{path}: damaged corpus record (corpus_files) in charlm metadata; train without --resume")
+    if before is None:
+        changes = [f"it was trained on one file, {saved.get('corpus')}, and now reads {len(after):,} files"]
+    elif after is None:
+        changes = [f"it was trained on {len(before):,} files, and now reads one, {meta.get('corpus')}"]
+    else:
+        changes = corpus_changes(before, after)
+    if not changes:
+        return None
+    said = f"the corpus changed since the run at {path} started: {'; '.join(changes)}"
+    if not allow_changed:
+        raise CharlmError(f"{said}; resume on the same files, or pass --allow-changed-corpus to go on with these")
+    return said
 
 
 def optimizer_layout(train_config: TrainConfig) -> dict[str, Any]:

@@ -41,18 +41,18 @@ def check_readable(path: str | os.PathLike) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise CorpusError(f"{path}: no such file; check the path") from None
+        raise file_error(path, "no such file", "check the path") from None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise CorpusError(f"{path}: a loop of symbolic links; check the path") from None
-        raise CorpusError(f"{path}: {error.strerror or error}; check the path") from None
+            raise file_error(path, "a loop of symbolic links", "check the path") from None
+        raise file_error(path, str(error.strerror or error), "check the path") from None
     if stat.S_ISDIR(mode):
-        raise CorpusError(f"{path}: is a directory; give a text file")
+        raise file_error(path, "is a directory", "give a text file")
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
-        raise CorpusError(f"{path}: not a regular file ({kind}); give a text file")
+        raise file_error(path, f"not a regular file ({kind})", "give a text file")
     if not os.access(path, os.R_OK):
-        raise CorpusError(f"{path}: not readable; check its permissions")
+        raise file_error(path, "not readable", "check its permissions")
 
 
 _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
@@ -73,19 +73,21 @@ def read_chunks(
     object) is fed every byte read, so the file's content hash comes with no pass of its own."""
     check_readable(path)
     path = os.fspath(path)
-    codec = _checked_encoding(encoding).name
+    codec = checked_encoding(encoding).name
     decoder = codecs.getincrementaldecoder(codec)("strict")
     pending_cr = False  # a chunk that ended in "\r" may be the first half of "\r\n"
     wide = "16" in codec or "32" in codec
     with open(path, "rb") as file:
         start = file.read(4)
         if not start:
-            raise CorpusError(f"{path}: the file is empty; give a file with some text in it")
+            raise file_error(path, "the file is empty", "give a file with some text in it")
         bom = next((name for mark, name in _WIDE_BOMS if start.startswith(mark)), None)
         if bom and not wide:
-            raise CorpusError(f"{path}: starts with a {bom.upper()} byte-order mark; pass --encoding {bom}")
+            raise file_error(path, f"starts with a {bom.upper()} byte-order mark", f"pass --encoding {bom}")
         # A UTF-8 byte-order mark is not text; `offset` counts the bytes before the current block.
         offset = 3 if codec == "utf-8" and start.startswith(codecs.BOM_UTF8) else 0
+        if hasher is not None:
+            hasher.update(start[:offset])  # the hash is of the file's bytes, the mark's too
         file.seek(offset)
         while True:
             block = file.read(chunk_bytes)
@@ -94,18 +96,14 @@ def read_chunks(
                 hasher.update(block)
             if b"\0" in block and not wide:
                 at = offset + block.index(b"\0")
-                raise CorpusError(
-                    f"{path}: looks like a binary file (NUL byte at offset {at}); give a text file"
-                )
+                raise file_error(path, f"looks like a binary file (NUL byte at offset {at})", "give a text file")
             buffered = len(decoder.getstate()[0])  # bytes held back from the previous block
             try:
                 text = decoder.decode(block, final=final)
             except UnicodeDecodeError as error:
                 at = max(offset - buffered + error.start, 0)
-                raise CorpusError(
-                    f"{path}: not valid {encoding} at byte offset {at}; "
-                    f"convert it to UTF-8 or pass --encoding (e.g. --encoding latin-1)"
-                ) from None
+                raise file_error(path, f"not valid {encoding} at byte offset {at}",
+                                 "convert it to UTF-8 or pass --encoding (e.g. --encoding latin-1)") from None
             offset += len(block)
             if pending_cr:
                 text = "\r" + text
@@ -120,7 +118,14 @@ def read_chunks(
                 return
 
 
-def _checked_encoding(encoding: str) -> codecs.CodecInfo:
+def file_error(path: str | os.PathLike, reason: str, advice: str) -> CorpusError:
+    """"PATH: REASON; ADVICE" as a `CorpusError` that keeps the reason apart: a folder's reading
+    (`charlm.corpus`) skips such a file and says why."""
+    return CorpusError(f"{os.fspath(path)}: {reason}; {advice}", reason=reason)
+
+
+def checked_encoding(encoding: str) -> codecs.CodecInfo:
+    """The codec of `encoding`; a name that is none, or not a text encoding, is a `CorpusError`."""
     try:
         info = codecs.lookup(encoding)
     except LookupError:
@@ -284,6 +289,12 @@ class Vocab:
     def unknown(self, tokens: Iterable[str]) -> list[str]:
         """The distinct tokens not in the vocab, in order of first appearance."""
         return list(dict.fromkeys(token for token in tokens if token not in self.stoi))
+
+    def extended(self, tokens: Iterable[str]) -> Vocab:
+        """This vocab with the `tokens` it lacks added after its own, in the order given: every
+        token it has keeps its id."""
+        return Vocab.from_dict({"itos": self.itos + [token for token in dict.fromkeys(tokens) if token not in self],
+                                "reserved": list(self.reserved)})
 
     def to_dict(self) -> dict:
         return {"itos": list(self.itos), "reserved": list(self.reserved)}

@@ -14,7 +14,13 @@ subprocess that reports
 
 The targets: at most 3 bytes per character above the baseline, and 100 MB in at most 30 s.
 
+With `--many-files N` it measures a folder instead: the first `--size-mb` of the corpus cut at line
+ends into N files (100 per subfolder), read as `charlm train FOLDER` reads it (found, hashed and
+checked to be text, then counted and encoded), against one file holding the same text, the files
+joined by the blank line charlm puts between documents: the same tokens either way.
+
     python scripts/bench_corpus.py [--size-mb 200] [--scratch /tmp/charlm-bench] [--max-vocab 50000]
+    python scripts/bench_corpus.py --many-files 10000 --size-mb 50
 """
 
 from __future__ import annotations
@@ -100,6 +106,24 @@ def prepare(scratch: Path, size_mb: int) -> dict[str, Path]:
     return {"100 MB": half, f"{size_mb} MB": full}
 
 
+def prepare_many(scratch: Path, size_mb: int, count: int) -> dict[str, Path]:
+    """`count` files holding the first `size_mb` of the corpus, and one file of the same text."""
+    source = prepare(scratch, max(size_mb, 100))["100 MB" if size_mb <= 100 else f"{size_mb} MB"]
+    folder, joined = scratch / f"many-{size_mb}mb-{count}", scratch / f"many-{size_mb}mb-{count}.txt"
+    if not joined.exists() or sum(1 for _ in folder.rglob("*.txt")) != count:
+        shutil.rmtree(folder, ignore_errors=True)
+        with open(source, "rb") as file:
+            data = file.read(size_mb * MB)
+        lines = data[: data.rfind(b"\n") + 1].decode("utf-8").splitlines(keepends=True)
+        parts = ["".join(lines[len(lines) * index // count : len(lines) * (index + 1) // count]) for index in range(count)]
+        for index, part in enumerate(parts):
+            path = folder / f"d{index // 100:03d}" / f"f{index:05d}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(part, encoding="utf-8")
+        joined.write_text("\n\n".join(parts), encoding="utf-8")
+    return {f"{count:,} files": folder, "one file": joined}
+
+
 # ---------------------------------------------------------------------------------------------
 # One measurement, in a fresh process
 
@@ -117,13 +141,14 @@ def child(path: str, tokens: str, max_vocab: int | None, cache_dir: str) -> None
     sys.path.insert(0, str(ROOT))
     import torch  # noqa: F401  (part of the baseline)
 
+    from charlm.corpus import find_corpus
     from charlm.data import load_corpus
 
     with open("/proc/self/clear_refs", "w") as clear:  # reset VmHWM to the current size
         clear.write("5")
     baseline = memory_kb("VmRSS")
     started, cpu_started = time.perf_counter(), time.process_time()
-    corpus = load_corpus(path, tokens, max_vocab=max_vocab, cache_dir=cache_dir)
+    corpus = load_corpus(find_corpus([path]), tokens, max_vocab=max_vocab, cache_dir=cache_dir)
     int(corpus.ids.max())  # touch every id (a cache hit is memory-mapped), allocating nothing
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     peak = memory_kb("VmHWM")
@@ -142,6 +167,8 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/charlm-bench"))
     parser.add_argument("--max-vocab", type=int, default=50_000)
+    parser.add_argument("--many-files", type=int, default=None, metavar="N",
+                        help="measure N files of --size-mb in all against one file of the same text")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -149,7 +176,10 @@ def main() -> None:
         child(path, tokens, int(max_vocab) or None, cache_dir)
         return
 
-    corpora = prepare(args.scratch, args.size_mb)
+    if args.many_files:
+        corpora = prepare_many(args.scratch, args.size_mb, args.many_files)
+    else:
+        corpora = prepare(args.scratch, args.size_mb)
     characters = {}
     header = (f"{'corpus, tokens':<34} {'tokens':>12} {'vocab':>7} {'ids':>6} {'cold s':>7} {'cpu s':>6} {'MB/s':>6} "
               f"{'peak B/char':>11} {'cached s':>8} {'peak B/char':>11}")
@@ -163,12 +193,14 @@ def main() -> None:
             warm = measure(path, tokens, max_vocab, cache_dir)
             if tokens == "char":
                 characters[name] = cold["tokens"]
+            warm_cpu = f" (CPU {warm['cpu_seconds']:.2f} s)" if args.many_files else ""
             label = f"{name} {tokens}" + (f" --max-vocab {max_vocab}" if max_vocab else "")
             per_char = characters[name]
+            size = sum(file.stat().st_size for file in path.rglob("*")) if path.is_dir() else path.stat().st_size
             print(f"{label:<34} {cold['tokens']:>12,} {cold['vocab']:>7,} {cold['dtype'].split('.')[-1]:>6} "
-                  f"{cold['seconds']:>7.1f} {cold['cpu_seconds']:>6.1f} {path.stat().st_size / MB / cold['seconds']:>6.1f} "
-                  f"{cold['peak_bytes'] / per_char:>11.2f} {warm['seconds']:>8.2f} {warm['peak_bytes'] / per_char:>11.2f}",
-                  flush=True)
+                  f"{cold['seconds']:>7.1f} {cold['cpu_seconds']:>6.1f} {size / MB / cold['seconds']:>6.1f} "
+                  f"{cold['peak_bytes'] / per_char:>11.2f} {warm['seconds']:>8.2f} {warm['peak_bytes'] / per_char:>11.2f}"
+                  f"{warm_cpu}", flush=True)
     baseline = cold["baseline_bytes"] / MB
     print(f"\nbaseline (Python + torch + charlm) {baseline:.0f} MB; characters: "
           + ", ".join(f"{name} {count:,}" for name, count in characters.items()))

@@ -137,6 +137,19 @@ def test_a_changed_file_is_noticed_even_with_the_same_size_and_time(tmp_path):
     assert len(list(cache.iterdir())) == 1  # the entry was replaced, not added to
 
 
+def test_a_file_with_a_byte_order_mark_hits_the_cache(tmp_path, monkeypatch):
+    """The hash a read records is of every byte of the file, a UTF-8 byte-order mark's too, as
+    the hash a cache hit checks against."""
+    from charlm import data
+
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfabcabc")
+    first = load_corpus(path, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(data, "read_chunks", lambda *args, **kwargs: pytest.fail("the text was read again"))
+    second = load_corpus(path, cache_dir=tmp_path / "cache")
+    assert second.cached and second.ids.tolist() == first.ids.tolist() == [1, 2, 3, 1, 2, 3]
+
+
 def test_different_settings_get_different_entries(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("the cat the dog the end\n" * 5, encoding="utf-8")

@@ -151,15 +151,20 @@ def test_missing_path(runner, model_file, command, message):
 
 
 @pytest.mark.parametrize(("command", "message"), [
-    (["train", "folder"], "folder: is a directory"),
-    (["stats", "folder"], "folder: is a directory"),
-    (["eval", "--checkpoint", "{model}", "folder"], "folder: is a directory"),
+    (["train", "folder"], "folder: no text file in it (skipped: folder/image.png: looks like a binary file"),
+    (["stats", "folder"], "folder: no text file in it (skipped: folder/image.png: looks like a binary file"),
+    (["eval", "--checkpoint", "{model}", "folder"], "folder: no text file in it (skipped: folder/image.png"),
     (["generate", "--checkpoint", "folder"], "folder: is a directory"),
     (["info", "folder"], "folder: is a directory"),
     (["train", "tiny.txt", "--out", "folder"], "is a directory"),
 ])
 def test_a_directory(runner, model_file, command, message):
+    """A folder is a corpus (tests/test_guarantees_corpora.py): one with no text file in it (here
+    a binary file and a hidden one) is one line naming what it skipped. A folder is never a
+    checkpoint, nor an --out."""
     os.mkdir("folder")
+    Path("folder/image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    Path("folder/.hidden.txt").write_text("text, but hidden", encoding="utf-8")
     fails(runner, *[part.format(model=model_file) for part in command], message=message)
 
 
@@ -201,7 +206,7 @@ def test_not_utf8_names_the_byte_offset(runner):
     (["train", "tiny.txt", "--min-freq", "100000"], "the vocab would hold only <unk>"),
     (["train", "tiny.txt", "--model", "transformer"], "'--model'"),
     (["train", "tiny.txt", "--embedding-size", str(10**14)], "out of memory"),
-    (["train"], "Missing argument 'CORPUS'"),
+    (["train"], "Missing argument 'CORPUS...'"),
     (["generate", "--checkpoint", "{model}", "--top-p", "0"], "'--top-p'"),
     (["generate", "--checkpoint", "{model}", "--temperature", "inf"], "--temperature must be a positive number"),
     (["generate", "--checkpoint", "{model}", "--length", "-1"], "'--length'"),

@@ -177,6 +177,27 @@ encoding_option = click.option(
     "--encoding", default=COMMON["encoding"], show_default=True, help="Text encoding of the input file.")
 
 
+def corpus_options(function: Any) -> Any:
+    """--include and --exclude, shared by train, stats and eval: which files of a folder are read."""
+    options = [
+        click.option("--include", multiple=True, metavar="GLOB",
+                     help="Of a folder, read only the files this glob matches (by their path inside it or their "
+                          "name; repeatable). A file named on the command line is always read."),
+        click.option("--exclude", multiple=True, metavar="GLOB",
+                     help="Of a folder, leave out the files and folders this glob matches (repeatable)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def say_files(found: Any) -> None:
+    """How many of its folders' files a corpus (`charlm.corpus.FoundCorpus`, read) took and
+    skipped, on stderr; nothing for a corpus of files named one by one."""
+    if line := found.summary():
+        click.echo(f"note: {escaped(line)}", err=True)
+
+
 def decoding_options(function: Any) -> Any:
     """--beam, --length-penalty and --max-length, shared by translate and eval."""
     options = [

@@ -6,48 +6,58 @@ Scoring is `charlm.evaluation`'s; this module picks the checkpoint and prints th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
 from charlm.cli import (
-    CHECKPOINT_DIR, checkpoint_or_latest, decoding_options, device_option, encoding_option, report_pairs, say_skipped,
+    CHECKPOINT_DIR, checkpoint_or_latest, corpus_options, decoding_options, device_option, encoding_option, report_pairs,
+    say_files, say_skipped,
 )
 
 
 @click.command("eval")
 @click.option("--checkpoint", type=click.Path(path_type=str), default=None,
               help=f"A checkpoint [default: the newest in {CHECKPOINT_DIR}/ for FILE's kind: text or pairs].")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", nargs=-1, required=True, type=click.Path(path_type=Path))
 @encoding_option
+@corpus_options
 @decoding_options
 @click.option("--held-out", is_flag=True, help="Pairs: score only the pairs of FILE held out when the model was trained on it.")
 @click.option("--skip-bad-lines", is_flag=True, help="Pairs: leave out malformed lines instead of stopping.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, length_penalty: float,
-             max_length: int | None, held_out: bool, skip_bad_lines: bool, device: str, as_json: bool) -> None:
-    """Loss, perplexity and bits per character of a language model on FILE; or exact match,
-    character error rate and BLEU of a translation model on FILE's pairs.
+def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, include: tuple[str, ...],
+             exclude: tuple[str, ...], beam: int, length_penalty: float, max_length: int | None, held_out: bool,
+             skip_bad_lines: bool, device: str, as_json: bool) -> None:
+    """Loss, perplexity and bits per character of a language model on FILE, one or more text
+    files or folders read as `charlm train` reads them (joined by a blank line); or exact match,
+    character error rate and BLEU of a translation model on the pairs of one FILE.
 
     \b
     charlm eval --checkpoint checkpoints/timemachine.safetensors corpora/timemachine.txt
+    charlm eval --checkpoint checkpoints/notes.safetensors notes/ --include '*.md'
     charlm eval --checkpoint checkpoints/wordpairs.safetensors corpora/wordpairs.tsv --held-out
     """
     from charlm.checkpoint import read_metadata
     from charlm.pairs import looks_like_pairs
 
+    several = len(file) > 1 or os.path.isdir(file[0])
     if checkpoint:
         task = read_metadata(checkpoint).get("task")
     else:
-        task = "translate" if looks_like_pairs(file, encoding) else "lm"
+        task = "translate" if not several and looks_like_pairs(file[0], encoding) else "lm"
     path = checkpoint_or_latest(checkpoint, task)
     if task == "translate":
         from charlm.evaluation import evaluate_translator
         from charlm.pairs import read_pairs
 
-        pairs, skipped = read_pairs(file, encoding, skip_bad_lines)
-        say_skipped(file, skipped)
+        if several:
+            raise click.UsageError("a translation model is scored on the pairs of one file; give one "
+                                   "source<TAB>target file")
+        pairs, skipped = read_pairs(file[0], encoding, skip_bad_lines)
+        say_skipped(file[0], skipped)
         report = evaluate_translator(path, pairs, device, held_out, beam, length_penalty, max_length)
         if as_json:
             click.echo(json.dumps(report))
@@ -60,11 +70,15 @@ def evaluate(checkpoint: str | None, file: Path, encoding: str, beam: int, lengt
     from charlm.evaluation import evaluate_text
     from charlm.runtime import pick_device
 
+    from charlm.corpus import find_corpus
+
+    found = find_corpus(file, encoding, include, exclude)
     model, meta, vocab = load_model(path, "lm", pick_device(device))
-    report = evaluate_text(model, meta, vocab, file, encoding)
+    report = evaluate_text(model, meta, vocab, found, encoding)
+    say_files(found)
     if report["unknown_tokens"] and not as_json:
-        click.echo(f"note: {report['unknown_tokens']:,} tokens of {file} are not in the model's vocab and count as <unk>",
-                   err=True)
+        click.echo(f"note: {report['unknown_tokens']:,} tokens of {found.shown} are not in the "
+                   "model's vocab and count as <unk>", err=True)
     if as_json:
         click.echo(json.dumps(report))
     else:

@@ -9,35 +9,48 @@ from typing import Any
 
 import click
 
-from charlm.cli import best_loss, encoding_option, escaped, non_negative, to_json
+from charlm.cli import best_loss, corpus_options, encoding_option, escaped, non_negative, say_files, to_json
 from charlm.presets import COMMON, PREPROCESS_MODES, TOKEN_KINDS
 
 
 @click.command()
-@click.argument("corpus", type=click.Path(path_type=Path))
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--tokens", type=click.Choice(TOKEN_KINDS), default=COMMON["tokens"], show_default=True)
 @click.option("--preprocess", type=click.Choice(PREPROCESS_MODES), default=COMMON["preprocess"], show_default=True)
 @encoding_option
+@corpus_options
 @click.option("--top", type=non_negative, default=10, show_default=True, help="How many of the most frequent tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def stats(corpus: Path, tokens: str, preprocess: str, encoding: str, top: int, as_json: bool) -> None:
-    """Token count, vocab size and the most frequent tokens of CORPUS.
+def stats(corpus: tuple[Path, ...], tokens: str, preprocess: str, encoding: str, include: tuple[str, ...],
+          exclude: tuple[str, ...], top: int, as_json: bool) -> None:
+    """Token count, vocab size and the most frequent tokens of CORPUS, one or more text files or
+    folders read as `charlm train` reads them, and how training would hold out its validation
+    split.
 
     \b
     charlm stats corpora/timemachine.txt --preprocess d2l
+    charlm stats notes/ --include '*.md'
     """
-    from charlm.text import Vocab, count_tokens, preprocess_chunks, read_chunks
+    from charlm.corpus import document_chunks, find_corpus, held_out
+    from charlm.text import Vocab, count_tokens
 
-    counts = count_tokens(preprocess_chunks(read_chunks(corpus, encoding), preprocess), tokens)
+    found = find_corpus(corpus, encoding, include, exclude)
+    counts = count_tokens(document_chunks(found, encoding, preprocess), tokens)
+    say_files(found)
     vocab = Vocab(counts)
     frequent = [[token, counts[token]] for token in vocab.itos[1 : 1 + top]]
+    split = f"{held_out(len(found.files), COMMON['val_fraction'])} (--val-fraction {COMMON['val_fraction']:g})"
     report = {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
-              "most_frequent": frequent}
+              "most_frequent": frequent, "files": len(found.files), "skipped_files": len(found.skipped),
+              "held_out": split}
     if as_json:
         click.echo(to_json(report))
         return
     click.echo(f"tokens      {report['tokens']:,}")
     click.echo(f"vocab size  {report['vocab_size']} (<unk> + {report['distinct_tokens']} distinct)")
+    if not found.single:
+        click.echo(f"files       {len(found.files):,} read, {len(found.skipped):,} skipped")
+    click.echo(f"held out    {escaped(split)}")
     for token, count in frequent:
         click.echo(f"  {token!r:>12}  {count:,}")
 
@@ -73,8 +86,12 @@ def info(checkpoint: str, as_json: bool) -> None:
         f"model        {str(meta['architecture']) + ': ' if meta.get('architecture') else ''}"
         f"{', '.join(f'{key}={value}' for key, value in model.items())}",
         f"text         tokens={meta.get('tokens')}, preprocess={meta.get('preprocess')}, {vocabs}"
-        + (f", corpus {meta['corpus']}" if meta.get("corpus") else ""),
+        + (f", corpus {meta['corpus']}" if meta.get("corpus") else "")
+        + (f" ({len(files):,} files)" if isinstance(files := meta.get("corpus_files"), list) else ""),
         f"training     {training.get('steps')} steps, {training.get('tokens')} tokens"
         + (f", {best} at step {training.get('best_step')}" if best else ""),
     ]
+    parent = field(meta.get("parent"), dict, None)
+    if parent is not None:
+        lines.append(f"parent       {parent.get('path')} (sha256 {parent.get('sha256')})")
     click.echo("\n".join(escaped(line) for line in lines))  # the metadata is anyone's text

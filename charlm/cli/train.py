@@ -7,6 +7,7 @@ and `charlm.trainer` runs it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ from click.core import ParameterSource
 
 from charlm import registry
 from charlm.cli import (
-    CHECKPOINT_DIR, MAX_THREADS, LiveChoice, best_loss, device_option, encoding_option, non_negative, positive,
-    report_pairs, say_skipped,
+    CHECKPOINT_DIR, MAX_THREADS, LiveChoice, best_loss, corpus_options, device_option, encoding_option, non_negative,
+    positive, report_pairs, say_skipped,
 )
 from charlm.presets import (
     CELLS, COMMON, ITERATORS, KEEPS, LM, LM_ONLY, MODEL_SETTINGS, OPTIMIZERS, PAIRS, PAIRS_ONLY, PRECISIONS,
@@ -48,7 +49,7 @@ def _model_names() -> tuple[str, ...]:
 
 
 @click.command()
-@click.argument("corpus", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--task", type=click.Choice(("auto", *TASKS)), default="auto", show_default=True,
               help="lm: a language model of the text; translate: a model of source<TAB>target pairs; "
                    "auto: translate when most lines hold a tab.")
@@ -66,6 +67,7 @@ def _model_names() -> tuple[str, ...]:
 @click.option("--preprocess", type=click.Choice(PREPROCESS_MODES), default=COMMON["preprocess"], show_default=True,
               help="Text: none, the text as it is; d2l, letters only, lower case (the d2l book's).")
 @encoding_option
+@corpus_options
 @click.option("--min-freq", type=positive, default=COMMON["min_freq"], show_default=True, help="Rarer tokens become <unk>.")
 @click.option("--max-vocab", type=positive, default=COMMON["max_vocab"], help="Keep at most this many tokens (the rest become <unk>).")
 @cache_dir_option
@@ -95,7 +97,8 @@ def _model_names() -> tuple[str, ...]:
               help="Stop after this many seconds.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=COMMON["val_fraction"],
               show_default=True,
-              help="Held out for validation: the last part of a text; a seeded random part of the pairs.")
+              help="Held out for validation: the last part of a text (of several files, the last part of each of "
+                   "20 equal stretches of their text); a seeded random part of the pairs.")
 @click.option("--eval-every", type=positive, default=COMMON["eval_every"], help="Evaluate every N steps (default: each epoch).")
 @click.option("--seed", type=int, default=COMMON["seed"], show_default=True)
 @device_option
@@ -110,39 +113,94 @@ def _model_names() -> tuple[str, ...]:
               help="The model to save at --out: the best by validation loss, or the last (pairs such as antonyms "
                    f"cannot generalise, so their model must learn them all). {_per_task('keep')}")
 @click.option("--resume", is_flag=True, help="Continue the run saved at --out from where it stopped.")
+@click.option("--allow-changed-corpus", is_flag=True,
+              help="With --resume: go on although files of the corpus were added, removed or edited since the run "
+                   "started (its vocab must stay the same).")
+@click.option("--init-from", type=click.Path(path_type=str), default=None, metavar="CHECKPOINT",
+              help="Fine-tune: start from this language model's weights, architecture, vocab and text settings, "
+                   "with a fresh optimizer and schedule.")
+@click.option("--unknown", type=click.Choice(("error", "unk")), default="error", show_default=True,
+              help="With --init-from: characters of the text that the model's vocab lacks stop with an error "
+                   "naming them, or become <unk>.")
+@click.option("--extend-vocab", is_flag=True,
+              help="With --init-from: add the characters the model's vocab lacks, as new rows of the embedding "
+                   "(columns of a one-hot input's weights) and of the output layer; the old ones stay as they are.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already saved at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar or evaluation lines.")
 @click.pass_context
-def train(ctx: click.Context, corpus: Path, out: Path | None, resume: bool, overwrite: bool, quiet: bool,
+def train(ctx: click.Context, corpus: tuple[Path, ...], out: Path | None, resume: bool, overwrite: bool, quiet: bool,
           **options: Any) -> None:
-    """Train a language model on CORPUS, a UTF-8 text file, or a translation model when CORPUS
-    holds one source<TAB>target pair per line.
+    """Train a language model on CORPUS, one or more UTF-8 text files or folders, or a translation
+    model when CORPUS is one file that holds a source<TAB>target pair per line.
+
+    A folder is read recursively, its files in the order of their sorted paths; hidden files and
+    folders are left out and files that are not text skipped (stderr says how many were taken and
+    skipped). Files are joined by a blank line ("\\n\\n"), which the model learns as the end of
+    a document. With --init-from, CORPUS fine-tunes a trained language model.
 
     \b
     charlm train corpora/timemachine.txt
     charlm train corpora/timemachine.txt --preprocess d2l --model gru --max-time 300
     charlm train my.txt --out runs/my.safetensors --resume
+    charlm train notes/ --include '*.md' --exclude drafts
+    charlm train letters.txt --init-from checkpoints/timemachine.safetensors --extend-vocab
     torchrun --nproc_per_node=4 -m charlm train my.txt --batch-size 128   # 4 GPUs, 32 rows each
     charlm train corpora/wordpairs.tsv
     charlm train corpora/hihell.tsv --model-type tagger --model rnn --embedding-size 0 --optimizer adam --lr 0.1 --epochs 15
     """
     from charlm.runtime import cpu_threads, distributed
 
-    task = _task_of(corpus, options["task"], options["encoding"])
     given = {name for name in options if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
     flags = {param.name: param.opts[0] for param in ctx.command.params}
+    if "allow_changed_corpus" in given and not resume:
+        raise click.UsageError("--allow-changed-corpus only applies with --resume")
+    parent = _parent(options, given, flags)
+    task = _task_of(corpus, options["task"], options["encoding"], parent is not None)
     not_for = [flags[name] for name in (PAIRS_ONLY if task == "lm" else LM_ONLY) if name in given]
     if not_for:
         what = "pair corpora (--task translate)" if task == "lm" else "language models of text (--task lm)"
         raise click.UsageError(f"{', '.join(not_for)} only applies to {what}")
-    architecture = _architecture(task, options, given, flags)
+    architecture = parent.architecture if parent is not None else _architecture(task, options, given, flags)
     # The task's defaults, then the architecture's; the command line has the last word.
     defaults = {**task_defaults(task), **architecture.defaults}
     options.update({name: value for name, value in defaults.items() if name not in given})
-    options["cache_dir"] = _cache_dir(corpus, options["cache_dir"], options.pop("no_cache"))
+    options["cache_dir"] = _cache_dir(corpus[0], options["cache_dir"], options.pop("no_cache"))
+    if options.pop("extend_vocab"):
+        options["unknown"] = "extend"
+    if parent is not None:  # the parent's model, with only what leaves its weights as they are changed
+        options["model_settings"] = {name: options[name] for name in ("dropout",) if name in given}
+        _check_fields(architecture, options["model_settings"], flags, f"the model of {parent.path}")
     world = ctx.with_resource(distributed(options["device"]))  # alone, or one of several under torchrun
     with cpu_threads(options["threads"]):
-        _train(task, architecture.name, corpus, out, resume, overwrite, quiet or not world.is_main, options, world)
+        _train(task, architecture.name, corpus, out, resume, overwrite, quiet or not world.is_main, options, world,
+               parent)
+
+
+# What --init-from takes from its checkpoint: flags that would change it are refused.
+ARCHITECTURE_FLAGS = ("cell", "hidden_size", "num_layers", "embedding_size", "from_scratch", "tokens", "preprocess",
+                      "max_vocab", "min_freq")
+
+
+def _parent(options: dict[str, Any], given: set[str], flags: dict[str, str]) -> Any:
+    """The model --init-from names (`charlm.runs.Parent`), or None; the flags that only apply with
+    it, or would change the model it gives, are a usage error."""
+    if options["init_from"] is None:
+        alone = [flags[name] for name in ("unknown", "extend_vocab") if name in given]
+        if alone:
+            raise click.UsageError(f"{', '.join(alone)} only {'applies' if len(alone) == 1 else 'apply'} with --init-from")
+        return None
+    changing = [flags[name] for name in ARCHITECTURE_FLAGS if name in given]
+    if changing:
+        raise click.UsageError(f"{', '.join(changing)} would change the model --init-from starts from (its architecture, "
+                               "vocab and text settings are the checkpoint's); drop "
+                               f"{'it' if len(changing) == 1 else 'them'}")
+    if "unknown" in given and "extend_vocab" in given:
+        raise click.UsageError("--unknown and --extend-vocab are two ways with new characters; choose one")
+    if "task" in given and options["task"] == "translate":
+        raise click.UsageError("--init-from fine-tunes a language model; it does not take --task translate")
+    from charlm.runs import load_parent
+
+    return load_parent(options["init_from"])
 
 
 def _architecture(task: str, options: dict[str, Any], given: set[str], flags: dict[str, str]) -> registry.Architecture:
@@ -157,41 +215,63 @@ def _architecture(task: str, options: dict[str, Any], given: set[str], flags: di
                                    f"{', '.join(CELLS)}")
         architecture = registry.get("translate", options["model_type"] or PAIRS["model_type"])
         named, settings = f"--model-type {architecture.name}", ("cell", *MODEL_SETTINGS)
-    _, config_class = architecture.classes()
-    fields = {field.name for field in dataclasses.fields(config_class)}
-    foreign = [flags[name] for name in settings if name in given and name not in fields]
-    if foreign:
-        raise click.UsageError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to {named}")
+    _check_fields(architecture, [name for name in settings if name in given], flags, named)
     return architecture
 
 
-def _train(task: str, architecture: str, corpus: Path, out: Path | None, resume: bool, overwrite: bool, quiet: bool,
-           options: dict[str, Any], world: Any) -> None:
+def _check_fields(architecture: registry.Architecture, names: Any, flags: dict[str, str], named: str) -> None:
+    """Model flags (`names`) that `architecture`'s config has no field for are a usage error."""
+    _, config_class = architecture.classes()
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    foreign = [flags[name] for name in names if name not in fields]
+    if foreign:
+        raise click.UsageError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to {named}")
+
+
+def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | None, resume: bool, overwrite: bool,
+           quiet: bool, options: dict[str, Any], world: Any, parent: Any = None) -> None:
     from charlm.data import DataConfig
     from charlm.runs import language_model_run, translation_run
     from charlm.recipe import TrainConfig
     from charlm.trainer import Trainer
 
     train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
-    out = out or Path(CHECKPOINT_DIR) / f"{corpus.stem}.safetensors"
+    out = out or Path(CHECKPOINT_DIR) / f"{Path(os.path.abspath(corpus[0])).stem or 'corpus'}.safetensors"
     if world.is_main:  # before reading the corpus, which can take minutes; the trainer checks again
         from charlm.runfiles import check_creatable
 
         check_creatable(out)
     data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
+    inputs: list[Any] = [corpus[0]]
     if task == "lm":
-        run = language_model_run(corpus, data_config, train_config, architecture, options, world)
+        from charlm.corpus import find_corpus
+
+        found = find_corpus(corpus, options["encoding"], options["include"], options["exclude"])
+        if parent is not None:
+            run = language_model_run(found, data_config, train_config, model_settings=options["model_settings"],
+                                     world=world, parent=parent)
+        else:
+            run = language_model_run(found, data_config, train_config, architecture, options, world)
+        inputs = [file.path for file in found.files] + ([parent.path] if parent is not None else [])
     else:
-        run = translation_run(corpus, data_config, train_config, architecture, options, detected=options["task"] == "auto")
+        run = translation_run(corpus[0], data_config, train_config, architecture, options,
+                              detected=options["task"] == "auto")
     train_config = run.train_config or train_config
+    if resume:
+        from charlm.runfiles import run_paths
+        from charlm.runstate import check_corpus
+
+        changed = check_corpus(run_paths(out)["resume"], run.meta, options["allow_changed_corpus"])
+        if changed:
+            run.notes.append(f"{changed}; going on, as --allow-changed-corpus says")
     if world.is_main:
         for note in run.notes:
             click.echo(f"note: {note}", err=True)
     if not quiet:
-        say_skipped(corpus, run.skipped)
+        say_skipped(corpus[0], run.skipped)
         click.echo(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}", err=True)
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
-                      not quiet, world, inputs=[corpus], tuning_dir=data_config.cache_dir).run(resume, overwrite)
+                      not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir).run(resume, overwrite)
     if not quiet:
         shown = best_loss(summary) or "done"
         if train_config.keep == "last":
@@ -203,10 +283,16 @@ def _train(task: str, architecture: str, corpus: Path, out: Path | None, resume:
             report_pairs(evaluate_translator(str(out), run.held_out, options["device"]), "held out: ")
 
 
-def _task_of(corpus: Path, task: str, encoding: str) -> str:
-    """The task asked for, or with "auto" the one the file's shape says."""
+def _task_of(corpus: tuple[Path, ...], task: str, encoding: str, fine_tuning: bool = False) -> str:
+    """The task asked for, or with "auto" the one the file's shape says: text for several paths,
+    a folder, or a language model to fine-tune."""
     from charlm.pairs import looks_like_pairs
 
+    several = len(corpus) > 1 or os.path.isdir(corpus[0])
+    if several and task == "translate":
+        raise click.UsageError("pairs are read from one file; give one source<TAB>target file for --task translate")
     if task != "auto":
         return task
-    return "translate" if looks_like_pairs(corpus, encoding) else "lm"
+    if several or fine_tuning:
+        return "lm"
+    return "translate" if looks_like_pairs(corpus[0], encoding) else "lm"
