@@ -151,6 +151,12 @@ def corpus_record(corpus: str | os.PathLike | FoundCorpus) -> dict[str, Any]:
     return {"corpus": os.path.basename(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus)}
 
 
+def single_file_record(path: str | os.PathLike) -> dict[str, Any]:
+    """What the resume file of a one-file run records of it ("corpus_file": name, size, SHA-256),
+    for `--resume` to notice an edit that leaves the vocab as it was."""
+    return {"corpus_file": {"name": os.path.basename(path), "size": os.path.getsize(path), "sha256": file_digest(path)}}
+
+
 @torch.no_grad()
 def start_from(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Copy a parent's `weights` into `model`, a model of the same architecture whose vocab may be

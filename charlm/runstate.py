@@ -164,12 +164,11 @@ def _check_same_run(path: str, saved: dict[str, Any], meta: dict[str, Any], trai
 
 
 def check_corpus(path: str | os.PathLike, meta: dict[str, Any], allow_changed: bool = False) -> str | None:
-    """Compare the corpus a run resumes on (the files `meta` records, see `charlm.runs.corpus_record`)
-    with the one the resume file at `path` was trained on. A change is an error saying which files
-    were added, removed or edited, or with `allow_changed` a note, returned. None when nothing
-    changed or there is nothing to compare: no resume file (`read_resume` says so), or one file
-    then and now (a checkpoint records nothing of one file's content; its vocab is compared with
-    the rest of the metadata)."""
+    """Compare the corpus a run resumes on (what `meta` records, see `charlm.runs.corpus_record`
+    and `single_file_record`) with the one the resume file at `path` was trained on. A change is an
+    error saying which files were added, removed or edited, or with `allow_changed` a note,
+    returned. None when nothing changed or there is nothing to compare: no resume file
+    (`read_resume` says so), or a one-file resume file written before charlm recorded its file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return None
@@ -178,12 +177,16 @@ def check_corpus(path: str | os.PathLike, meta: dict[str, Any], allow_changed: b
     except CharlmError:
         return None  # `read_resume` says what is wrong with it
     before, after = saved.get("corpus_files"), meta.get("corpus_files")
-    if before is None and after is None:
-        return None
     if before is not None and not (isinstance(before, list)
                                    and all(isinstance(file, dict) and isinstance(file.get("name"), str) for file in before)):
         raise CheckpointError(f"{path}: damaged corpus record (corpus_files) in charlm metadata; train without --resume")
-    if before is None:
+    if before is None and after is None:  # one file then and now
+        was, now = saved.get("corpus_file"), meta.get("corpus_file")
+        if not (isinstance(was, dict) and isinstance(now, dict)):
+            return None
+        changes = [] if (was.get("size"), was.get("sha256")) == (now["size"], now["sha256"]) else \
+            [f"{now['name']} edited" if was.get("name") == now["name"] else f"it was trained on {was.get('name')}"]
+    elif before is None:
         changes = [f"it was trained on one file, {saved.get('corpus')}, and now reads {len(after):,} files"]
     elif after is None:
         changes = [f"it was trained on {len(before):,} files, and now reads one, {meta.get('corpus')}"]

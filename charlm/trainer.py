@@ -71,10 +71,12 @@ class Trainer:
         self, model: nn.Module, train_batches: Any, val_batches: Callable[[], Iterable] | None,
         config: TrainConfig, out: str | os.PathLike, meta: dict[str, Any], progress: bool = True,
         world: World = World(), inputs: Sequence[str | os.PathLike] = (), tuning_dir: str | None = None,
+        resume_meta: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.meta, self.world = config, meta, world
         self.inputs = list(inputs)
         self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.tuning`)
+        self.resume_meta = resume_meta or {}  # what the resume file carries beyond `meta` (its corpus's identity)
         self.precision = config.precision  # "auto" on a CPU becomes what `_choose_precision` measures
         self.progress = progress and world.is_main
         self.paths = run_paths(out)
@@ -390,7 +392,7 @@ class Trainer:
         if best is not None:
             state = replace(state, best_val_loss=best.best_val_loss, best_step=best.best_step)
         write_resume(self.paths["resume"], self.model, self.optimizer, [rngs for rngs, _ in shares], carried,
-                     running_loss, state, self._meta("resume"), stop_evaluated)
+                     running_loss, state, {**self._meta("resume"), **self.resume_meta}, stop_evaluated)
 
     def load_resume(self) -> None:
         """Restore everything `save_resume` wrote, checked whole first. The learning rate and

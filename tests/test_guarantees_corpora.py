@@ -233,6 +233,15 @@ def test_resume_on_a_changed_corpus_is_refused_naming_what_changed(runner, notes
     fails(runner, "train", notes / "a.txt", *TINY_MODEL, "--max-steps", "5", "--out", "m.safetensors", "--resume",
           message="it was trained on 4 files, and now reads one, a.txt")
 
+    # one file, edited so that its vocab stays the same: the resume file's record of it notices
+    single = notes / "a.txt"
+    train(runner, single, "--max-steps", "2", "--out", "one.safetensors")
+    train(runner, single, "--max-steps", "3", "--out", "one.safetensors", "--resume")  # unchanged: it goes on
+    single.write_text(single.read_text(encoding="utf-8").replace("mite", "time"), encoding="utf-8")
+    fails(runner, "train", single, *TINY_MODEL, "--max-steps", "4", "--out", "one.safetensors", "--resume",
+          message="the corpus changed since the run at one.resume.safetensors started: a.txt edited")
+    train(runner, single, "--max-steps", "4", "--out", "one.safetensors", "--resume", "--allow-changed-corpus")
+
 
 @pytest.fixture
 def parent(runner, tiny_corpus) -> Path:
