@@ -113,7 +113,13 @@ def language_model_run(
                            unknown=data_config.unknown if parent is not None else "unk")
     train_ids, val_ids = data.split(train_config.val_fraction)
     notes = [line] if isinstance(corpus, FoundCorpus) and (line := corpus.summary()) else []
-    batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
+    try:
+        batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
+    except CorpusError as error:
+        if train_config.val_fraction < 0.5 or len(data.ids) < 2 * train_config.seq_len + 2:
+            raise
+        raise CorpusError(f"--val-fraction {train_config.val_fraction} holds out all but {len(train_ids):,} of the "
+                          f"{len(data.ids):,} tokens, too few to train on; lower --val-fraction") from None
     if batch_size < train_config.batch_size:
         notes.append(f"the training split has {len(train_ids):,} tokens, too few for batches of "
                      f"{train_config.batch_size} x {train_config.seq_len}: using --batch-size {batch_size}")

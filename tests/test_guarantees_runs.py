@@ -293,3 +293,10 @@ def test_an_out_that_cannot_be_written_is_one_line_before_training(runner, tiny_
     the first step, and nothing written."""
     fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "2", "--out", out, message=message)
     assert sorted(os.listdir()) == ["tiny.txt"]
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_on_names_val_fraction(runner, tiny_corpus):
+    """--val-fraction 0.999 leaves a handful of tokens: the message blames --val-fraction, not the
+    corpus's length (which is fine) or --seq-len."""
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "2", "--val-fraction", "0.999",
+          message="lower --val-fraction")
