@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from charlm.generate import Sampling, generate  # noqa: E402
 from charlm.model import LanguageModel, ModelConfig  # noqa: E402
 from charlm.recipe import TrainConfig  # noqa: E402
+from charlm.tuning import bf16_capable, cpu_name  # noqa: E402
 from charlm.trainer import Trainer  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -97,13 +98,13 @@ class _Batches:
 
 
 def charlm_training(cell: str, from_scratch: bool, embedding_size: int, num_layers: int, seq_len: int,
-                    optimizer: str, lr: float) -> callable:
+                    optimizer: str, lr: float, precision: str = "fp32") -> callable:
     """charlm's own training step (`Trainer._train_step`) on a fixed batch."""
     config = ModelConfig(vocab_size=LESSONS["vocab_size"], cell=cell, embedding_size=embedding_size,
                          hidden_size=LESSONS["hidden_size"], num_layers=num_layers, from_scratch=from_scratch,
                          dropout=0.0)
     train = TrainConfig(optimizer=optimizer, lr=lr, clip=1.0, batch_size=LESSONS["batch_size"], seq_len=seq_len,
-                        device="cpu")
+                        device="cpu", precision=precision)
     batches = _Batches(LESSONS["vocab_size"], LESSONS["batch_size"], seq_len)
     trainer = Trainer(LanguageModel(config), batches, None, train, "/tmp/charlm-bench.safetensors", {}, progress=False)
     trainer.model.train()
@@ -111,7 +112,7 @@ def charlm_training(cell: str, from_scratch: bool, embedding_size: int, num_laye
 
 
 def lesson_training(cell: str | None, embedding_size: int = 0, num_layers: int = 1, seq_len: int = 35,
-                    optimizer: str = "sgd", lr: float = 1.0) -> callable:
+                    optimizer: str = "sgd", lr: float = 1.0, precision: str = "fp32") -> callable:
     """The lessons' loop: one-hot (or embedding) -> nn.<cell> -> nn.Linear, or, with cell=None,
     d2l's RNNModelScratch (a python loop over steps); d2l's grad clipping; the state carried."""
     torch.manual_seed(0)
@@ -152,8 +153,9 @@ def lesson_training(cell: str | None, embedding_size: int = 0, num_layers: int =
         s = state[0]
         if s is not None:
             s = tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach()
-        logits, state[0] = forward(batch[0], s)
-        loss = F.cross_entropy(logits, targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits, state[0] = forward(batch[0], s)
+        loss = F.cross_entropy(logits.float(), targets)
         opt.zero_grad()
         loss.backward()
         norm = torch.sqrt(sum(torch.sum(p.grad**2) for p in params))  # d2l's grad_clipping
@@ -230,7 +232,11 @@ def main() -> None:
     args = parser.parse_args()
     repeats, (V, H, T, B) = args.repeats, LESSONS.values()
     results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "training": [], "generation": []}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; lessons' config V={V} H={H} T={T} B={B}\n")
+    results.update(cpu=cpu_name(), bf16=bf16_capable())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name()} "
+          f"(bf16 matrix instructions: {'yes' if bf16_capable() else 'no'}); lessons' config V={V} H={H} T={T} B={B}")
+    print("--precision auto on this CPU: bf16 where a step measures faster with the same loss, decided per run "
+          "(charlm.tuning); the kernel dispatch: kernels._is_faster's rule\n")
 
     print("training tokens/s")
     print(f"{'work':<28}{'charlm':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
@@ -238,12 +244,15 @@ def main() -> None:
     rows += [(f"{cell} (from scratch)", cell, True, 0, 1, T, "sgd", 1.0, None if cell == "rnn" else "-")
              for cell in GATES]
     rows += [("default: lstm 2x512 emb64 T35", "lstm", False, 64, 2, 35, "adamw", 3e-3, "lstm")]
+    if bf16_capable():  # both sides under bf16 autocast; the limit stays fp32's matmul rate
+        rows += [("default, bf16 autocast", "lstm", False, 64, 2, 35, "adamw", 3e-3, "lstm")]
     for name, cell, scratch, embedding, layers, seq_len, optimizer, lr, lesson in rows:
+        precision = "bf16" if "bf16" in name else "fp32"
         step, step_flops = matmul(B, H, GATES[cell] * H)
-        timed = {"charlm": (charlm_training(cell, scratch, embedding, layers, seq_len, optimizer, lr), 3),
+        timed = {"charlm": (charlm_training(cell, scratch, embedding, layers, seq_len, optimizer, lr, precision), 3),
                  "matmul": (step, 200)}
         if lesson != "-":
-            timed["lesson"] = (lesson_training(lesson, embedding, layers, seq_len, optimizer, lr), 3)
+            timed["lesson"] = (lesson_training(lesson, embedding, layers, seq_len, optimizer, lr, precision), 3)
         seconds = best_seconds(timed, repeats)
         limit = step_flops / seconds["matmul"] / (3 * forward_flops(cell, embedding or V, H, layers, V))
         charlm_rate = B * seq_len / seconds["charlm"]
