@@ -12,7 +12,7 @@ import pytest
 
 import charlm
 from charlm import api
-from charlm.errors import UsageError
+from charlm.errors import TrainingInterrupted, UsageError
 from tests.conftest import ROOT, TINY_MODEL, run_cli
 
 TINY = {"hidden_size": 16, "num_layers": 1, "embedding_size": 8, "batch_size": 4, "seq_len": 8, "quiet": True}
@@ -128,3 +128,63 @@ def test_errors_are_charlm_errors_with_the_clis_message(runner, tiny_corpus):
     assert printed.stderr == f"charlm: error: {raised.value}\n"
     with pytest.raises(TypeError, match="hiden_size"):
         charlm.train(tiny_corpus, hiden_size=8)
+
+
+def test_an_interrupted_train_resumes_from_python(runner, tiny_corpus, monkeypatch):
+    """A KeyboardInterrupt (a notebook cell stopped) at step 7 saves the run; `resume=True` goes on
+    to the same checkpoint as an unbroken run, bit for bit."""
+    from charlm.trainer import Trainer
+
+    options = {**TINY, "max_steps": 15, "eval_every": 5}
+    charlm.train(tiny_corpus, **options, out="once/m.safetensors")
+    step = Trainer._train_step
+    calls = 0
+
+    def interrupting(self, batch):
+        nonlocal calls
+        calls += 1
+        if calls == 8:
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupting)
+    with pytest.raises(TrainingInterrupted, match="stopped by KeyboardInterrupt at step 7"):
+        charlm.train(tiny_corpus, **options, out="run/m.safetensors")
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    run = charlm.train(tiny_corpus, **options, out="run/m.safetensors", resume=True)
+    assert [record["step"] for record in run.metrics] == [5, 10, 15]
+    assert open("run/m.safetensors", "rb").read() == open("once/m.safetensors", "rb").read()
+
+
+def test_progress_is_a_notebook_bar_in_a_notebook(monkeypatch):
+    from tqdm.auto import tqdm as notebook_tqdm
+
+    from charlm import trainer
+
+    monkeypatch.setattr(trainer, "in_notebook", lambda: True)
+    shown = trainer.Progress(10, 0, enabled=True)
+    assert type(shown.bar) is notebook_tqdm and not shown.lines
+    shown.close()
+    assert trainer.Progress(10, 0, enabled=False).bar.disable  # quiet=True: nothing
+
+
+def test_in_notebook_asks_ipython_as_tqdm_does(monkeypatch):
+    from charlm.trainer import in_notebook
+
+    class Shell:
+        def __init__(self, config):
+            self.config = config
+
+    class IPython:
+        shell = None
+
+        def get_ipython(self):
+            return self.shell
+
+    fake = IPython()
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert not in_notebook()  # IPython imported, no shell
+    fake.shell = Shell({"TerminalIPythonApp": {}})
+    assert not in_notebook()
+    fake.shell = Shell({"IPKernelApp": {}})
+    assert in_notebook()
