@@ -97,17 +97,29 @@ def train(corpus: PathLike | Sequence[PathLike], **options: Any) -> Run:
         settings[name] = (settings[name],) if isinstance(settings[name], str) else tuple(settings[name])
     if settings["cache_dir"] is not None:
         settings["cache_dir"] = Path(settings["cache_dir"])
-    run = {**_RUN_OPTIONS, **{name: options[name] for name in _RUN_OPTIONS if name in options}}
-    paths = (corpus,) if isinstance(corpus, (str, os.PathLike)) else tuple(corpus)
-    out = Path(run["out"]) if run["out"] is not None else None
-    done = launch(tuple(Path(path) for path in paths), settings, given, out, run["resume"], run["overwrite"],
-                  run["quiet"], _say)
+    run_options = {**_RUN_OPTIONS, **{name: options[name] for name in _RUN_OPTIONS if name in options}}
+    out = Path(run_options["out"]) if run_options["out"] is not None else None
+    done = launch(_paths(corpus), settings, given, out, run_options["resume"], run_options["overwrite"],
+                  run_options["quiet"], _say)
     return Run(done.out, done.summary.get("best_val_loss"), done.summary)
+
+
+# The types of the options whose default (None) does not say it.
+_TYPES = {"model_type": "str", "attention": "bool", "model": "str", "max_vocab": "int", "cache_dir": "PathLike",
+          "embedding_size": "int", "hidden_size": "int", "num_layers": "int", "dropout": "float", "lr": "float",
+          "lr_schedule": "str", "epochs": "int", "max_steps": "int", "max_time": "float", "eval_every": "int",
+          "threads": "int", "keep": "str", "init_from": "PathLike", "out": "PathLike"}
+
+
+def _annotation(name: str, default: Any) -> str:
+    if default is None:
+        return f"{_TYPES[name]} | None"
+    return "Sequence[str]" if isinstance(default, tuple) else type(default).__name__
 
 
 train.__signature__ = inspect.Signature(  # what help() and a notebook's completion show
     [inspect.Parameter("corpus", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="PathLike | Sequence[PathLike]"),
-     *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+     *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=_annotation(name, default))
        for name, default in TRAIN_OPTIONS.items())],
     return_annotation="Run",
 )
@@ -304,4 +316,4 @@ class PairModel:
         pairs, skipped = read_pairs(Path(pairs_path), encoding, skip_bad_lines)
         if line := skipped_message(pairs_path, skipped):
             _say(line)
-        return evaluate_translator(self.path, pairs, str(self.device), held_out, beam, length_penalty, max_length)
+        return evaluate_translator(self.path, pairs, self.device.type, held_out, beam, length_penalty, max_length)

@@ -46,16 +46,18 @@ def test_train_equals_charlm_train_with_the_same_flags(runner, tiny_corpus, trai
 
 def test_the_apis_options_and_defaults_are_charlm_trains():
     from charlm.cli.train import train as command
+    from charlm.launch import flag
 
     flags = dict(command.make_context("train", ["corpus.txt"]).params)  # what the command gets
     del flags["corpus"]
     assert {("model" if name == "cell" else name): default for name, default in flags.items()} == api.TRAIN_OPTIONS
-    assert all(param.opts[0] == charlm.launch.flag(param.name) for param in command.params if param.name in flags)
+    assert all(param.opts[0] == flag(param.name) for param in command.params if param.name in flags)
 
 
 def test_help_lists_the_options():
     shown = pydoc.render_doc(charlm.train, renderer=pydoc.plaintext)
-    for option in ("preprocess='none'", "max_time=None", "model=None", "resume=False", "quiet=False"):
+    for option in ("preprocess: 'str' = 'none'", "max_time: 'float | None' = None", "model: 'str | None' = None",
+                   "resume: 'bool' = False", "include: 'Sequence[str]' = ()"):
         assert option in shown
     assert "charlm train --help" in shown
 
