@@ -98,6 +98,15 @@ def read_pairs(
     return pairs, [number for number, _ in bad]
 
 
+def skipped_message(path: str | os.PathLike, skipped: list[int]) -> str | None:
+    """The line that says which malformed lines of a pair file were left out (the first ten), or
+    None if none were."""
+    if not skipped:
+        return None
+    shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+    return f"skipped {len(skipped)} malformed line{'s' if len(skipped) > 1 else ''} of {path}: {shown}"
+
+
 def looks_like_pairs(path: str | os.PathLike, encoding: str = "utf-8") -> bool:
     """Whether a file is meant as a pair corpus: most of its first non-blank lines (up to
     `DETECT_LINES`) hold a tab. Lines with an empty side or too many tabs count, so that a pair

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+CHECKPOINT_DIR = "checkpoints"  # where a run's checkpoint goes, and where commands look for the newest
+
 # The choices, by setting.
 TASKS = ("lm", "translate")
 CELLS = ("rnn", "gru", "lstm")

@@ -145,43 +145,51 @@ class Trainer:
         bar = Progress(total, state.step, self.progress)
         last_log, last_tokens = clock(), state.tokens
         self.model.train()
+        keyboard = False  # a KeyboardInterrupt raised in the loop (a notebook's, a program's)
         try:
-            while state.epoch < config.epochs and not self._stop_now(started):
-                for batch in self.batches.batches(state.epoch, start=state.batch_index):
-                    # 1. one optimizer step; its loss stays on the device
-                    loss = self._train_step(tuple(part.to(self.device, non_blocking=True) for part in batch))
-                    self.running_loss += loss.detach()
-                    state.running_count += 1
-                    state.step, state.batch_index = state.step + 1, state.batch_index + 1
-                    state.tokens += batch[0].numel() * self.world.size
-                    # 2. every LOG_EVERY steps (and before an evaluation) the loss comes to the host:
-                    # at steps fixed by the schedule alone, never at a stop, so that a resumed run
-                    # sums the same losses in the same groups as an unbroken one
-                    due = config.eval_every is not None and state.step % config.eval_every == 0
-                    flush = state.step % LOG_EVERY == 0 or due or state.batch_index == per_epoch
-                    if flush:
-                        value, count = self._flush()
-                        self._plan(started)
-                        now = clock()
-                        rate = (state.tokens - last_tokens) / max(now - last_log, 1e-9)
-                        bar.update(state.step, value / count, rate, self.optimizer.param_groups[0]["lr"], now - started)
-                        last_log, last_tokens = now, state.tokens
-                    # 3. evaluation every --eval-every steps: metrics, best model, resume file
-                    if due:
-                        self._evaluate(started)
-                    # 4. a limit or a signal, agreed by every process
-                    if self._stop_now(started, agree=flush):
-                        break
-                else:  # the epoch ran to its end: evaluate, unless --eval-every says when
-                    state.epoch, state.batch_index, self.carried = state.epoch + 1, 0, None
-                    if config.eval_every is None:
-                        self._evaluate(started)
-                    continue
-                break
+            try:
+                while state.epoch < config.epochs and not self._stop_now(started):
+                    for batch in self.batches.batches(state.epoch, start=state.batch_index):
+                        # 1. one optimizer step; its loss stays on the device
+                        loss = self._train_step(tuple(part.to(self.device, non_blocking=True) for part in batch))
+                        self.running_loss += loss.detach()
+                        state.running_count += 1
+                        state.step, state.batch_index = state.step + 1, state.batch_index + 1
+                        state.tokens += batch[0].numel() * self.world.size
+                        # 2. every LOG_EVERY steps (and before an evaluation) the loss comes to the host:
+                        # at steps fixed by the schedule alone, never at a stop, so that a resumed run
+                        # sums the same losses in the same groups as an unbroken one
+                        due = config.eval_every is not None and state.step % config.eval_every == 0
+                        flush = state.step % LOG_EVERY == 0 or due or state.batch_index == per_epoch
+                        if flush:
+                            value, count = self._flush()
+                            self._plan(started)
+                            now = clock()
+                            rate = (state.tokens - last_tokens) / max(now - last_log, 1e-9)
+                            bar.update(state.step, value / count, rate, self.optimizer.param_groups[0]["lr"], now - started)
+                            last_log, last_tokens = now, state.tokens
+                        # 3. evaluation every --eval-every steps: metrics, best model, resume file
+                        if due:
+                            self._evaluate(started)
+                        # 4. a limit or a signal, agreed by every process
+                        if self._stop_now(started, agree=flush):
+                            break
+                    else:  # the epoch ran to its end: evaluate, unless --eval-every says when
+                        state.epoch, state.batch_index, self.carried = state.epoch + 1, 0, None
+                        if config.eval_every is None:
+                            self._evaluate(started)
+                        continue
+                    break
+            except KeyboardInterrupt:
+                # Not from `self.signals` (which turn a first signal into `received`): saved like
+                # a signal, as of the last step counted, for --resume to go on from.
+                if self.signals.received is not None:  # a second signal: stop at once
+                    raise
+                keyboard = True
             # 5. the stop: check the steps since the last flush, then save
             self._check_finite(float(self.world.mean(self.running_loss)))
             state.elapsed = clock() - started
-            interrupted = self.world.any(self.signals.received is not None, self.device)
+            interrupted = self.world.any(self.signals.received is not None or keyboard, self.device)
             if interrupted:  # save the exact state, and no evaluation
                 self.save_resume()
             elif state.loss_count or state.running_count or state.best_val_loss is None:
@@ -193,7 +201,8 @@ class Trainer:
         finally:
             bar.close()
         if interrupted:
-            name = signal.Signals(self.signals.received).name if self.signals.received is not None else "a signal to another process"
+            name = ("KeyboardInterrupt" if keyboard else signal.Signals(self.signals.received).name
+                    if self.signals.received is not None else "a signal to another process")
             raise TrainingInterrupted(
                 f"stopped by {name} at step {state.step}; the run is saved in {self.paths['resume']}: "
                 "run the same command with --resume to continue"
@@ -415,14 +424,22 @@ class Trainer:
 
 
 class Progress:
-    """Training progress on stderr: tqdm's bar on a terminal; elsewhere (a log file, a pipe) a
-    plain line every LINE_SECONDS, so that a long run's log holds lines, not carriage returns."""
+    """Training progress where it runs: in a Jupyter notebook its own bar (`tqdm.auto`'s); on a
+    terminal tqdm's bar on stderr; elsewhere (a log file, a pipe) a plain line on stderr every
+    LINE_SECONDS, so that a long run's log holds lines, not carriage returns; nothing when not
+    `enabled`."""
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self.enabled, self.total = enabled, total
-        self.lines = enabled and not sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled or self.lines, unit="step",
-                        dynamic_ncols=True, leave=False, file=sys.stderr)
+        notebook = enabled and in_notebook()
+        self.lines = enabled and not notebook and not sys.stderr.isatty()
+        if notebook:
+            from tqdm.auto import tqdm as notebook_tqdm
+
+            self.bar = notebook_tqdm(total=total, initial=initial, unit="step", leave=False)
+        else:
+            self.bar = tqdm(total=total, initial=initial, disable=not enabled or self.lines, unit="step",
+                            dynamic_ncols=True, leave=False, file=sys.stderr)
         self.last_line = clock()
 
     def update(self, step: int, loss: float, tokens_per_second: float, lr: float, elapsed: float) -> None:
@@ -436,6 +453,17 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel, asked as `tqdm.auto` asks: IPython is imported and its
+    shell is an IPKernelApp's (a terminal's IPython is not)."""
+    ipython = sys.modules.get("IPython")
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+        return shell is not None and "IPKernelApp" in shell.config
+    except (AttributeError, TypeError):
+        return False
 
 
 class _BatchLoss(nn.Module):

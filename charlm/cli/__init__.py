@@ -25,9 +25,7 @@ from typing import Any
 
 import click
 
-from charlm.presets import COMMON, DEVICES, UNKNOWN_POLICIES
-
-CHECKPOINT_DIR = "checkpoints"
+from charlm.presets import CHECKPOINT_DIR, COMMON, DEVICES, UNKNOWN_POLICIES
 
 
 class CharlmGroup(click.Group):
@@ -234,9 +232,10 @@ def checkpoint_or_latest(path: str | None, task: str) -> str:
 
 def say_skipped(path: Path, skipped: list[int]) -> None:
     """The malformed lines of a pair file left out (--skip-bad-lines), on stderr."""
-    if skipped:
-        shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
-        click.echo(f"skipped {len(skipped)} malformed line{'s' if len(skipped) > 1 else ''} of {path}: {shown}", err=True)
+    from charlm.pairs import skipped_message
+
+    if line := skipped_message(path, skipped):
+        click.echo(line, err=True)
 
 
 def best_loss(training: dict) -> str | None:

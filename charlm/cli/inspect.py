@@ -31,18 +31,11 @@ def stats(corpus: tuple[Path, ...], tokens: str, preprocess: str, encoding: str,
     charlm stats corpora/timemachine.txt --preprocess d2l
     charlm stats notes/ --include '*.md'
     """
-    from charlm.corpus import document_chunks, find_corpus, held_out
-    from charlm.text import Vocab, count_tokens
+    from charlm.corpus import corpus_stats, find_corpus
 
     found = find_corpus(corpus, encoding, include, exclude)
-    counts = count_tokens(document_chunks(found, encoding, preprocess), tokens)
+    report = corpus_stats(found, encoding, tokens, preprocess, top)
     say_files(found)
-    vocab = Vocab(counts)
-    frequent = [[token, counts[token]] for token in vocab.itos[1 : 1 + top]]
-    split = f"{held_out(len(found.files), COMMON['val_fraction'])} (--val-fraction {COMMON['val_fraction']:g})"
-    report = {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
-              "most_frequent": frequent, "files": len(found.files), "skipped_files": len(found.skipped),
-              "held_out": split}
     if as_json:
         click.echo(to_json(report))
         return
@@ -50,8 +43,8 @@ def stats(corpus: tuple[Path, ...], tokens: str, preprocess: str, encoding: str,
     click.echo(f"vocab size  {report['vocab_size']} (<unk> + {report['distinct_tokens']} distinct)")
     if not found.single:
         click.echo(f"files       {len(found.files):,} read, {len(found.skipped):,} skipped")
-    click.echo(f"held out    {escaped(split)}")
-    for token, count in frequent:
+    click.echo(f"held out    {escaped(report['held_out'])}")
+    for token, count in report["most_frequent"]:
         click.echo(f"  {token!r:>12}  {count:,}")
 
 

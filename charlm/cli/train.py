@@ -1,13 +1,11 @@
 """`charlm train`: a language model of a text, or a model of the pairs of a source<TAB>target file.
 
-It turns the flags into settings and prints what the run says; `charlm.runs` assembles the run
-and `charlm.trainer` runs it.
+It turns the flags into settings and prints what the run says; `charlm.launch` checks the
+settings and trains, as it does for `charlm.train`, so the two never disagree.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +14,12 @@ from click.core import ParameterSource
 
 from charlm import registry
 from charlm.cli import (
-    CHECKPOINT_DIR, MAX_THREADS, LiveChoice, best_loss, corpus_options, device_option, encoding_option, non_negative,
-    positive, report_pairs, say_skipped,
+    MAX_THREADS, LiveChoice, best_loss, corpus_options, device_option, encoding_option, non_negative, positive,
+    report_pairs,
 )
 from charlm.presets import (
-    CELLS, COMMON, ITERATORS, KEEPS, LM, LM_ONLY, MODEL_SETTINGS, OPTIMIZERS, PAIRS, PAIRS_ONLY, PRECISIONS,
-    PREPROCESS_MODES, PRESETS, SCHEDULES, TASKS, TOKEN_KINDS, task_defaults,
+    CELLS, COMMON, ITERATORS, KEEPS, OPTIMIZERS, PAIRS, PRECISIONS, PREPROCESS_MODES, PRESETS, SCHEDULES, TASKS,
+    TOKEN_KINDS,
 )
 
 cache_dir_option = click.option(
@@ -29,12 +27,6 @@ cache_dir_option = click.option(
     help="Keep the token ids here, so the next run on the same text starts at once "
          "[default: .charlm-cache/ beside the text].")
 no_cache_option = click.option("--no-cache", is_flag=True, help="Neither read nor write the token cache.")
-
-
-def _cache_dir(text: Path, cache_dir: Path | None, no_cache: bool) -> str | None:
-    from charlm.data import default_cache_dir
-
-    return None if no_cache else str(cache_dir or default_cache_dir(text))
 
 
 def _per_task(name: str) -> str:
@@ -148,157 +140,16 @@ def train(ctx: click.Context, corpus: tuple[Path, ...], out: Path | None, resume
     charlm train corpora/wordpairs.tsv
     charlm train corpora/hihell.tsv --model-type tagger --model rnn --embedding-size 0 --optimizer adam --lr 0.1 --epochs 15
     """
-    from charlm.runtime import cpu_threads, distributed
+    from charlm.launch import launch
 
     given = {name for name in options if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
-    flags = {param.name: param.opts[0] for param in ctx.command.params}
-    if "allow_changed_corpus" in given and not resume:
-        raise click.UsageError("--allow-changed-corpus only applies with --resume")
-    parent = _parent(options, given, flags)
-    task = _task_of(corpus, options["task"], options["encoding"], parent is not None)
-    not_for = [flags[name] for name in (PAIRS_ONLY if task == "lm" else LM_ONLY) if name in given]
-    if not_for:
-        what = "pair corpora (--task translate)" if task == "lm" else "language models of text (--task lm)"
-        raise click.UsageError(f"{', '.join(not_for)} only applies to {what}")
-    architecture = parent.architecture if parent is not None else _architecture(task, options, given, flags)
-    # The task's defaults, then the architecture's; the command line has the last word.
-    defaults = {**task_defaults(task), **architecture.defaults}
-    options.update({name: value for name, value in defaults.items() if name not in given})
-    options["cache_dir"] = _cache_dir(corpus[0], options["cache_dir"], options.pop("no_cache"))
-    if options.pop("extend_vocab"):
-        options["unknown"] = "extend"
-    if parent is not None:  # the parent's model, with only what leaves its weights as they are changed
-        options["model_settings"] = {name: options[name] for name in ("dropout",) if name in given}
-        _check_fields(architecture, options["model_settings"], flags, f"the model of {parent.path}")
-    world = ctx.with_resource(distributed(options["device"]))  # alone, or one of several under torchrun
-    with cpu_threads(options["threads"]):
-        _train(task, architecture.name, corpus, out, resume, overwrite, quiet or not world.is_main, options, world,
-               parent)
-
-
-# What --init-from takes from its checkpoint: flags that would change it are refused.
-ARCHITECTURE_FLAGS = ("cell", "hidden_size", "num_layers", "embedding_size", "from_scratch", "tokens", "preprocess",
-                      "max_vocab", "min_freq")
-
-
-def _parent(options: dict[str, Any], given: set[str], flags: dict[str, str]) -> Any:
-    """The model --init-from names (`charlm.runs.Parent`), or None; the flags that only apply with
-    it, or would change the model it gives, are a usage error."""
-    if options["init_from"] is None:
-        alone = [flags[name] for name in ("unknown", "extend_vocab") if name in given]
-        if alone:
-            raise click.UsageError(f"{', '.join(alone)} only {'applies' if len(alone) == 1 else 'apply'} with --init-from")
-        return None
-    changing = [flags[name] for name in ARCHITECTURE_FLAGS if name in given]
-    if changing:
-        raise click.UsageError(f"{', '.join(changing)} would change the model --init-from starts from (its architecture, "
-                               "vocab and text settings are the checkpoint's); drop "
-                               f"{'it' if len(changing) == 1 else 'them'}")
-    if "unknown" in given and "extend_vocab" in given:
-        raise click.UsageError("--unknown and --extend-vocab are two ways with new characters; choose one")
-    if "task" in given and options["task"] == "translate":
-        raise click.UsageError("--init-from fine-tunes a language model; it does not take --task translate")
-    from charlm.runs import load_parent
-
-    return load_parent(options["init_from"])
-
-
-def _architecture(task: str, options: dict[str, Any], given: set[str], flags: dict[str, str]) -> registry.Architecture:
-    """The architecture the flags name: for text --model, for pairs --model-type (--model is then
-    the cell). Model flags given that its config has no field for are a usage error."""
-    if task == "lm":
-        architecture = registry.get("lm", options["cell"] or LM["cell"])
-        named, settings = f"--model {architecture.name}", MODEL_SETTINGS
-    else:
-        if options["cell"] is not None and options["cell"] not in CELLS:
-            raise click.UsageError(f"--model {options['cell']} is for text; for pairs --model takes a cell: "
-                                   f"{', '.join(CELLS)}")
-        architecture = registry.get("translate", options["model_type"] or PAIRS["model_type"])
-        named, settings = f"--model-type {architecture.name}", ("cell", *MODEL_SETTINGS)
-    _check_fields(architecture, [name for name in settings if name in given], flags, named)
-    return architecture
-
-
-def _check_fields(architecture: registry.Architecture, names: Any, flags: dict[str, str], named: str) -> None:
-    """Model flags (`names`) that `architecture`'s config has no field for are a usage error."""
-    _, config_class = architecture.classes()
-    fields = {field.name for field in dataclasses.fields(config_class)}
-    foreign = [flags[name] for name in names if name not in fields]
-    if foreign:
-        raise click.UsageError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to {named}")
-
-
-def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | None, resume: bool, overwrite: bool,
-           quiet: bool, options: dict[str, Any], world: Any, parent: Any = None) -> None:
-    from charlm.data import DataConfig
-    from charlm.runs import language_model_run, translation_run
-    from charlm.recipe import TrainConfig
-    from charlm.trainer import Trainer
-
-    train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
-    out = out or Path(CHECKPOINT_DIR) / f"{Path(os.path.abspath(corpus[0])).stem or 'corpus'}.safetensors"
-    if world.is_main:  # before reading the corpus, which can take minutes; the trainer checks again
-        from charlm.runfiles import check_creatable
-
-        check_creatable(out)
-    data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
-    inputs: list[Any] = [corpus[0]]
-    resume_meta: dict[str, Any] = {}
-    if task == "lm":
-        from charlm.corpus import find_corpus
-
-        found = find_corpus(corpus, options["encoding"], options["include"], options["exclude"])
-        if parent is not None:
-            run = language_model_run(found, data_config, train_config, model_settings=options["model_settings"],
-                                     world=world, parent=parent)
-        else:
-            run = language_model_run(found, data_config, train_config, architecture, options, world)
-        inputs = [file.path for file in found.files] + ([parent.path] if parent is not None else [])
-        if found.single:  # the resume file alone records it: a checkpoint of one file stays as it was
-            from charlm.runs import single_file_record
-
-            resume_meta = single_file_record(found.roots[0])
-    else:
-        run = translation_run(corpus[0], data_config, train_config, architecture, options,
-                              detected=options["task"] == "auto")
-    train_config = run.train_config or train_config
-    if resume:
-        from charlm.runfiles import run_paths
-        from charlm.runstate import check_corpus
-
-        changed = check_corpus(run_paths(out)["resume"], {**run.meta, **resume_meta}, options["allow_changed_corpus"])
-        if changed:
-            run.notes.append(f"{changed}; going on, as --allow-changed-corpus says")
-    if world.is_main:
-        for note in run.notes:
-            click.echo(f"note: {note}", err=True)
-    if not quiet:
-        say_skipped(corpus[0], run.skipped)
-        click.echo(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}", err=True)
-    summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
-                      not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
-                      resume_meta=resume_meta).run(resume, overwrite)
-    if not quiet:
-        shown = best_loss(summary) or "done"
-        if train_config.keep == "last":
-            shown += f" at step {summary['best_step']}; saved the last model"
-        click.echo(f"saved {out}: {summary['steps']} steps, {shown}", err=True)
-        if run.held_out:
+    done = launch(corpus, options, given, out, resume, overwrite, quiet, lambda line: click.echo(line, err=True))
+    if done.shown:
+        shown = best_loss(done.summary) or "done"
+        if done.train_config.keep == "last":
+            shown += f" at step {done.summary['best_step']}; saved the last model"
+        click.echo(f"saved {done.out}: {done.summary['steps']} steps, {shown}", err=True)
+        if done.run.held_out:
             from charlm.evaluation import evaluate_translator
 
-            report_pairs(evaluate_translator(str(out), run.held_out, options["device"]), "held out: ")
-
-
-def _task_of(corpus: tuple[Path, ...], task: str, encoding: str, fine_tuning: bool = False) -> str:
-    """The task asked for, or with "auto" the one the file's shape says: text for several paths,
-    a folder, or a language model to fine-tune."""
-    from charlm.pairs import looks_like_pairs
-
-    several = len(corpus) > 1 or os.path.isdir(corpus[0])
-    if several and task == "translate":
-        raise click.UsageError("pairs are read from one file; give one source<TAB>target file for --task translate")
-    if task != "auto":
-        return task
-    if several or fine_tuning:
-        return "lm"
-    return "translate" if looks_like_pairs(corpus[0], encoding) else "lm"
+            report_pairs(evaluate_translator(str(done.out), done.run.held_out, options["device"]), "held out: ")

@@ -1,0 +1,220 @@
+"""Settings -> a trained run: what `charlm train` and `charlm.train` share, so that a flag and a
+keyword argument of the same name mean the same thing, with the same defaults and errors.
+
+`train_options` fills the settings a caller left out (the task's defaults, then the
+architecture's, under those given), checks that they go together and `launch` trains. A setting
+is named as the `charlm train` option that sets it, underscored (`cell` is `--model`), and errors
+name the flag. Showing the progress and the final line is left to the caller; nothing here knows
+about click or notebooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charlm import registry
+from charlm.errors import UsageError
+from charlm.presets import CELLS, CHECKPOINT_DIR, COMMON, LM, LM_ONLY, MODEL_SETTINGS, PAIRS, PAIRS_ONLY, task_defaults
+
+# Every setting of a run and its default, as `charlm train` has them (tests check the two agree).
+# None: the task's or the architecture's default, `charlm.presets`'.
+DEFAULTS: dict[str, Any] = {
+    "task": "auto", "model_type": None, "attention": None, "skip_bad_lines": False, "cell": None,
+    "from_scratch": False, "tokens": COMMON["tokens"], "preprocess": COMMON["preprocess"],
+    "encoding": COMMON["encoding"], "include": (), "exclude": (), "min_freq": COMMON["min_freq"],
+    "max_vocab": COMMON["max_vocab"], "cache_dir": None, "no_cache": False, "embedding_size": None,
+    "hidden_size": None, "num_layers": None, "dropout": None, "seq_len": COMMON["seq_len"],
+    "batch_size": COMMON["batch_size"], "iterator": COMMON["iterator"], "optimizer": COMMON["optimizer"],
+    "lr": None, "lr_schedule": None, "min_lr_ratio": COMMON["min_lr_ratio"], "weight_decay": COMMON["weight_decay"],
+    "clip": COMMON["clip"], "epochs": None, "max_steps": COMMON["max_steps"], "max_time": COMMON["max_time"],
+    "val_fraction": COMMON["val_fraction"], "eval_every": COMMON["eval_every"], "seed": COMMON["seed"],
+    "device": COMMON["device"], "threads": None, "precision": COMMON["precision"], "allow_changed_corpus": False,
+    "keep": None, "init_from": None, "unknown": "error", "extend_vocab": False,
+}
+
+# What --init-from takes from its checkpoint: flags that would change it are refused.
+ARCHITECTURE_FLAGS = ("cell", "hidden_size", "num_layers", "embedding_size", "from_scratch", "tokens", "preprocess",
+                      "max_vocab", "min_freq")
+
+
+def flag(name: str) -> str:
+    """The `charlm train` flag of a setting: `--hidden-size` for hidden_size, `--model` for cell."""
+    return "--model" if name == "cell" else "--" + name.replace("_", "-")
+
+
+@dataclass
+class Launched:
+    """A finished run: where its checkpoint is, the trainer's summary, its settings, the run
+    (`charlm.runs.LanguageModelRun` or `TranslationRun`: its held-out pairs), and whether this
+    process showed it (not quiet, and the main one under torchrun)."""
+
+    out: Path
+    summary: dict[str, Any]
+    train_config: Any
+    run: Any
+    shown: bool
+
+
+def default_out(corpus: tuple[Path, ...]) -> Path:
+    """checkpoints/<the first corpus path's stem>.safetensors."""
+    return Path(CHECKPOINT_DIR) / f"{Path(os.path.abspath(corpus[0])).stem or 'corpus'}.safetensors"
+
+
+def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], out: Path | None, resume: bool,
+           overwrite: bool, quiet: bool, say: Callable[[str], None]) -> Launched:
+    """Train on `corpus` with `options` (every setting of `DEFAULTS`, by name; `given` names those the
+    user set): fill in the defaults, check the settings, train, and return what came of it. The
+    notes, and unless `quiet` the run's description, go to `say` as lines."""
+    from charlm.runtime import cpu_threads, distributed
+
+    options = dict(options)
+    if "allow_changed_corpus" in given and not resume:
+        raise UsageError("--allow-changed-corpus only applies with --resume")
+    parent = _parent(options, given)
+    task = _task_of(corpus, options["task"], options["encoding"], parent is not None)
+    not_for = [flag(name) for name in (PAIRS_ONLY if task == "lm" else LM_ONLY) if name in given]
+    if not_for:
+        what = "pair corpora (--task translate)" if task == "lm" else "language models of text (--task lm)"
+        raise UsageError(f"{', '.join(not_for)} only applies to {what}")
+    architecture = parent.architecture if parent is not None else _architecture(task, options, given)
+    # The task's defaults, then the architecture's; the caller's settings have the last word.
+    defaults = {**task_defaults(task), **architecture.defaults}
+    options.update({name: value for name, value in defaults.items() if name not in given})
+    options["cache_dir"] = _cache_dir(corpus[0], options["cache_dir"], options.pop("no_cache"))
+    if options.pop("extend_vocab"):
+        options["unknown"] = "extend"
+    if parent is not None:  # the parent's model, with only what leaves its weights as they are changed
+        options["model_settings"] = {name: options[name] for name in ("dropout",) if name in given}
+        _check_fields(architecture, options["model_settings"], f"the model of {parent.path}")
+    with distributed(options["device"]) as world, cpu_threads(options["threads"]):  # alone, or under torchrun
+        return _train(task, architecture.name, corpus, out, resume, overwrite, quiet or not world.is_main, options,
+                      world, say, parent)
+
+
+def _cache_dir(text: Path, cache_dir: Path | None, no_cache: bool) -> str | None:
+    from charlm.data import default_cache_dir
+
+    return None if no_cache else str(cache_dir or default_cache_dir(text))
+
+
+def _parent(options: dict[str, Any], given: set[str]) -> Any:
+    """The model --init-from names (`charlm.runs.Parent`), or None; the flags that only apply with
+    it, or would change the model it gives, are a usage error."""
+    if options["init_from"] is None:
+        alone = [flag(name) for name in ("unknown", "extend_vocab") if name in given]
+        if alone:
+            raise UsageError(f"{', '.join(alone)} only {'applies' if len(alone) == 1 else 'apply'} with --init-from")
+        return None
+    changing = [flag(name) for name in ARCHITECTURE_FLAGS if name in given]
+    if changing:
+        raise UsageError(f"{', '.join(changing)} would change the model --init-from starts from (its architecture, "
+                         "vocab and text settings are the checkpoint's); drop "
+                         f"{'it' if len(changing) == 1 else 'them'}")
+    if "unknown" in given and "extend_vocab" in given:
+        raise UsageError("--unknown and --extend-vocab are two ways with new characters; choose one")
+    if "task" in given and options["task"] == "translate":
+        raise UsageError("--init-from fine-tunes a language model; it does not take --task translate")
+    from charlm.runs import load_parent
+
+    return load_parent(options["init_from"])
+
+
+def _architecture(task: str, options: dict[str, Any], given: set[str]) -> registry.Architecture:
+    """The architecture the settings name: for text --model, for pairs --model-type (--model is then
+    the cell). Model settings given that its config has no field for are a usage error."""
+    if task == "lm":
+        architecture = registry.get("lm", options["cell"] or LM["cell"])
+        named, settings = f"--model {architecture.name}", MODEL_SETTINGS
+    else:
+        if options["cell"] is not None and options["cell"] not in CELLS:
+            raise UsageError(f"--model {options['cell']} is for text; for pairs --model takes a cell: "
+                             f"{', '.join(CELLS)}")
+        architecture = registry.get("translate", options["model_type"] or PAIRS["model_type"])
+        named, settings = f"--model-type {architecture.name}", ("cell", *MODEL_SETTINGS)
+    _check_fields(architecture, [name for name in settings if name in given], named)
+    return architecture
+
+
+def _check_fields(architecture: registry.Architecture, names: Any, named: str) -> None:
+    """Model settings (`names`) that `architecture`'s config has no field for are a usage error."""
+    _, config_class = architecture.classes()
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    foreign = [flag(name) for name in names if name not in fields]
+    if foreign:
+        raise UsageError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to {named}")
+
+
+def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | None, resume: bool, overwrite: bool,
+           quiet: bool, options: dict[str, Any], world: Any, say: Callable[[str], None],
+           parent: Any = None) -> Launched:
+    from charlm.data import DataConfig
+    from charlm.pairs import skipped_message
+    from charlm.recipe import TrainConfig
+    from charlm.runs import language_model_run, translation_run
+    from charlm.trainer import Trainer
+
+    train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
+    out = out or default_out(corpus)
+    if world.is_main:  # before reading the corpus, which can take minutes; the trainer checks again
+        from charlm.runfiles import check_creatable
+
+        check_creatable(out)
+    data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
+    inputs: list[Any] = [corpus[0]]
+    resume_meta: dict[str, Any] = {}
+    if task == "lm":
+        from charlm.corpus import find_corpus
+
+        found = find_corpus(corpus, options["encoding"], options["include"], options["exclude"])
+        if parent is not None:
+            run = language_model_run(found, data_config, train_config, model_settings=options["model_settings"],
+                                     world=world, parent=parent)
+        else:
+            run = language_model_run(found, data_config, train_config, architecture, options, world)
+        inputs = [file.path for file in found.files] + ([parent.path] if parent is not None else [])
+        if found.single:  # the resume file alone records it: a checkpoint of one file stays as it was
+            from charlm.runs import single_file_record
+
+            resume_meta = single_file_record(found.roots[0])
+    else:
+        run = translation_run(corpus[0], data_config, train_config, architecture, options,
+                              detected=options["task"] == "auto")
+    train_config = run.train_config or train_config
+    if resume:
+        from charlm.runfiles import run_paths
+        from charlm.runstate import check_corpus
+
+        changed = check_corpus(run_paths(out)["resume"], {**run.meta, **resume_meta}, options["allow_changed_corpus"])
+        if changed:
+            run.notes.append(f"{changed}; going on, as --allow-changed-corpus says")
+    if world.is_main:
+        for note in run.notes:
+            say(f"note: {note}")
+    if not quiet:
+        if line := skipped_message(corpus[0], run.skipped):
+            say(line)
+        say(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}")
+    summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
+                      not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
+                      resume_meta=resume_meta).run(resume, overwrite)
+    return Launched(out, summary, train_config, run, not quiet)
+
+
+def _task_of(corpus: tuple[Path, ...], task: str, encoding: str, fine_tuning: bool = False) -> str:
+    """The task asked for, or with "auto" the one the file's shape says: text for several paths,
+    a folder, or a language model to fine-tune."""
+    from charlm.pairs import looks_like_pairs
+
+    several = len(corpus) > 1 or os.path.isdir(corpus[0])
+    if several and task == "translate":
+        raise UsageError("pairs are read from one file; give one source<TAB>target file for --task translate")
+    if task != "auto":
+        return task
+    if several or fine_tuning:
+        return "lm"
+    return "translate" if looks_like_pairs(corpus[0], encoding) else "lm"
