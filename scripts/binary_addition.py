@@ -8,7 +8,7 @@ and prints the exact-sum accuracy (`charlm eval`) on operand pairs it never saw:
 A pair reads both operands least significant bit first, one character per bit position holding
 both bits: a_i + 2 * b_i, so "0" is (0, 0), "1" is (1, 0), "2" is (0, 1), "3" is (1, 1). The target
 is the sum's bits, least significant first. As in the lessons, operands are below 2 ** (bits - 1)
-so the sum fits in `bits` bits: 13 + 6 = 19 at 8 bits is "30210000" -> "11001000".
+so the sum fits in `bits` bits: 13 + 6 = 19 at 8 bits is "12310000" -> "11001000".
 """
 
 from __future__ import annotations
