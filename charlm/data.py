@@ -14,7 +14,6 @@ them is each model's business.
 from __future__ import annotations
 
 import array
-import ctypes
 import hashlib
 import json
 import os
@@ -378,12 +377,11 @@ class TokenCache:
 
 
 def content_digest(ids: torch.Tensor, vocab: Vocab) -> str:
-    """SHA-256 of token ids (their dtype, count and bytes, read in place: no copy, no numpy) and of
-    the vocab they index."""
+    """SHA-256 of token ids (their dtype, count and bytes, read in place through numpy, which
+    safetensors needs anyway) and of the vocab they index."""
     hasher = hashlib.sha256(f"{ids.dtype}:{len(ids)}:".encode())
     hasher.update(vocab.to_json().encode())
-    flat = ids.contiguous().view(torch.uint8)  # `flat` holds the memory the view below reads
-    hasher.update(memoryview((ctypes.c_char * flat.numel()).from_address(flat.data_ptr())) if flat.numel() else b"")
+    hasher.update(ids.contiguous().view(torch.uint8).numpy())
     return hasher.hexdigest()
 
 
