@@ -71,6 +71,7 @@ class Corpus:
     preprocess: str = "none"
     cached: bool = False  # the ids came from a `TokenCache`
     documents: int = 1  # the files joined into the ids
+    sha256: str | None = None  # of a one-file corpus's bytes, as its reading (or its cache check) hashed them
 
     def split(self, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(train ids, validation ids), as `held_out` says: of one document, the last
@@ -163,7 +164,8 @@ def load_corpus(
                           "writes to it")
     if len(ids) == 0:
         raise CorpusError(f"{name}: no tokens left after preprocessing {preprocess!r}")
-    corpus = Corpus(ids, vocab, tokens, preprocess, documents=len(found.files) if found is not None else 1)
+    corpus = Corpus(ids, vocab, tokens, preprocess, documents=len(found.files) if found is not None else 1,
+                    sha256=hasher.hexdigest() if found is None else None)
     if cache is not None:
         cache.store(corpus, hasher.hexdigest())
     return corpus
@@ -331,7 +333,8 @@ class TokenCache:
             if self.found is not None:
                 self.found.restore(self.records)
             return Corpus(ids, vocab, meta["tokens"], meta["preprocess"], cached=True,
-                          documents=len(self.found.files) if self.found is not None else 1)
+                          documents=len(self.found.files) if self.found is not None else 1,
+                          sha256=meta["source"]["sha256"] if self.found is None else None)
         except (CharlmError, OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
             print(f"charlm: note: the token cache {self.path} is damaged ({error}); reading the text again",
                   file=sys.stderr)

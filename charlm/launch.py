@@ -166,7 +166,6 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         check_creatable(out)
     data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
     inputs: list[Any] = [corpus[0]]
-    resume_meta: dict[str, Any] = {}
     if task == "lm":
         from charlm.corpus import find_corpus
 
@@ -177,10 +176,6 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         else:
             run = language_model_run(found, data_config, train_config, architecture, options, world)
         inputs = [file.path for file in found.files] + ([parent.path] if parent is not None else [])
-        if found.single:  # the resume file alone records it: a checkpoint of one file stays as it was
-            from charlm.runs import single_file_record
-
-            resume_meta = single_file_record(found.roots[0])
     else:
         run = translation_run(corpus[0], data_config, train_config, architecture, options,
                               detected=options["task"] == "auto")
@@ -189,7 +184,7 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         from charlm.runfiles import run_paths
         from charlm.runstate import check_corpus
 
-        changed = check_corpus(run_paths(out)["resume"], {**run.meta, **resume_meta}, options["allow_changed_corpus"])
+        changed = check_corpus(run_paths(out)["resume"], {**run.meta, **run.resume_meta}, options["allow_changed_corpus"])
         if changed:
             run.notes.append(f"{changed}; going on, as --allow-changed-corpus says")
     if world.is_main:
@@ -201,7 +196,7 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         say(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}")
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
-                      resume_meta=resume_meta).run(resume, overwrite)
+                      resume_meta=run.resume_meta).run(resume, overwrite)
     return Launched(out, summary, train_config, run, not quiet)
 
 

@@ -62,6 +62,7 @@ class Run:
     skipped: list[int] = field(default_factory=list)  # pairs only: malformed lines left out
     train_config: TrainConfig | None = None  # the settings as changed to fit the data, if they were
     notes: list[str] = field(default_factory=list)  # what the user should know about the run
+    resume_meta: dict[str, Any] = field(default_factory=dict)  # what the resume file alone records
 
 
 @dataclass
@@ -146,7 +147,10 @@ def language_model_run(
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
     val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab)) if len(val_ids) >= 2 else None
-    return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes)
+    resume_meta = single_file_record(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus, data.sha256) \
+        if data.sha256 is not None else {}
+    return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes,
+               resume_meta=resume_meta)
 
 
 def corpus_record(corpus: str | os.PathLike | FoundCorpus) -> dict[str, Any]:
@@ -157,10 +161,11 @@ def corpus_record(corpus: str | os.PathLike | FoundCorpus) -> dict[str, Any]:
     return {"corpus": os.path.basename(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus)}
 
 
-def single_file_record(path: str | os.PathLike) -> dict[str, Any]:
+def single_file_record(path: str | os.PathLike, sha256: str) -> dict[str, Any]:
     """What the resume file of a one-file run records of it ("corpus_file": name, size, SHA-256),
-    for `--resume` to notice an edit that leaves the vocab as it was."""
-    return {"corpus_file": {"name": os.path.basename(path), "size": os.path.getsize(path), "sha256": file_digest(path)}}
+    for `--resume` to notice an edit that leaves the vocab as it was; `sha256` is the hash its
+    reading already took."""
+    return {"corpus_file": {"name": os.path.basename(path), "size": os.path.getsize(path), "sha256": sha256}}
 
 
 @torch.no_grad()
