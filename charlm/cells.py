@@ -42,7 +42,8 @@ class _ScratchRecurrent(nn.Module):
     gate_count: int = 1
     carries_cell_state: bool = False
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
+                 locked: bool = False) -> None:
         super().__init__()
         if input_size < 1 or hidden_size < 1 or num_layers < 1:
             raise ValueError(
@@ -60,6 +61,7 @@ class _ScratchRecurrent(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.dropout = dropout
+        self.locked = locked  # variational dropout between layers: one mask per sequence, for every step
         gates_size = self.gate_count * hidden_size
         for layer in range(num_layers):
             layer_input_size = input_size if layer == 0 else hidden_size
@@ -95,7 +97,11 @@ class _ScratchRecurrent(nn.Module):
         final_states = []
         layer_input = x  # (B, T, I) for the first layer, (B, T, H) after
         for layer in range(self.num_layers):
-            if layer > 0:
+            if layer > 0 and self.locked and self.training and self.dropout > 0:
+                keep = (torch.rand(batch_size, layer_input.shape[-1], dtype=x.dtype, device=x.device)
+                        >= self.dropout).unsqueeze(1)  # (B, 1, H): drawn as kernels.dropout draws it
+                layer_input = layer_input * keep.to(layer_input.dtype) / (1 - self.dropout)
+            elif layer > 0:
                 layer_input = F.dropout(layer_input, self.dropout, self.training)
             weight_ih = getattr(self, f"weight_ih_l{layer}")
             weight_hh = getattr(self, f"weight_hh_l{layer}")
@@ -155,10 +161,11 @@ class ScratchRNN(_ScratchRecurrent):
         num_layers: int = 1,
         dropout: float = 0.0,
         nonlinearity: str = "tanh",
+        locked: bool = False,
     ) -> None:
         if nonlinearity not in self.activations:
             raise ValueError(f"nonlinearity must be one of {sorted(self.activations)}, got {nonlinearity!r}")
-        super().__init__(input_size, hidden_size, num_layers, dropout)
+        super().__init__(input_size, hidden_size, num_layers, dropout, locked)
         self.nonlinearity = nonlinearity
 
     def extra_repr(self) -> str:

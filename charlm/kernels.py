@@ -24,6 +24,9 @@ This module knows nothing about tokens, models or training: it is a drop-in for
 calling a recurrent module.
 """
 
+import weakref
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,21 +53,31 @@ def _per_gate(tensor: Tensor, num_gates: int) -> list[tuple[Tensor, ...]]:
     return [_per_step(tensor, k * size, (k + 1) * size) for k in range(num_gates)]
 
 
-def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """`F.dropout(x, p, training)`. On CPU the mask is drawn as uniform floats compared with p,
-    which measured twice as fast as torch's bernoulli here (3.2 vs 6.5 ms for (32, 35, 512))."""
+def dropout(x: Tensor, p: float, training: bool = True, locked_dim: int | None = None) -> Tensor:
+    """`F.dropout(x, p, training)`, or with `locked_dim` (the time axis) variational ("locked")
+    dropout: one mask per sequence, the same at every step. On CPU the mask is drawn as uniform
+    floats compared with p, which measured twice as fast as torch's bernoulli here (3.2 vs 6.5 ms
+    for (32, 35, 512))."""
     if not training or p == 0:
         return x
+    if locked_dim is not None:  # drawn without the time axis, so time-major and batch-first draw alike
+        shape = x.shape[:locked_dim] + x.shape[locked_dim + 1 :]
+        mask = (torch.rand(shape, dtype=x.dtype, device=x.device) >= p).unsqueeze(locked_dim)  # 1 along time
+        return x * mask.to(x.dtype).mul_(1 / (1 - p))
     if x.device.type != "cpu" or not 0 < p < 1:
         return F.dropout(x, p, training)
     return x * (torch.rand_like(x) >= p).to(x.dtype).mul_(1 / (1 - p))
 
 
 class Dropout(nn.Dropout):
-    """`nn.Dropout` through `dropout`."""
+    """`nn.Dropout` through `dropout`; `locked_dim` makes it variational along that axis."""
+
+    def __init__(self, p: float = 0.5, locked_dim: int | None = None) -> None:
+        super().__init__(p)
+        self.locked_dim = locked_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p, self.training)
+        return dropout(x, self.p, self.training, self.locked_dim)
 
 
 # --------------------------------------------------------------------------- cells
@@ -351,7 +364,8 @@ def _make_cell(module: nn.RNNBase):
 
 
 def recurrent(
-    module: nn.RNNBase, x: Tensor, state: TorchState | None = None, fast: bool | None = None
+    module: nn.RNNBase, x: Tensor, state: TorchState | None = None, fast: bool | None = None,
+    weights: Mapping[str, Tensor] | None = None, locked: bool = False,
 ) -> tuple[Tensor, TorchState]:
     """Compute `module(x, state)` for a batch-first nn.RNN, nn.GRU or nn.LSTM.
 
@@ -361,14 +375,20 @@ def recurrent(
     Returns (output (B, T, H), final state) exactly as the module would.
     `fast=None` takes the fast path where it applies and measured faster,
     `True` insists on it (ValueError where it cannot), `False` calls the module.
+    `weights` stand in for the module's parameters of those names (DropConnect's masked W_hh), and
+    `locked` makes the dropout between layers variational (one mask per sequence, see `dropout`).
     """
     if fast is None:
         fast = supports(module, x) and _is_faster(module, x, state)
     elif fast and not supports(module, x):
         raise ValueError(f"the fast path does not support {module} with input {tuple(x.shape)} {x.dtype}")
     if not fast:
-        return module(one_hot(x, module.input_size, module.weight_ih_l0.dtype) if _is_ids(x) else x, state)
+        inputs = one_hot(x, module.input_size, module.weight_ih_l0.dtype) if _is_ids(x) else x
+        if locked and module.training and module.dropout > 0 and module.num_layers > 1:
+            return _layer_by_layer(module, inputs, state, weights or {})
+        return module(inputs, state) if not weights else torch.func.functional_call(module, dict(weights), (inputs, state))
 
+    weight = lambda name: weights[name] if weights and name in weights else getattr(module, name)  # noqa: E731
     is_lstm = module.mode == "LSTM"
     batch = x.shape[0]
     initial = RecurrentState.of(state) or RecurrentState.zeros(
@@ -380,19 +400,52 @@ def recurrent(
     h_final, c_final = [], []
     for layer in range(module.num_layers):
         if layer > 0 and module.dropout > 0:
-            layer_input = dropout(layer_input, module.dropout, module.training)
+            layer_input = dropout(layer_input, module.dropout, module.training, 0 if locked else None)
         layer_input, h_n, c_n = _Layer.apply(
             cell,
             layer_input,
             h_init[layer],
             c_init[layer] if is_lstm else None,
-            getattr(module, f"weight_ih_l{layer}"),
-            getattr(module, f"weight_hh_l{layer}"),
-            getattr(module, f"bias_ih_l{layer}"),
-            getattr(module, f"bias_hh_l{layer}"),
+            weight(f"weight_ih_l{layer}"),
+            weight(f"weight_hh_l{layer}"),
+            weight(f"bias_ih_l{layer}"),
+            weight(f"bias_hh_l{layer}"),
         )
         h_final.append(h_n)
         c_final.append(c_n)
     output = layer_input.transpose(0, 1).contiguous()  # (B, T, H)
     h_n = torch.stack(h_final)  # (L, B, H)
     return output, ((h_n, torch.stack(c_final)) if is_lstm else h_n)
+
+
+# A module's one-layer twins, on the meta device (no memory): `_layer_by_layer` calls them with the
+# module's own weights for one layer at a time, so that locked dropout can go between the layers.
+_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layer_by_layer(
+    module: nn.RNNBase, x: Tensor, state: TorchState | None, weights: Mapping[str, Tensor],
+) -> tuple[Tensor, TorchState]:
+    """`module(x, state)` one layer at a time through torch's own one-layer module, with locked
+    dropout between the layers; x (B, T, I) batch-first."""
+    twins = _TWINS.get(module)
+    if twins is None:
+        kind = type(module)
+        make = lambda size: kind(size, module.hidden_size, 1, batch_first=True, device="meta",  # noqa: E731
+                                 **({"nonlinearity": module.nonlinearity} if kind is nn.RNN else {}))
+        twins = _TWINS[module] = (make(module.input_size), make(module.hidden_size))
+    is_lstm = module.mode == "LSTM"
+    initial = RecurrentState.of(state)
+    finals = []
+    for layer in range(module.num_layers):
+        if layer > 0:
+            x = dropout(x, module.dropout, True, locked_dim=1)
+        own = {name: weights.get(f"{name}_l{layer}", getattr(module, f"{name}_l{layer}"))
+               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        layer_state = None if initial is None else initial.map(lambda tensor: tensor[layer : layer + 1]).torch_form()
+        x, final = torch.func.functional_call(twins[layer > 0], {f"{name}_l0": value for name, value in own.items()},
+                                              (x, layer_state))
+        finals.append(RecurrentState.of(final))
+    joined = RecurrentState(torch.cat([final.h for final in finals]),
+                            torch.cat([final.c for final in finals]) if is_lstm else None)
+    return x, joined.torch_form()

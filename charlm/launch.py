@@ -19,7 +19,9 @@ from typing import Any
 
 from charlm import registry
 from charlm.errors import UsageError
-from charlm.presets import CELLS, CHECKPOINT_DIR, COMMON, LM, LM_ONLY, MODEL_SETTINGS, PAIRS, PAIRS_ONLY, task_defaults
+from charlm.presets import (
+    CELLS, CHECKPOINT_DIR, COMMON, LM, LM_ONLY, MODEL_SETTINGS, PAIRS, PAIRS_ONLY, REGULARISERS, task_defaults,
+)
 
 # Every setting of a run and its default, as `charlm train` has them (tests check the two agree).
 # None: the task's or the architecture's default, `charlm.presets`'.
@@ -28,7 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "from_scratch": False, "tokens": COMMON["tokens"], "preprocess": COMMON["preprocess"],
     "encoding": COMMON["encoding"], "include": (), "exclude": (), "min_freq": COMMON["min_freq"],
     "max_vocab": COMMON["max_vocab"], "cache_dir": None, "no_cache": False, "embedding_size": None,
-    "hidden_size": None, "num_layers": None, "dropout": None, "seq_len": COMMON["seq_len"],
+    "hidden_size": None, "num_layers": None, "dropout": None, "weight_drop": None, "locked_dropout": None,
+    "embedding_dropout": None, "ema": COMMON["ema"], "seq_len": COMMON["seq_len"],
     "batch_size": COMMON["batch_size"], "iterator": COMMON["iterator"], "optimizer": COMMON["optimizer"],
     "lr": None, "lr_schedule": None, "min_lr_ratio": COMMON["min_lr_ratio"], "weight_decay": COMMON["weight_decay"],
     "clip": COMMON["clip"], "epochs": None, "max_steps": COMMON["max_steps"], "max_time": COMMON["max_time"],
@@ -89,7 +92,7 @@ def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], o
     if options.pop("extend_vocab"):
         options["unknown"] = "extend"
     if parent is not None:  # the parent's model, with only what leaves its weights as they are changed
-        options["model_settings"] = {name: options[name] for name in ("dropout",) if name in given}
+        options["model_settings"] = {name: options[name] for name in REGULARISERS if name in given}
         _check_fields(architecture, options["model_settings"], f"the model of {parent.path}")
     with distributed(options["device"]) as world, cpu_threads(options["threads"]):  # alone, or under torchrun
         return _train(task, architecture.name, corpus, out, resume, overwrite, quiet or not world.is_main, options,

@@ -13,14 +13,14 @@ This module knows nothing about data, training, checkpoints or sampling strategi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from charlm import cells, kernels
-from charlm.presets import CELLS, LM
+from charlm.presets import CELLS, LM, RECORDED_WHEN_SET
 from charlm.state import RecurrentState
 
 
@@ -34,6 +34,11 @@ class ModelConfig:
     num_layers: int = LM["num_layers"]
     dropout: float = LM["dropout"]
     from_scratch: bool = LM["from_scratch"]
+    # The regularisers (AWD-LSTM's). Recorded in a checkpoint only when set (`presets.record`),
+    # so a run without them writes the bytes it always did and resumes runs started before them.
+    weight_drop: float = field(default=LM["weight_drop"], metadata=RECORDED_WHEN_SET)  # DropConnect on W_hh
+    locked_dropout: bool = field(default=LM["locked_dropout"], metadata=RECORDED_WHEN_SET)  # one mask per sequence
+    embedding_dropout: float = field(default=LM["embedding_dropout"], metadata=RECORDED_WHEN_SET)  # whole tokens
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -43,8 +48,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.embedding_size < 0:
             raise ValueError(f"embedding_size must be 0 (one-hot) or more, got {self.embedding_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "weight_drop", "embedding_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.embedding_dropout and self.embedding_size == 0:
+            raise ValueError("embedding_dropout needs an embedding: one-hot input (embedding_size 0) has none")
 
 
 
@@ -53,7 +61,8 @@ def recurrent_module(config: ModelConfig, input_size: int) -> nn.Module:
     dropout = config.dropout if config.num_layers > 1 else 0.0
     if config.from_scratch:
         scratch = {"rnn": cells.ScratchRNN, "gru": cells.ScratchGRU, "lstm": cells.ScratchLSTM}
-        return scratch[config.cell](input_size, config.hidden_size, config.num_layers, dropout)
+        return scratch[config.cell](input_size, config.hidden_size, config.num_layers, dropout,
+                                    locked=config.locked_dropout)
     torch_class = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
     return torch_class(input_size, config.hidden_size, config.num_layers, dropout=dropout, batch_first=True)
 
@@ -73,13 +82,16 @@ class LanguageModel(nn.Module):
             self.embedding = None
             input_size = config.vocab_size
         self.rnn = recurrent_module(config, input_size)
-        self.dropout = kernels.Dropout(config.dropout)
+        self.dropout = kernels.Dropout(config.dropout, locked_dim=1 if config.locked_dropout else None)  # (B, T, .)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
             return kernels.one_hot(ids, self.config.vocab_size, self.head.weight.dtype)  # (B, T, V)
-        return self.dropout(self.embedding(ids))  # (B, T, E)
+        table = self.embedding.weight  # (V, E)
+        if self.training and self.config.embedding_dropout > 0:  # a dropped token is zeros wherever it occurs
+            table = kernels.dropout(table, self.config.embedding_dropout, locked_dim=1)
+        return self.dropout(F.embedding(ids, table))  # (B, T, E)
 
     def forward(
         self, ids: torch.Tensor, state: RecurrentState | None = None
@@ -89,12 +101,19 @@ class LanguageModel(nn.Module):
 
     def recurrent(self, ids: torch.Tensor, state: RecurrentState | None) -> tuple[torch.Tensor, RecurrentState]:
         """ids (B, T) -> outputs of the top recurrent layer (B, T, H), and the state after them."""
+        config = self.config
         initial = None if state is None else RecurrentState.of(state).torch_form()
-        if self.config.from_scratch:
-            outputs, final = self.rnn(self.embed(ids), initial)
+        weights = None
+        if self.training and config.weight_drop > 0:  # DropConnect: one mask on each W_hh for the batch
+            weights = {name: kernels.dropout(parameter, config.weight_drop)
+                       for name, parameter in self.rnn.named_parameters() if name.startswith("weight_hh")}
+        if config.from_scratch:
+            inputs = self.embed(ids)
+            outputs, final = self.rnn(inputs, initial) if weights is None else \
+                torch.func.functional_call(self.rnn, weights, (inputs, initial))
         else:  # one-hot input goes in as the ids themselves: the kernels gather instead of multiplying
             inputs = ids if self.embedding is None else self.embed(ids)
-            outputs, final = kernels.recurrent(self.rnn, inputs, initial)
+            outputs, final = kernels.recurrent(self.rnn, inputs, initial, weights=weights, locked=config.locked_dropout)
         return outputs, RecurrentState.of(final)
 
     def batch_loss(

@@ -10,6 +10,7 @@ Standard library only; it knows nothing about what the settings do.
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from typing import Any
 
 CHECKPOINT_DIR = "checkpoints"  # where a run's checkpoint goes, and where commands look for the newest
@@ -31,6 +32,7 @@ UNKNOWN_POLICIES = ("error", "skip", "unk")
 # short pairs. `threads` None leaves torch's own thread count.
 PRESETS: dict[str, dict[str, Any]] = {
     "lm": {"cell": "lstm", "embedding_size": 64, "hidden_size": 512, "num_layers": 2, "dropout": 0.3,
+           "weight_drop": 0.0, "locked_dropout": False, "embedding_dropout": 0.0,  # the regularisers, off
            "lr": 3e-3, "lr_schedule": "cosine", "epochs": 10, "keep": "best", "threads": None},
     "translate": {"cell": "gru", "embedding_size": 32, "hidden_size": 128, "num_layers": 1, "dropout": 0.0,
                   "lr": 5e-3, "lr_schedule": "constant", "epochs": 30, "keep": "last", "threads": 1,
@@ -42,6 +44,7 @@ COMMON: dict[str, Any] = {
     "max_vocab": None, "seq_len": 35, "batch_size": 32, "iterator": "sequential", "optimizer": "adamw",
     "min_lr_ratio": 0.1, "weight_decay": 0.0, "clip": 1.0, "max_steps": None, "max_time": None,
     "val_fraction": 0.1, "eval_every": None, "seed": 0, "device": "auto", "precision": "auto",
+    "ema": 0.0,  # evaluate and keep an exponential moving average of the weights (this decay); 0: the weights
 }
 LM = {**COMMON, **PRESETS["lm"]}
 PAIRS = {**COMMON, **PRESETS["translate"]}
@@ -53,9 +56,28 @@ PAIRS_ONLY = ("model_type", "attention", "skip_bad_lines")
 # Settings that go to a model's config by field name: given for an architecture whose config has
 # no such field, they are an error. (For pairs the cell is one too; for text "cell" names the
 # architecture.)
-MODEL_SETTINGS = ("from_scratch", "embedding_size", "hidden_size", "num_layers", "dropout")
+MODEL_SETTINGS = ("from_scratch", "embedding_size", "hidden_size", "num_layers", "dropout", "weight_drop",
+                  "locked_dropout", "embedding_dropout")
+# Model settings a fine-tuned model (--init-from) may change: they leave its weights as they are.
+REGULARISERS = ("dropout", "weight_drop", "locked_dropout", "embedding_dropout")
 
 
 def task_defaults(task: str) -> dict[str, Any]:
     """Every default of `task`."""
     return dict(LM if task == "lm" else PAIRS)
+
+
+# A config field that a checkpoint records only when it differs from its default: fields added after
+# checkpoints were written, so that a run without them writes the bytes it did before they existed
+# and resumes a run started before them. The loader fills a field left out with its default.
+RECORDED_WHEN_SET = {"recorded": "when set"}
+
+
+def record(config: Any) -> dict[str, Any]:
+    """What a checkpoint records of a config (a model's, the training settings): `asdict(config)` but the fields marked
+    RECORDED_WHEN_SET that hold their default."""
+    record = asdict(config)
+    for item in fields(config):
+        if item.metadata.get("recorded") == "when set" and record[item.name] == item.default:
+            del record[item.name]
+    return record

@@ -1,5 +1,6 @@
-"""Recipe: how a model is trained, as settings (`TrainConfig`), and the two things those settings
-make: the optimizer and the learning rate of each step.
+"""Recipe: how a model is trained, as settings (`TrainConfig`), and the things those settings
+make: the optimizer, the learning rate of each step, and the average of the weights that is
+evaluated and kept (`WeightAverage`, with --ema).
 
 Both are pure functions of the settings (and, for the rate, of the step and the steps planned), so
 the trainer and the resume file's checks build the same optimizer, and a resumed run follows the
@@ -8,14 +9,16 @@ same curve. Nothing here knows about data, models' insides, files or the loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from charlm.errors import CharlmError
-from charlm.presets import KEEPS, LM, OPTIMIZERS, PRECISIONS, SCHEDULES
+from charlm.presets import KEEPS, LM, OPTIMIZERS, PRECISIONS, RECORDED_WHEN_SET, SCHEDULES
 
 
 @dataclass
@@ -41,6 +44,7 @@ class TrainConfig:
     device: str = LM["device"]
     precision: str = LM["precision"]  # auto: bf16 on CUDA with it, or where measured faster on a CPU
     keep: str = LM["keep"]  # the model checkpoint: the best by validation loss, or the last evaluated
+    ema: float = field(default=LM["ema"], metadata=RECORDED_WHEN_SET)  # evaluate (and keep) a moving average of the weights of this decay; 0: off
 
     def __post_init__(self) -> None:
         checks = [
@@ -62,6 +66,7 @@ class TrainConfig:
             (self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (self.eval_every is None or self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}"),
+            (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -83,3 +88,56 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
         return config.lr
     progress = min(step / (total_steps - 1), 1.0)
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters, updated after every optimizer step:
+    avg <- avg + (1 - d) (w - avg), with the decay d warmed up as min(decay, (1 + n) / (10 + n))
+    after n updates, so the first steps' weights do not linger in it. Evaluation and the model
+    checkpoint see the average (`applied`); training goes on with the weights themselves.
+
+    Its state (`tensors`, "ema.<parameter>" and "ema.updates") goes into the resume file."""
+
+    PREFIX = "ema."
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.names = [name for name, _ in model.named_parameters()]
+        self.average = [parameter.detach().clone() for parameter in model.parameters()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.average, [parameter.detach() for parameter in model.parameters()], 1 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """The model holds the average inside the block, and its own weights again after it."""
+        parameters = [parameter.data for parameter in model.parameters()]
+        own = [parameter.clone() for parameter in parameters]
+        torch._foreach_copy_(parameters, self.average)
+        try:
+            yield
+        finally:
+            torch._foreach_copy_(parameters, own)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**{self.PREFIX + name: value for name, value in zip(self.names, self.average)},
+                self.PREFIX + "updates": torch.tensor(self.updates, dtype=torch.int64)}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Take the state `tensors` hold (checked: every parameter, its shape, finite), or with
+        none of it start from the model's weights as they are (a run resumed with --ema new)."""
+        found = {name[len(self.PREFIX):]: tensor for name, tensor in tensors.items() if name.startswith(self.PREFIX)}
+        if not found:
+            return
+        updates = found.pop("updates", None)
+        if set(found) != set(self.names) or updates is None or updates.numel() != 1 or int(updates) < 0:
+            raise ValueError(f"the weight average holds {sorted(found)[:3]}..., not this model's parameters")
+        for index, name in enumerate(self.names):
+            tensor = found[name]
+            if tensor.shape != self.average[index].shape or not torch.isfinite(tensor).all():
+                raise ValueError(f"the weight average of {name} is of shape {tuple(tensor.shape)} or not finite")
+            self.average[index] = tensor.to(self.average[index].device, self.average[index].dtype)
+        self.updates = int(updates)

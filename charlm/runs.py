@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from charlm.data import (
 )
 from charlm.errors import CharlmError, CheckpointError, CorpusError
 from charlm.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
-from charlm.presets import LM
+from charlm.presets import LM, record
 from charlm.recipe import TrainConfig
 from charlm.runtime import World, seed_everything
 from charlm.text import Vocab
@@ -44,7 +44,7 @@ def model_config(architecture: registry.Architecture, settings: dict[str, Any], 
     values its name fixes, and the vocab `sizes`. Settings it has no field for are not its own."""
     model_class, config_class = architecture.classes()
     names = {field.name for field in fields(config_class)}
-    values = {key: value for key, value in settings.items() if key in names}
+    values = {key: value for key, value in settings.items() if key in names and value is not None}  # None: its default
     try:
         return model_class, config_class(**{**values, **architecture.fixed, **sizes})
     except ValueError as error:  # a model option click's ranges let through (nan)
@@ -134,7 +134,7 @@ def language_model_run(
         if len(data.vocab) > len(parent.vocab):
             notes.append(f"added {len(data.vocab) - len(parent.vocab):,} tokens to the vocab of {parent.path}: "
                          f"{', '.join(repr(token) for token in data.vocab.itos[len(parent.vocab):][:10])}")
-    meta = {"task": "lm", **registry.metadata(entry), "model": asdict(config), "vocab": data.vocab.to_dict(),
+    meta = {"task": "lm", **registry.metadata(entry), "model": record(config), "vocab": data.vocab.to_dict(),
             "tokens": data_config.tokens, "preprocess": data_config.preprocess, **corpus_record(corpus)}
     if parent is not None:
         meta["parent"] = parent.record()
@@ -207,7 +207,7 @@ def translation_run(
                                        target_vocab_size=len(target_vocab))
     seed_everything(train_config.seed)  # the initial weights follow --seed
     model = model_class(config)
-    meta = {"task": "translate", **registry.metadata(entry), "model": asdict(config),
+    meta = {"task": "translate", **registry.metadata(entry), "model": record(config),
             "source_vocab": source_vocab.to_dict(), "target_vocab": target_vocab.to_dict(), "tokens": "char",
             "preprocess": "none", "corpus": os.path.basename(corpus)}
     attention = " with attention" if getattr(config, "attention", False) else ""

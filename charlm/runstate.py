@@ -10,6 +10,7 @@ A resume file is a checkpoint (`charlm.checkpoint`) of kind "resume" whose tenso
     rng.rank<r>.<generator> those of the other processes of a torchrun
     carry.<name>            the state carried into the next batch, as the state's `tensors()` names
                             it (for the recurrent cells 0: h, 1: c), every process's rows joined
+    ema.<parameter>         with --ema, the average of the weights (`recipe.WeightAverage`)
     train.running_loss      the loss summed on the device since the last host sync
 
 and whose metadata's "resume" is a `RunState` plus "stop_evaluated" and "optimizer_scalars".
@@ -90,11 +91,13 @@ class Resumed:
     carried: Any  # the model's state class, or None
     running_loss: torch.Tensor
     stop_evaluated: bool
+    average: dict[str, torch.Tensor]  # the "ema." tensors, checked by `recipe.WeightAverage.load`
 
 
 def write_resume(
     path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, rngs_by_rank: Sequence[dict],
     carried: Any, running_loss: torch.Tensor, run_state: RunState, meta: dict[str, Any], stop_evaluated: bool,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the resume file of a run (see the module docstring). `rngs_by_rank` are every
     process's random states in rank order, `carried` the joined state of every process's rows."""
@@ -112,6 +115,7 @@ def write_resume(
     if carried is not None:
         tensors.update({f"carry.{name}": tensor for name, tensor in carried.tensors().items()})
     tensors["train.running_loss"] = running_loss
+    tensors.update(average or {})
     resume = asdict(run_state)
     if resume["planned_steps"] is None:  # no plan without --max-time: the file is as it always was
         del resume["planned_steps"]
@@ -148,7 +152,9 @@ def read_resume(
             raise ValueError("train.running_loss is NaN or infinite")
     except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: damaged resume state ({error}); train without --resume") from None
-    return Resumed(run_state, weights, optimizer_state, rngs, carried, running, info.get("stop_evaluated") is True)
+    average = {name: tensor for name, tensor in tensors.items() if name.startswith("ema.")}
+    return Resumed(run_state, weights, optimizer_state, rngs, carried, running, info.get("stop_evaluated") is True,
+                   average)
 
 
 def _check_same_run(path: str, saved: dict[str, Any], meta: dict[str, Any], train_config: TrainConfig) -> None:

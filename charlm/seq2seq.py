@@ -48,6 +48,8 @@ class TaggerConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.weight_drop or self.locked_dropout or self.embedding_dropout:
+            raise ValueError("--weight-drop, --locked-dropout and --embedding-dropout are for language models of text")
         if self.target_vocab_size < 1:
             raise ValueError(f"target_vocab_size must be at least 1, got {self.target_vocab_size}")
 

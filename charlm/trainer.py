@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -40,9 +40,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from charlm import checkpoint
-from charlm.errors import CharlmError, TrainingDiverged, TrainingInterrupted
+from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.evaluation import evaluate, loss_report
-from charlm.recipe import TrainConfig, learning_rate, make_optimizer
+from charlm.presets import record
+from charlm.recipe import TrainConfig, WeightAverage, learning_rate, make_optimizer
 from charlm.runfiles import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
 from charlm.runstate import RunState, read_resume, write_resume
 from charlm.runtime import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
@@ -92,6 +93,7 @@ class Trainer:
             self.loss_module = DistributedDataParallel(self.loss_module, device_ids=device_ids)
             seed_everything(config.seed, world.rank)  # each process its own dropout masks
         self.optimizer = make_optimizer(self.model, config)
+        self.average = WeightAverage(self.model, config.ema) if config.ema > 0 else None  # what is evaluated and kept
         self.run_state = RunState()  # position and history: what a resume restores besides weights and RNGs
         # The training loss since the last flush, summed on the device, so that a step never waits
         # on the device just to log (`state.loss_sum` holds what was flushed since the last evaluation).
@@ -113,7 +115,7 @@ class Trainer:
             if self.world.is_main:
                 check_replaceable(self.paths["model"], self.inputs, resume, overwrite)
                 # the resume state: the weights, an optimizer's moments for each, RNGs and the carried state
-                checkpoint.check_header_fits(self._meta("resume"), entries=4 * len(self.model.state_dict()) + 16)
+                checkpoint.check_header_fits(self._meta("resume"), entries=5 * len(self.model.state_dict()) + 16)
             if resume:
                 self.load_resume()
             elif self.world.is_main:
@@ -228,6 +230,8 @@ class Trainer:
         if config.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return loss
 
     def _plan(self, started: float) -> None:
@@ -338,7 +342,8 @@ class Trainer:
         state.elapsed = began - started
         val_loss = None
         if self.val_batches is not None:  # on every process (same weights, same number): same decisions
-            val_loss = evaluate(self.model, self.val_batches(), self.device, self.precision)
+            with self._evaluated_weights():
+                val_loss = evaluate(self.model, self.val_batches(), self.device, self.precision)
         count = state.loss_count + state.running_count
         train_loss = (state.loss_sum + float(self.world.mean(self.running_loss))) / count if count else None
         if val_loss is not None:
@@ -360,7 +365,8 @@ class Trainer:
         if improved:
             state.best_val_loss, state.best_step = score, state.step
         if (improved or self.config.keep == "last") and self.world.is_main:
-            checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
+            with self._evaluated_weights():
+                checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
         if not stop:
             state.loss_sum, state.loss_count = 0.0, 0
             self.save_resume()
@@ -372,6 +378,10 @@ class Trainer:
         self._evaluating[0] += clock() - began
         self._evaluating[1] += 1
 
+    def _evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """The weights evaluated and kept: with --ema their average, else the model's own."""
+        return self.average.applied(self.model) if self.average is not None else contextlib.nullcontext()
+
     def summary(self) -> dict[str, Any]:
         """The run so far. Without a validation split the best model is the one of the lowest
         training loss, and it is named so: best_train_loss, with best_val_loss None."""
@@ -381,7 +391,7 @@ class Trainer:
         return {"steps": state.step, "epochs": state.epoch, "tokens": state.tokens, **best, "best_step": state.best_step}
 
     def _meta(self, kind: str) -> dict[str, Any]:
-        return {**self.meta, "kind": kind, "train": asdict(self.config), "training": self.summary()}
+        return {**self.meta, "kind": kind, "train": record(self.config), "training": self.summary()}
 
     # -- the resume file -------------------------------------------------------------------------
 
@@ -401,7 +411,8 @@ class Trainer:
         if best is not None:
             state = replace(state, best_val_loss=best.best_val_loss, best_step=best.best_step)
         write_resume(self.paths["resume"], self.model, self.optimizer, [rngs for rngs, _ in shares], carried,
-                     running_loss, state, {**self._meta("resume"), **self.resume_meta}, stop_evaluated)
+                     running_loss, state, {**self._meta("resume"), **self.resume_meta}, stop_evaluated,
+                     self.average.tensors() if self.average is not None else {})
 
     def load_resume(self) -> None:
         """Restore everything `save_resume` wrote, checked whole first. The learning rate and
@@ -416,6 +427,12 @@ class Trainer:
         else:  # saved by fewer processes: a fresh stream for this one
             seed_everything(self.config.seed + resumed.run_state.step, self.world.rank)
         self.model.load_state_dict(resumed.weights)
+        if self.average is not None:
+            try:
+                self.average.load(resumed.average)
+            except ValueError as error:
+                raise CheckpointError(f"{self.paths['resume']}: damaged resume state ({error}); "
+                                      "train without --resume") from None
         self.run_state, self.running_loss, self.saved_step = resumed.run_state, resumed.running_loss, resumed.run_state.step
         rows = self.world.rows(self.config.batch_size) if self.world.size > 1 else slice(None)
         self.carried = None if resumed.carried is None else resumed.carried.rows(rows)

@@ -35,6 +35,10 @@ def _per_task(name: str) -> str:
     return f"[default: {shown} for text, {pairs} for pairs]"
 
 
+def _text_default(name: str) -> str:
+    return f"[default: {PRESETS['lm'][name]}]"
+
+
 def _model_names() -> tuple[str, ...]:
     """What --model takes: any language-model architecture registered now (text), or a cell (pairs)."""
     return tuple(dict.fromkeys((*registry.names("lm"), *CELLS)))
@@ -69,6 +73,16 @@ def _model_names() -> tuple[str, ...]:
 @click.option("--hidden-size", type=positive, default=None, help=_per_task("hidden_size"))
 @click.option("--num-layers", type=positive, default=None, help=_per_task("num_layers"))
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=_per_task("dropout"))
+@click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help=f"Text: DropConnect on the recurrent weights W_hh, one mask per batch (AWD-LSTM). {_text_default('weight_drop')}")
+@click.option("--locked-dropout/--no-locked-dropout", default=None,
+              help="Text: --dropout with one mask per sequence for every step (variational), on the embedding, "
+                   f"between the layers and before the head. {_text_default('locked_dropout')}")
+@click.option("--embedding-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help=f"Text: drop whole tokens' embeddings, one mask per batch. {_text_default('embedding_dropout')}")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=COMMON["ema"], show_default=True,
+              help="Evaluate and keep an exponential moving average of the weights with this decay "
+                   "(e.g. 0.999); 0 keeps the weights themselves.")
 @click.option("--seq-len", type=positive, default=COMMON["seq_len"], show_default=True,
               help="Text: steps of backpropagation through time.")
 @click.option("--batch-size", type=positive, default=COMMON["batch_size"], show_default=True,
