@@ -71,6 +71,9 @@ class LanguageModel(nn.Module):
     """ids (B, T) -> embedding or one-hot (B, T, E) -> recurrent layers (B, T, H) -> logits (B, T, V)."""
 
     state_class = RecurrentState
+    # Training on a CPU: charlm's kernels (True) or torch's own module (False) run the recurrent
+    # layers; None leaves it to the kernels' rule. `charlm.tuning` measures both and sets it.
+    fast_path: bool | None = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -113,7 +116,10 @@ class LanguageModel(nn.Module):
                 torch.func.functional_call(self.rnn, weights, (inputs, initial))
         else:  # one-hot input goes in as the ids themselves: the kernels gather instead of multiplying
             inputs = ids if self.embedding is None else self.embed(ids)
-            outputs, final = kernels.recurrent(self.rnn, inputs, initial, weights=weights, locked=config.locked_dropout)
+            fast = None
+            if self.fast_path is not None and torch.is_grad_enabled() and kernels.supports(self.rnn, inputs):
+                fast = self.fast_path
+            outputs, final = kernels.recurrent(self.rnn, inputs, initial, fast, weights, config.locked_dropout)
         return outputs, RecurrentState.of(final)
 
     def batch_loss(
@@ -139,6 +145,11 @@ class LanguageModel(nn.Module):
         from charlm.stepper import Stepper
 
         return Stepper(self, banned)
+
+    def fast_path_choices(self) -> tuple[bool, ...]:
+        """The ways of running the recurrent layers in training that `charlm.tuning` may measure:
+        charlm's kernels and torch's module, or none for the from-scratch cells."""
+        return () if self.config.from_scratch else (True, False)
 
     def init_state(self, batch_size: int) -> RecurrentState:
         """Zeros: h (L, B, H), and c for the LSTM."""

@@ -48,7 +48,7 @@ from charlm.runfiles import MetricsFile, check_creatable, check_replaceable, loc
 from charlm.runstate import RunState, read_resume, write_resume
 from charlm.runtime import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
 from charlm.state import map_state
-from charlm.tuning import Decisions, choose_cpu_precision
+from charlm.tuning import Decisions, choose_cpu_setup
 
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
 LINE_SECONDS = 30.0  # between progress lines when stderr is not a terminal
@@ -78,7 +78,7 @@ class Trainer:
         self.inputs = list(inputs)
         self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.tuning`)
         self.resume_meta = resume_meta or {}  # what the resume file carries beyond `meta` (its corpus's identity)
-        self.precision = config.precision  # "auto" on a CPU becomes what `_choose_precision` measures
+        self.precision = config.precision  # "auto" on a CPU becomes what `_choose_setup` measures
         self.progress = progress and world.is_main
         self.paths = run_paths(out)
         self.metrics = MetricsFile(self.paths["metrics"])
@@ -121,7 +121,7 @@ class Trainer:
             elif self.world.is_main:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.paths["metrics"])  # a charlm metrics file: checked above
-            self.precision = self._choose_precision()
+            self.precision = self._choose_setup()
             try:
                 self._loop()
             except OSError as error:  # a full disk mid-run: the last state saved is whole (atomic writes)
@@ -264,15 +264,16 @@ class Trainer:
         planned = float(self.world.mean(torch.tensor(min(fits, cap), dtype=torch.float64)))
         state.planned_steps = max(int(planned), state.step)
 
-    def _choose_precision(self) -> str:
-        """`--precision auto` on a CPU: bf16 autocast where it measures faster on this machine and
-        keeps the loss (see `charlm.tuning`), decided on the run's first batch; elsewhere as asked
-        (auto on CUDA is bf16 where the GPU has it: `runtime.autocast`)."""
-        if self.config.precision != "auto" or self.device.type != "cpu":
+    def _choose_setup(self) -> str:
+        """The precision to train in, and for a recurrent model the code that runs its layers, as
+        measured on this CPU on the run's first batch (see `charlm.tuning`): `--precision auto`
+        takes bf16 autocast where it is faster and keeps the loss. Elsewhere the precision as asked
+        (auto on CUDA is bf16 where the GPU has it: `runtime.autocast`). Returns the precision."""
+        if self.device.type != "cpu":
             return self.config.precision
         batch = next(iter(self.batches.batches(0)), None)
         if batch is None:
-            return "fp32"
+            return "fp32" if self.config.precision == "auto" else self.config.precision
         batch = tuple(part.to(self.device) for part in batch)
 
         def step_loss(bf16: bool, backward: bool) -> torch.Tensor:
@@ -284,10 +285,14 @@ class Trainer:
             return loss.detach()
 
         key = {"model": self.meta.get("model"), "batch": [list(part.shape) for part in batch]}
-        precision, why = choose_cpu_precision(step_loss, self.model, key, Decisions(self.tuning_dir))
-        precision = "bf16" if self.world.any(precision == "bf16", self.device) else "fp32"
+        setup, why = choose_cpu_setup(step_loss, self.model, key, Decisions(self.tuning_dir), self.config.precision)
+        any_ = lambda value: self.world.any(value, self.device)  # noqa: E731  every process takes one setup
+        if hasattr(self.model, "fast_path"):
+            self.model.fast_path = True if any_(setup.fast_path is True) else False if any_(setup.fast_path is False) \
+                else None
+        precision = "bf16" if any_(setup.precision == "bf16") else "fp32"
         if why and self.progress:
-            tqdm.write(f"note: --precision auto: {why}", file=sys.stderr)
+            tqdm.write(f"note: training in {why}", file=sys.stderr)
         return precision
 
     def _should_stop(self, started: float) -> bool:

@@ -1,11 +1,13 @@
 """Tuning: a choice between two correct ways to compute the same thing, made by measuring both on
 this machine (as cuDNN's benchmark mode does), once per machine and shape, and remembered.
 
-Today it decides `--precision auto` on a CPU: bf16 autocast where the CPU has bf16 matrix
-instructions (oneDNN: AMX, AVX-512 BF16) and a training step measures faster in it than in fp32,
-with the loss of the same batch within `LOSS_TOLERANCE` of fp32's; else fp32. A model whose step
-takes under `MIN_STEP_SECONDS` is not measured (fp32: too small to gain, and its runs stay as they
-always were). Measuring runs real forward and backward passes on the run's first batch, with the
+It decides, for training on a CPU, `--precision auto`: bf16 autocast where the CPU has bf16
+matrix instructions (oneDNN: AMX, AVX-512 BF16) and a training step measures faster in it than in
+fp32, with the loss of the same batch within `LOSS_TOLERANCE` of fp32's; else fp32. And for a
+recurrent model in fp32, whether charlm's kernels or torch's own module (oneDNN's fused LSTM, where
+torch uses it) runs its layers: the faster of the two here. A model whose step takes under
+`MIN_STEP_SECONDS` is not measured (fp32 and the kernels' own rule: too small to gain, and its runs
+stay as they always were). Measuring runs real forward and backward passes on the run's first batch, with the
 random state saved and restored and the gradients cleared, so it changes nothing of the run.
 
 Decisions are kept in `tuning.json` in the token-cache folder, keyed by the CPU, torch's version
@@ -21,6 +23,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -92,37 +95,97 @@ def _seconds(function: Callable[[], Any]) -> float:
     return best
 
 
-def choose_cpu_precision(
+@dataclass(frozen=True)
+class Setup:
+    """How a run trains on this CPU: its precision, and for a recurrent model which code runs its
+    layers: charlm's kernels (True), torch's own module (False, oneDNN's where torch uses it), or
+    the kernels' own rule (None: what a model too small to measure keeps)."""
+
+    precision: str = "fp32"
+    fast_path: bool | None = None
+
+    def shown(self) -> str:
+        path = {True: "charlm's kernels", False: "torch's module", None: "the kernels' rule"}[self.fast_path]
+        return self.precision + ("" if self.precision == "bf16" else f", {path}")
+
+
+def choose_cpu_setup(
     step_loss: Callable[[bool, bool], torch.Tensor], model: torch.nn.Module, key_parts: dict[str, Any],
-    decisions: Decisions,
-) -> tuple[str, str | None]:
-    """("bf16" or "fp32", a line saying why, or None where nothing was worth measuring) for
-    training on this CPU. `step_loss(bf16, backward)` runs the forward pass on one batch (under
-    bf16 autocast when asked), the backward pass too when asked, and returns the loss."""
-    if not bf16_capable():
-        return "fp32", None
+    decisions: Decisions, precision: str = "auto",
+) -> tuple[Setup, str | None]:
+    """(the `Setup` to train in, a line saying why, or None where nothing was worth measuring) on
+    this CPU, for `precision` "auto" (bf16 where it measures faster and keeps the loss), "fp32" or
+    "bf16" (then only the recurrent path is chosen). `step_loss(bf16, backward)` runs the forward
+    pass on one batch (under bf16 autocast when asked), the backward pass too when asked, and
+    returns the loss. A model offers a choice of recurrent path with `fast_path_choices()`, and
+    takes the one chosen as its `fast_path`; bf16 autocast runs torch's module."""
+    paths = tuple(model.fast_path_choices()) if hasattr(model, "fast_path_choices") else ()
+    bf16 = precision == "bf16" or (precision == "auto" and bf16_capable())
+    if precision == "bf16" or not (paths or bf16):
+        return Setup("bf16" if bf16 else "fp32"), None
     key = json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       **key_parts}, sort_keys=True)
     kept = decisions.get(key)
-    if isinstance(kept, dict) and kept.get("precision") in ("bf16", "fp32"):
-        return kept["precision"], f"{kept['precision']}: as measured before on this CPU ({kept.get('why', '')})"
+    if isinstance(kept, dict) and isinstance(kept.get("seconds"), dict) and kept.get("precision") in ("bf16", "fp32") \
+            and kept.get("fast_path") in (True, False, None) and (not bf16 or "bf16" in kept["seconds"]):
+        setup = _decide(kept["seconds"], kept.get("loss_holds") is True, precision)
+        return setup, f"{setup.shown()}: as measured before on this CPU ({kept.get('why', '')})"
+    measured = _measure(step_loss, model, paths, bf16)
+    if measured is None:
+        return Setup(), None
+    seconds, losses = measured
+    loss_holds = "bf16" not in losses or abs(losses["bf16"] - losses["fp32"]) <= LOSS_TOLERANCE * abs(losses["fp32"])
+    setup = _decide(seconds, loss_holds, precision)
+    why = "a step measured " + ", ".join(f"{seconds[name] * 1e3:.0f} ms in {name}" for name in seconds) + \
+        f" on {cpu_name()}" + (f"; bf16's loss {losses['bf16']:.4f} vs {losses['fp32']:.4f}" if "bf16" in losses else "") + \
+        ("" if loss_holds else ", too far apart")
+    auto = _decide(seconds, loss_holds, "auto")
+    fp32 = _decide(seconds, loss_holds, "fp32")
+    decisions.put(key, {"precision": auto.precision, "fast_path": fp32.fast_path, "seconds": seconds,
+                        "loss_holds": loss_holds, "why": why})
+    return setup, f"{setup.shown()}: {why}"
+
+
+def _measure(
+    step_loss: Callable[[bool, bool], torch.Tensor], model: torch.nn.Module, paths: tuple[bool, ...], bf16: bool,
+) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The best time of a training step in each way this model can take ("fp32 kernels", "fp32
+    torch", "bf16"; "fp32" alone where it has no choice of path), and the eval-mode loss of fp32
+    and bf16 on the batch; None when fp32 takes under MIN_STEP_SECONDS."""
+    names = {True: "fp32 kernels", False: "fp32 torch"}
+    seconds: dict[str, float] = {}
     with torch.random.fork_rng(devices=[]):
-        was_training = model.training
+        was_training, was_path = model.training, getattr(model, "fast_path", None)
         try:
-            fp32 = _seconds(lambda: step_loss(False, True))
-            if fp32 < MIN_STEP_SECONDS:
-                return "fp32", None
-            bf16 = _seconds(lambda: step_loss(True, True))
-            model.eval()
-            with torch.no_grad():
-                loss_fp32, loss_bf16 = float(step_loss(False, False)), float(step_loss(True, False))
+            for path in paths or (None,):
+                if paths:
+                    model.fast_path = path
+                seconds[names.get(path, "fp32")] = _seconds(lambda: step_loss(False, True))
+                if min(seconds.values()) < MIN_STEP_SECONDS:
+                    return None
+            if paths:
+                model.fast_path = was_path
+            losses = {}
+            if bf16:
+                seconds["bf16"] = _seconds(lambda: step_loss(True, True))
+                model.eval()
+                with torch.no_grad():
+                    losses = {"fp32": float(step_loss(False, False)), "bf16": float(step_loss(True, False))}
         finally:
             model.train(was_training)
+            if paths:
+                model.fast_path = was_path
             model.zero_grad(set_to_none=True)
-    close = abs(loss_bf16 - loss_fp32) <= LOSS_TOLERANCE * abs(loss_fp32)
-    faster = fp32 / bf16
-    precision = "bf16" if close and faster >= SPEEDUP else "fp32"
-    why = (f"a bf16 step measured {faster:.2f}x fp32's on {cpu_name()}, loss {loss_bf16:.4f} vs {loss_fp32:.4f}"
-           + ("" if close else ", too far apart"))
-    decisions.put(key, {"precision": precision, "why": why})
-    return precision, f"{precision}: {why}"
+    return seconds, losses
+
+
+def _decide(seconds: dict[str, float], loss_holds: bool, precision: str) -> Setup:
+    """The fastest way to train in `precision` ("auto": bf16 only if it keeps the loss and is
+    SPEEDUP times faster than fp32's fastest), from the measured `seconds`."""
+    fp32 = {name: value for name, value in seconds.items() if name.startswith("fp32")}
+    fastest = min(fp32, key=fp32.get)
+    fast_path = {"fp32 kernels": True, "fp32 torch": False}.get(fastest)
+    if precision == "bf16" or (precision == "auto" and "bf16" in seconds and loss_holds
+                               and fp32[fastest] / seconds["bf16"] >= SPEEDUP):
+        return Setup("bf16")
+    return Setup("fp32", fast_path)

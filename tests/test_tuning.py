@@ -14,16 +14,30 @@ from charlm import checkpoint, tuning
 from tests.conftest import TINY_MODEL, run_cli
 
 
-def fake_step(seconds: dict, losses: dict):
-    """A step_loss whose duration and loss per precision the test sets."""
+def fake_step(seconds: dict, losses: dict, model: torch.nn.Module | None = None):
+    """A step_loss whose duration and loss per precision (and per `model.fast_path`, for a model
+    with a choice of path: seconds keyed (False, path)) the test sets."""
     calls = []
 
     def step_loss(bf16: bool, backward: bool) -> torch.Tensor:
-        calls.append(bf16)
-        time.sleep(seconds[bf16])
+        key = (bf16, model.fast_path) if model is not None and not bf16 else bf16
+        calls.append(key)
+        time.sleep(seconds[key])
         return torch.tensor(losses[bf16])
 
     return step_loss, calls
+
+
+class TwoPaths(torch.nn.Linear):
+    """A model with a choice of recurrent path, as `charlm.model.LanguageModel` offers."""
+
+    fast_path = None
+
+    def __init__(self) -> None:
+        super().__init__(2, 2)
+
+    def fast_path_choices(self) -> tuple[bool, ...]:
+        return (True, False)
 
 
 @pytest.fixture
@@ -31,13 +45,17 @@ def capable(monkeypatch):
     monkeypatch.setattr(tuning, "bf16_capable", lambda: True)
 
 
+def choose(step, model=None, key=None, folder=None, precision="auto"):
+    return tuning.choose_cpu_setup(step, model or torch.nn.Linear(2, 2), key or {}, tuning.Decisions(folder), precision)
+
+
 def test_bf16_is_chosen_when_faster_with_the_same_loss_and_remembered(tmp_path, capable):
-    decisions = tuning.Decisions(tmp_path)
     step, calls = fake_step({False: 0.03, True: 0.01}, {False: 2.0, True: 2.001})
-    precision, why = tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {"shape": 1}, decisions)
-    assert precision == "bf16" and 2.0 < float(why.split("measured ")[1].split("x")[0]) < 4.0  # ~3x
-    again, calls_before = tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {"shape": 1}, decisions), len(calls)
-    assert again[0] == "bf16" and "as measured before" in again[1] and len(calls) == calls_before  # not measured again
+    setup, why = choose(step, key={"shape": 1}, folder=tmp_path)
+    assert setup == tuning.Setup("bf16") and "30 ms in fp32, 10 ms in bf16" in why.replace("31 ms", "30 ms")
+    calls_before = len(calls)
+    again = choose(step, key={"shape": 1}, folder=tmp_path)
+    assert again[0].precision == "bf16" and "as measured before" in again[1] and len(calls) == calls_before
     assert json.loads((tmp_path / "tuning.json").read_text())  # kept beside the token cache
 
 
@@ -46,17 +64,43 @@ def test_bf16_is_chosen_when_faster_with_the_same_loss_and_remembered(tmp_path, 
                          ids=["not faster", "loss does not hold"])
 def test_fp32_stays_unless_bf16_is_faster_and_keeps_the_loss(tmp_path, capable, seconds, losses):
     step, _ = fake_step(seconds, losses)
-    assert tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {}, tuning.Decisions(tmp_path))[0] == "fp32"
+    assert choose(step, folder=tmp_path)[0].precision == "fp32"
 
 
 def test_no_bf16_instructions_or_a_tiny_step_means_fp32_unmeasured(tmp_path, monkeypatch):
     step, calls = fake_step({False: 0.0, True: 0.0}, {False: 2.0, True: 2.0})
     monkeypatch.setattr(tuning, "bf16_capable", lambda: False)
-    assert tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {}, tuning.Decisions(tmp_path)) == ("fp32", None)
+    assert choose(step, folder=tmp_path) == (tuning.Setup("fp32"), None)
     assert calls == []
     monkeypatch.setattr(tuning, "bf16_capable", lambda: True)
-    assert tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {}, tuning.Decisions(tmp_path)) == ("fp32", None)
+    assert choose(step, folder=tmp_path) == (tuning.Setup("fp32"), None)
     assert True not in calls  # a step far under MIN_STEP_SECONDS: bf16 never tried
+
+
+@pytest.mark.parametrize("faster", [True, False], ids=["kernels faster", "torch faster"])
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_the_faster_recurrent_path_is_taken_for_fp32_and_remembered(tmp_path, capable, faster, precision):
+    """A recurrent model trains its layers through charlm's kernels or torch's module, whichever a
+    step measures faster here; bf16 (slower in this case) keeps torch's module, as autocast needs."""
+    model = TwoPaths()
+    slow, quick = 0.06, 0.03
+    seconds = {(False, faster): quick, (False, not faster): slow, (False, None): 0.0, True: 0.05}  # None: the loss
+    step, calls = fake_step(seconds, {False: 2.0, True: 2.0}, model)
+    setup, why = choose(step, model, folder=tmp_path, precision=precision)
+    assert setup == tuning.Setup("fp32", faster)
+    assert ("charlm's kernels" if faster else "torch's module") in why
+    assert model.fast_path is None  # the caller sets it; measuring leaves the model as it was
+    assert (True in calls) == (precision == "auto")  # told fp32, bf16 is never measured
+    calls_before = len(calls)
+    assert choose(step, model, folder=tmp_path, precision="fp32")[0] == tuning.Setup("fp32", faster)
+    assert len(calls) == calls_before
+
+
+def test_told_bf16_measures_nothing(tmp_path, capable):
+    model = TwoPaths()
+    step, calls = fake_step({(False, True): 0.03, (False, False): 0.03, True: 0.03}, {False: 2.0, True: 2.0}, model)
+    assert choose(step, model, folder=tmp_path, precision="bf16") == (tuning.Setup("bf16"), None)
+    assert calls == []
 
 
 @pytest.mark.skipif(not tuning.bf16_capable(), reason="this CPU has no bf16 matrix instructions")
@@ -104,5 +148,5 @@ def test_a_decisions_file_that_is_not_one_is_measured_again(tmp_path, capable, k
     else:
         path.write_text({"not json": "{", "a list": "[1, 2]", "huge": " " * (2 << 20) + "{}"}[kind])
     step, calls = fake_step({False: 0.03, True: 0.01}, {False: 2.0, True: 2.0})
-    assert tuning.choose_cpu_precision(step, torch.nn.Linear(2, 2), {}, tuning.Decisions(tmp_path))[0] == "bf16"
+    assert choose(step, folder=tmp_path)[0].precision == "bf16"
     assert True in calls
