@@ -96,10 +96,15 @@ class _Batches:
         tokens = torch.randint(vocab_size, (batch_size, seq_len + 1), generator=generator)
         self.batch = (tokens[:, :-1], tokens[:, 1:])
 
+    def batches(self, epoch: int, start: int = 0):
+        yield self.batch
+
 
 def charlm_training(cell: str, from_scratch: bool, embedding_size: int, num_layers: int, seq_len: int,
-                    optimizer: str, lr: float, precision: str = "fp32") -> callable:
-    """charlm's own training step (`Trainer._train_step`) on a fixed batch."""
+                    optimizer: str, lr: float, precision: str = "fp32") -> tuple[callable, str]:
+    """charlm's own training step (`Trainer._train_step`) on a fixed batch, in the setup a run
+    takes (`Trainer._choose_setup`: the recurrent path, and with "auto" the precision, measured
+    here), and that setup in words."""
     config = ModelConfig(vocab_size=LESSONS["vocab_size"], cell=cell, embedding_size=embedding_size,
                          hidden_size=LESSONS["hidden_size"], num_layers=num_layers, from_scratch=from_scratch,
                          dropout=0.0)
@@ -108,7 +113,10 @@ def charlm_training(cell: str, from_scratch: bool, embedding_size: int, num_laye
     batches = _Batches(LESSONS["vocab_size"], LESSONS["batch_size"], seq_len)
     trainer = Trainer(LanguageModel(config), batches, None, train, "/tmp/charlm-bench.safetensors", {}, progress=False)
     trainer.model.train()
-    return lambda: trainer._train_step(batches.batch)
+    trainer.precision = trainer._choose_setup()
+    path = {True: "kernels", False: "torch", None: "rule"}[trainer.model.fast_path]
+    shown = "bf16" if trainer.precision == "bf16" else f"fp32 {path}"
+    return (lambda: trainer._train_step(batches.batch)), shown
 
 
 def lesson_training(cell: str | None, embedding_size: int = 0, num_layers: int = 1, seq_len: int = 35,
@@ -235,32 +243,35 @@ def main() -> None:
     results.update(cpu=cpu_name(), bf16=bf16_capable())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name()} "
           f"(bf16 matrix instructions: {'yes' if bf16_capable() else 'no'}); lessons' config V={V} H={H} T={T} B={B}")
-    print("--precision auto on this CPU: bf16 where a step measures faster with the same loss, decided per run "
-          "(charlm.tuning); the kernel dispatch: kernels._is_faster's rule\n")
+    print("charlm's setup is what a run takes (charlm.tuning): the recurrent path (charlm's kernels or torch's "
+          "module) measured here, and for 'auto' bf16 where it measures faster with the same loss\n")
 
     print("training tokens/s")
-    print(f"{'work':<28}{'charlm':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
+    print(f"{'work':<30}{'setup':>14}{'charlm':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
     rows = [(f"{cell} (torch cell)", cell, False, 0, 1, T, "sgd", 1.0, cell) for cell in GATES]
     rows += [(f"{cell} (from scratch)", cell, True, 0, 1, T, "sgd", 1.0, None if cell == "rnn" else "-")
              for cell in GATES]
     rows += [("default: lstm 2x512 emb64 T35", "lstm", False, 64, 2, 35, "adamw", 3e-3, "lstm")]
     if bf16_capable():  # both sides under bf16 autocast; the limit stays fp32's matmul rate
         rows += [("default, bf16 autocast", "lstm", False, 64, 2, 35, "adamw", 3e-3, "lstm")]
+    rows += [("default, --precision auto", "lstm", False, 64, 2, 35, "adamw", 3e-3, "lstm")]
     for name, cell, scratch, embedding, layers, seq_len, optimizer, lr, lesson in rows:
-        precision = "bf16" if "bf16" in name else "fp32"
+        precision = "bf16" if "bf16" in name else "auto" if "auto" in name else "fp32"
         step, step_flops = matmul(B, H, GATES[cell] * H)
-        timed = {"charlm": (charlm_training(cell, scratch, embedding, layers, seq_len, optimizer, lr, precision), 3),
-                 "matmul": (step, 200)}
+        charlm_step, setup = charlm_training(cell, scratch, embedding, layers, seq_len, optimizer, lr, precision)
+        lesson_precision = "fp32" if precision == "auto" else precision  # auto: against the plain fp32 loop
+        timed = {"charlm": (charlm_step, 3), "matmul": (step, 200)}
         if lesson != "-":
-            timed["lesson"] = (lesson_training(lesson, embedding, layers, seq_len, optimizer, lr, precision), 3)
+            timed["lesson"] = (lesson_training(lesson, embedding, layers, seq_len, optimizer, lr, lesson_precision), 3)
         seconds = best_seconds(timed, repeats)
         limit = step_flops / seconds["matmul"] / (3 * forward_flops(cell, embedding or V, H, layers, V))
         charlm_rate = B * seq_len / seconds["charlm"]
         lesson_rate = B * seq_len / seconds["lesson"] if "lesson" in seconds else None
-        results["training"].append({"work": name, "charlm": charlm_rate, "lesson": lesson_rate, "limit": limit})
+        results["training"].append({"work": name, "setup": setup, "charlm": charlm_rate, "lesson": lesson_rate,
+                                    "limit": limit})
         shown = f"{lesson_rate:>9,.0f}" if lesson_rate else f"{'':>9}"
         ratio = f"{charlm_rate / lesson_rate:>10.2f}x" if lesson_rate else f"{'':>11}"
-        print(f"{name:<28}{charlm_rate:>9,.0f}{shown}{limit:>9,.0f}{ratio}{charlm_rate / limit:>10.0%}", flush=True)
+        print(f"{name:<30}{setup:>14}{charlm_rate:>9,.0f}{shown}{limit:>9,.0f}{ratio}{charlm_rate / limit:>10.0%}", flush=True)
 
     print("\ngeneration chars/s (greedy, one sample, like the lessons; then sampled, and 32 samples at once)")
     print(f"{'model':<22}{'charlm':>9}{'sampled':>9}{'x32':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
