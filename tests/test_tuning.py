@@ -150,3 +150,28 @@ def test_a_decisions_file_that_is_not_one_is_measured_again(tmp_path, capable, k
     step, calls = fake_step({False: 0.03, True: 0.01}, {False: 2.0, True: 2.0})
     assert choose(step, folder=tmp_path)[0].precision == "bf16"
     assert True in calls
+
+
+@pytest.mark.parametrize("fast_path", [True, False, None])
+def test_the_chosen_path_runs_the_layers_in_training_and_evaluation_keeps_the_rule(monkeypatch, fast_path):
+    """`fast_path` True trains through charlm's kernels, False through torch's module, with the
+    same loss; evaluation (no autograd) keeps the kernels' own rule whatever was chosen."""
+    from charlm import kernels
+    from charlm.model import LanguageModel, ModelConfig
+
+    calls = []
+    monkeypatch.setattr(kernels._Layer, "apply", lambda *args, apply=kernels._Layer.apply: calls.append(1) or apply(*args))
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=7, cell="lstm", hidden_size=8, embedding_size=4, dropout=0.0))
+    model.fast_path = fast_path
+    ids = torch.randint(0, 7, (3, 5))
+    loss = model.batch_loss((ids, ids))[0]
+    rule = kernels.supports(model.rnn, model.embed(ids)) and kernels._is_faster(model.rnn, model.embed(ids), None)
+    assert bool(calls) == (rule if fast_path is None else fast_path)
+    model.fast_path = None
+    torch.testing.assert_close(loss, model.batch_loss((ids, ids))[0])
+    calls.clear()
+    with torch.no_grad():
+        model.fast_path = fast_path
+        model(ids)
+    assert not calls  # the rule, without autograd over several steps: torch's fused loop
