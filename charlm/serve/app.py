@@ -1,0 +1,474 @@
+"""The HTTP API and the playground page, as a Starlette app: the only home of Starlette.
+
+    GET  /                            the playground (static/: plain HTML, JS and CSS)
+    GET  /v1/models                   the models served, with what `charlm info` says of each
+    GET  /v1/models/{name}/metrics    a model's loss curve, from its run's metrics file
+    POST /v1/generate                 samples, or server-sent events as the text is made
+    POST /v1/translate                outputs of a pair model, greedy or beam search
+    POST /v1/attention                a pair model's attention weights for one input
+
+A request is checked here, field by field, against `Limits`; what it asks for then goes to a
+`Batcher` (language models) or to `PairModel.translate` in a worker thread. Every error is a 4xx
+with one line of JSON, `{"error": "..."}`; anything unforeseen is a 500 that says only that
+(its traceback goes to the server's log). A request names a model from the catalog, never a file.
+
+It knows nothing about sampling or models beyond `charlm.api` and `charlm.generate`'s sampling
+options, nor about sockets (`charlm.serve.server` runs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from charlm.errors import CharlmError
+from charlm.generate import Sampling, encode_prefix
+from charlm.presets import UNKNOWN_POLICIES
+from charlm.serve.batcher import Batcher, Generation
+from charlm.serve.catalog import Served, json_safe
+
+log = logging.getLogger("charlm.serve")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, and how many may run at once (the README lists them)."""
+
+    body_bytes: int = 64 * 1024     # a request body; refused unread past this
+    prefix_chars: int = 4000        # /v1/generate's prefix
+    length: int = 2000              # tokens per sample
+    num_samples: int = 32           # samples per request
+    inputs: int = 64                # /v1/translate's inputs per request
+    input_chars: int = 1000         # each input (and /v1/attention's one)
+    beam: int = 16                  # beam width
+    max_length: int = 2000          # characters per translation
+    in_flight: int = 64             # generations and translations running at once; then 429
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+PAGE_FILES = {"/": ("index.html", "text/html"), "/playground.js": ("playground.js", "text/javascript"),
+              "/playground.css": ("playground.css", "text/css")}
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
+class RequestError(Exception):
+    """A request the API refuses: a status and one line for the client."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Json(JSONResponse):
+    """JSON in ASCII: a lone surrogate from a vocab is written escaped, not a failed encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def error(message: str, status: int) -> Json:
+    return Json({"error": " ".join(str(message).split())}, status_code=status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a request
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object: application/json, at most `limit` bytes (a longer one is refused
+    as soon as its length is known), UTF-8, no NaN or Infinity."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise RequestError("send the body as JSON with Content-Type: application/json", 415)
+    declared = request.headers.get("content-length", "")
+    if declared and (not declared.isdigit() or int(declared) > limit):
+        raise RequestError(f"the body is larger than {limit:,} bytes", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(f"the body is larger than {limit:,} bytes", 413)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not a JSON number")
+
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=refuse)
+    except UnicodeDecodeError:
+        raise RequestError("the body is not UTF-8") from None
+    except (ValueError, RecursionError) as problem:
+        raise RequestError(f"the body is not JSON: {problem}") from None
+    if not isinstance(data, dict):
+        raise RequestError("the body must be a JSON object")
+    return data
+
+
+def shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class Fields:
+    """A request body's fields, each read once with its type and bounds; a field the endpoint does
+    not know is refused by name."""
+
+    def __init__(self, data: dict[str, Any], known: tuple[str, ...]) -> None:
+        unknown = [name for name in data if name not in known]
+        if unknown:
+            raise RequestError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                               f"this endpoint takes {', '.join(known)}")
+        self.data = data
+
+    def _given(self, name: str, default: Any) -> tuple[bool, Any]:
+        value = self.data.get(name)
+        return value is not None, (value if value is not None else default)
+
+    def text(self, name: str, default: str | None, max_chars: int) -> str | None:
+        given, value = self._given(name, default)
+        if given and not isinstance(value, str):
+            raise RequestError(f"{name} must be a string, got {shown(value)}")
+        if given and len(value) > max_chars:
+            raise RequestError(f"{name} is {len(value):,} characters long; at most {max_chars:,}")
+        return value
+
+    def integer(self, name: str, default: int | None, low: int, high: int | None) -> int | None:
+        given, value = self._given(name, default)
+        if given and type(value) is not int:
+            raise RequestError(f"{name} must be a whole number, got {shown(value)}")
+        if given and not (low <= value and (high is None or value <= high)):
+            raise RequestError(f"{name} must be from {low:,}" + (f" to {high:,}" if high is not None else " up")
+                               + f", got {shown(value)}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float | None = None, low_open: bool = False,
+               ) -> float:
+        given, value = self._given(name, default)
+        if given and (type(value) not in (int, float) or not math.isfinite(value)):
+            raise RequestError(f"{name} must be a number, got {shown(value)}")
+        if given and not ((value > low if low_open else value >= low) and (high is None or value <= high)):
+            bounds = f"above {low}" if low_open else f"at least {low}"
+            raise RequestError(f"{name} must be {bounds}" + (f" and at most {high}" if high is not None else "")
+                               + f", got {shown(value)}")
+        return float(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        given, value = self._given(name, default)
+        if given and not isinstance(value, bool):
+            raise RequestError(f"{name} must be true or false, got {shown(value)}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        given, value = self._given(name, default)
+        if given and value not in choices:
+            raise RequestError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
+        return value
+
+    def texts(self, name: str, max_count: int, max_chars: int) -> list[str]:
+        value = self.data.get(name)
+        if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+            raise RequestError(f"{name} must be a list of one or more strings, got {shown(value)}")
+        if len(value) > max_count:
+            raise RequestError(f"{name} holds {len(value):,} strings; at most {max_count:,}")
+        if longest := max((len(item) for item in value if len(item) > max_chars), default=0):
+            raise RequestError(f"a string of {name} is {longest:,} characters long; at most {max_chars:,}")
+        return value
+
+
+class Slots:
+    """At most `count` requests at work at once, across threads and event loops."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.used, self._lock = count, 0, threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self.used >= self.count:
+                raise RequestError(f"the server is busy ({self.count} requests at work); try again shortly", 429)
+            self.used += 1
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.used -= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# From the batcher's thread to a request's event loop
+
+
+class Pieces:
+    """A generation's text as the batcher makes it: each sample's whole text (`samples`) and,
+    for a stream, an asyncio queue of (sample, piece) fed from the batcher's thread; None on it,
+    or `ended` set, is the end (`failure` the error, if one)."""
+
+    def __init__(self, num_samples: int, streaming: bool) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.samples = [""] * num_samples
+        self.queue: asyncio.Queue | None = asyncio.Queue() if streaming else None
+        self.ended = asyncio.Event()
+        self.failure: BaseException | None = None
+        self.generation: Generation | None = None
+
+    def on_text(self, sample: int, piece: str) -> None:  # on the batcher's thread
+        self.samples[sample] += piece
+        if self.queue is not None:
+            self._call(self.queue.put_nowait, (sample, piece))
+
+    def on_end(self, failure: BaseException | None) -> None:  # on the batcher's thread
+        self.failure = failure
+        if self.queue is not None:
+            self._call(self.queue.put_nowait, None)
+        self._call(self.ended.set)
+
+    def _call(self, function: Any, *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(function, *args)
+        except RuntimeError:  # the request's event loop has closed: no one is reading
+            if self.generation is not None:
+                self.generation.cancel()
+
+
+async def until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events; `on_close` runs however the response ends (a client gone before the
+    first event included)."""
+
+    def __init__(self, events: AsyncIterator[str], on_close: Any) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache",
+                                                                          "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+def event(data: dict[str, Any], name: str | None = None) -> str:
+    return (f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+
+
+GENERATE_FIELDS = ("model", "prefix", "length", "temperature", "top_k", "top_p", "greedy", "seed", "num_samples",
+                   "unknown", "stream")
+TRANSLATE_FIELDS = ("model", "inputs", "beam", "max_length", "length_penalty", "unknown")
+ATTENTION_FIELDS = ("model", "input", "unknown")
+
+
+def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_hosts: tuple[str, ...] | None = None,
+               ) -> Starlette:
+    """The app serving `catalog`'s models. `allowed_hosts`: the Host names a request may give (a
+    page on another site cannot then reach a loopback server by DNS rebinding); None: any."""
+    batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta["tokens"], name)
+                for name, served in catalog.items() if served.task == "lm"}
+    translating = {name: threading.Lock() for name, served in catalog.items() if served.task == "translate"}
+    slots = Slots(limits.in_flight)
+    page = {path: (resources.files("charlm.serve").joinpath("static", name).read_bytes(), kind)
+            for path, (name, kind) in PAGE_FILES.items()}
+
+    def pick(name: str | None, task: str) -> Served:
+        what = "language model" if task == "lm" else "translation model"
+        if name is None:
+            served = next((served for served in catalog.values() if served.task == task), None)
+            if served is None:
+                raise RequestError(f"no {what} is served here", 404)
+            return served
+        if name not in catalog:
+            raise RequestError(f"no model named {shown(name)}; GET /v1/models lists them", 404)
+        if catalog[name].task != task:
+            raise RequestError(f"model {shown(name)} is not a {what}")
+        return catalog[name]
+
+    async def page_file(request: Request) -> Response:
+        content, kind = page[request.url.path]
+        return Response(content, media_type=kind, headers=PAGE_HEADERS)
+
+    async def models(request: Request) -> Response:
+        return Json({"models": [served.listing() for served in catalog.values()]})
+
+    async def metrics(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in catalog:
+            raise RequestError(f"no model named {shown(name)}; GET /v1/models lists them", 404)
+        return Json({"model": name, **json_safe(await run_in_threadpool(catalog[name].metrics))})
+
+    async def generate(request: Request) -> Response:
+        fields = Fields(await read_json(request, limits.body_bytes), GENERATE_FIELDS)
+        served = pick(fields.text("model", None, 200), "lm")
+        prefix = fields.text("prefix", "", limits.prefix_chars)
+        length = fields.integer("length", 200, 0, limits.length)
+        sampling = Sampling(fields.number("temperature", 1.0, 0, low_open=True), fields.integer("top_k", 0, 0, None),
+                            fields.number("top_p", 1.0, 0, 1, low_open=True), fields.boolean("greedy", False))
+        seed = fields.integer("seed", None, -(2**63), 2**64 - 1)
+        num_samples = fields.integer("num_samples", 1, 1, limits.num_samples)
+        unknown = fields.choice("unknown", "error", UNKNOWN_POLICIES)
+        streaming = fields.boolean("stream", False)
+        meta = served.model.meta
+        prefix_ids = encode_prefix(prefix, served.model.vocab, meta["tokens"], meta["preprocess"], unknown)
+        slots.take()
+        pieces = Pieces(num_samples, streaming)
+        generation = Generation(prefix_ids, length, sampling, num_samples, seed, pieces.on_text, pieces.on_end)
+        pieces.generation = generation
+        finished = False
+
+        def close() -> None:  # once, however the request ends
+            nonlocal finished
+            if not finished:
+                finished = True
+                generation.cancel()
+                slots.give_back()
+
+        try:
+            batchers[served.name].submit(generation)
+        except BaseException:
+            close()
+            raise
+        if streaming:
+            return EventStream(stream_events(served.name, pieces, generation), close)
+        try:
+            disconnect = asyncio.ensure_future(until_disconnected(request))
+            ended = asyncio.ensure_future(pieces.ended.wait())
+            await asyncio.wait({disconnect, ended}, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in (disconnect, ended):
+                waiting.cancel()
+            if not pieces.ended.is_set():  # the client has gone: nothing to answer
+                return Response(status_code=499)
+            if pieces.failure is not None:
+                raise pieces.failure
+            return Json({"model": served.name, "seed": generation.seed, "samples": pieces.samples})
+        finally:
+            close()
+
+    async def stream_events(name: str, pieces: Pieces, generation: Generation) -> AsyncIterator[str]:
+        """One event per piece of text; pieces made while the last event was being sent go out
+        together (joined per sample), so a slow reader never falls behind the batch."""
+        while True:
+            items = [await pieces.queue.get()]
+            while not pieces.queue.empty():
+                items.append(pieces.queue.get_nowait())
+            ended = items[-1] is None
+            joined: list[list[Any]] = []
+            for item in items[:-1] if ended else items:
+                if joined and joined[-1][0] == item[0]:
+                    joined[-1][1] += item[1]
+                else:
+                    joined.append(list(item))
+            for sample, text in joined:
+                yield event({"sample": sample, "text": text})
+            if ended:
+                if pieces.failure is not None:  # the batcher has logged it
+                    yield event({"error": "the generation failed on the server"}, "error")
+                else:
+                    yield event({"model": name, "seed": generation.seed}, "done")
+                return
+
+    async def translate(request: Request) -> Response:
+        fields = Fields(await read_json(request, limits.body_bytes), TRANSLATE_FIELDS)
+        served = pick(fields.text("model", None, 200), "translate")
+        inputs = fields.texts("inputs", limits.inputs, limits.input_chars)
+        beam = fields.integer("beam", 1, 1, limits.beam)
+        max_length = fields.integer("max_length", None, 1, limits.max_length)
+        max_length = max_length or min(limits.max_length, 2 * max(map(len, inputs)) + 10)
+        length_penalty = fields.number("length_penalty", 0.0, 0)
+        unknown = fields.choice("unknown", "error", UNKNOWN_POLICIES)
+        outputs = await in_worker(served, lambda: served.model.translate(inputs, beam, max_length, length_penalty,
+                                                                          unknown))
+        return Json({"model": served.name, "outputs": outputs})
+
+    async def attention(request: Request) -> Response:
+        fields = Fields(await read_json(request, limits.body_bytes), ATTENTION_FIELDS)
+        served = pick(fields.text("model", None, 200), "translate")
+        text = fields.text("input", None, limits.input_chars)
+        if text is None:
+            raise RequestError("input must be a string, got null")
+        unknown = fields.choice("unknown", "error", UNKNOWN_POLICIES)
+        found = await in_worker(served, lambda: served.model.attention(text, unknown))
+        return Json({"model": served.name, "source": found["source"], "output": found["output"],
+                     "weights": found["weights"].tolist()})
+
+    async def in_worker(served: Served, work: Any) -> Any:
+        """A pair model's work in a worker thread, one at a time per model, counted in `slots`."""
+        slots.take()
+        try:
+            def locked() -> Any:
+                with translating[served.name]:
+                    return work()
+            return await run_in_threadpool(locked)
+        finally:
+            slots.give_back()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        for batcher in batchers.values():
+            batcher.close()
+
+    async def refused(request: Request, problem: RequestError) -> Response:
+        return error(str(problem), problem.status)
+
+    async def user_error(request: Request, problem: CharlmError) -> Response:
+        return error(str(problem), 400)
+
+    async def http_error(request: Request, problem: HTTPException) -> Response:
+        message = {404: f"no such path: {request.url.path}", 405: f"{request.method} is not allowed here"}
+        return error(message.get(problem.status_code, problem.detail), problem.status_code)
+
+    async def disconnected(request: Request, problem: ClientDisconnect) -> Response:
+        return Response(status_code=499)
+
+    async def server_error(request: Request, problem: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=problem)
+        return error("the server failed on this request; its log says why", 500)
+
+    routes = [*(Route(path, page_file) for path in PAGE_FILES),
+              Route("/v1/models", models), Route("/v1/models/{name}/metrics", metrics),
+              Route("/v1/generate", generate, methods=["POST"]), Route("/v1/translate", translate, methods=["POST"]),
+              Route("/v1/attention", attention, methods=["POST"])]
+    middleware = [Middleware(HostCheck, allowed=allowed_hosts)] if allowed_hosts is not None else []
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={
+        RequestError: refused, CharlmError: user_error, HTTPException: http_error, ClientDisconnect: disconnected,
+        Exception: server_error})
+    app.state.batchers, app.state.slots = batchers, slots
+    return app
+
+
+class HostCheck:
+    """Refuses a request whose Host header names none of `allowed` (port aside)."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            if name.lower() not in self.allowed:
+                await error(f"this server answers to {', '.join(self.allowed)}, not {shown(host)}", 421)(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)

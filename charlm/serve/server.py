@@ -1,0 +1,74 @@
+"""Running the app on a socket: the only home of uvicorn.
+
+`bind` opens the listening socket (port 0: a free one), `serve_forever` serves on it until
+Ctrl-C or SIGTERM (uvicorn's own signal handling: in-flight requests get a moment to end, and no
+traceback), and `running` serves from a thread for as long as a `with` block lasts (the browser
+test and the bench). It knows nothing about what the app serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+GRACEFUL_SECONDS = 2  # what a stopping server gives in-flight requests
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: it may resolve to anything
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host`:`port`; an `OSError` if it cannot be had."""
+    family, kind, protocol, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, protocol)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(128)
+    return sock
+
+
+def url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def _server(app: Any, log_level: str) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SECONDS))
+
+
+def serve_forever(app: Any, sock: socket.socket, log_level: str = "info") -> None:
+    """Serve `app` on `sock` until the process is told to stop."""
+    _server(app, log_level).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def running(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Iterator[str]:
+    """Serve `app` from a thread for the block; it gets the server's URL."""
+    sock = bind(host, port)
+    server = _server(app, log_level)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server stopped before it started")
+            time.sleep(0.01)
+        yield url(sock)
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
