@@ -65,12 +65,28 @@ def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 
 def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
     """Next ids (N,) from logits (N, V)."""
+    return choose_rows(logits, sampling, [generator], [logits.shape[0]])
+
+
+def choose_rows(logits: torch.Tensor, sampling: Sampling, generators: Sequence[torch.Generator | None],
+                counts: Sequence[int]) -> torch.Tensor:
+    """Next ids (N,) from the logits (N, V) of several requests with one sampling, stacked: the
+    first `counts[0]` rows drawn with `generators[0]`, and so on; the same ids as `choose` gives
+    each request's rows alone (every step is row by row but the draw, which takes each request's
+    random numbers from its own generator).
+
+    A draw is torch.multinomial's for one sample, written out: the likeliest of probabilities
+    divided by Exponential(1) noise (an exponential race, exact), so that the noise can come
+    from one generator per request and the rest run once for all."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
     if sampling.temperature != 1 or sampling.top_k or sampling.top_p < 1:
         logits = filter_logits(logits, sampling)
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (N, V)
+    noise = torch.cat([torch.empty(count, probs.shape[-1], device=probs.device).exponential_(1, generator=generator)
+                       for generator, count in zip(generators, counts)]) if len(counts) > 1 else \
+        torch.empty_like(probs).exponential_(1, generator=generators[0])
+    return (probs / noise).argmax(dim=-1)
 
 
 def encode_prefix(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from charlm.cli import device_option
+from charlm.cli import MAX_THREADS, device_option
 
 
 @click.command()
@@ -18,8 +18,11 @@ from charlm.cli import device_option
               help="The address to listen on; anything but a loopback address is reachable from other machines.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="The port to listen on (0: a free one).")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
+              help="CPU threads for torch per language model: a batch's step is small, and on a small or shared "
+                   "machine one thread is fastest.")
 @device_option
-def serve(checkpoints: tuple[str, ...], host: str, port: int, device: str) -> None:
+def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, device: str) -> None:
     """Serve CHECKPOINTS (files or folders; default: every model in checkpoints/) behind an HTTP
     API and a playground page; needs charlm[serve].
 
@@ -40,7 +43,7 @@ def serve(checkpoints: tuple[str, ...], host: str, port: int, device: str) -> No
         click.echo(f"warning: serving on {host}, which other machines can reach; the API has no authentication",
                    err=True)
     sock = bind(host, port)
-    app = create_app(catalog, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
+    app = create_app(catalog, allowed_hosts=LOOPBACK_HOSTS if loopback else None, threads=threads)
     names = ", ".join(f"{name} ({served.task})" for name, served in catalog.items())
     click.echo(f"serving {names} at {url(sock)} (Ctrl-C stops)", err=True)
     serve_forever(app, sock)

@@ -62,6 +62,7 @@ class Limits:
     in_flight: int = 64             # generations and translations running at once; then 429
 
 
+STREAM_INTERVAL = 0.02  # seconds between two events of one stream, at least: 50 a second is smooth text
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 PAGE_FILES = {"/": ("index.html", "text/html"), "/playground.js": ("playground.js", "text/javascript"),
               "/playground.css": ("playground.css", "text/css")}
@@ -214,35 +215,64 @@ class Slots:
 
 
 class Pieces:
-    """A generation's text as the batcher makes it: each sample's whole text (`samples`) and,
-    for a stream, an asyncio queue of (sample, piece) fed from the batcher's thread; None on it,
-    or `ended` set, is the end (`failure` the error, if one)."""
+    """A generation's text as the batcher makes it: each sample's whole text (`samples`) and, for
+    a stream, the (sample, piece) pairs not yet sent (`take`). The batcher's thread wakes the
+    request's event loop once for all the pieces it adds before the loop takes them, so a
+    loaded server sends fewer, larger events rather than falling behind."""
 
     def __init__(self, num_samples: int, streaming: bool) -> None:
         self.loop = asyncio.get_running_loop()
         self.samples = [""] * num_samples
-        self.queue: asyncio.Queue | None = asyncio.Queue() if streaming else None
-        self.ended = asyncio.Event()
+        self.streaming = streaming
+        self.ready = asyncio.Event()  # pieces to take, or the end
+        self.finished = asyncio.Event()  # the end
+        self.ended = False
         self.failure: BaseException | None = None
         self.generation: Generation | None = None
+        self._unsent: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        self._woken = False
 
     def on_text(self, sample: int, piece: str) -> None:  # on the batcher's thread
         self.samples[sample] += piece
-        if self.queue is not None:
-            self._call(self.queue.put_nowait, (sample, piece))
+        if self.streaming:
+            with self._lock:
+                self._unsent.append((sample, piece))
+            self._wake()
 
     def on_end(self, failure: BaseException | None) -> None:  # on the batcher's thread
-        self.failure = failure
-        if self.queue is not None:
-            self._call(self.queue.put_nowait, None)
-        self._call(self.ended.set)
+        with self._lock:
+            self.failure, self.ended = failure, True
+        self._wake()
+        self._call(self.finished.set)
 
-    def _call(self, function: Any, *args: Any) -> None:
+    def _wake(self) -> None:
+        with self._lock:
+            if self._woken:
+                return
+            self._woken = True
+        self._call(self.ready.set)
+
+    def _call(self, function: Any) -> None:
         try:
-            self.loop.call_soon_threadsafe(function, *args)
+            self.loop.call_soon_threadsafe(function)
         except RuntimeError:  # the request's event loop has closed: no one is reading
             if self.generation is not None:
                 self.generation.cancel()
+
+    def take(self) -> tuple[list[tuple[int, str]], bool]:
+        """The pieces not yet sent, joined per sample where they follow each other, and whether
+        the generation has ended (then no piece comes after these)."""
+        with self._lock:
+            unsent, self._unsent, self._woken, ended = self._unsent, [], False, self.ended
+            self.ready.clear()
+        joined: list[tuple[int, str]] = []
+        for sample, piece in unsent:
+            if joined and joined[-1][0] == sample:
+                joined[-1] = (sample, joined[-1][1] + piece)
+            else:
+                joined.append((sample, piece))
+        return joined, ended
 
 
 async def until_disconnected(request: Request) -> None:
@@ -281,10 +311,11 @@ ATTENTION_FIELDS = ("model", "input", "unknown")
 
 
 def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_hosts: tuple[str, ...] | None = None,
-               ) -> Starlette:
+               threads: int | None = 1) -> Starlette:
     """The app serving `catalog`'s models. `allowed_hosts`: the Host names a request may give (a
-    page on another site cannot then reach a loopback server by DNS rebinding); None: any."""
-    batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta["tokens"], name)
+    page on another site cannot then reach a loopback server by DNS rebinding); None: any.
+    `threads`: torch's CPU threads for each language model's batcher (None: torch's default)."""
+    batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta["tokens"], name, threads)
                 for name, served in catalog.items() if served.task == "lm"}
     translating = {name: threading.Lock() for name, served in catalog.items() if served.task == "translate"}
     slots = Slots(limits.in_flight)
@@ -352,11 +383,11 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
             return EventStream(stream_events(served.name, pieces, generation), close)
         try:
             disconnect = asyncio.ensure_future(until_disconnected(request))
-            ended = asyncio.ensure_future(pieces.ended.wait())
+            ended = asyncio.ensure_future(pieces.ready.wait())  # only the end wakes a request that does not stream
             await asyncio.wait({disconnect, ended}, return_when=asyncio.FIRST_COMPLETED)
             for waiting in (disconnect, ended):
                 waiting.cancel()
-            if not pieces.ended.is_set():  # the client has gone: nothing to answer
+            if not pieces.ended:  # the client has gone: nothing to answer
                 return Response(status_code=499)
             if pieces.failure is not None:
                 raise pieces.failure
@@ -365,23 +396,20 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
             close()
 
     async def stream_events(name: str, pieces: Pieces, generation: Generation) -> AsyncIterator[str]:
-        """One event per piece of text; pieces made while the last event was being sent go out
-        together (joined per sample), so a slow reader never falls behind the batch."""
+        """An event per piece of text as it is made, then `done`, or `error` if the generation
+        failed (the batcher has logged why). At most one event per `STREAM_INTERVAL`: the pieces
+        made in between go out joined, and the end goes out as soon as it comes."""
+        sent = -math.inf
         while True:
-            items = [await pieces.queue.get()]
-            while not pieces.queue.empty():
-                items.append(pieces.queue.get_nowait())
-            ended = items[-1] is None
-            joined: list[list[Any]] = []
-            for item in items[:-1] if ended else items:
-                if joined and joined[-1][0] == item[0]:
-                    joined[-1][1] += item[1]
-                else:
-                    joined.append(list(item))
-            for sample, text in joined:
+            await pieces.ready.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pieces.finished.wait(), sent + STREAM_INTERVAL - pieces.loop.time())
+            taken, ended = pieces.take()
+            sent = pieces.loop.time()
+            for sample, text in taken:
                 yield event({"sample": sample, "text": text})
             if ended:
-                if pieces.failure is not None:  # the batcher has logged it
+                if pieces.failure is not None:
                     yield event({"error": "the generation failed on the server"}, "error")
                 else:
                     yield event({"model": name, "seed": generation.seed}, "done")

@@ -1,15 +1,17 @@
 """Batcher: the generations asked of one language model, stepped together as one batch.
 
 A thread per model. Each request is warmed up on its own prefix when it arrives
-(`charlm.generate.warm_up`), then joins the others: every step draws each request's next tokens
-from its rows of the logits, with its own `Sampling` and its own generator (seeded as `charlm
-generate` seeds it), and then runs the model's `step_function` once for the rows of all requests,
-their states joined (`type(state).join`) and split back by rows (`state.rows`). So a request
-gives the text `charlm generate` prints for the same options, whatever else is being batched
-with it; throughput grows with the number of requests.
+(`charlm.generate.warm_up`), then joins the batch: its state is joined to the others'
+(`type(state).join`) and stays joined, its rows leaving (`state.rows`) only when it ends. Every
+step draws each request's next tokens from its rows of the logits with its own `Sampling` and
+its own generator, seeded as `charlm generate` seeds it (`choose_rows`: at once for the requests
+of one sampling), then runs the model's `step_function` once for all rows. So a request gives
+the text `charlm generate` prints for the same options, whatever else is batched with it, and
+throughput grows with the number of requests.
 
-A model whose states refuse to join (`join` raises ValueError, as a cache of another length may)
-steps those requests one by one. The batcher never asks which architecture it holds.
+Requests whose states refuse to join (`join` raises ValueError, as caches of other lengths may)
+stay in groups of their own, each group stepped apart. The batcher never asks which
+architecture it holds.
 
 It knows nothing about HTTP or asyncio: text reaches a request's `on_text(sample, piece)` and its
 end `on_end(error)`, both called on the batcher's thread; `cancel()` drops a request's rows at
@@ -22,20 +24,20 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from charlm.generate import Sampling, choose, special_ids, start_ids, step_function, warm_up
-from charlm.runtime import seeded_generator
+from charlm.generate import Sampling, choose_rows, special_ids, start_ids, step_function, warm_up
+from charlm.runtime import cpu_threads, seeded_generator
 from charlm.text import Tokenizer, Vocab
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class Generation:
     """One request: `num_samples` samples of `length` tokens after `prefix_ids` (empty: from the
     vocab's start token, shown as nothing). `seed` None draws one; `seed` then holds it."""
@@ -54,31 +56,56 @@ class Generation:
         self.cancelled.set()
 
 
-@dataclass
-class _Active:
-    """A generation in the batch: the logits of its next tokens (N, V), its state after the
-    tokens so far, its generator and how many tokens it has made."""
+@dataclass(eq=False)
+class _Request:
+    """A generation being made: its generator, and how many tokens it has made."""
 
     generation: Generation
-    logits: torch.Tensor
-    state: Any
     generator: torch.Generator
     made: int = 0
-    last: torch.Tensor | None = None  # (N,) the tokens drawn this step
+
+    @property
+    def rows(self) -> int:
+        return self.generation.num_samples
+
+
+@dataclass(eq=False)
+class _Group:
+    """Requests stepped as one batch: their rows in order, the logits of their next tokens
+    (B, V) and their state (B rows) after the tokens so far."""
+
+    requests: list[_Request]
+    logits: torch.Tensor
+    state: Any
+
+    def keep(self, kept: list[_Request]) -> None:
+        """Only the rows of `kept` (some of `requests`, in order) from now on."""
+        if len(kept) == len(self.requests):
+            return
+        starts, start = {}, 0
+        for request in self.requests:
+            starts[id(request)], start = start, start + request.rows
+        index = torch.tensor([row for request in kept for row in range(starts[id(request)],
+                                                                         starts[id(request)] + request.rows)],
+                             dtype=torch.long, device=self.logits.device)
+        self.requests, self.logits = kept, self.logits[index]
+        self.state = None if self.state is None else self.state.rows(index)
 
 
 class Batcher:
-    """`submit(generation)` from any thread; the batcher's thread starts with the first."""
+    """`submit(generation)` from any thread; the batcher's thread starts with the first and runs
+    torch on `threads` CPU threads (None: torch's default)."""
 
-    def __init__(self, model: nn.Module, vocab: Vocab, tokens: str, name: str = "model") -> None:
-        self.model, self.vocab, self.name = model.eval(), vocab, name
+    def __init__(self, model: nn.Module, vocab: Vocab, tokens: str, name: str = "model", threads: int | None = 1,
+                 ) -> None:
+        self.model, self.vocab, self.name, self.threads = model.eval(), vocab, name, threads
         self.tokenizer = Tokenizer(tokens)
         self.gap = self.tokenizer.join(["", ""])  # between two tokens: "" for characters, " " for words
         self.banned = special_ids(vocab)
         self.step = step_function(model, self.banned)
         self.steps, self.largest_batch = 0, 0  # model steps taken, and the most rows in one
         self._pending: list[Generation] = []
-        self._active: list[_Active] = []
+        self._groups: list[_Group] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -95,9 +122,9 @@ class Batcher:
 
     @property
     def in_flight(self) -> int:
-        """Requests waiting or in the batch."""
+        """Requests waiting or being made."""
         with self._wake:
-            return len(self._pending) + len(self._active)
+            return len(self._pending) + sum(len(group.requests) for group in self._groups)
 
     def close(self) -> None:
         """End every request (as cancelled) and the thread."""
@@ -108,94 +135,126 @@ class Batcher:
             self._thread.join()
 
     def _run(self) -> None:
+        with cpu_threads(self.threads):  # set on this thread: torch's count is per thread under OpenMP
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             with self._wake:
-                while not (self._pending or self._active or self._closed):
+                while not (self._pending or self._groups or self._closed):
                     self._wake.wait()
                 if self._closed:
-                    for generation in self._pending + [active.generation for active in self._active]:
+                    for generation in self._pending + [request.generation for group in self._groups
+                                                       for request in group.requests]:
                         generation.cancel()
                         generation.on_end(None)
                     return
                 arrived, self._pending = self._pending, []
             with torch.inference_mode():
+                fresh = []
                 for generation in arrived:
-                    self._guarded([generation], lambda: self._admit(generation))
-                self._draw()
-                stepping = [active for active in self._active if active.made < active.generation.length]
-                for active in self._active:
-                    if active not in stepping:
-                        active.generation.on_end(None)
-                self._active = stepping
-                if stepping:
-                    self._guarded([active.generation for active in stepping], lambda: self._step(stepping))
+                    try:
+                        fresh.append(self._admit(generation))
+                    except Exception as error:  # one bad request must not stop the batcher
+                        self._fail([generation], error)
+                groups = self._merged([*self._groups, *fresh])
+                for group in groups:
+                    try:
+                        self._advance(group)
+                    except Exception as error:
+                        self._fail([request.generation for request in group.requests], error)
+                        group.requests = []
+                with self._wake:
+                    self._groups = [group for group in groups if group.requests]
 
-    def _guarded(self, generations: list[Generation], work: Callable[[], None]) -> None:
-        """Run `work`; if it fails, end `generations` with the error (logged) and drop them."""
-        try:
-            work()
-        except Exception as error:  # one bad request must not stop the others' batcher
-            log.exception("generation failed in the batcher of %s", self.name)
-            failed = {id(generation) for generation in generations}
-            self._active = [active for active in self._active if id(active.generation) not in failed]
-            for generation in generations:
-                generation.on_end(error)
+    def _fail(self, generations: list[Generation], error: Exception) -> None:
+        log.exception("generation failed in the batcher of %s", self.name)
+        for generation in generations:
+            generation.on_end(error)
 
-    def _admit(self, generation: Generation) -> None:
+    def _admit(self, generation: Generation) -> _Group:
         """The prefix pass, and the prefix shown as each sample's first piece."""
         if generation.seed is None:
             generation.seed = random.randrange(2**63)
         device = next(self.model.parameters()).device
-        generator = seeded_generator(generation.seed, device)
         context = generation.prefix_ids or start_ids(self.vocab)
         logits, state = warm_up(self.model, context, generation.num_samples, self.banned)
         shown = self.tokenizer.join(self.vocab.decode(generation.prefix_ids))
         separator = self.gap if generation.prefix_ids else ""  # between the prefix and the new text
         for sample in range(generation.num_samples):
             generation.on_text(sample, shown + separator)
-        self._active.append(_Active(generation, logits, state, generator))
+        return _Group([_Request(generation, seeded_generator(generation.seed, device))], logits, state)
 
-    def _draw(self) -> None:
-        """Each request's next tokens, from its own logits with its own sampling and generator;
-        a cancelled request leaves here."""
-        kept = []
-        for active in self._active:
-            generation = active.generation
-            if generation.cancelled.is_set():
-                generation.on_end(None)
-                continue
-            kept.append(active)
-            if active.made == generation.length:
-                continue
-            active.last = choose(active.logits, generation.sampling, active.generator)
-            active.made += 1
-            pieces = self.vocab.decode(active.last.tolist())
-            for sample, piece in enumerate(pieces):
-                generation.on_text(sample, (self.gap if active.made > 1 else "") + piece)
-        self._active = kept
-
-    def _step(self, stepping: list[_Active]) -> None:
-        """One model step for all of `stepping`'s rows at once (one by one if their states refuse
-        to join), each request's logits and state split back out."""
-        states = [active.state for active in stepping]
+    def _merged(self, groups: list[_Group]) -> list[_Group]:
+        """The groups as one, if their states join; as they are if not."""
+        if len(groups) < 2:
+            return groups
+        states = [group.state for group in groups]
         try:
-            if len(stepping) > 1 and any(state is None for state in states):
+            if any(state is None for state in states):
                 raise ValueError("a state of None has no rows to join")
-            joined = type(states[0]).join(states) if len(stepping) > 1 else states[0]
-        except ValueError:  # a cache of another length, say: each request steps on its own
-            for active in stepping:
-                active.logits, active.state = self.step(active.last, active.state)
-            self._record(1)
-            return
-        logits, state = self.step(torch.cat([active.last for active in stepping]), joined)
-        self._record(logits.shape[0])
-        start = 0
-        for active in stepping:
-            rows = slice(start, start + active.generation.num_samples)
-            active.logits = logits[rows]
-            active.state = state if len(stepping) == 1 else state.rows(rows)
-            start = rows.stop
+            state = type(states[0]).join(states)
+        except ValueError:  # a cache of another length, say
+            return groups
+        return [_Group([request for group in groups for request in group.requests],
+                       torch.cat([group.logits for group in groups]), state)]
 
-    def _record(self, rows: int) -> None:
+    def _advance(self, group: _Group) -> None:
+        """Drop the group's cancelled requests, draw every other request's next tokens, end
+        those that are done, and step the rest."""
+        group.keep([request for request in group.requests if not self._ended(request, cancelled=True)])
+        group.keep([request for request in group.requests if not self._ended(request)])  # length 0
+        if not group.requests:
+            return
+        ids = self._draw(group)
+        rows = [request for request in group.requests for _ in range(request.rows)]
+        group.keep([request for request in group.requests if not self._ended(request)])
+        if not group.requests:
+            return
+        if len(rows) > group.logits.shape[0]:  # some ended: step only the rest's rows
+            kept = {id(request) for request in group.requests}
+            ids = ids[torch.tensor([row for row, request in enumerate(rows) if id(request) in kept],
+                                   dtype=torch.long, device=ids.device)]
+        group.logits, group.state = self.step(ids, group.state)
         self.steps += 1
-        self.largest_batch = max(self.largest_batch, rows)
+        self.largest_batch = max(self.largest_batch, group.logits.shape[0])
+
+    def _draw(self, group: _Group) -> torch.Tensor:
+        """The next ids (B,) of the group's rows, each request's with its own generator, drawn at
+        once for the requests of one sampling; their text goes out."""
+        by_sampling: dict[tuple, list[int]] = {}
+        for position, request in enumerate(group.requests):
+            by_sampling.setdefault(astuple(request.generation.sampling), []).append(position)
+        starts = [0]
+        for request in group.requests:
+            starts.append(starts[-1] + request.rows)
+        if len(by_sampling) == 1:
+            ids = choose_rows(group.logits, group.requests[0].generation.sampling,
+                              [request.generator for request in group.requests],
+                              [request.rows for request in group.requests])
+        else:
+            ids = torch.empty(group.logits.shape[0], dtype=torch.long, device=group.logits.device)
+            for positions in by_sampling.values():
+                rows = torch.tensor([row for position in positions for row in range(starts[position],
+                                                                                    starts[position + 1])],
+                                    dtype=torch.long, device=ids.device)
+                requests = [group.requests[position] for position in positions]
+                ids[rows] = choose_rows(group.logits[rows], requests[0].generation.sampling,
+                                        [request.generator for request in requests],
+                                        [request.rows for request in requests])
+        tokens = self.vocab.decode(ids.tolist())
+        for request, start in zip(group.requests, starts):
+            request.made += 1
+            gap = self.gap if request.made > 1 else ""
+            for sample in range(request.rows):
+                request.generation.on_text(sample, gap + tokens[start + sample])
+        return ids
+
+    @staticmethod
+    def _ended(request: _Request, cancelled: bool = False) -> bool:
+        """Whether the request is cancelled (with `cancelled`) or has all its tokens; if so, it ends."""
+        generation = request.generation
+        if generation.cancelled.is_set() if cancelled else request.made == generation.length:
+            generation.on_end(None)
+            return True
+        return False
