@@ -232,6 +232,7 @@ class Pieces:
         self._unsent: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._woken = False
+        self._begun: set[int] = set()  # the samples whose first piece has been taken
 
     def on_text(self, sample: int, piece: str) -> None:  # on the batcher's thread
         self.samples[sample] += piece
@@ -261,17 +262,21 @@ class Pieces:
                 self.generation.cancel()
 
     def take(self) -> tuple[list[tuple[int, str]], bool]:
-        """The pieces not yet sent, joined per sample where they follow each other, and whether
-        the generation has ended (then no piece comes after these)."""
+        """The pieces not yet sent, joined per sample where they follow each other (but for each
+        sample's first, its prefix), and whether the generation has ended (then no piece comes
+        after these)."""
         with self._lock:
             unsent, self._unsent, self._woken, ended = self._unsent, [], False, self.ended
             self.ready.clear()
         joined: list[tuple[int, str]] = []
+        joinable = False
         for sample, piece in unsent:
-            if joined and joined[-1][0] == sample:
+            if joined and joined[-1][0] == sample and joinable:
                 joined[-1] = (sample, joined[-1][1] + piece)
             else:
                 joined.append((sample, piece))
+            joinable = sample in self._begun  # a sample's first piece, its prefix, goes out alone
+            self._begun.add(sample)
         return joined, ended
 
 

@@ -29,12 +29,15 @@ async function api(path, body, signal) {
 // Models
 
 function about(model) {
-  const config = Object.entries(model.model || {}).map(([key, value]) => `${key}=${value}`).join(", ");
-  const sizes = Object.entries(model.vocab_sizes || {}).map(([key, value]) => `${key.replace(/_/g, " ")} ${value}`);
+  const config = Object.entries(model.model || {}).filter(([key]) => !key.endsWith("vocab_size"))
+    .map(([key, value]) => `${key.replace(/_/g, " ")} ${value}`).join(", ");
+  const sizes = Object.entries(model.vocab_sizes || {})
+    .map(([key, value]) => `${key.replace(/_size$/, "").replace(/_/g, " ")} ${value}`).join(", ");
   const training = model.training || {};
-  const best = typeof training.best_val_loss === "number" ? `, best val loss ${training.best_val_loss.toFixed(4)}` : "";
-  return `${model.checkpoint} · ${model.task}${model.architecture ? " " + model.architecture : ""} · ${config} · ` +
-         `tokens=${model.tokens}, ${sizes.join(", ")} · ${training.steps ?? "?"} steps${best}`;
+  const best = typeof training.best_val_loss === "number" ? `, best val loss ${training.best_val_loss.toFixed(3)}` : "";
+  const steps = typeof training.steps === "number" ? `${training.steps.toLocaleString()} steps` : "";
+  return [model.checkpoint, [model.architecture, config].filter(Boolean).join(": "),
+          `${model.tokens} tokens, ${sizes}`, steps + best].filter(Boolean).join("  ·  ");
 }
 
 async function loadModels() {
@@ -56,11 +59,18 @@ function showModel() {
   $("about").textContent = about(model);
   $("lm").hidden = model.task === "translate";
   $("pairs").hidden = model.task !== "translate";
+  $("api").hidden = model.task === "translate";
+  $("curl").textContent = curl(settings());
   drawCurve(model.name);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Generating: fetch + a ReadableStream of server-sent events (EventSource cannot POST)
+
+function curl(body) {
+  const shown = JSON.stringify(body).replace(/'/g, "'\\''");
+  return `curl -N ${location.origin}/v1/generate -H 'Content-Type: application/json' -d '${shown}'`;
+}
 
 function settings() {
   const number = (id) => Number($(id).value);
@@ -80,11 +90,13 @@ async function generate(event) {
   $("stop").disabled = false;
   const output = $("output");
   output.replaceChildren();
-  let first = true, pieces = 0;
+  let first = true;
   const started = performance.now();
   say($("status"), "generating…");
+  const body = settings();
+  $("curl").textContent = curl(body);
   try {
-    const response = await api("/v1/generate", settings(), running.signal);
+    const response = await api("/v1/generate", body, running.signal);
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -107,12 +119,11 @@ async function generate(event) {
             first = false;
           } else {
             output.append(data.text);
-            pieces += 1;
           }
           output.scrollTop = output.scrollHeight;
         } else if (name === "done") {
           const seconds = (performance.now() - started) / 1000;
-          say($("status"), `done: ${pieces} pieces in ${seconds.toFixed(1)} s · seed ${data.seed}`);
+          say($("status"), `done: ${body.length} tokens in ${seconds.toFixed(1)} s · seed ${data.seed}`);
         } else if (name === "error") {
           say($("status"), data.error, true);
         }
@@ -215,7 +226,8 @@ async function drawCurve(name) {
     const value = yMin + (yMax - yMin) * fraction;
     curve.append(svg("text", {x: left - 6, y: y(value) + 4, "text-anchor": "end"}, value.toFixed(2)));
     const tokens = xMin + (xMax - xMin) * fraction;
-    curve.append(svg("text", {x: x(tokens), y: height - bottom + 16, "text-anchor": "middle"},
+    const anchor = fraction === 0 ? "start" : fraction === 1 ? "end" : "middle";
+    curve.append(svg("text", {x: x(tokens), y: height - bottom + 16, "text-anchor": anchor},
                      tokens >= 1e6 ? `${(tokens / 1e6).toFixed(1)}M` : tokens >= 1e3 ? `${(tokens / 1e3).toFixed(0)}k` :
                      `${Math.round(tokens)}`));
   }
@@ -226,8 +238,9 @@ async function drawCurve(name) {
     if (!drawn.length) return;
     const path = drawn.map((point, i) => `${i ? "L" : "M"}${x(point.tokens).toFixed(1)},${y(point[key]).toFixed(1)}`);
     curve.append(svg("path", {d: path.join(" "), fill: "none", stroke: colour, "stroke-width": 2}));
-    curve.append(svg("text", {x: width - right - 8, y: top + 16 + 14 * index, "text-anchor": "end", fill: colour},
-                     label));
+    const legend = svg("text", {x: width - right - 8, y: top + 16 + 14 * index, "text-anchor": "end"}, `— ${label}`);
+    legend.style.fill = colour;  // over the stylesheet's grey for text
+    curve.append(legend);
   });
 }
 
