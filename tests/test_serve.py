@@ -399,6 +399,32 @@ def test_beyond_the_limit_in_flight_is_429_and_a_client_gone_frees_its_place(cat
         assert served.status == 200 and json.loads(served.read())["samples"]
 
 
+def test_concurrent_requests_over_a_socket_each_get_their_text_alone(catalog):
+    """Requests sent at once to a real server are batched and still get, each, the text of the
+    same request alone (`TextModel.generate`, which is `charlm generate`'s)."""
+    app = create_app(catalog)
+    slow_steps(app, seconds=0.001)  # so that they overlap
+    asks = [{"prefix": prefix, "length": 60 + 7 * seed, "seed": seed, "temperature": 0.9, "stream": seed % 2 == 0}
+            for seed, prefix in enumerate(["the ", "his ", "a", "time ", "grey ", "was "] * 2)]
+    answers: list = [None] * len(asks)
+    with running(app) as url:
+        def ask(index: int) -> None:
+            _, response = open_stream(url, asks[index])
+            answers[index] = (response.status, response.read().decode())
+        threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(asks))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert app.state.batchers["tiny"].largest_batch > 1
+    model = catalog["tiny"].model
+    for body, (status, text) in zip(asks, answers):
+        assert status == 200
+        sample = ("".join(data["text"] for name, data in events(text) if name == "message") if body["stream"]
+                  else json.loads(text)["samples"][0])
+        assert sample == model.generate(body["prefix"], length=body["length"], seed=body["seed"], temperature=0.9)
+
+
 def test_a_client_gone_before_its_answer_stops_its_generation(catalog):
     app = create_app(catalog)
     slow_steps(app)

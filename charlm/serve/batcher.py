@@ -24,7 +24,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,6 +63,10 @@ class _Request:
     generation: Generation
     generator: torch.Generator
     made: int = 0
+
+    def __post_init__(self) -> None:
+        sampling = self.generation.sampling
+        self.sampling_key = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.greedy)  # draws together
 
     @property
     def rows(self) -> int:
@@ -224,7 +228,7 @@ class Batcher:
         once for the requests of one sampling; their text goes out."""
         by_sampling: dict[tuple, list[int]] = {}
         for position, request in enumerate(group.requests):
-            by_sampling.setdefault(astuple(request.generation.sampling), []).append(position)
+            by_sampling.setdefault(request.sampling_key, []).append(position)
         starts = [0]
         for request in group.requests:
             starts.append(starts[-1] + request.rows)

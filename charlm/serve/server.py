@@ -9,6 +9,7 @@ test and the bench). It knows nothing about what the app serves.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import socket
 import threading
@@ -19,6 +20,15 @@ from typing import Any
 import uvicorn
 
 GRACEFUL_SECONDS = 2  # what a stopping server gives in-flight requests
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, all of it on stderr (its access lines too: stdout is for generated text),
+    and charlm's own errors (a failed request's traceback) through the same handler."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    config["loggers"]["charlm"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def is_loopback(host: str) -> bool:
@@ -47,7 +57,8 @@ def url(sock: socket.socket) -> str:
 
 
 def _server(app: Any, log_level: str) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SECONDS))
+    return uvicorn.Server(uvicorn.Config(app, log_config=log_config(), log_level=log_level,
+                                         timeout_graceful_shutdown=GRACEFUL_SECONDS))
 
 
 def serve_forever(app: Any, sock: socket.socket, log_level: str = "info") -> None:
