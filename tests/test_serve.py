@@ -25,9 +25,10 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2, which
 import charlm  # noqa: E402
 from charlm.checkpoint import describe, read_metadata  # noqa: E402
 from charlm.generate import Sampling  # noqa: E402
-from charlm.serve.app import Limits, create_app  # noqa: E402
+from charlm.serve.app import create_app  # noqa: E402
 from charlm.serve.batcher import Batcher, Generation  # noqa: E402
 from charlm.serve.catalog import load_catalog  # noqa: E402
+from charlm.serve.fields import Limits  # noqa: E402
 from charlm.serve.server import running  # noqa: E402
 from tests.conftest import TINY_TEXT, run_cli  # noqa: E402
 
@@ -442,8 +443,35 @@ def test_a_client_gone_before_its_answer_stops_its_generation(catalog):
         assert batcher.largest_batch == 1 and batcher.steps < 1999
 
 
+def test_a_stopping_server_ends_its_streams_saying_so(catalog):
+    app = create_app(catalog)
+    slow_steps(app)
+    with running(app, on_stop=app.state.stop) as url:
+        _, response = open_stream(url, {"prefix": "the ", "length": 2000, "stream": True})
+        assert response.readline().startswith(b"data: ")
+        app.state.stop()
+        rest = events(response.read().decode().split("\n\n", 1)[1])
+        _, refused = open_stream(url, {"prefix": "the ", "length": 5})
+        assert refused.status == 503 and json.loads(refused.read()) == {"error": "the server is stopping"}
+    assert rest[-1] == ("error", {"error": "the server is stopping"})
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
+
+
+def test_the_readme_lists_every_bound():
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("`charlm serve`"):readme.index("## What charlm guarantees")]
+    limits = Limits()
+    rows = [f"| request body | {limits.body_bytes // 1024} KiB", f"| `prefix` | {limits.prefix_chars:,} characters",
+            f"| `length` | {limits.length:,} tokens", f"| `num_samples` | {limits.num_samples} |",
+            f"| `inputs` | {limits.inputs} strings of at most {limits.input_chars:,} characters",
+            f"| `beam` | {limits.beam} |", f"| `max_length` | {limits.max_length:,} characters",
+            f"| requests at work (generations and translations) | {limits.in_flight} |"]
+    assert [row for row in rows if row not in section] == []
 
 
 def test_serve_with_no_checkpoint_says_so_in_one_line(runner):
@@ -457,7 +485,7 @@ def test_serve_binds_loopback_and_warns_beyond_it(runner, models, monkeypatch):
     from charlm.serve import server
 
     served = []
-    monkeypatch.setattr(server, "serve_forever", lambda app, sock: served.append(sock.getsockname()[0]))
+    monkeypatch.setattr(server, "serve_forever", lambda app, sock, on_stop: served.append(sock.getsockname()[0]))
     quiet = run_cli(runner, "serve", models / "tiny.safetensors", "--port", "0")
     assert "warning" not in quiet.stderr and "serving tiny (lm) at http://127.0.0.1:" in quiet.stderr
     loud = run_cli(runner, "serve", models, "--host", "0.0.0.0", "--port", "0")

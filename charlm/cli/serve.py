@@ -46,4 +46,4 @@ def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, devi
     app = create_app(catalog, allowed_hosts=LOOPBACK_HOSTS if loopback else None, threads=threads)
     names = ", ".join(f"{name} ({served.task})" for name, served in catalog.items())
     click.echo(f"serving {names} at {url(sock)} (Ctrl-C stops)", err=True)
-    serve_forever(app, sock)
+    serve_forever(app, sock, on_stop=app.state.stop)

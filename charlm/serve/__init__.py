@@ -2,7 +2,8 @@
 
     catalog.py   the checkpoints served, found, loaded and named once at start
     batcher.py   a language model's requests, stepped together as one batch
-    app.py       the routes, what a request may ask (Limits), the page (static/); Starlette
+    fields.py    what a request may ask: each field's type and bounds (Limits), how many at once
+    app.py       the routes, the page (static/), streams; Starlette
     server.py    running the app on a socket; uvicorn
 
 Starlette and uvicorn are an optional extra (`pip install 'charlm[serve]'`): `require_extra`

@@ -7,10 +7,11 @@
     POST /v1/translate                outputs of a pair model, greedy or beam search
     POST /v1/attention                a pair model's attention weights for one input
 
-A request is checked here, field by field, against `Limits`; what it asks for then goes to a
-`Batcher` (language models) or to `PairModel.translate` in a worker thread. Every error is a 4xx
-with one line of JSON, `{"error": "..."}`; anything unforeseen is a 500 that says only that
-(its traceback goes to the server's log). A request names a model from the catalog, never a file.
+A request's body is read here and checked field by field (`charlm.serve.fields`: types and
+`Limits`); what it asks for then goes to a `Batcher` (language models) or to
+`PairModel.translate` in a worker thread. Every error is a 4xx with one line of JSON,
+`{"error": "..."}`; anything unforeseen is a 500 that says only that (its traceback goes to the
+server's log). A request names a model from the catalog, never a file.
 
 It knows nothing about sampling or models beyond `charlm.api` and `charlm.generate`'s sampling
 options, nor about sockets (`charlm.serve.server` runs it).
@@ -25,7 +26,6 @@ import logging
 import math
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -33,33 +33,19 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from charlm.errors import CharlmError
 from charlm.generate import Sampling, encode_prefix
 from charlm.presets import UNKNOWN_POLICIES
-from charlm.serve.batcher import Batcher, Generation
+from charlm.serve.batcher import Batcher, Generation, Stopped
 from charlm.serve.catalog import Served, json_safe
+from charlm.serve.fields import Fields, Limits, RequestError, Slots, shown
 
 log = logging.getLogger("charlm.serve")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for, and how many may run at once (the README lists them)."""
-
-    body_bytes: int = 64 * 1024     # a request body; refused unread past this
-    prefix_chars: int = 4000        # /v1/generate's prefix
-    length: int = 2000              # tokens per sample
-    num_samples: int = 32           # samples per request
-    inputs: int = 64                # /v1/translate's inputs per request
-    input_chars: int = 1000         # each input (and /v1/attention's one)
-    beam: int = 16                  # beam width
-    max_length: int = 2000          # characters per translation
-    in_flight: int = 64             # generations and translations running at once; then 429
 
 
 STREAM_INTERVAL = 0.02  # seconds between two events of one stream, at least: 50 a second is smooth text
@@ -68,14 +54,6 @@ PAGE_FILES = {"/": ("index.html", "text/html"), "/playground.js": ("playground.j
               "/playground.css": ("playground.css", "text/css")}
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
-
-
-class RequestError(Exception):
-    """A request the API refuses: a status and one line for the client."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Json(JSONResponse):
@@ -120,94 +98,6 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object")
     return data
-
-
-def shown(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-class Fields:
-    """A request body's fields, each read once with its type and bounds; a field the endpoint does
-    not know is refused by name."""
-
-    def __init__(self, data: dict[str, Any], known: tuple[str, ...]) -> None:
-        unknown = [name for name in data if name not in known]
-        if unknown:
-            raise RequestError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                               f"this endpoint takes {', '.join(known)}")
-        self.data = data
-
-    def _given(self, name: str, default: Any) -> tuple[bool, Any]:
-        value = self.data.get(name)
-        return value is not None, (value if value is not None else default)
-
-    def text(self, name: str, default: str | None, max_chars: int) -> str | None:
-        given, value = self._given(name, default)
-        if given and not isinstance(value, str):
-            raise RequestError(f"{name} must be a string, got {shown(value)}")
-        if given and len(value) > max_chars:
-            raise RequestError(f"{name} is {len(value):,} characters long; at most {max_chars:,}")
-        return value
-
-    def integer(self, name: str, default: int | None, low: int, high: int | None) -> int | None:
-        given, value = self._given(name, default)
-        if given and type(value) is not int:
-            raise RequestError(f"{name} must be a whole number, got {shown(value)}")
-        if given and not (low <= value and (high is None or value <= high)):
-            raise RequestError(f"{name} must be from {low:,}" + (f" to {high:,}" if high is not None else " up")
-                               + f", got {shown(value)}")
-        return value
-
-    def number(self, name: str, default: float, low: float, high: float | None = None, low_open: bool = False,
-               ) -> float:
-        given, value = self._given(name, default)
-        if given and (type(value) not in (int, float) or not math.isfinite(value)):
-            raise RequestError(f"{name} must be a number, got {shown(value)}")
-        if given and not ((value > low if low_open else value >= low) and (high is None or value <= high)):
-            bounds = f"above {low}" if low_open else f"at least {low}"
-            raise RequestError(f"{name} must be {bounds}" + (f" and at most {high}" if high is not None else "")
-                               + f", got {shown(value)}")
-        return float(value)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        given, value = self._given(name, default)
-        if given and not isinstance(value, bool):
-            raise RequestError(f"{name} must be true or false, got {shown(value)}")
-        return value
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        given, value = self._given(name, default)
-        if given and value not in choices:
-            raise RequestError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
-        return value
-
-    def texts(self, name: str, max_count: int, max_chars: int) -> list[str]:
-        value = self.data.get(name)
-        if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
-            raise RequestError(f"{name} must be a list of one or more strings, got {shown(value)}")
-        if len(value) > max_count:
-            raise RequestError(f"{name} holds {len(value):,} strings; at most {max_count:,}")
-        if longest := max((len(item) for item in value if len(item) > max_chars), default=0):
-            raise RequestError(f"a string of {name} is {longest:,} characters long; at most {max_chars:,}")
-        return value
-
-
-class Slots:
-    """At most `count` requests at work at once, across threads and event loops."""
-
-    def __init__(self, count: int) -> None:
-        self.count, self.used, self._lock = count, 0, threading.Lock()
-
-    def take(self) -> None:
-        with self._lock:
-            if self.used >= self.count:
-                raise RequestError(f"the server is busy ({self.count} requests at work); try again shortly", 429)
-            self.used += 1
-
-    def give_back(self) -> None:
-        with self._lock:
-            self.used -= 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,6 +271,9 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
 
         try:
             batchers[served.name].submit(generation)
+        except Stopped as stopped:
+            close()
+            raise RequestError(str(stopped), 503) from None
         except BaseException:
             close()
             raise
@@ -394,6 +287,8 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
                 waiting.cancel()
             if not pieces.ended:  # the client has gone: nothing to answer
                 return Response(status_code=499)
+            if isinstance(pieces.failure, Stopped):
+                raise RequestError(str(pieces.failure), 503)
             if pieces.failure is not None:
                 raise pieces.failure
             return Json({"model": served.name, "seed": generation.seed, "samples": pieces.samples})
@@ -414,7 +309,9 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
             for sample, text in taken:
                 yield event({"sample": sample, "text": text})
             if ended:
-                if pieces.failure is not None:
+                if isinstance(pieces.failure, Stopped):
+                    yield event({"error": str(pieces.failure)}, "error")
+                elif pieces.failure is not None:  # the batcher has logged it
                     yield event({"error": "the generation failed on the server"}, "error")
                 else:
                     yield event({"model": name, "seed": generation.seed}, "done")
@@ -455,11 +352,15 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         finally:
             slots.give_back()
 
+    def stop() -> None:
+        """End every generation (their streams say the server is stopping) and the batchers."""
+        for batcher in batchers.values():
+            batcher.close()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        for batcher in batchers.values():
-            batcher.close()
+        stop()
 
     async def refused(request: Request, problem: RequestError) -> Response:
         return error(str(problem), problem.status)
@@ -486,7 +387,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={
         RequestError: refused, CharlmError: user_error, HTTPException: http_error, ClientDisconnect: disconnected,
         Exception: server_error})
-    app.state.batchers, app.state.slots = batchers, slots
+    app.state.batchers, app.state.slots, app.state.stop = batchers, slots, stop  # stop: for the server, at once
     return app
 
 

@@ -37,6 +37,10 @@ from charlm.text import Tokenizer, Vocab
 log = logging.getLogger(__name__)
 
 
+class Stopped(Exception):
+    """The batcher was closed (the server is stopping) before the generation ended."""
+
+
 @dataclass(eq=False)
 class Generation:
     """One request: `num_samples` samples of `length` tokens after `prefix_ids` (empty: from the
@@ -117,7 +121,7 @@ class Batcher:
     def submit(self, generation: Generation) -> None:
         with self._wake:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                raise Stopped("the server is stopping")
             self._pending.append(generation)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
@@ -131,7 +135,7 @@ class Batcher:
             return len(self._pending) + sum(len(group.requests) for group in self._groups)
 
     def close(self) -> None:
-        """End every request (as cancelled) and the thread."""
+        """End every request (with `Stopped`) and the thread; again, nothing."""
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -151,7 +155,8 @@ class Batcher:
                     for generation in self._pending + [request.generation for group in self._groups
                                                        for request in group.requests]:
                         generation.cancel()
-                        generation.on_end(None)
+                        generation.on_end(Stopped("the server is stopping"))
+                    self._pending, self._groups = [], []
                     return
                 arrived, self._pending = self._pending, []
             with torch.inference_mode():

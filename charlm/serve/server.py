@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -56,21 +56,34 @@ def url(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-def _server(app: Any, log_level: str) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_config=log_config(), log_level=log_level,
-                                         timeout_graceful_shutdown=GRACEFUL_SECONDS))
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling `on_stop` as it starts to stop: streams that would outlast the
+    grace period end then, rather than be cancelled in the middle."""
+
+    def __init__(self, app: Any, log_level: str, on_stop: Callable[[], None] | None) -> None:
+        super().__init__(uvicorn.Config(app, log_config=log_config(), log_level=log_level,
+                                        timeout_graceful_shutdown=GRACEFUL_SECONDS))
+        self.on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_stop is not None:
+            self.on_stop()
+        await super().shutdown(sockets)
 
 
-def serve_forever(app: Any, sock: socket.socket, log_level: str = "info") -> None:
-    """Serve `app` on `sock` until the process is told to stop."""
-    _server(app, log_level).run(sockets=[sock])
+def serve_forever(app: Any, sock: socket.socket, on_stop: Callable[[], None] | None = None,
+                  log_level: str = "info") -> None:
+    """Serve `app` on `sock` until the process is told to stop; then `on_stop()`, and in-flight
+    requests get `GRACEFUL_SECONDS` to end."""
+    _Server(app, log_level, on_stop).run(sockets=[sock])
 
 
 @contextlib.contextmanager
-def running(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Iterator[str]:
+def running(app: Any, host: str = "127.0.0.1", port: int = 0, on_stop: Callable[[], None] | None = None,
+            log_level: str = "warning") -> Iterator[str]:
     """Serve `app` from a thread for the block; it gets the server's URL."""
     sock = bind(host, port)
-    server = _server(app, log_level)
+    server = _Server(app, log_level, on_stop)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
