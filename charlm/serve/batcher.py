@@ -158,7 +158,7 @@ class Batcher:
                         generation.on_end(Stopped("the server is stopping"))
                     self._pending, self._groups = [], []
                     return
-                arrived, self._pending = self._pending, []
+                arrived = list(self._pending)  # left there, and counted in flight, until admitted
             with torch.inference_mode():
                 fresh = []
                 for generation in arrived:
@@ -174,6 +174,7 @@ class Batcher:
                         self._fail([request.generation for request in group.requests], error)
                         group.requests = []
                 with self._wake:
+                    self._pending = self._pending[len(arrived):]
                     self._groups = [group for group in groups if group.requests]
 
     def _fail(self, generations: list[Generation], error: Exception) -> None:
@@ -211,22 +212,33 @@ class Batcher:
     def _advance(self, group: _Group) -> None:
         """Drop the group's cancelled requests, draw every other request's next tokens, end
         those that are done, and step the rest."""
-        group.keep([request for request in group.requests if not self._ended(request, cancelled=True)])
-        group.keep([request for request in group.requests if not self._ended(request)])  # length 0
+        self._drop(group, lambda request: request.generation.cancelled.is_set())
+        self._drop(group, lambda request: request.made == request.generation.length)  # asked for no token
         if not group.requests:
             return
         ids = self._draw(group)
-        rows = [request for request in group.requests for _ in range(request.rows)]
-        group.keep([request for request in group.requests if not self._ended(request)])
+        owners = [request for request in group.requests for _ in range(request.rows)]  # of each row
+        self._drop(group, lambda request: request.made == request.generation.length)
         if not group.requests:
             return
-        if len(rows) > group.logits.shape[0]:  # some ended: step only the rest's rows
+        if len(owners) > group.logits.shape[0]:  # some ended: step only the others' rows
             kept = {id(request) for request in group.requests}
-            ids = ids[torch.tensor([row for row, request in enumerate(rows) if id(request) in kept],
+            ids = ids[torch.tensor([row for row, owner in enumerate(owners) if id(owner) in kept],
                                    dtype=torch.long, device=ids.device)]
         group.logits, group.state = self.step(ids, group.state)
         self.steps += 1
         self.largest_batch = max(self.largest_batch, group.logits.shape[0])
+
+    @staticmethod
+    def _drop(group: _Group, ended: Callable[[_Request], bool]) -> None:
+        """End the group's requests for which `ended` holds, and keep only the others' rows."""
+        kept = []
+        for request in group.requests:
+            if ended(request):
+                request.generation.on_end(None)
+            else:
+                kept.append(request)
+        group.keep(kept)
 
     def _draw(self, group: _Group) -> torch.Tensor:
         """The next ids (B,) of the group's rows, each request's with its own generator, drawn at
@@ -258,12 +270,3 @@ class Batcher:
             for sample in range(request.rows):
                 request.generation.on_text(sample, gap + tokens[start + sample])
         return ids
-
-    @staticmethod
-    def _ended(request: _Request, cancelled: bool = False) -> bool:
-        """Whether the request is cancelled (with `cancelled`) or has all its tokens; if so, it ends."""
-        generation = request.generation
-        if generation.cancelled.is_set() if cancelled else request.made == generation.length:
-            generation.on_end(None)
-            return True
-        return False
