@@ -17,7 +17,7 @@ def need(condition: bool, reason: str) -> None:
     if not condition:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason} (CI installs it: .ci/run)")
-        pytest.skip(reason)
+        pytest.skip(reason, allow_module_level=True)
 
 
 try:
