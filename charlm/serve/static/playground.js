@@ -215,7 +215,7 @@ async function drawCurve(name) {
   if (!points.length) return say($("curve-note"), metrics.note || "no evaluations recorded");
   const series = [["train_loss", "train", "var(--train)"], ["val_loss", "validation", "var(--val)"]];
   const values = points.flatMap((point) => series.map(([key]) => point[key]).filter((v) => typeof v === "number"));
-  const width = 520, height = 260, left = 48, right = 12, top = 14, bottom = 36;
+  const width = 520, height = 260, left = 48, right = 12, top = 26, bottom = 36;
   const [xMin, xMax] = [Math.min(...points.map((p) => p.tokens)), Math.max(...points.map((p) => p.tokens))];
   const [yMin, yMax] = [Math.min(...values), Math.max(...values)];
   const x = (value) => left + (width - left - right) * (xMax > xMin ? (value - xMin) / (xMax - xMin) : 0.5);
@@ -238,7 +238,8 @@ async function drawCurve(name) {
     if (!drawn.length) return;
     const path = drawn.map((point, i) => `${i ? "L" : "M"}${x(point.tokens).toFixed(1)},${y(point[key]).toFixed(1)}`);
     curve.append(svg("path", {d: path.join(" "), fill: "none", stroke: colour, "stroke-width": 2}));
-    const legend = svg("text", {x: width - right - 8, y: top + 16 + 14 * index, "text-anchor": "end"}, `— ${label}`);
+    const legend = svg("text", {x: width - right - 90 * (series.length - 1 - index), y: top - 10, "text-anchor": "end"},
+                       `— ${label}`);  // above the frame, where no curve goes
     legend.style.fill = colour;  // over the stylesheet's grey for text
     curve.append(legend);
   });
