@@ -46,6 +46,7 @@ def models(tmp_path_factory) -> Path:
     charlm.train(folder / "tiny.txt", **TINY, max_steps=20, eval_every=10, out=folder / "models" / "tiny.safetensors")
     charlm.train(folder / "rev.tsv", hidden_size=16, embedding_size=8, batch_size=4, epochs=2, quiet=True,
                  out=folder / "models" / "rev.safetensors")
+    charlm.train(folder / "tiny.txt", **TINY, tokens="word", max_steps=5, out=folder / "models" / "words.safetensors")
     return folder / "models"
 
 
@@ -85,7 +86,7 @@ def cli_text(runner, models: Path, *options: str) -> str:
 def test_models_lists_each_checkpoint_with_what_charlm_info_says(client, models):
     listed = client.get("/v1/models").json()["models"]
     assert [(model["name"], model["task"], model["checkpoint"]) for model in listed] == [
-        ("rev", "translate", "rev.safetensors"), ("tiny", "lm", "tiny.safetensors")]
+        ("rev", "translate", "rev.safetensors"), ("tiny", "lm", "tiny.safetensors"), ("words", "lm", "words.safetensors")]
     for model in listed:
         path = models / model["checkpoint"]
         assert {key: value for key, value in model.items() if key not in ("name", "checkpoint")} == \
@@ -142,6 +143,19 @@ def test_generate_gives_the_text_of_charlm_generate(client, runner, models, opti
              for name, value in options.items()]
     assert "\n\n".join(samples) + "\n" == cli_text(runner, models, *flags)
     assert answer.json()["model"] == "tiny" and answer.json()["seed"] == options["seed"]
+
+
+def test_a_word_model_gives_the_text_of_charlm_generate(client, runner, models):
+    """Words are joined by a space, also after the prefix, batched or not."""
+    for options in ({"prefix": "the time", "length": 12, "seed": 5}, {"prefix": "", "length": 8, "seed": 6},
+                    {"prefix": "his grey eyes", "length": 10, "seed": 7, "num_samples": 2}):
+        samples = post(client, "/v1/generate", {"model": "words", **options}).json()["samples"]
+        printed = run_cli(runner, "generate", "--checkpoint", models / "words.safetensors",
+                          *(f"--{name.replace('_', '-')}={value}" for name, value in options.items())).stdout
+        assert "\n\n".join(samples) + "\n" == printed
+        streamed = events(post(client, "/v1/generate", {"model": "words", **options, "stream": True}).text)
+        assert "".join(data["text"] for name, data in streamed if name == "message" and data["sample"] == 0) == \
+            samples[0]
 
 
 def test_a_stream_is_the_sample_in_pieces_then_done(client):
@@ -490,7 +504,7 @@ def test_serve_binds_loopback_and_warns_beyond_it(runner, models, monkeypatch):
     assert "warning" not in quiet.stderr and "serving tiny (lm) at http://127.0.0.1:" in quiet.stderr
     loud = run_cli(runner, "serve", models, "--host", "0.0.0.0", "--port", "0")
     assert loud.stderr.startswith("warning: serving on 0.0.0.0, which other machines can reach")
-    assert "serving rev (translate), tiny (lm) at http://0.0.0.0:" in loud.stderr
+    assert "serving rev (translate), tiny (lm), words (lm) at http://0.0.0.0:" in loud.stderr
     assert served == ["127.0.0.1", "0.0.0.0"]
 
 
