@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -144,7 +144,7 @@ class Pieces:
             self._woken = True
         self._call(self.ready.set)
 
-    def _call(self, function: Any) -> None:
+    def _call(self, function: Callable[[], Any]) -> None:
         try:
             self.loop.call_soon_threadsafe(function)
         except RuntimeError:  # the request's event loop has closed: no one is reading
@@ -179,7 +179,7 @@ class EventStream(StreamingResponse):
     """Server-sent events; `on_close` runs however the response ends (a client gone before the
     first event included)."""
 
-    def __init__(self, events: AsyncIterator[str], on_close: Any) -> None:
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]) -> None:
         super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache",
                                                                           "X-Accel-Buffering": "no"})
         self.on_close = on_close
@@ -340,7 +340,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         return Json({"model": served.name, "source": found["source"], "output": found["output"],
                      "weights": found["weights"].tolist()})
 
-    async def in_worker(served: Served, work: Any) -> Any:
+    async def in_worker(served: Served, work: Callable[[], Any]) -> Any:
         """A pair model's work in a worker thread, one at a time per model, counted in `slots`."""
         slots.take()
         try:
