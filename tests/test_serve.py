@@ -289,7 +289,16 @@ def test_a_body_too_large_is_refused_unread_even_without_a_length(client):
     assert declared.status_code == 413
 
 
-def test_a_model_is_named_never_a_path(client, models):
+def test_a_model_is_named_never_a_path(client, models, monkeypatch):
+    import builtins
+    import os
+
+    opened = []
+    real_open, real_stat = builtins.open, os.stat
+    monkeypatch.setattr(builtins, "open", lambda path, *args, **kwargs: opened.append(str(path)) or
+                        real_open(path, *args, **kwargs))
+    monkeypatch.setattr(os, "stat", lambda path, *args, **kwargs: opened.append(str(path)) or
+                        real_stat(path, *args, **kwargs))
     for name in (str(models / "tiny.safetensors"), "../models/tiny", "tiny.safetensors", "/etc/passwd", "nope"):
         answer = post(client, "/v1/generate", {"model": name, "length": 5})
         assert answer.status_code == 404 and "GET /v1/models lists them" in answer.json()["error"]
@@ -297,6 +306,9 @@ def test_a_model_is_named_never_a_path(client, models):
                  "/static/../app.py", "/index.html"):
         answer = client.get(path)
         assert answer.status_code == 404 and list(answer.json()) == ["error"], path
+    assert [path for path in opened if "passwd" in path or "pyproject" in path or "safetensors" in path] == []
+    client.get("/v1/models/tiny/metrics")  # what the server does read, fixed at start: the spy sees it
+    assert any(path.endswith("tiny.metrics.jsonl") for path in opened)
 
 
 def test_a_wrong_method_or_path_is_a_json_error(client):
