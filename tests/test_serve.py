@@ -178,10 +178,19 @@ def test_without_a_seed_one_is_drawn_and_given_back(client):
     assert again["samples"] == first["samples"]
 
 
-def test_requests_stepped_as_one_batch_give_the_text_they_give_alone(catalog):
+@pytest.fixture(scope="module")
+def wider(models):
+    """A 2x128 LSTM (one step of training): matrix products of the sizes that real models have."""
+    run = charlm.train(models.parent / "tiny.txt", hidden_size=128, num_layers=2, embedding_size=32, max_steps=1,
+                       batch_size=4, seq_len=8, quiet=True, out=models.parent / "wider" / "wider.safetensors")
+    return load_catalog([str(run.checkpoint)])
+
+
+@pytest.mark.parametrize("name", ["tiny", "wider"])
+def test_requests_stepped_as_one_batch_give_the_text_they_give_alone(catalog, wider, name):
     """Many requests at once (different prefixes, lengths, sampling, samples per request) are
     stepped together, and each still gets exactly the text `TextModel.generate` gives it alone."""
-    model = catalog["tiny"].model
+    model = {**catalog, **wider}[name].model
     asks = [dict(prefix=prefix, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                  num_samples=num_samples)
             for seed, (prefix, length, temperature, top_k, top_p, num_samples) in enumerate([

@@ -9,6 +9,10 @@ of one sampling), then runs the model's `step_function` once for all rows. So a 
 the text `charlm generate` prints for the same options, whatever else is batched with it, and
 throughput grows with the number of requests.
 
+A prefix pass stays one request's: a pass over several prefixes at once rounds differently in
+the last bits (the recurrent kernels' matrix products see another shape), where a step's rows do
+not depend on the batch.
+
 Requests whose states refuse to join (`join` raises ValueError, as caches of other lengths may)
 stay in groups of their own, each group stepped apart. The batcher never asks which
 architecture it holds.
