@@ -67,7 +67,11 @@ def find_checkpoints(paths: list[str]) -> list[str]:
         else:
             read_metadata(path)  # a file that is not a checkpoint fails here, in one line
             found.append(path)
-    unique = list({os.path.realpath(path): path for path in reversed(found)}.values())[::-1]
+    unique, seen = [], set()
+    for path in found:  # the same file named twice, or through a link, is served once
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            unique.append(path)
     if not unique:
         where = ", ".join(f"{path}/" for path in paths) if paths else f"{CHECKPOINT_DIR}/"
         raise CharlmError(f"no model checkpoint in {where}; train one first (charlm train corpora/timemachine.txt) "
