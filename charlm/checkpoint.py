@@ -270,14 +270,49 @@ def load_with_vocabs(
     return model.to(device).eval(), meta, vocabs
 
 
+def model_checkpoints(folder: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """(path, metadata) of every model checkpoint in `folder` (not resume files, nor files that
+    are not checkpoints or this user cannot read), in name order."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(os.fspath(folder), "*.safetensors"))):
+        try:
+            meta = read_metadata(path)
+        except (CheckpointError, OSError):  # not a checkpoint, or one this user cannot read: look on
+            continue
+        if meta.get("kind", "model") == "model":
+            found.append((path, meta))
+    return found
+
+
 def latest(folder: str | os.PathLike, task: str) -> str | None:
     """The most recently written model checkpoint of `task` in `folder`, or None."""
     found = []
-    for path in glob.glob(os.path.join(os.fspath(folder), "*.safetensors")):
+    for path, meta in model_checkpoints(folder):
         try:
-            meta, written = read_metadata(path), os.path.getmtime(path)
-        except (CheckpointError, OSError):  # not a checkpoint, or one this user cannot read: look on
+            written = os.path.getmtime(path)
+        except OSError:
             continue
-        if meta.get("task") == task and meta.get("kind", "model") == "model":
+        if meta.get("task") == task:
             found.append((written, path))
     return max(found)[1] if found else None
+
+
+def describe(meta: dict[str, Any]) -> dict[str, Any]:
+    """What `charlm info` says of a checkpoint, as plain values read from its metadata: task, kind,
+    architecture, model config, tokens, preprocess, vocab sizes, corpus (and its number of files),
+    the training summary and the parent run. Metadata is data: a field of the wrong type reads as
+    missing (an empty dict, 0 tokens in a vocab), never as an error."""
+    def field(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:
+        return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+    task = "translate" if meta.get("task") == "translate" else "lm"
+    files = meta.get("corpus_files")
+    return {
+        "task": meta.get("task"), "kind": meta.get("kind", "model"), "format_version": meta.get("format_version"),
+        "architecture": meta.get("architecture"), "model": field(meta.get("model"), dict, {}),
+        "tokens": meta.get("tokens"), "preprocess": meta.get("preprocess"),
+        "vocab_sizes": {size: len(field(field(meta.get(key), dict, {}).get("itos"), list, []))
+                        for key, size in VOCABS[task].items()},
+        "corpus": meta.get("corpus"), "corpus_files": len(files) if isinstance(files, list) else None,
+        "training": field(meta.get("training"), dict, {}), "parent": field(meta.get("parent"), dict, None),
+    }

@@ -3,7 +3,9 @@
 `generate` warms the model up on the whole prefix in one pass, then draws one token per step with
 greedy, temperature, top-k or top-p (nucleus) sampling, for one or many samples at once (batched).
 Tokens reach the caller through `on_tokens` as they are made, a few steps at a time on a GPU so
-that sampling never waits on the host each step.
+that sampling never waits on the host each step. Its two halves, `warm_up` (the prefix pass) and
+`step_function` (one token for a batch), are public for a caller that steps several requests
+as one batch.
 
 `stream_text` turns what `generate` makes into the text `charlm generate` prints, piece by piece:
 the caller decides where the pieces go. It knows nothing about files or the CLI; turning a prefix
@@ -12,7 +14,7 @@ into ids (and its unseen characters) is `encode_prefix`'s job.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,12 +65,28 @@ def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 
 def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
     """Next ids (N,) from logits (N, V)."""
+    return choose_rows(logits, sampling, [generator], [logits.shape[0]])
+
+
+def choose_rows(logits: torch.Tensor, sampling: Sampling, generators: Sequence[torch.Generator | None],
+                counts: Sequence[int]) -> torch.Tensor:
+    """Next ids (N,) from the logits (N, V) of several requests with one sampling, stacked: the
+    first `counts[0]` rows drawn with `generators[0]`, and so on; the same ids as `choose` gives
+    each request's rows alone (every step is row by row but the draw, which takes each request's
+    random numbers from its own generator).
+
+    A draw is torch.multinomial's for one sample, written out: the likeliest of probabilities
+    divided by Exponential(1) noise (an exponential race, exact), so that the noise can come
+    from one generator per request and the rest run once for all."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
     if sampling.temperature != 1 or sampling.top_k or sampling.top_p < 1:
         logits = filter_logits(logits, sampling)
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (N, V)
+    noise = torch.cat([torch.empty(count, probs.shape[-1], device=probs.device).exponential_(1, generator=generator)
+                       for generator, count in zip(generators, counts)]) if len(counts) > 1 else \
+        torch.empty_like(probs).exponential_(1, generator=generators[0])
+    return (probs / noise).argmax(dim=-1)
 
 
 def encode_prefix(
@@ -108,6 +126,44 @@ def start_ids(vocab: Vocab) -> list[int]:
     return [min(len(vocab) - 1, len(vocab.reserved) + 1)]
 
 
+def ban_vector(vocab_size: int, banned: Sequence[int], device: torch.device) -> torch.Tensor:
+    """(V,): 0, and -inf at the `banned` ids; added to logits."""
+    ban = torch.zeros(vocab_size, device=device)
+    ban[list(banned)] = float("-inf")
+    return ban
+
+
+@torch.inference_mode()
+def warm_up(model: nn.Module, prefix_ids: list[int], num_samples: int, banned: Sequence[int] = ()) -> tuple[torch.Tensor, Any]:
+    """One pass over the whole prefix for `num_samples` rows: the logits of the first new token
+    (N, V), `banned` ids at -inf, and the model's state after the prefix."""
+    device = next(model.parameters()).device
+    prefix = torch.tensor(prefix_ids, device=device).expand(num_samples, -1)  # (N, P)
+    logits, state = model(prefix)
+    ban = ban_vector(logits.shape[-1], banned, device)
+    if torch.isinf(ban).all():
+        raise CharlmError("the model knows no token it may generate (its vocab is only <unk> and reserved tokens)")
+    return logits[:, -1] + ban, state  # (N, V)
+
+
+def step_function(model: nn.Module, banned: Sequence[int] = ()) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
+    """`logits, state = step(ids, state)`, ids (B,) -> logits (B, V) with `banned` ids at -inf:
+    the model's fast `stepper` where it has one (the ban folded into its head), else `model.step`."""
+    if hasattr(model, "stepper"):
+        return model.stepper(banned)
+
+    ban = None
+
+    def step(ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        nonlocal ban
+        logits, state = model.step(ids, state)
+        if ban is None:
+            ban = ban_vector(logits.shape[-1], banned, logits.device)
+        return logits + ban, state
+
+    return step
+
+
 @torch.inference_mode()
 def generate(
     model: nn.Module,
@@ -135,19 +191,8 @@ def generate(
     if seed is not None:
         generator = seeded_generator(seed, device)
     flush_every = flush_every or (1 if device.type == "cpu" else 32)
-    prefix = torch.tensor(prefix_ids, device=device).expand(num_samples, -1)  # (N, P)
-    logits, state = model(prefix)  # one pass over the whole prefix
-    ban = torch.zeros(logits.shape[-1], device=device)
-    ban[list(banned)] = float("-inf")
-    if torch.isinf(ban).all():
-        raise CharlmError("the model knows no token it may generate (its vocab is only <unk> and reserved tokens)")
-    logits = logits[:, -1] + ban  # (N, V)
-    if hasattr(model, "stepper"):
-        step = model.stepper(banned)  # the ban is folded into its head: no op per step
-    else:
-        def step(ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-            logits, state = model.step(ids, state)
-            return logits + ban, state
+    logits, state = warm_up(model, prefix_ids, num_samples, banned)
+    step = step_function(model, banned)
     out = torch.empty(num_samples, length, dtype=torch.long, device=device)  # too long fails here, at once
     made: list[torch.Tensor] = []  # (N,) per position: appending costs no torch call
     flushed = 0

@@ -90,3 +90,24 @@ def test_unknown_prefix_characters_are_named_or_handled():
 def test_bad_sampling_values_are_refused(kwargs):
     with pytest.raises(CharlmError):
         Sampling(**kwargs)
+
+
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(0.7, 5, 0.9)], ids=["plain", "filtered"])
+def test_a_draw_is_torch_multinomials_and_stacked_requests_draw_as_alone(sampling):
+    """`choose` draws what torch.multinomial draws for the same seed (so seeded text is what it
+    was), and `choose_rows` on several requests' rows stacked, each with its own generator, gives
+    each request the ids `choose` gives it alone: the batched server's text is the CLI's."""
+    from charlm.generate import choose, choose_rows
+
+    torch.manual_seed(0)
+    logits = [torch.randn(count, 300) * 3 for count in (1, 3, 2, 1)]
+    for seed in range(20):
+        alone = [choose(rows, sampling, torch.Generator().manual_seed(seed + index)) for index, rows in enumerate(logits)]
+        stacked = choose_rows(torch.cat(logits), sampling,
+                              [torch.Generator().manual_seed(seed + index) for index in range(len(logits))],
+                              [rows.shape[0] for rows in logits])
+        assert torch.equal(stacked, torch.cat(alone))
+        filtered = filter_logits(logits[1], sampling) if sampling != Sampling() else logits[1]
+        multinomial = torch.multinomial(torch.softmax(filtered, dim=-1), 1,
+                                        generator=torch.Generator().manual_seed(seed + 1)).squeeze(-1)
+        assert torch.equal(alone[1], multinomial)

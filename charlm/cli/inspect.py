@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
 import click
 
 from charlm.cli import best_loss, corpus_options, encoding_option, escaped, non_negative, say_files, to_json
@@ -57,34 +55,31 @@ def info(checkpoint: str, as_json: bool) -> None:
     \b
     charlm info checkpoints/timemachine.safetensors
     """
-    from charlm.checkpoint import read_metadata
+    from charlm.checkpoint import describe, read_metadata
 
     meta = read_metadata(checkpoint)
     if as_json:
         click.echo(to_json(meta, indent=2))
         return
-    def field(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:  # metadata is data: trust no type
-        return value if isinstance(value, kind) and not isinstance(value, bool) else default
-
-    model, training = field(meta.get("model"), dict, {}), field(meta.get("training"), dict, {})
-    vocab_size = lambda key: len(field(field(meta.get(key), dict, {}).get("itos"), list, []))
-    if meta.get("task") == "translate":
-        vocabs = f"source vocab {vocab_size('source_vocab')}, target vocab {vocab_size('target_vocab')}"
+    summary = describe(meta)
+    training, sizes = summary["training"], summary["vocab_sizes"]
+    if "source_vocab_size" in sizes:
+        vocabs = f"source vocab {sizes['source_vocab_size']}, target vocab {sizes['target_vocab_size']}"
     else:
-        vocabs = f"vocab {vocab_size('vocab')}"
+        vocabs = f"vocab {sizes['vocab_size']}"
     best = best_loss(training)
     lines = [
-        f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {meta.get('format_version')})",
-        f"task         {meta.get('task')} ({meta.get('kind', 'model')})",
-        f"model        {str(meta['architecture']) + ': ' if meta.get('architecture') else ''}"
-        f"{', '.join(f'{key}={value}' for key, value in model.items())}",
-        f"text         tokens={meta.get('tokens')}, preprocess={meta.get('preprocess')}, {vocabs}"
-        + (f", corpus {meta['corpus']}" if meta.get("corpus") else "")
-        + (f" ({len(files):,} files)" if isinstance(files := meta.get("corpus_files"), list) else ""),
+        f"checkpoint   {checkpoint} ({os.path.getsize(checkpoint):,} bytes, format {summary['format_version']})",
+        f"task         {summary['task']} ({summary['kind']})",
+        f"model        {str(summary['architecture']) + ': ' if summary['architecture'] else ''}"
+        f"{', '.join(f'{key}={value}' for key, value in summary['model'].items())}",
+        f"text         tokens={summary['tokens']}, preprocess={summary['preprocess']}, {vocabs}"
+        + (f", corpus {summary['corpus']}" if summary["corpus"] else "")
+        + (f" ({summary['corpus_files']:,} files)" if summary["corpus_files"] is not None else ""),
         f"training     {training.get('steps')} steps, {training.get('tokens')} tokens"
         + (f", {best} at step {training.get('best_step')}" if best else ""),
     ]
-    parent = field(meta.get("parent"), dict, None)
+    parent = summary["parent"]
     if parent is not None:
         lines.append(f"parent       {parent.get('path')} (sha256 {parent.get('sha256')})")
     click.echo("\n".join(escaped(line) for line in lines))  # the metadata is anyone's text

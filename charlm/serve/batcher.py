@@ -1,0 +1,276 @@
+"""Batcher: the generations asked of one language model, stepped together as one batch.
+
+A thread per model. Each request is warmed up on its own prefix when it arrives
+(`charlm.generate.warm_up`), then joins the batch: its state is joined to the others'
+(`type(state).join`) and stays joined, its rows leaving (`state.rows`) only when it ends. Every
+step draws each request's next tokens from its rows of the logits with its own `Sampling` and
+its own generator, seeded as `charlm generate` seeds it (`choose_rows`: at once for the requests
+of one sampling), then runs the model's `step_function` once for all rows. So a request gives
+the text `charlm generate` prints for the same options, whatever else is batched with it, and
+throughput grows with the number of requests.
+
+A prefix pass stays one request's: a pass over several prefixes at once rounds differently in
+the last bits (the recurrent kernels' matrix products see another shape), where a step's rows do
+not depend on the batch.
+
+Requests whose states refuse to join (`join` raises ValueError, as caches of other lengths may)
+stay in groups of their own, each group stepped apart. The batcher never asks which
+architecture it holds.
+
+It knows nothing about HTTP or asyncio: text reaches a request's `on_text(sample, piece)` and its
+end `on_end(error)`, both called on the batcher's thread; `cancel()` drops a request's rows at
+the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from charlm.generate import Sampling, choose_rows, special_ids, start_ids, step_function, warm_up
+from charlm.runtime import cpu_threads, seeded_generator
+from charlm.text import Tokenizer, Vocab
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """The batcher was closed (the server is stopping) before the generation ended."""
+
+
+@dataclass(eq=False)
+class Generation:
+    """One request: `num_samples` samples of `length` tokens after `prefix_ids` (empty: from the
+    vocab's start token, shown as nothing). `seed` None draws one; `seed` then holds it."""
+
+    prefix_ids: list[int]
+    length: int
+    sampling: Sampling
+    num_samples: int
+    seed: int | None
+    on_text: Callable[[int, str], None]
+    on_end: Callable[[BaseException | None], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Stop making text for this request: its rows leave the batch at the next step."""
+        self.cancelled.set()
+
+
+@dataclass(eq=False)
+class _Request:
+    """A generation being made: its generator, and how many tokens it has made."""
+
+    generation: Generation
+    generator: torch.Generator
+    made: int = 0
+
+    def __post_init__(self) -> None:
+        sampling = self.generation.sampling
+        self.sampling_key = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.greedy)  # draws together
+
+    @property
+    def rows(self) -> int:
+        return self.generation.num_samples
+
+
+@dataclass(eq=False)
+class _Group:
+    """Requests stepped as one batch: their rows in order, the logits of their next tokens
+    (B, V) and their state (B rows) after the tokens so far."""
+
+    requests: list[_Request]
+    logits: torch.Tensor
+    state: Any
+
+    def keep(self, kept: list[_Request]) -> None:
+        """Only the rows of `kept` (some of `requests`, in order) from now on."""
+        if len(kept) == len(self.requests):
+            return
+        starts, start = {}, 0
+        for request in self.requests:
+            starts[id(request)], start = start, start + request.rows
+        index = torch.tensor([row for request in kept for row in range(starts[id(request)],
+                                                                         starts[id(request)] + request.rows)],
+                             dtype=torch.long, device=self.logits.device)
+        self.requests, self.logits = kept, self.logits[index]
+        self.state = None if self.state is None else self.state.rows(index)
+
+
+class Batcher:
+    """`submit(generation)` from any thread; the batcher's thread starts with the first and runs
+    torch on `threads` CPU threads (None: torch's default)."""
+
+    def __init__(self, model: nn.Module, vocab: Vocab, tokens: str, name: str = "model", threads: int | None = 1,
+                 ) -> None:
+        self.model, self.vocab, self.name, self.threads = model.eval(), vocab, name, threads
+        self.tokenizer = Tokenizer(tokens)
+        self.gap = self.tokenizer.join(["", ""])  # between two tokens: "" for characters, " " for words
+        self.banned = special_ids(vocab)
+        self.step = step_function(model, self.banned)
+        self.steps, self.largest_batch = 0, 0  # model steps taken, and the most rows in one
+        self._pending: list[Generation] = []
+        self._groups: list[_Group] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, generation: Generation) -> None:
+        with self._wake:
+            if self._closed:
+                raise Stopped("the server is stopping")
+            self._pending.append(generation)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting or being made."""
+        with self._wake:
+            return len(self._pending) + sum(len(group.requests) for group in self._groups)
+
+    def close(self) -> None:
+        """End every request (with `Stopped`) and the thread; again, nothing."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        with cpu_threads(self.threads):  # set on this thread: torch's count is per thread under OpenMP
+            self._loop()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._pending or self._groups or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    for generation in self._pending + [request.generation for group in self._groups
+                                                       for request in group.requests]:
+                        generation.cancel()
+                        generation.on_end(Stopped("the server is stopping"))
+                    self._pending, self._groups = [], []
+                    return
+                arrived = list(self._pending)  # left there, and counted in flight, until admitted
+            with torch.inference_mode():
+                fresh = []
+                for generation in arrived:
+                    try:
+                        fresh.append(self._admit(generation))
+                    except Exception as error:  # one bad request must not stop the batcher
+                        self._fail([generation], error)
+                groups = self._merged([*self._groups, *fresh])
+                for group in groups:
+                    try:
+                        self._advance(group)
+                    except Exception as error:
+                        self._fail([request.generation for request in group.requests], error)
+                        group.requests = []
+                with self._wake:
+                    self._pending = self._pending[len(arrived):]
+                    self._groups = [group for group in groups if group.requests]
+
+    def _fail(self, generations: list[Generation], error: Exception) -> None:
+        log.exception("generation failed in the batcher of %s", self.name)
+        for generation in generations:
+            generation.on_end(error)
+
+    def _admit(self, generation: Generation) -> _Group:
+        """The prefix pass, and the prefix shown as each sample's first piece."""
+        if generation.seed is None:
+            generation.seed = random.randrange(2**63)
+        device = next(self.model.parameters()).device
+        context = generation.prefix_ids or start_ids(self.vocab)
+        logits, state = warm_up(self.model, context, generation.num_samples, self.banned)
+        shown = self.tokenizer.join(self.vocab.decode(generation.prefix_ids))
+        separator = self.gap if generation.prefix_ids else ""  # between the prefix and the new text
+        for sample in range(generation.num_samples):
+            generation.on_text(sample, shown + separator)
+        return _Group([_Request(generation, seeded_generator(generation.seed, device))], logits, state)
+
+    def _merged(self, groups: list[_Group]) -> list[_Group]:
+        """The groups as one, if their states join; as they are if not."""
+        if len(groups) < 2:
+            return groups
+        states = [group.state for group in groups]
+        try:
+            if any(state is None for state in states):
+                raise ValueError("a state of None has no rows to join")
+            state = type(states[0]).join(states)
+        except ValueError:  # a cache of another length, say
+            return groups
+        return [_Group([request for group in groups for request in group.requests],
+                       torch.cat([group.logits for group in groups]), state)]
+
+    def _advance(self, group: _Group) -> None:
+        """Drop the group's cancelled requests, draw every other request's next tokens, end
+        those that are done, and step the rest."""
+        self._drop(group, lambda request: request.generation.cancelled.is_set())
+        self._drop(group, lambda request: request.made == request.generation.length)  # asked for no token
+        if not group.requests:
+            return
+        ids = self._draw(group)
+        owners = [request for request in group.requests for _ in range(request.rows)]  # of each row
+        self._drop(group, lambda request: request.made == request.generation.length)
+        if not group.requests:
+            return
+        if len(owners) > group.logits.shape[0]:  # some ended: step only the others' rows
+            kept = {id(request) for request in group.requests}
+            ids = ids[torch.tensor([row for row, owner in enumerate(owners) if id(owner) in kept],
+                                   dtype=torch.long, device=ids.device)]
+        group.logits, group.state = self.step(ids, group.state)
+        self.steps += 1
+        self.largest_batch = max(self.largest_batch, group.logits.shape[0])
+
+    @staticmethod
+    def _drop(group: _Group, ended: Callable[[_Request], bool]) -> None:
+        """End the group's requests for which `ended` holds, and keep only the others' rows."""
+        kept = []
+        for request in group.requests:
+            if ended(request):
+                request.generation.on_end(None)
+            else:
+                kept.append(request)
+        group.keep(kept)
+
+    def _draw(self, group: _Group) -> torch.Tensor:
+        """The next ids (B,) of the group's rows, each request's with its own generator, drawn at
+        once for the requests of one sampling; their text goes out."""
+        by_sampling: dict[tuple, list[int]] = {}
+        for position, request in enumerate(group.requests):
+            by_sampling.setdefault(request.sampling_key, []).append(position)
+        starts = [0]
+        for request in group.requests:
+            starts.append(starts[-1] + request.rows)
+        if len(by_sampling) == 1:
+            ids = choose_rows(group.logits, group.requests[0].generation.sampling,
+                              [request.generator for request in group.requests],
+                              [request.rows for request in group.requests])
+        else:
+            ids = torch.empty(group.logits.shape[0], dtype=torch.long, device=group.logits.device)
+            for positions in by_sampling.values():
+                rows = torch.tensor([row for position in positions for row in range(starts[position],
+                                                                                    starts[position + 1])],
+                                    dtype=torch.long, device=ids.device)
+                requests = [group.requests[position] for position in positions]
+                ids[rows] = choose_rows(group.logits[rows], requests[0].generation.sampling,
+                                        [request.generator for request in requests],
+                                        [request.rows for request in requests])
+        tokens = self.vocab.decode(ids.tolist())
+        for request, start in zip(group.requests, starts):
+            request.made += 1
+            gap = self.gap if request.made > 1 else ""
+            for sample in range(request.rows):
+                request.generation.on_text(sample, gap + tokens[start + sample])
+        return ids

@@ -1,0 +1,98 @@
+"""Running the app on a socket: the only home of uvicorn.
+
+`bind` opens the listening socket (port 0: a free one), `serve_forever` serves on it until
+Ctrl-C or SIGTERM (uvicorn's own signal handling: in-flight requests get a moment to end, and no
+traceback), and `running` serves from a thread for as long as a `with` block lasts (the browser
+test and the bench). It knows nothing about what the app serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import uvicorn
+
+GRACEFUL_SECONDS = 2  # what a stopping server gives in-flight requests
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, all of it on stderr (its access lines too: stdout is for generated text),
+    and charlm's own errors (a failed request's traceback) through the same handler."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    config["loggers"]["charlm"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: it may resolve to anything
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host`:`port`; an `OSError` if it cannot be had."""
+    family, kind, protocol, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, protocol)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(128)
+    return sock
+
+
+def url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling `on_stop` as it starts to stop: streams that would outlast the
+    grace period end then, rather than be cancelled in the middle."""
+
+    def __init__(self, app: Any, log_level: str, on_stop: Callable[[], None] | None) -> None:
+        super().__init__(uvicorn.Config(app, log_config=log_config(), log_level=log_level,
+                                        timeout_graceful_shutdown=GRACEFUL_SECONDS))
+        self.on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_stop is not None:
+            self.on_stop()
+        await super().shutdown(sockets)
+
+
+def serve_forever(app: Any, sock: socket.socket, on_stop: Callable[[], None] | None = None,
+                  log_level: str = "info") -> None:
+    """Serve `app` on `sock` until the process is told to stop; then `on_stop()`, and in-flight
+    requests get `GRACEFUL_SECONDS` to end."""
+    _Server(app, log_level, on_stop).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def running(app: Any, host: str = "127.0.0.1", port: int = 0, on_stop: Callable[[], None] | None = None,
+            log_level: str = "warning") -> Iterator[str]:
+    """Serve `app` from a thread for the block; it gets the server's URL."""
+    sock = bind(host, port)
+    server = _Server(app, log_level, on_stop)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server stopped before it started")
+            time.sleep(0.01)
+        yield url(sock)
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
