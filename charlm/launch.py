@@ -30,10 +30,11 @@ DEFAULTS: dict[str, Any] = {
     "from_scratch": False, "tokens": COMMON["tokens"], "preprocess": COMMON["preprocess"],
     "encoding": COMMON["encoding"], "include": (), "exclude": (), "min_freq": COMMON["min_freq"],
     "max_vocab": COMMON["max_vocab"], "cache_dir": None, "no_cache": False, "embedding_size": None,
-    "hidden_size": None, "num_layers": None, "dropout": None, "weight_drop": None, "locked_dropout": None,
-    "embedding_dropout": None, "ema": COMMON["ema"], "seq_len": COMMON["seq_len"],
+    "hidden_size": None, "num_layers": None, "num_heads": None, "dropout": None, "weight_drop": None,
+    "locked_dropout": None, "embedding_dropout": None, "ema": COMMON["ema"], "seq_len": COMMON["seq_len"],
     "batch_size": COMMON["batch_size"], "iterator": COMMON["iterator"], "optimizer": COMMON["optimizer"],
-    "lr": None, "lr_schedule": None, "min_lr_ratio": COMMON["min_lr_ratio"], "weight_decay": COMMON["weight_decay"],
+    "lr": None, "lr_schedule": None, "min_lr_ratio": COMMON["min_lr_ratio"], "warmup_steps": COMMON["warmup_steps"],
+    "weight_decay": COMMON["weight_decay"],
     "clip": COMMON["clip"], "epochs": None, "max_steps": COMMON["max_steps"], "max_time": COMMON["max_time"],
     "val_fraction": COMMON["val_fraction"], "eval_every": COMMON["eval_every"], "seed": COMMON["seed"],
     "device": COMMON["device"], "threads": None, "precision": COMMON["precision"], "allow_changed_corpus": False,
@@ -41,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # What --init-from takes from its checkpoint: flags that would change it are refused.
-ARCHITECTURE_FLAGS = ("cell", "hidden_size", "num_layers", "embedding_size", "from_scratch", "tokens", "preprocess",
+ARCHITECTURE_FLAGS = ("cell", "hidden_size", "num_layers", "num_heads", "embedding_size", "from_scratch", "tokens", "preprocess",
                       "max_vocab", "min_freq")
 
 

@@ -42,12 +42,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 COMMON: dict[str, Any] = {
     "from_scratch": False, "tokens": "char", "preprocess": "none", "encoding": "utf-8", "min_freq": 1,
     "max_vocab": None, "seq_len": 35, "batch_size": 32, "iterator": "sequential", "optimizer": "adamw",
-    "min_lr_ratio": 0.1, "weight_decay": 0.0, "clip": 1.0, "max_steps": None, "max_time": None,
+    "min_lr_ratio": 0.1, "warmup_steps": 0, "weight_decay": 0.0, "clip": 1.0, "max_steps": None, "max_time": None,
     "val_fraction": 0.1, "eval_every": None, "seed": 0, "device": "auto", "precision": "auto",
     "ema": 0.0,  # evaluate and keep an exponential moving average of the weights (this decay); 0: the weights
 }
 LM = {**COMMON, **PRESETS["lm"]}
 PAIRS = {**COMMON, **PRESETS["translate"]}
+
+# What an architecture changes of its task's defaults (`charlm.registry` entries refer to these).
+# The transformer's: random windows (it carries no state between batches), AdamW with weight
+# decay on its matrices (the model's `parameter_groups`), a short warm-up, then the cosine; sizes
+# for a 2-core CPU (see the README's transformer section for what was measured).
+ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "transformer": {"embedding_size": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64, "dropout": 0.1,
+                    "batch_size": 32, "iterator": "random", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1,
+                    "warmup_steps": 100, "lr_schedule": "cosine"},
+}
 
 # Settings that only one task reads: given for the other, they are an error.
 LM_ONLY = ("tokens", "preprocess", "seq_len", "iterator", "cache_dir", "no_cache", "include", "exclude",
@@ -56,8 +66,8 @@ PAIRS_ONLY = ("model_type", "attention", "skip_bad_lines")
 # Settings that go to a model's config by field name: given for an architecture whose config has
 # no such field, they are an error. (For pairs the cell is one too; for text "cell" names the
 # architecture.)
-MODEL_SETTINGS = ("from_scratch", "embedding_size", "hidden_size", "num_layers", "dropout", "weight_drop",
-                  "locked_dropout", "embedding_dropout")
+MODEL_SETTINGS = ("from_scratch", "embedding_size", "hidden_size", "num_layers", "num_heads", "dropout",
+                  "weight_drop", "locked_dropout", "embedding_dropout")
 # Model settings a fine-tuned model (--init-from) may change: they leave its weights as they are.
 REGULARISERS = ("dropout", "weight_drop", "locked_dropout", "embedding_dropout")
 

@@ -30,6 +30,8 @@ class TrainConfig:
     lr: float = LM["lr"]
     lr_schedule: str = LM["lr_schedule"]  # over --epochs, or the steps --max-time allows; --max-steps only stops
     min_lr_ratio: float = LM["min_lr_ratio"]  # the cosine ends at lr * this
+    # steps rising linearly to --lr before the schedule starts (recorded when set: an RNN's bytes stay as they were)
+    warmup_steps: int = field(default=LM["warmup_steps"], metadata=RECORDED_WHEN_SET)
     weight_decay: float = LM["weight_decay"]
     clip: float = LM["clip"]  # max global gradient norm; 0 turns clipping off
     epochs: int = LM["epochs"]
@@ -51,6 +53,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}"),
+            (self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
@@ -74,19 +77,27 @@ class TrainConfig:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of `config` over the model's parameters, or over the groups a model that has
+    its own view of weight decay offers (`model.parameter_groups(weight_decay)`: the transformer
+    decays its matrices only); every parameter is decayed by --weight-decay otherwise."""
+    groups = model.parameter_groups(config.weight_decay) if hasattr(model, "parameter_groups") else model.parameters()
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, weight_decay=config.weight_decay)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return optimizer_class(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate of optimizer step `step` (0-based) of a run planned for `total_steps`:
-    constant, or a cosine from --lr down to --lr x --min-lr-ratio. A pure function of the step, so
-    a resumed run follows the same curve."""
-    if config.lr_schedule == "constant" or total_steps <= 1:
+    --warmup-steps rising linearly to --lr (nanoGPT's lr x (step + 1) / (warmup + 1)), then constant,
+    or a cosine from --lr down to --lr x --min-lr-ratio at the last planned step. A pure function of
+    the step, so a resumed run follows the same curve."""
+    warmup = config.warmup_steps
+    if step < warmup:
+        return config.lr * (step + 1) / (warmup + 1)
+    if config.lr_schedule == "constant" or total_steps - warmup <= 1:
         return config.lr
-    progress = min(step / (total_steps - 1), 1.0)
+    progress = min((step - warmup) / (total_steps - 1 - warmup), 1.0)
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

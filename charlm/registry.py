@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charlm.errors import CharlmError
-from charlm.presets import CELLS
+from charlm.presets import ARCHITECTURE_DEFAULTS, CELLS
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ def _load(target: str | type) -> type:
 for _cell in CELLS:
     register(Architecture("lm", _cell, "charlm.model:LanguageModel", "charlm.model:ModelConfig", fixed={"cell": _cell},
                           help=f"a recurrent language model of {_cell.upper()} cells", named_in_metadata=False))
+register(Architecture("lm", "transformer", "charlm.transformer:Transformer", "charlm.transformer:TransformerConfig",
+                      defaults=ARCHITECTURE_DEFAULTS["transformer"], help="a decoder-only causal transformer (nanoGPT's GPT)"))
 register(Architecture("translate", "seq2seq", "charlm.seq2seq:Seq2Seq", "charlm.seq2seq:Seq2SeqConfig",
                       help="an encoder-decoder, with Bahdanau attention unless --no-attention"))
 register(Architecture("translate", "tagger", "charlm.seq2seq:Tagger", "charlm.seq2seq:TaggerConfig",

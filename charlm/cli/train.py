@@ -18,8 +18,8 @@ from charlm.cli import (
     report_pairs,
 )
 from charlm.presets import (
-    CELLS, COMMON, ITERATORS, KEEPS, OPTIMIZERS, PAIRS, PRECISIONS, PREPROCESS_MODES, PRESETS, SCHEDULES, TASKS,
-    TOKEN_KINDS,
+    ARCHITECTURE_DEFAULTS, CELLS, COMMON, ITERATORS, KEEPS, LM, OPTIMIZERS, PAIRS, PRECISIONS, PREPROCESS_MODES, PRESETS,
+    SCHEDULES, TASKS, TOKEN_KINDS,
 )
 
 cache_dir_option = click.option(
@@ -39,6 +39,12 @@ def _text_default(name: str) -> str:
     return f"[default: {PRESETS['lm'][name]}]"
 
 
+def _transformer_defaults() -> str:
+    """The transformer's defaults where they differ from text's, as flags: "--seq-len 64, ..."."""
+    changed = {name: value for name, value in ARCHITECTURE_DEFAULTS["transformer"].items() if value != LM.get(name)}
+    return ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in changed.items())
+
+
 def _model_names() -> tuple[str, ...]:
     """What --model takes: any language-model architecture registered now (text), or a cell (pairs)."""
     return tuple(dict.fromkeys((*registry.names("lm"), *CELLS)))
@@ -56,7 +62,8 @@ def _model_names() -> tuple[str, ...]:
               help="Pairs: Bahdanau attention in the seq2seq decoder [default: on].")
 @click.option("--skip-bad-lines", is_flag=True, help="Pairs: leave out malformed lines instead of stopping.")
 @click.option("--model", "cell", type=LiveChoice(_model_names), default=None,
-              help=f"Recurrent cell. {_per_task('cell')}")
+              help="Text: the recurrent cell, or a causal transformer, which has its own defaults: "
+                   f"{_transformer_defaults()}. Pairs: the cell. {_per_task('cell')}")
 @click.option("--from-scratch", is_flag=True, help="Use the from-scratch cells (explicit equations) instead of torch's.")
 @click.option("--tokens", type=click.Choice(TOKEN_KINDS), default=COMMON["tokens"], show_default=True,
               help="Text: tokenize into characters or whitespace-separated words.")
@@ -72,6 +79,9 @@ def _model_names() -> tuple[str, ...]:
               help=f"0 feeds one-hot vectors (not for seq2seq). {_per_task('embedding_size')}")
 @click.option("--hidden-size", type=positive, default=None, help=_per_task("hidden_size"))
 @click.option("--num-layers", type=positive, default=None, help=_per_task("num_layers"))
+@click.option("--num-heads", type=positive, default=None,
+              help="Transformer: attention heads; they split --embedding-size, the model's width "
+                   f"[default: {ARCHITECTURE_DEFAULTS['transformer']['num_heads']}].")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help=_per_task("dropout"))
 @click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True), default=None,
               help=f"Text: DropConnect on the recurrent weights W_hh, one mask per batch (AWD-LSTM). {_text_default('weight_drop')}")
@@ -84,7 +94,7 @@ def _model_names() -> tuple[str, ...]:
               help="Evaluate and keep an exponential moving average of the weights with this decay "
                    "(e.g. 0.999); 0 keeps the weights themselves.")
 @click.option("--seq-len", type=positive, default=COMMON["seq_len"], show_default=True,
-              help="Text: steps of backpropagation through time.")
+              help="Text: steps of backpropagation through time; for the transformer, its context.")
 @click.option("--batch-size", type=positive, default=COMMON["batch_size"], show_default=True,
               help="Rows per step, over all processes under torchrun.")
 @click.option("--iterator", type=click.Choice(ITERATORS), default=COMMON["iterator"], show_default=True,
@@ -94,6 +104,9 @@ def _model_names() -> tuple[str, ...]:
 @click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=None,
               help=f"cosine: from --lr down to --lr x --min-lr-ratio over --epochs. {_per_task('lr_schedule')}")
 @click.option("--min-lr-ratio", type=click.FloatRange(0, 1), default=COMMON["min_lr_ratio"], show_default=True)
+@click.option("--warmup-steps", type=non_negative, default=COMMON["warmup_steps"], show_default=True,
+              help="Steps rising linearly to --lr before the schedule (the transformer's default: "
+                   f"{ARCHITECTURE_DEFAULTS['transformer']['warmup_steps']}).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=COMMON["weight_decay"], show_default=True)
 @click.option("--clip", type=click.FloatRange(min=0), default=COMMON["clip"], show_default=True,
               help="Clip the global gradient norm to this (0: off).")
