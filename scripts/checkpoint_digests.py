@@ -38,6 +38,8 @@ RUNS = {
     "rnn-random-sgd": ["text.txt", *TINY, "--model", "rnn", "--iterator", "random", "--optimizer", "sgd", "--lr", "0.5"],
     "lstm-words": ["text.txt", *TINY, "--tokens", "word"],
     "lstm-d2l-no-val": ["text.txt", *TINY, "--preprocess", "d2l", "--val-fraction", "0"],
+    "transformer": ["text.txt", "--model", "transformer", "--num-layers", "2", "--num-heads", "2", "--embedding-size",
+                    "16", "--batch-size", "4", "--seq-len", "8", "--max-steps", "6", "--eval-every", "3", "--quiet"],
     "seq2seq": ["pairs.tsv", *PAIR_TINY],
     "seq2seq-lstm-no-attention": ["pairs.tsv", *PAIR_TINY, "--model", "lstm", "--no-attention"],
     "tagger": ["pairs.tsv", *PAIR_TINY, "--model-type", "tagger", "--model", "rnn", "--embedding-size", "0"],

@@ -46,3 +46,7 @@ def run_cli(runner: CliRunner, *args: str, ok: bool = True):
 
 TINY_MODEL = ("--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4",
               "--seq-len", "8", "--quiet")
+TINY_TRANSFORMER = ("--model", "transformer", "--num-layers", "1", "--num-heads", "2", "--embedding-size", "16",
+                    "--batch-size", "4", "--seq-len", "8", "--quiet")
+# The guarantee rows that hold per kind of model run once for each (the README's transformer column).
+TINY_MODELS = {"rnn": TINY_MODEL, "transformer": TINY_TRANSFORMER}

@@ -111,3 +111,24 @@ def test_cpu_threads_are_set_for_a_block_and_restored():
     assert torch.get_num_threads() == before
     with cpu_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_a_run_written_before_warmup_steps_existed_loads_generates_and_resumes(runner, tiny_corpus):
+    """Files of charlm before the transformer lack "warmup_steps" in their training settings: written
+    so here (the field removed from both files of a run), they generate, and resume to the same
+    weights as a run never stopped."""
+    from charlm.recipe import TrainConfig
+    from tests.conftest import TINY_MODEL, run_cli
+
+    flags = (*TINY_MODEL, "--eval-every", "3", "--dropout", "0.2")
+    run_cli(runner, "train", tiny_corpus, *flags, "--max-steps", "8", "--out", "once/m.safetensors")
+    run_cli(runner, "train", tiny_corpus, *flags, "--max-steps", "4", "--out", "old/m.safetensors")
+    for name in ("old/m.safetensors", "old/m.resume.safetensors"):
+        tensors, meta = checkpoint.load(name)
+        del meta["train"]["warmup_steps"]
+        assert set(meta["train"]) == set(TrainConfig.__dataclass_fields__) - {"warmup_steps"}
+        checkpoint.save(name, tensors, meta)
+    assert run_cli(runner, "generate", "--checkpoint", "old/m.safetensors", "--length", "10", "--seed", "1").stdout
+    run_cli(runner, "train", tiny_corpus, *flags, "--max-steps", "8", "--out", "old/m.safetensors", "--resume")
+    resumed, unbroken = checkpoint.load("old/m.resume.safetensors")[0], checkpoint.load("once/m.resume.safetensors")[0]
+    assert all(torch.equal(resumed[name], unbroken[name]) for name in unbroken if name.startswith(("model.", "optim.")))

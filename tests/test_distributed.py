@@ -14,10 +14,10 @@ import torch
 
 from charlm.errors import CharlmError
 from charlm.runtime import World
-from tests.conftest import ROOT, TINY_MODEL, run_cli
+from tests.conftest import ROOT, TINY_MODELS, run_cli
 
 # No dropout: the processes draw their own masks, so only a dropout-free run can match exactly.
-ARGS = (*TINY_MODEL, "--dropout", "0", "--eval-every", "3", "--seed", "7")
+RUN = ("--dropout", "0", "--eval-every", "3", "--seed", "7")
 
 
 def torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -40,11 +40,11 @@ def metrics(path) -> list[dict]:
     return [{key: record[key] for key in keep} for record in map(json.loads, open(path))]
 
 
-def assert_same_run(ours: str, reference: str) -> None:
-    """Weights, optimizer state and the carried hidden state equal; the metrics too."""
+def assert_same_run(ours: str, reference: str, carried: bool) -> None:
+    """Weights, optimizer state and the carried hidden state (`carried`: the RNN's) equal; the metrics too."""
     mine, theirs = resume_file(f"{ours}.resume.safetensors"), resume_file(f"{reference}.resume.safetensors")
     compared = [name for name in theirs if name.startswith(("model.", "optim.", "carry."))]
-    assert any(name.startswith("carry.") for name in compared)  # the sequential iterator's state
+    assert any(name.startswith("carry.") for name in compared) == carried  # the sequential iterator's state
     for name in compared:
         torch.testing.assert_close(mine[name], theirs[name], atol=1e-5, rtol=1e-4, msg=name)
     for a, b in zip(metrics(f"{ours}.metrics.jsonl"), metrics(f"{reference}.metrics.jsonl"), strict=True):
@@ -52,29 +52,33 @@ def assert_same_run(ours: str, reference: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_resume(runner, tiny_corpus, tmp_path):
+@pytest.mark.parametrize("kind", TINY_MODELS)
+def test_two_processes_match_one_and_resume(runner, tiny_corpus, tmp_path, kind):
+    args = (*TINY_MODELS[kind], *RUN)
+    carried = kind == "rnn"  # the transformer carries nothing between its random windows
     # One process, batch 4, steps 1-6 (evaluating at 3 and 6); then 3 steps alone.
-    run_cli(runner, "train", tiny_corpus, *ARGS, "--max-steps", "6", "--out", "one6.safetensors", "--no-cache")
-    run_cli(runner, "train", tiny_corpus, *ARGS, "--max-steps", "3", "--out", "one3.safetensors", "--no-cache")
+    run_cli(runner, "train", tiny_corpus, *args, "--max-steps", "6", "--out", "one6.safetensors", "--no-cache")
+    run_cli(runner, "train", tiny_corpus, *args, "--max-steps", "3", "--out", "one3.safetensors", "--no-cache")
 
     # Two processes, 2 rows each: 3 steps, then resumed to 6.
-    loud = [arg for arg in ARGS if arg != "--quiet"]
+    loud = [arg for arg in args if arg != "--quiet"]
     first = torchrun("train", tiny_corpus, *loud, "--max-steps", "3", "--out", "two.safetensors", cwd=tmp_path)
     assert len(list((tmp_path / ".charlm-cache").iterdir())) == 1  # rank 0 wrote it; rank 1 read it
-    assert_same_run(tmp_path / "two", tmp_path / "one3")
+    assert_same_run(tmp_path / "two", tmp_path / "one3", carried)
     saved = resume_file(tmp_path / "two.resume.safetensors")
     assert "rng.cpu" in saved and "rng.rank1.cpu" in saved  # each process's own generator
-    assert saved["carry.0"].shape == (1, 4, 16)  # (L, B, H): both processes' rows
+    if carried:
+        assert saved["carry.0"].shape == (1, 4, 16)  # (L, B, H): both processes' rows
     assert first.stdout == ""  # rank 0 alone talks, on stderr:
     assert first.stderr.count("on 2 processes") == 1 and first.stderr.count("saved two.safetensors: 3 steps") == 1
 
     for suffix in (".safetensors", ".resume.safetensors", ".metrics.jsonl"):  # the same run, resumed by one process
         shutil.copy(tmp_path / f"two{suffix}", tmp_path / f"solo{suffix}")
 
-    torchrun("train", tiny_corpus, *ARGS, "--max-steps", "6", "--out", "two.safetensors", "--resume", cwd=tmp_path)
-    assert_same_run(tmp_path / "two", tmp_path / "one6")
-    run_cli(runner, "train", tiny_corpus, *ARGS, "--max-steps", "6", "--out", "solo.safetensors", "--resume")
-    assert_same_run(tmp_path / "solo", tmp_path / "one6")
+    torchrun("train", tiny_corpus, *args, "--max-steps", "6", "--out", "two.safetensors", "--resume", cwd=tmp_path)
+    assert_same_run(tmp_path / "two", tmp_path / "one6", carried)
+    run_cli(runner, "train", tiny_corpus, *args, "--max-steps", "6", "--out", "solo.safetensors", "--resume")
+    assert_same_run(tmp_path / "solo", tmp_path / "one6", carried)
 
 
 def test_each_process_takes_its_own_rows_of_the_batch():

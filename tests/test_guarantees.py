@@ -28,13 +28,14 @@ import torch
 from charlm import checkpoint
 from charlm.errors import CorpusError
 from charlm.text import preprocess_chunks, read_chunks
-from tests.conftest import ROOT, TINY_MODEL, run_cli
+from tests.conftest import ROOT, TINY_MODEL, TINY_MODELS, run_cli
 
 TIMING_FIELDS = ("tokens_per_sec", "elapsed_s")
 
 
-def train(runner, corpus, *extra):
-    return run_cli(runner, "train", corpus, *TINY_MODEL, *extra)
+def train(runner, corpus, *extra, kind: str = "rnn"):
+    """A tiny run of a model of `kind` ("rnn": the recurrent model, "transformer")."""
+    return run_cli(runner, "train", corpus, *TINY_MODELS[kind], *extra)
 
 
 def fails(runner, *args, message: str):
@@ -433,12 +434,15 @@ SIGNAL_RUN = (*TINY_MODEL, "--dropout", "0.3", "--num-layers", "2", "--batch-siz
 
 
 @pytest.mark.slow  # a real process: seconds to import torch
-@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_sigterm_writes_a_resumable_checkpoint_and_exits_nonzero(runner, tiny_corpus, number):
+@pytest.mark.parametrize(("number", "kind"), [(signal.SIGTERM, "rnn"), (signal.SIGINT, "rnn"),
+                                              (signal.SIGINT, "transformer")],
+                         ids=["SIGTERM", "SIGINT", "SIGINT-transformer"])
+def test_sigterm_writes_a_resumable_checkpoint_and_exits_nonzero(runner, tiny_corpus, number, kind):
     """The signal lands at some step s of a running `charlm train`: the step finishes, the resume
     state is saved, the exit is non-zero with one line saying how to resume; and resuming to s + 7
     gives what an unbroken run of s + 7 steps gives, bit for bit."""
-    process = start("train", tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors")
+    run = (*TINY_MODELS[kind], *SIGNAL_RUN[len(TINY_MODEL):])
+    process = start("train", tiny_corpus, *run, "--out", "run/m.safetensors")
     wait_for(has_saved("run/m.safetensors"), process)
     process.send_signal(number)
     stderr = finish(process)
@@ -448,22 +452,26 @@ def test_sigterm_writes_a_resumable_checkpoint_and_exits_nonzero(runner, tiny_co
     assert stderr.strip() == (f"charlm: error: stopped by {name} at step {stopped}; the run is saved in "
                               "run/m.resume.safetensors: run the same command with --resume to continue")
     steps = str(stopped + 7)
-    train(runner, tiny_corpus, *SIGNAL_RUN, "--out", "run/m.safetensors", "--resume", "--max-steps", steps)
-    train(runner, tiny_corpus, *SIGNAL_RUN, "--out", "once/m.safetensors", "--max-steps", steps)
+    run_cli(runner, "train", tiny_corpus, *run, "--out", "run/m.safetensors", "--resume", "--max-steps", steps)
+    run_cli(runner, "train", tiny_corpus, *run, "--out", "once/m.safetensors", "--max-steps", steps)
     assert_same_run("run/m.safetensors", "once/m.safetensors")
 
 
-@pytest.mark.parametrize(("iterator", "optimizer"), [("sequential", "adamw"), ("sequential", "adam"), ("random", "sgd")])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, iterator, optimizer):
+@pytest.mark.parametrize(("kind", "iterator", "optimizer"), [
+    ("rnn", "sequential", "adamw"), ("rnn", "sequential", "adam"), ("rnn", "random", "sgd"),
+    ("transformer", "random", "adamw"),
+])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, kind, iterator, optimizer):
     """30 steps at once, or in three runs stopped by --max-steps at 10 (an epoch's end) and 17
     (mid-epoch), both between evaluations, each continued with --resume: the same weights,
     optimizer state, random state, carried hidden state, position and loss sums, the same best
-    model, and the same metrics lines but for timing. Dropout is on; 10 batches make an epoch."""
+    model, and the same metrics lines but for timing. Dropout is on; 10 batches make an epoch.
+    The transformer's run is in its warm-up (--warmup-steps 12) when it stops at 10."""
     flags = ("--dropout", "0.3", "--num-layers", "2", "--batch-size", "16", "--eval-every", "4",
-             "--iterator", iterator, "--optimizer", optimizer)
-    train(runner, tiny_corpus, *flags, "--max-steps", "30", "--out", "once/m.safetensors")
+             "--iterator", iterator, "--optimizer", optimizer, *(["--warmup-steps", "12"] if kind == "transformer" else []))
+    train(runner, tiny_corpus, *flags, "--max-steps", "30", "--out", "once/m.safetensors", kind=kind)
     for steps, resume in (("10", []), ("17", ["--resume"]), ("30", ["--resume"])):
-        train(runner, tiny_corpus, *flags, "--max-steps", steps, "--out", "thrice/m.safetensors", *resume)
+        train(runner, tiny_corpus, *flags, "--max-steps", steps, "--out", "thrice/m.safetensors", *resume, kind=kind)
         assert json.loads(Path("thrice/m.metrics.jsonl").read_text().splitlines()[-1])["step"] == int(steps)
     assert_same_run("once/m.safetensors", "thrice/m.safetensors")
     assert [line["step"] for line in run_files("once/m.safetensors")[2]] == [4, 8, 12, 16, 20, 24, 28, 30]
@@ -554,20 +562,22 @@ def test_second_trainer_on_same_out_refuses(runner, tiny_corpus):
 # Same seed, same result
 
 
-def test_same_seed_same_checkpoint_bytes(runner, tiny_corpus):
+@pytest.mark.parametrize("kind", TINY_MODELS)
+def test_same_seed_same_checkpoint_bytes(runner, tiny_corpus, kind):
     """Two runs in one process (so the global random state differs between them) with the same
     seed and flags write the same bytes; another seed writes other bytes."""
     flags = ("--max-steps", "6", "--dropout", "0.2", "--num-layers", "2", "--seed", "7")
     for out in ("a", "b"):
-        train(runner, tiny_corpus, *flags, "--out", f"{out}/m.safetensors")
-    train(runner, tiny_corpus, *flags, "--out", "c/m.safetensors", "--seed", "8")
+        train(runner, tiny_corpus, *flags, "--out", f"{out}/m.safetensors", kind=kind)
+    train(runner, tiny_corpus, *flags, "--out", "c/m.safetensors", "--seed", "8", kind=kind)
     first = Path("a/m.safetensors").read_bytes()
     assert first == Path("b/m.safetensors").read_bytes()
     assert first != Path("c/m.safetensors").read_bytes()
 
 
-def test_same_seed_same_generated_text(runner, tiny_corpus):
-    train(runner, tiny_corpus, "--max-steps", "3")
+@pytest.mark.parametrize("kind", TINY_MODELS)
+def test_same_seed_same_generated_text(runner, tiny_corpus, kind):
+    train(runner, tiny_corpus, "--max-steps", "3", kind=kind)
     generate = ("generate", "--checkpoint", "checkpoints/tiny.safetensors", "--prefix", "the ", "--length", "40")
     first = run_cli(runner, *generate, "--seed", "3").stdout
     torch.rand(5)  # the global random state must not matter
@@ -583,13 +593,14 @@ def test_any_integer_is_a_seed(runner, tiny_corpus):
         run_cli(runner, "generate", "--length", "5", "--seed", seed)
 
 
-def test_eval_frequency_does_not_change_trajectory(runner, tiny_corpus):
+@pytest.mark.parametrize("kind", TINY_MODELS)
+def test_eval_frequency_does_not_change_trajectory(runner, tiny_corpus, kind):
     """Evaluating every 3 steps, every 7, or once per epoch leaves the same weights, optimizer
     state, random state and carried hidden state after 20 steps (dropout on: evaluation must not
     draw random numbers)."""
     flags = ("--max-steps", "20", "--dropout", "0.3", "--num-layers", "2", "--batch-size", "16")
     for out, every in (("a", ["--eval-every", "3"]), ("b", ["--eval-every", "7"]), ("c", [])):
-        train(runner, tiny_corpus, *flags, *every, "--out", f"{out}/m.safetensors")
+        train(runner, tiny_corpus, *flags, *every, "--out", f"{out}/m.safetensors", kind=kind)
     (first, _, first_lines), *others = [run_files(f"{out}/m.safetensors") for out in "abc"]
     for tensors, _, lines in others:
         assert_same_tensors(first, tensors, prefixes=("model.", "optim.", "rng.", "carry."))

@@ -13,7 +13,7 @@ from torch import nn
 from charlm.checkpoint import read_metadata
 from charlm.recipe import TrainConfig, learning_rate
 from charlm.trainer import Trainer
-from tests.conftest import TINY_MODEL, run_cli
+from tests.conftest import TINY_MODEL, TINY_TRANSFORMER, run_cli
 
 
 class Toy(nn.Module):
@@ -170,3 +170,17 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, tiny_corpus):
     assert "\r" not in text
     assert [line.split()[1] for line in text.splitlines() if line.startswith("step ") and "/" in line.split()[1]][:3] \
         == ["10/30", "20/30", "30/30"]
+
+
+def test_a_warmup_composes_with_max_time_and_still_ends_at_the_floor(runner, tiny_corpus, step_clock):
+    """The transformer's warm-up rises to --lr over its steps, then the cosine fitted to --max-time
+    ends at its floor when the time is up."""
+    step_clock(lambda step: 0.01)
+    run_cli(runner, "train", tiny_corpus, *TINY_TRANSFORMER, "--epochs", "1000", "--eval-every", "10",
+            "--lr", "0.01", "--warmup-steps", "30", "--max-time", "3")
+    records = lr_records()
+    assert records[0]["lr"] == pytest.approx(0.01 * 10 / 31) and records[2]["lr"] == pytest.approx(0.01 * 30 / 31)
+    assert records[-1]["step"] == pytest.approx(300, abs=3)
+    assert records[-1]["lr"] == pytest.approx(0.001, rel=0.05)
+    rates = [record["lr"] for record in records[3:]]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))

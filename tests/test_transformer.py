@@ -4,16 +4,19 @@ the cache's State protocol, its optimizer groups and its errors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+from charlm import checkpoint
 from charlm.generate import Sampling, choose, generate
 from charlm.recipe import TrainConfig, learning_rate, make_optimizer
 from charlm.runtime import seeded_generator
 from charlm.transformer import KVCache, SelfAttention, Transformer, TransformerConfig
+from tests.conftest import TINY_TRANSFORMER, run_cli
 
 VOCAB, CONTEXT = 11, 8
 
@@ -195,3 +198,56 @@ def test_the_cache_keeps_the_state_protocol():
 def test_a_config_that_cannot_be_built_says_why(changes, message):
     with pytest.raises(ValueError, match=message):
         TransformerConfig(VOCAB, **{"embedding_size": 16, "num_heads": 4, **changes})
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the CLI: the same pipeline as the RNNs
+
+
+def test_train_generate_eval_info_with_the_transformers_own_defaults(runner, tiny_corpus):
+    run_cli(runner, "train", tiny_corpus, *TINY_TRANSFORMER, "--max-steps", "6", "--eval-every", "3")
+    meta = checkpoint.read_metadata("checkpoints/tiny.safetensors")
+    assert meta["architecture"] == "transformer"
+    assert meta["model"] == {"vocab_size": meta["model"]["vocab_size"], "embedding_size": 16, "num_layers": 1,
+                             "num_heads": 2, "seq_len": 8, "dropout": 0.1}
+    train = meta["train"]
+    assert (train["iterator"], train["optimizer"], train["weight_decay"], train["warmup_steps"], train["lr"]) == \
+        ("random", "adamw", 0.1, 100, 1e-3)
+    assert "carry.ids" not in checkpoint.load("checkpoints/tiny.resume.safetensors")[0]  # nothing carried
+    text = run_cli(runner, "generate", "--prefix", "the ", "--length", "50", "--seed", "1").stdout
+    assert text.startswith("the ") and len(text.rstrip("\n")) == 54
+    many = run_cli(runner, "generate", "--prefix", "the ", "--length", "20", "--num-samples", "3", "--top-p", "0.9",
+                   "--seed", "1").stdout
+    assert many.count("the ") >= 3
+    report = json.loads(run_cli(runner, "eval", "--checkpoint", "checkpoints/tiny.safetensors", tiny_corpus,
+                                "--json").stdout)
+    assert report["tokens"] == len(tiny_corpus.read_text()) - 1 and 0 < report["loss"] < 5
+    shown = run_cli(runner, "info", "checkpoints/tiny.safetensors").stdout
+    assert "transformer: " in shown and "num_heads=2" in shown and "seq_len=8" in shown
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--num-heads", "3"], "embedding_size 16 does not split into 3 heads"),
+    (["--hidden-size", "32"], "--hidden-size does not apply to --model transformer"),
+    (["--from-scratch"], "--from-scratch does not apply to --model transformer"),
+    (["--embedding-size", "0"], "embedding_size must be a whole number of at least 1"),
+    (["--seq-len", "0"], "Invalid value for '--seq-len'"),
+    (["--warmup-steps", "-1"], "Invalid value for '--warmup-steps'"),
+    (["--model", "lstm", "--num-heads", "2"], "--num-heads does not apply to --model lstm"),
+])
+def test_what_a_user_gets_wrong_is_one_line(runner, tiny_corpus, flags, message):
+    result = run_cli(runner, "train", tiny_corpus, *TINY_TRANSFORMER, "--max-steps", "1", *flags, ok=False)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("charlm: error: ") and message in lines[0], result.stderr
+
+
+def test_a_transformer_fine_tunes_from_its_checkpoint(runner, tiny_corpus):
+    run_cli(runner, "train", tiny_corpus, *TINY_TRANSFORMER, "--max-steps", "4", "--out", "parent.safetensors")
+    run_cli(runner, "train", tiny_corpus, "--init-from", "parent.safetensors", "--batch-size", "4", "--seq-len", "8",
+            "--max-steps", "2", "--quiet", "--out", "child.safetensors")
+    child = checkpoint.read_metadata("child.safetensors")
+    assert child["architecture"] == "transformer" and child["model"] == checkpoint.read_metadata(
+        "parent.safetensors")["model"]
+    result = run_cli(runner, "train", tiny_corpus, "--init-from", "parent.safetensors", "--num-heads", "1", ok=False)
+    assert result.exit_code != 0 and "--num-heads would change the model" in result.stderr
