@@ -14,7 +14,14 @@ Measures, on the same machine in the same run:
   (d) FLOP-bound limits from a matmul rate measured here at the recurrent step's shapes:
       training ~ 3 x 2 x (G*H*(I+H) + H*V) FLOPs per token at the (B, H) x (H, G*H) rate,
       generation ~ 2 x (sum over layers of G*H*(I+H) + H*V) FLOPs per char at the (1, H) x (H, G*H) rate;
-  (e) `charlm --help` wall time.
+  (e) `charlm --help` wall time;
+  (f) the transformer at nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, context 64, batch 12,
+      AdamW 1e-3): charlm's training step against `plain_gpt.py`'s nanoGPT-style loop, and charlm's
+      cached generation against nanoGPT's `generate` (crop to the context, recompute it for every
+      character), at context 64 and 256; limits from a matmul rate measured here: training
+      6N + 12 L E T FLOPs per token (nanoGPT's estimate) at the (B*T, E) x (E, 4E) rate, generation
+      one position per char, 2N + 4 L E T FLOPs, at the (1, E) x (E, 4E) rate (the window's
+      half recomputed every T/2 chars is left out: it runs as larger, faster matmuls).
 Timings are the best of several rounds; each round times every side of a ratio in turn (the
 matmul that prices the limit included), so load from other processes hits them alike.
 """
@@ -41,6 +48,8 @@ from charlm.model import LanguageModel, ModelConfig  # noqa: E402
 from charlm.recipe import TrainConfig  # noqa: E402
 from charlm.tuning import bf16_capable, cpu_name  # noqa: E402
 from charlm.trainer import Trainer  # noqa: E402
+from charlm.transformer import Transformer, TransformerConfig  # noqa: E402
+import plain_gpt  # noqa: E402  (beside this script)
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 LESSONS = dict(vocab_size=28, hidden_size=512, seq_len=35, batch_size=32)
@@ -220,6 +229,79 @@ def generation_rates(cell: str, num_layers: int, embedding_size: int, repeats: i
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# The transformer against nanoGPT's loops
+
+RECIPE = dict(vocab_size=65, num_layers=4, num_heads=4, embedding_size=128, seq_len=64, batch_size=12)
+
+
+def transformer_flops(seq_len: int, training: bool) -> int:
+    """FLOPs per token: nanoGPT's 6N + 12 L E T for a training step, 2N + 4 L E T for one generated
+    position; N counts the matrices the products run through (the tied head included)."""
+    layers, width, vocab = RECIPE["num_layers"], RECIPE["embedding_size"], RECIPE["vocab_size"]
+    matrices = layers * 12 * width * width + vocab * width
+    return (6 * matrices + 12 * layers * width * seq_len) if training else (2 * matrices + 4 * layers * width * seq_len)
+
+
+def transformer_training(repeats: int) -> dict[str, float]:
+    """tokens/s of charlm's training step (`Trainer._train_step`) and of the plain loop's, and the limit."""
+    batch_size, seq_len, vocab = RECIPE["batch_size"], RECIPE["seq_len"], RECIPE["vocab_size"]
+    data = torch.randint(vocab, (200_000,), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    plain_step = plain_gpt.trainer(plain_gpt.GPT(vocab), data, batch_size, steps=2000)
+    batches = _Batches(vocab, batch_size, seq_len)
+    batches.carries_state = False
+    config = TransformerConfig(vocab, RECIPE["embedding_size"], RECIPE["num_layers"], RECIPE["num_heads"], seq_len, 0.0)
+    train = TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.1, warmup_steps=100, clip=1.0, batch_size=batch_size,
+                        seq_len=seq_len, iterator="random", device="cpu", precision="fp32")
+    trainer = Trainer(Transformer(config), batches, None, train, "/tmp/charlm-bench.safetensors", {}, progress=False)
+    trainer.model.train()
+    width = RECIPE["embedding_size"]
+    product, product_flops = matmul(batch_size * seq_len, width, 4 * width)
+    seconds = best_seconds({"charlm": (lambda: trainer._train_step(batches.batch), 5), "plain": (plain_step, 5),
+                            "matmul": (product, 50)}, repeats)
+    tokens = batch_size * seq_len
+    return {"charlm": tokens / seconds["charlm"], "plain": tokens / seconds["plain"],
+            "limit": product_flops / seconds["matmul"] / transformer_flops(seq_len, training=True)}
+
+
+def transformer_generation(seq_len: int, repeats: int) -> dict[str, float]:
+    """chars/s of charlm's `generate` (sampled, one sample) and of nanoGPT's recomputing loop, after a
+    prefix of a whole window and for two windows more (so charlm's cache fills and is halved)."""
+    vocab, width = RECIPE["vocab_size"], RECIPE["embedding_size"]
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab, width, RECIPE["num_layers"], RECIPE["num_heads"], seq_len, 0.0)
+    model, plain = Transformer(config).eval(), plain_gpt.GPT(vocab, block_size=seq_len).eval()
+    prefix = torch.randint(vocab, (seq_len,), generator=torch.Generator().manual_seed(1)).tolist()
+    length = 2 * seq_len
+    vector, vector_flops = matmul(1, width, 4 * width)
+    seconds = best_seconds({
+        "charlm": (lambda: generate(model, prefix, length, Sampling(), seed=0), 1),
+        "recompute": (lambda: plain.generate(torch.tensor([prefix]), length), 1),
+        "matvec": (vector, 1000),
+    }, repeats)
+    return {"charlm": length / seconds["charlm"], "recompute": length / seconds["recompute"],
+            "limit": vector_flops / seconds["matvec"] / transformer_flops(seq_len, training=False)}
+
+
+def transformer_rows(repeats: int, results: dict) -> None:
+    shape = "4 layers x 128, 4 heads, batch 12"
+    print(f"\ntransformer: nanoGPT's CPU recipe ({shape}) against a plain nanoGPT-style loop (scripts/plain_gpt.py)")
+    print(f"{'training tokens/s':<28}{'charlm':>9}{'plain':>9}{'limit':>9}{'ch/plain':>10}{'ch/limit':>10}")
+    rates = transformer_training(repeats)
+    results["transformer_training"] = rates
+    print(f"{'context 64':<28}{rates['charlm']:>9,.0f}{rates['plain']:>9,.0f}{rates['limit']:>9,.0f}"
+          f"{rates['charlm'] / rates['plain']:>9.2f}x{rates['charlm'] / rates['limit']:>10.0%}", flush=True)
+    print(f"{'generation chars/s':<28}{'charlm':>9}{'recompute':>10}{'limit':>9}{'ch/recomp':>10}{'ch/limit':>10}")
+    results["transformer_generation"] = []
+    for seq_len in (64, 256):
+        rates = transformer_generation(seq_len, repeats)
+        results["transformer_generation"].append({"seq_len": seq_len, **rates})
+        print(f"{f'context {seq_len}, sampled':<28}{rates['charlm']:>9,.0f}{rates['recompute']:>10,.0f}"
+              f"{rates['limit']:>9,.0f}{rates['charlm'] / rates['recompute']:>9.1f}x"
+              f"{rates['charlm'] / rates['limit']:>10.0%}", flush=True)
+
+
 def help_seconds(repeats: int) -> float:
     command = [sys.executable, "-m", "charlm", "--help"]
     best = math.inf
@@ -233,19 +315,8 @@ def help_seconds(repeats: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per number; the best counts")
-    parser.add_argument("--json", type=Path, help="also write every number here")
-    args = parser.parse_args()
-    repeats, (V, H, T, B) = args.repeats, LESSONS.values()
-    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "training": [], "generation": []}
-    results.update(cpu=cpu_name(), bf16=bf16_capable())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name()} "
-          f"(bf16 matrix instructions: {'yes' if bf16_capable() else 'no'}); lessons' config V={V} H={H} T={T} B={B}")
-    print("charlm's setup is what a run takes (charlm.tuning): the recurrent path (charlm's kernels or torch's "
-          "module) measured here, and for 'auto' bf16 where it measures faster with the same loss\n")
-
+def recurrent_rows(repeats: int, results: dict) -> None:
+    (V, H, T, B) = LESSONS.values()
     print("training tokens/s")
     print(f"{'work':<30}{'setup':>14}{'charlm':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
     rows = [(f"{cell} (torch cell)", cell, False, 0, 1, T, "sgd", 1.0, cell) for cell in GATES]
@@ -284,6 +355,29 @@ def main() -> None:
               f"{rates['lesson']:>9,.0f}{limit:>9,.0f}"
               f"{rates['charlm'] / rates['lesson']:>10.1f}x{rates['charlm'] / limit:>10.0%}", flush=True)
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per number; the best counts")
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    parser.add_argument("--only", choices=("rnn", "transformer"),
+                        help="only the recurrent models' rows, or the transformer's")
+    parser.add_argument("--threads", type=int, help="torch's CPU threads [default: torch's]")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats, (V, H, T, B) = args.repeats, LESSONS.values()
+    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "training": [], "generation": []}
+    results.update(cpu=cpu_name(), bf16=bf16_capable())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name()} "
+          f"(bf16 matrix instructions: {'yes' if bf16_capable() else 'no'}); lessons' config V={V} H={H} T={T} B={B}")
+    print("charlm's setup is what a run takes (charlm.tuning): the recurrent path (charlm's kernels or torch's "
+          "module) measured here, and for 'auto' bf16 where it measures faster with the same loss\n")
+
+    if args.only != "transformer":
+        recurrent_rows(repeats, results)
+    if args.only != "rnn":
+        transformer_rows(repeats, results)
     results["help_seconds"] = help_seconds(max(repeats, 3))
     print(f"\ncharlm --help: {results['help_seconds']:.3f} s")
     if args.json:
