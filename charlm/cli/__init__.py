@@ -67,7 +67,8 @@ class CharlmGroup(click.Group):
             if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or wanted):
                 raise
             size = f" ({int(wanted.group(1)):,} bytes asked for)" if wanted else ""
-            fail(f"out of memory{size}; use smaller sizes: --hidden-size, --batch-size, --length, --num-samples")
+            fail(f"out of memory{size}; use smaller sizes: --hidden-size, --embedding-size, --batch-size, --length, "
+                 "--num-samples")
 
 
 @click.group(cls=CharlmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
