@@ -209,7 +209,7 @@ def test_train_generate_eval_info_with_the_transformers_own_defaults(runner, tin
     meta = checkpoint.read_metadata("checkpoints/tiny.safetensors")
     assert meta["architecture"] == "transformer"
     assert meta["model"] == {"vocab_size": meta["model"]["vocab_size"], "embedding_size": 16, "num_layers": 1,
-                             "num_heads": 2, "seq_len": 8, "dropout": 0.1}
+                             "num_heads": 2, "seq_len": 8, "dropout": 0.0}
     train = meta["train"]
     assert (train["iterator"], train["optimizer"], train["weight_decay"], train["warmup_steps"], train["lr"]) == \
         ("random", "adamw", 0.1, 100, 1e-3)
