@@ -269,7 +269,8 @@ class Transformer(nn.Module):
     def describe(self) -> str:
         """One line for the user: "transformer 4x128, 4 heads, context 64"."""
         config = self.config
-        return f"transformer {config.num_layers}x{config.embedding_size}, {config.num_heads} heads, context {config.seq_len}"
+        return (f"transformer {config.num_layers}x{config.embedding_size}, {config.num_heads} heads, "
+                f"context {config.seq_len}")
 
 
 class Stepper:
@@ -320,7 +321,8 @@ class Stepper:
         self.ids[:, position] = ids
         x = self.tokens[ids] + self.positions[position]  # (B, E)
         for layer, (norm1, qkv_t, projection_t, norm2, up_t, down_t) in enumerate(self.layers):
-            q, k, v = torch.mm(F.layer_norm(x, (width,), norm1), qkv_t).view(x.shape[0], 3, self.num_heads, -1).unbind(1)
+            qkv = torch.mm(F.layer_norm(x, (width,), norm1), qkv_t)  # (B, 3E)
+            q, k, v = qkv.view(x.shape[0], 3, self.num_heads, -1).unbind(1)  # (B, nh, hd) each
             self.keys[layer][:, :, position] = k  # (B, nh, hd) into (B, nh, S, hd)
             self.values[layer][:, :, position] = v
             keys, values = self.keys[layer][:, :, : position + 1], self.values[layer][:, :, : position + 1]

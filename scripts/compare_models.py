@@ -67,7 +67,8 @@ def main() -> None:
                 print(f"{corpus_name}: {run['model']}: loss {run['loss']:.4f}", file=sys.stderr, flush=True)
     print(f"`python scripts/compare_models.py --max-time {args.max_time:g} --threads {args.threads}`: "
           f"{args.max_time:g} s of training each, {args.threads} thread(s), {args.precision}, CPU {cpu_name()}, "
-          f"load average {min(row[2] for row in rows):.1f}-{max(row[3] for row in rows):.1f} on {os.cpu_count()} cores\n")
+          f"load average {min(row[2] for row in rows):.1f}-{max(row[3] for row in rows):.1f} "
+          f"on {os.cpu_count()} cores\n")
     print("| corpus | model | held-out loss | perplexity | tokens/s | steps | parameters |")
     print("|---|---|---|---|---|---|---|")
     for corpus_name, run, _, _ in rows:

@@ -251,3 +251,19 @@ def test_a_transformer_fine_tunes_from_its_checkpoint(runner, tiny_corpus):
         "parent.safetensors")["model"]
     result = run_cli(runner, "train", tiny_corpus, "--init-from", "parent.safetensors", "--num-heads", "1", ok=False)
     assert result.exit_code != 0 and "--num-heads would change the model" in result.stderr
+
+
+def test_the_python_api_trains_and_samples_it_as_the_command_does(runner, tiny_corpus):
+    import charlm
+
+    options = {"model": "transformer", "num_layers": 1, "num_heads": 2, "embedding_size": 16, "batch_size": 4,
+               "seq_len": 8, "max_steps": 4, "quiet": True}
+    run = charlm.train(tiny_corpus, **options, out="api.safetensors")
+    run_cli(runner, "train", tiny_corpus, *TINY_TRANSFORMER, "--max-steps", "4", "--out", "cli.safetensors")
+    assert open("api.safetensors", "rb").read() == open("cli.safetensors", "rb").read()
+    model = charlm.load(run.checkpoint)
+    text = model.generate("the ", length=30, seed=3)
+    shown = run_cli(runner, "generate", "--checkpoint", "cli.safetensors", "--prefix", "the ", "--length", "30",
+                    "--seed", "3").stdout
+    assert text + "\n" == shown  # the command ends the sample with a line break
+    assert model.evaluate("the time traveller")["tokens"] == len("the time traveller") - 1
