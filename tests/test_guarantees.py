@@ -205,7 +205,7 @@ def test_not_utf8_names_the_byte_offset(runner):
     (["train", "tiny.txt", "--lr", "nan"], "--lr must be a positive number"),
     (["train", "tiny.txt", "--max-vocab", "1"], "the vocab would hold only <unk>"),
     (["train", "tiny.txt", "--min-freq", "100000"], "the vocab would hold only <unk>"),
-    (["train", "tiny.txt", "--model", "transformer"], "'--model'"),
+    (["train", "tiny.txt", "--model", "gpt2"], "'--model'"),
     (["train", "tiny.txt", "--embedding-size", str(10**14)], "out of memory"),
     (["train"], "Missing argument 'CORPUS...'"),
     (["generate", "--checkpoint", "{model}", "--top-p", "0"], "'--top-p'"),
