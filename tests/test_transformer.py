@@ -267,3 +267,17 @@ def test_the_python_api_trains_and_samples_it_as_the_command_does(runner, tiny_c
                     "--seed", "3").stdout
     assert text + "\n" == shown  # the command ends the sample with a line break
     assert model.evaluate("the time traveller")["tokens"] == len("the time traveller") - 1
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"num_heads": 3}, "damaged model config"), ({"num_heads": 0}, "damaged model config"),
+    ({"seq_len": 10**9}, "the weights do not match the model config"), ({"num_layers": 10**6}, "more layers"),
+])
+def test_a_checkpoint_whose_config_is_tampered_with_is_one_line(runner, tiny_corpus, changes, message):
+    run_cli(runner, "train", tiny_corpus, *TINY_TRANSFORMER, "--max-steps", "1", "--out", "m.safetensors")
+    tensors, meta = checkpoint.load("m.safetensors")
+    checkpoint.save("m.safetensors", tensors, {**meta, "model": {**meta["model"], **changes}})
+    for command in (["generate", "--checkpoint", "m.safetensors"], ["eval", "--checkpoint", "m.safetensors", tiny_corpus]):
+        result = run_cli(runner, *command, ok=False)
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
