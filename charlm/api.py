@@ -108,7 +108,7 @@ def train(corpus: PathLike | Sequence[PathLike], **options: Any) -> Run:
 _TYPES = {"model_type": "str", "attention": "bool", "model": "str", "max_vocab": "int", "cache_dir": "PathLike",
           "embedding_size": "int", "hidden_size": "int", "num_layers": "int", "num_heads": "int", "dropout": "float",
           "weight_drop": "float", "locked_dropout": "bool", "embedding_dropout": "float", "lr": "float",
-          "lr_schedule": "str", "epochs": "int", "max_steps": "int", "max_time": "float", "eval_every": "int",
+          "lr_schedule": "str", "lr_decay_steps": "int", "epochs": "int", "max_steps": "int", "max_time": "float", "eval_every": "int",
           "threads": "int", "keep": "str", "init_from": "PathLike", "out": "PathLike"}
 
 

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "locked_dropout": None, "embedding_dropout": None, "ema": COMMON["ema"], "seq_len": COMMON["seq_len"],
     "batch_size": COMMON["batch_size"], "iterator": COMMON["iterator"], "optimizer": COMMON["optimizer"],
     "lr": None, "lr_schedule": None, "min_lr_ratio": COMMON["min_lr_ratio"], "warmup_steps": COMMON["warmup_steps"],
+    "lr_decay_steps": COMMON["lr_decay_steps"],
     "weight_decay": COMMON["weight_decay"],
     "clip": COMMON["clip"], "epochs": None, "max_steps": COMMON["max_steps"], "max_time": COMMON["max_time"],
     "val_fraction": COMMON["val_fraction"], "eval_every": COMMON["eval_every"], "seed": COMMON["seed"],

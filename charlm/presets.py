@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 COMMON: dict[str, Any] = {
     "from_scratch": False, "tokens": "char", "preprocess": "none", "encoding": "utf-8", "min_freq": 1,
     "max_vocab": None, "seq_len": 35, "batch_size": 32, "iterator": "sequential", "optimizer": "adamw",
-    "min_lr_ratio": 0.1, "warmup_steps": 0, "weight_decay": 0.0, "clip": 1.0, "max_steps": None, "max_time": None,
+    "min_lr_ratio": 0.1, "warmup_steps": 0, "lr_decay_steps": None, "weight_decay": 0.0, "clip": 1.0, "max_steps": None, "max_time": None,
     "val_fraction": 0.1, "eval_every": None, "seed": 0, "device": "auto", "precision": "auto",
     "ema": 0.0,  # evaluate and keep an exponential moving average of the weights (this decay); 0: the weights
 }

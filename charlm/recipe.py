@@ -28,10 +28,12 @@ class TrainConfig:
 
     optimizer: str = LM["optimizer"]
     lr: float = LM["lr"]
-    lr_schedule: str = LM["lr_schedule"]  # over --epochs, or the steps --max-time allows; --max-steps only stops
+    lr_schedule: str = LM["lr_schedule"]  # over --epochs, --lr-decay-steps or what --max-time allows; --max-steps only stops
     min_lr_ratio: float = LM["min_lr_ratio"]  # the cosine ends at lr * this
     # steps rising linearly to --lr before the schedule starts (recorded when set: an RNN's bytes stay as they were)
     warmup_steps: int = field(default=LM["warmup_steps"], metadata=RECORDED_WHEN_SET)
+    # the steps the schedule runs over (nanoGPT's lr_decay_iters), fixed; None: --epochs' (or --max-time's fit)
+    lr_decay_steps: int | None = field(default=LM["lr_decay_steps"], metadata=RECORDED_WHEN_SET)
     weight_decay: float = LM["weight_decay"]
     clip: float = LM["clip"]  # max global gradient norm; 0 turns clipping off
     epochs: int = LM["epochs"]
@@ -54,6 +56,8 @@ class TrainConfig:
             (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}"),
             (self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}"),
+            (self.lr_decay_steps is None or self.lr_decay_steps >= 1,
+             f"--lr-decay-steps must be at least 1, got {self.lr_decay_steps}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),

@@ -223,7 +223,7 @@ class Trainer:
         self.carried = map_state(lambda tensor: tensor.float(), carried) if self.batches.carries_state else None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        planned = self.run_state.planned_steps or config.epochs * len(self.batches)
+        planned = config.lr_decay_steps or self.run_state.planned_steps or config.epochs * len(self.batches)
         rate = learning_rate(config, self.run_state.step, planned)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
@@ -244,7 +244,7 @@ class Trainer:
         Every process takes the same plan (the mean of theirs); the run state keeps it, so a
         resume goes on with it."""
         config, state = self.config, self.run_state
-        if config.max_time is None:
+        if config.max_time is None or config.lr_decay_steps is not None:  # no time limit, or a length told
             return
         now = clock()
         evaluating, evaluations = self._evaluating

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +185,21 @@ def test_a_warmup_composes_with_max_time_and_still_ends_at_the_floor(runner, tin
     assert records[-1]["lr"] == pytest.approx(0.001, rel=0.05)
     rates = [record["lr"] for record in records[3:]]
     assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_lr_decay_steps_fixes_the_schedules_length_and_a_stopped_run_resumes_on_it(runner, tiny_corpus):
+    """--lr-decay-steps N (nanoGPT's lr_decay_iters): the cosine reaches its floor at step N,
+    whatever --epochs or --max-time say, and a run stopped by --max-steps resumes on that curve
+    to the unbroken run's bytes."""
+    flags = (*TINY_MODEL, "--epochs", "1000", "--eval-every", "5", "--lr", "0.01", "--lr-decay-steps", "20")
+    rates = {}
+    for out, timed in (("whole", ()), ("timed", ("--max-time", "1000"))):
+        run_cli(runner, "train", tiny_corpus, *flags, "--max-steps", "25", *timed, "--out", f"{out}.safetensors")
+        lines = Path(f"{out}.metrics.jsonl").read_text().splitlines()
+        rates[out] = {record["step"]: record["lr"] for record in map(json.loads, lines)}
+    records = rates["whole"]
+    assert records[5] > records[10] > records[15] > records[20] == pytest.approx(0.001) == records[25]
+    assert rates["timed"] == records  # --max-time only stops when the length is told
+    run_cli(runner, "train", tiny_corpus, *flags, "--max-steps", "10", "--out", "part.safetensors")
+    run_cli(runner, "train", tiny_corpus, *flags, "--max-steps", "25", "--out", "part.safetensors", "--resume")
+    assert Path("part.safetensors").read_bytes() == Path("whole.safetensors").read_bytes()

@@ -107,6 +107,9 @@ def _model_names() -> tuple[str, ...]:
 @click.option("--warmup-steps", type=non_negative, default=COMMON["warmup_steps"], show_default=True,
               help="Steps rising linearly to --lr before the schedule (the transformer's default: "
                    f"{ARCHITECTURE_DEFAULTS['transformer']['warmup_steps']}).")
+@click.option("--lr-decay-steps", type=positive, default=COMMON["lr_decay_steps"],
+              help="The steps the schedule runs over, fixed (nanoGPT's lr_decay_iters); by default --epochs', or "
+                   "with --max-time the steps it allows. --max-steps only stops, so a stopped run resumes on its curve.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=COMMON["weight_decay"], show_default=True)
 @click.option("--clip", type=click.FloatRange(min=0), default=COMMON["clip"], show_default=True,
               help="Clip the global gradient norm to this (0: off).")
