@@ -41,9 +41,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def start_server(checkpoint: str) -> tuple[subprocess.Popen, str, int]:
+def start_server(checkpoint: str, threads: int = 1) -> tuple[subprocess.Popen, str, int]:
     """`charlm serve CHECKPOINT --port 0`, and the host and port it says it serves on."""
-    server = subprocess.Popen([sys.executable, "-m", "charlm", "serve", checkpoint, "--port", "0"],
+    server = subprocess.Popen([sys.executable, "-m", "charlm", "serve", checkpoint, "--port", "0",
+                               "--threads", str(threads)],
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in server.stderr:
         found = re.search(r"at http://([\d.]+):(\d+)/", line)
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=200, help="tokens per request")
     parser.add_argument("--prefix", default="the ")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a request gives up")
+    parser.add_argument("--threads", type=int, default=1, help="charlm serve --threads")
     parser.add_argument("--rounds", type=int, default=3, help=f"rounds of both; the best counts (at most {MAX_ROUNDS})")
     options = parser.parse_args()
     clients = max(1, min(options.clients, MAX_CLIENTS))
@@ -138,14 +140,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = options.checkpoint or latest(CHECKPOINT_DIR, "lm") or tiny_checkpoint(folder)
-        server, host, port = start_server(checkpoint)
+        server, host, port = start_server(checkpoint, options.threads)
         try:
             bodies = [{"prefix": options.prefix, "length": options.length, "seed": seed, "stream": True}
                       for seed in range(clients)]
             stream(host, port, bodies[0], options.timeout)  # warm up
             print(f"{checkpoint}: {clients} streaming requests of {options.length} tokens, on {cpu_name()} "
                   f"({os.cpu_count()} logical CPUs), load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
-                  f"best of {rounds} rounds")
+                  f"best of {rounds} rounds; charlm serve --threads {options.threads}")
             best: dict[str, tuple[list[dict], float]] = {}
             failures = 0
             for _ in range(rounds):  # each round times both sides, so load from elsewhere hits both alike
