@@ -206,6 +206,17 @@ def generate(
     return (torch.stack(made, dim=1, out=out) if made else out).cpu()
 
 
+def token_gap(tokenizer: Tokenizer) -> str:
+    """What stands between two tokens of generated text: "" for characters, " " for words."""
+    return tokenizer.join(["", ""])
+
+
+def shown_prefix(tokenizer: Tokenizer, vocab: Vocab, prefix_ids: list[int]) -> str:
+    """The text a sample starts with before its new tokens: the prefix's tokens joined and the gap
+    after them, or nothing for an empty prefix (the model then starts from `start_ids`, unshown)."""
+    return tokenizer.join(vocab.decode(prefix_ids)) + (token_gap(tokenizer) if prefix_ids else "")
+
+
 def stream_text(
     model: nn.Module,
     vocab: Vocab,
@@ -225,12 +236,11 @@ def stream_text(
     prefix starts the model from `start_ids` and shows nothing."""
     tokenizer = Tokenizer(tokens)
     context = prefix_ids or start_ids(vocab)
-    shown_prefix = tokenizer.join(vocab.decode(prefix_ids))
+    shown = shown_prefix(tokenizer, vocab, prefix_ids)
     banned = special_ids(vocab)
-    gap = tokenizer.join(["", ""])  # between two tokens: "" for characters, " " for words
-    separator = gap if prefix_ids else ""  # between the prefix and the new text
+    gap = token_gap(tokenizer)
     if num_samples == 1:
-        on_text(shown_prefix + separator)
+        on_text(shown)
         first = True
 
         def stream(block: torch.Tensor) -> None:  # (1, k)
@@ -243,4 +253,4 @@ def stream_text(
         return
     made = generate(model, context, length, sampling, num_samples, seed, banned=banned)
     for index, sample in enumerate(made.tolist()):
-        on_text(("\n" if index else "") + shown_prefix + separator + tokenizer.join(vocab.decode(sample)) + "\n")
+        on_text(("\n" if index else "") + shown + tokenizer.join(vocab.decode(sample)) + "\n")

@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from charlm.generate import Sampling, choose_rows, special_ids, start_ids, step_function, warm_up
+from charlm.generate import (
+    Sampling, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap, warm_up,
+)
 from charlm.runtime import cpu_threads, seeded_generator
 from charlm.text import Tokenizer, Vocab
 
@@ -90,15 +92,20 @@ class _Group:
     logits: torch.Tensor
     state: Any
 
+    def row_starts(self) -> list[int]:
+        """Where each request's rows start, and after them the number of rows."""
+        starts = [0]
+        for request in self.requests:
+            starts.append(starts[-1] + request.rows)
+        return starts
+
     def keep(self, kept: list[_Request]) -> None:
         """Only the rows of `kept` (some of `requests`, in order) from now on."""
         if len(kept) == len(self.requests):
             return
-        starts, start = {}, 0
-        for request in self.requests:
-            starts[id(request)], start = start, start + request.rows
-        index = torch.tensor([row for request in kept for row in range(starts[id(request)],
-                                                                         starts[id(request)] + request.rows)],
+        starts, kept_ids = self.row_starts(), {id(request) for request in kept}
+        index = torch.tensor([row for position, request in enumerate(self.requests) if id(request) in kept_ids
+                              for row in range(starts[position], starts[position + 1])],
                              dtype=torch.long, device=self.logits.device)
         self.requests, self.logits = kept, self.logits[index]
         self.state = None if self.state is None else self.state.rows(index)
@@ -112,7 +119,7 @@ class Batcher:
                  ) -> None:
         self.model, self.vocab, self.name, self.threads = model.eval(), vocab, name, threads
         self.tokenizer = Tokenizer(tokens)
-        self.gap = self.tokenizer.join(["", ""])  # between two tokens: "" for characters, " " for words
+        self.gap = token_gap(self.tokenizer)
         self.banned = special_ids(vocab)
         self.step = step_function(model, self.banned)
         self.steps, self.largest_batch = 0, 0  # model steps taken, and the most rows in one
@@ -193,10 +200,9 @@ class Batcher:
         device = next(self.model.parameters()).device
         context = generation.prefix_ids or start_ids(self.vocab)
         logits, state = warm_up(self.model, context, generation.num_samples, self.banned)
-        shown = self.tokenizer.join(self.vocab.decode(generation.prefix_ids))
-        separator = self.gap if generation.prefix_ids else ""  # between the prefix and the new text
+        shown = shown_prefix(self.tokenizer, self.vocab, generation.prefix_ids)
         for sample in range(generation.num_samples):
-            generation.on_text(sample, shown + separator)
+            generation.on_text(sample, shown)
         return _Group([_Request(generation, seeded_generator(generation.seed, device))], logits, state)
 
     def _merged(self, groups: list[_Group]) -> list[_Group]:
@@ -250,9 +256,7 @@ class Batcher:
         by_sampling: dict[tuple, list[int]] = {}
         for position, request in enumerate(group.requests):
             by_sampling.setdefault(request.sampling_key, []).append(position)
-        starts = [0]
-        for request in group.requests:
-            starts.append(starts[-1] + request.rows)
+        starts = group.row_starts()
         if len(by_sampling) == 1:
             ids = choose_rows(group.logits, group.requests[0].generation.sampling,
                               [request.generator for request in group.requests],
