@@ -48,7 +48,8 @@ class TrainConfig:
     device: str = LM["device"]
     precision: str = LM["precision"]  # auto: bf16 on CUDA with it, or where measured faster on a CPU
     keep: str = LM["keep"]  # the model checkpoint: the best by validation loss, or the last evaluated
-    ema: float = field(default=LM["ema"], metadata=RECORDED_WHEN_SET)  # evaluate (and keep) a moving average of the weights of this decay; 0: off
+    # evaluate (and keep) a moving average of the weights of this decay; 0: off
+    ema: float = field(default=LM["ema"], metadata=RECORDED_WHEN_SET)
 
     def __post_init__(self) -> None:
         checks = [
@@ -141,11 +142,13 @@ class WeightAverage:
         return {**{self.PREFIX + name: value for name, value in zip(self.names, self.average)},
                 self.PREFIX + "updates": torch.tensor(self.updates, dtype=torch.int64)}
 
-    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load(self, tensors: dict[str, torch.Tensor], model: nn.Module) -> None:
         """Take the state `tensors` hold (checked: every parameter, its shape, finite), or with
-        none of it start from the model's weights as they are (a run resumed with --ema new)."""
+        none of it start again from `model`'s weights as they are now (a run resumed with --ema
+        new: the weights it resumes, not those it was built with)."""
         found = {name[len(self.PREFIX):]: tensor for name, tensor in tensors.items() if name.startswith(self.PREFIX)}
         if not found:
+            self.average, self.updates = [parameter.detach().clone() for parameter in model.parameters()], 0
             return
         updates = found.pop("updates", None)
         if set(found) != set(self.names) or updates is None or updates.numel() != 1 or int(updates) < 0:

@@ -35,7 +35,7 @@ from torch import nn
 from charlm import checkpoint
 from charlm.corpus import corpus_changes
 from charlm.errors import CharlmError, CheckpointError
-from charlm.recipe import TrainConfig, make_optimizer
+from charlm.recipe import TrainConfig, WeightAverage, make_optimizer
 
 # The training flags that fix the order of the batches: a resume must keep them.
 SAME_RUN_FLAGS = ("batch_size", "seq_len", "iterator", "seed", "optimizer", "val_fraction")
@@ -152,7 +152,7 @@ def read_resume(
             raise ValueError("train.running_loss is NaN or infinite")
     except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: damaged resume state ({error}); train without --resume") from None
-    average = {name: tensor for name, tensor in tensors.items() if name.startswith("ema.")}
+    average = {name: tensor for name, tensor in tensors.items() if name.startswith(WeightAverage.PREFIX)}
     return Resumed(run_state, weights, optimizer_state, rngs, carried, running, info.get("stop_evaluated") is True,
                    average)
 

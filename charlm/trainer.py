@@ -434,7 +434,7 @@ class Trainer:
         self.model.load_state_dict(resumed.weights)
         if self.average is not None:
             try:
-                self.average.load(resumed.average)
+                self.average.load(resumed.average, self.model)
             except ValueError as error:
                 raise CheckpointError(f"{self.paths['resume']}: damaged resume state ({error}); "
                                       "train without --resume") from None

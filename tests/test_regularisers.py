@@ -201,3 +201,23 @@ def test_the_regularisers_are_for_text_models_and_fine_tuning_may_change_them(tm
     meta = checkpoint.read_metadata(str(tmp_path / "child.safetensors"))
     assert meta["model"]["weight_drop"] == 0.3 and meta["model"]["locked_dropout"] is True
     assert json.dumps(meta["parent"])
+
+
+def test_ema_new_on_resume_averages_from_the_resumed_weights(tmp_path, monkeypatch) -> None:
+    """A run resumed with --ema that it did not have starts the average from the weights it
+    resumes (not from those it was built with): after one more step the average is
+    w_10 + (1 - d_1) (w_11 - w_10), d_1 = min(0.9, 2 / 11)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.txt").write_text("the time machine by h g wells\n" * 300, encoding="utf-8")
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", "text.txt", *TINY, "--max-steps", "10", "--out", "r.safetensors"]).exit_code == 0
+    before, _ = checkpoint.load(str(tmp_path / "r.resume.safetensors"))
+    result = runner.invoke(main, ["train", "text.txt", *TINY, "--max-steps", "11", "--ema", "0.9", "--keep", "last",
+                                  "--out", "r.safetensors", "--resume"])
+    assert result.exit_code == 0, result.output
+    after, _ = checkpoint.load(str(tmp_path / "r.resume.safetensors"))
+    kept, _ = checkpoint.load(str(tmp_path / "r.safetensors"))
+    weight = 1 - min(0.9, 2 / 11)
+    for name, tensor in kept.items():
+        expected = before[name] + weight * (after[name] - before[name])
+        torch.testing.assert_close(tensor, expected, rtol=1e-5, atol=1e-6)
