@@ -14,6 +14,7 @@ into ids (and its unseen characters) is `encode_prefix`'s job.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,11 +147,13 @@ def warm_up(model: nn.Module, prefix_ids: list[int], num_samples: int, banned: S
     return logits[:, -1] + ban, state  # (N, V)
 
 
-def step_function(model: nn.Module, banned: Sequence[int] = ()) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
+def step_function(model: nn.Module, banned: Sequence[int] = (), precision: str = "fp32",
+                  ) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
     """`logits, state = step(ids, state)`, ids (B,) -> logits (B, V) with `banned` ids at -inf:
-    the model's fast `stepper` where it has one (the ban folded into its head), else `model.step`."""
+    the model's fast `stepper` where it has one (the ban folded into its head; its products in
+    `precision`, fp32 or bf16), else `model.step` (fp32)."""
     if hasattr(model, "stepper"):
-        return model.stepper(banned)
+        return model.stepper(banned, precision)
 
     ban = None
 
@@ -175,12 +178,14 @@ def generate(
     on_tokens: Callable[[torch.Tensor], None] | None = None,
     flush_every: int | None = None,
     banned: list[int] = (),
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Sample `length` new ids after `prefix_ids` for `num_samples` samples at once.
 
     Returns the new ids (num_samples, length) on the CPU. `on_tokens` gets (num_samples, k) CPU
     blocks of new ids as they are made: every step on a CPU, every `flush_every` (32) on a GPU.
-    `banned` ids are never drawn (a language model's `<unk>` and reserved tokens)."""
+    `banned` ids are never drawn (a language model's `<unk>` and reserved tokens). The steps'
+    products run in `precision` (fp32, or bf16: see `choose_precision`); the prefix pass in fp32."""
     if not prefix_ids:
         raise CharlmError("the prefix is empty after removing unknown characters; give another prefix")
     if length < 0 or num_samples < 1:
@@ -192,7 +197,7 @@ def generate(
         generator = seeded_generator(seed, device)
     flush_every = flush_every or (1 if device.type == "cpu" else 32)
     logits, state = warm_up(model, prefix_ids, num_samples, banned)
-    step = step_function(model, banned)
+    step = step_function(model, banned, precision)
     out = torch.empty(num_samples, length, dtype=torch.long, device=device)  # too long fails here, at once
     made: list[torch.Tensor] = []  # (N,) per position: appending costs no torch call
     flushed = 0
@@ -204,6 +209,23 @@ def generate(
         if position + 1 < length:
             logits, state = step(made[-1], state)
     return (torch.stack(made, dim=1, out=out) if made else out).cpu()
+
+
+def choose_precision(model: nn.Module, rows: int | tuple[int, ...], precision: str = "auto",
+                     checkpoint: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """The precision of the steps that generate batches of `rows` rows: as told, or for "auto"
+    bf16 where it measures faster here and its next-token distributions hold
+    (`charlm.tuning.choose_generation_precision`), the decision kept beside the `checkpoint`.
+    Also a note for the user where bf16 was chosen by measuring (its text is then another than
+    fp32's for the same seed), else None."""
+    from charlm.data import default_cache_dir
+    from charlm.tuning import Decisions, choose_generation_precision
+
+    folder = default_cache_dir(checkpoint) if checkpoint is not None else None
+    chosen, why = choose_generation_precision(model, rows, Decisions(folder), precision)
+    if chosen == "bf16" and why is not None:
+        return chosen, f"note: generating in bf16: {why}; --precision fp32 for fp32's text"
+    return chosen, None
 
 
 def token_gap(tokenizer: Tokenizer) -> str:
@@ -228,6 +250,7 @@ def stream_text(
     seed: int | None = None,
     *,
     on_text: Callable[[str], None],
+    precision: str = "fp32",
 ) -> None:
     """Sample `length` tokens after `prefix_ids` and hand the text to `on_text` in pieces: the
     prefix (its tokens joined), then the new text, and a "\n" after each sample. One sample
@@ -248,9 +271,9 @@ def stream_text(
             on_text(("" if first else gap) + tokenizer.join(vocab.decode(block[0].tolist())))
             first = False
 
-        generate(model, context, length, sampling, 1, seed, on_tokens=stream, banned=banned)
+        generate(model, context, length, sampling, 1, seed, on_tokens=stream, banned=banned, precision=precision)
         on_text("\n")
         return
-    made = generate(model, context, length, sampling, num_samples, seed, banned=banned)
+    made = generate(model, context, length, sampling, num_samples, seed, banned=banned, precision=precision)
     for index, sample in enumerate(made.tolist()):
         on_text(("\n" if index else "") + shown + tokenizer.join(vocab.decode(sample)) + "\n")

@@ -138,13 +138,13 @@ class LanguageModel(nn.Module):
         return logits[:, 0], state
 
     def stepper(
-        self, banned: Sequence[int] = ()
+        self, banned: Sequence[int] = (), precision: str = "fp32"
     ) -> Callable[[torch.Tensor, RecurrentState | None], tuple[torch.Tensor, RecurrentState]]:
-        """A fast `step` for generation with the current weights, `banned` ids at -inf (see
-        `charlm.stepper`)."""
+        """A fast `step` for generation with the current weights, `banned` ids at -inf, its
+        products in `precision` (fp32 or bf16; see `charlm.stepper`)."""
         from charlm.stepper import Stepper
 
-        return Stepper(self, banned)
+        return Stepper(self, banned, precision)
 
     def fast_path_choices(self) -> tuple[bool, ...]:
         """The ways of running the recurrent layers in training that `charlm.tuning` may measure:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from charlm.presets import ARCHITECTURE_DEFAULTS
+from charlm.stepper import low_precision, product
 
 DEFAULTS = ARCHITECTURE_DEFAULTS["transformer"]
 
@@ -243,9 +244,10 @@ class Transformer(nn.Module):
         logits, state = self(ids[:, None], state)
         return logits[:, 0], state
 
-    def stepper(self, banned: Sequence[int] = ()) -> Stepper:
-        """A fast `step` for generation with the current weights, `banned` ids at -inf."""
-        return Stepper(self, banned)
+    def stepper(self, banned: Sequence[int] = (), precision: str = "fp32") -> Stepper:
+        """A fast `step` for generation with the current weights, `banned` ids at -inf, its
+        products in `precision` (fp32 or bf16; see `charlm.stepper.product`)."""
+        return Stepper(self, banned, precision)
 
     def init_state(self, batch_size: int) -> KVCache:
         """An empty cache: no ids, keys and values of no positions, on the weights' device and dtype."""
@@ -281,19 +283,22 @@ class Stepper:
 
     A cache it returns is a view of its buffers. Only the cache it returned last is extended in
     place (the position written is one no other cache holds); any other cache, the prefix's
-    included, is first copied into fresh buffers, and so is what a full window keeps."""
+    included, is first copied into fresh buffers, and so is what a full window keeps.
+
+    In bf16 its matrices are bf16 and every product runs in it; the residual stream, the norms,
+    the keys and values and attention stay fp32 (`charlm.stepper.product`)."""
 
     @torch.no_grad()
-    def __init__(self, model: Transformer, banned: Sequence[int] = ()) -> None:
+    def __init__(self, model: Transformer, banned: Sequence[int] = (), precision: str = "fp32") -> None:
         self.model, config = model, model.config
         self.context, self.num_heads = config.seq_len, config.num_heads
         self.tokens, self.positions = model.token_embedding.weight.detach(), model.position_embedding.weight.detach()
-        weights = lambda linear: linear.weight.detach().t().contiguous()  # noqa: E731  (in, out)
+        weights = lambda linear: low_precision(linear.weight.detach().t().contiguous(), precision)  # noqa: E731  (in, out)
         self.layers = [(block.attention_norm.weight.detach(), weights(block.attention.qkv),
                         weights(block.attention.projection), block.mlp_norm.weight.detach(), weights(block.mlp[0]),
                         weights(block.mlp[2])) for block in model.blocks]
         self.final_norm = model.final_norm.weight.detach()
-        self.head_t = self.tokens.t().contiguous()  # (E, V)
+        self.head_t = low_precision(self.tokens.t().contiguous(), precision)  # (E, V)
         self.ban = torch.zeros(config.vocab_size, dtype=self.tokens.dtype, device=self.tokens.device)
         self.ban[list(banned)] = float("-inf")
         self.last: KVCache | None = None  # the cache returned last, a view of `self.buffers`
@@ -321,15 +326,15 @@ class Stepper:
         self.ids[:, position] = ids
         x = self.tokens[ids] + self.positions[position]  # (B, E)
         for layer, (norm1, qkv_t, projection_t, norm2, up_t, down_t) in enumerate(self.layers):
-            qkv = torch.mm(F.layer_norm(x, (width,), norm1), qkv_t)  # (B, 3E)
+            qkv = product(F.layer_norm(x, (width,), norm1), qkv_t)  # (B, 3E)
             q, k, v = qkv.view(x.shape[0], 3, self.num_heads, -1).unbind(1)  # (B, nh, hd) each
             self.keys[layer][:, :, position] = k  # (B, nh, hd) into (B, nh, S, hd)
             self.values[layer][:, :, position] = v
             keys, values = self.keys[layer][:, :, : position + 1], self.values[layer][:, :, : position + 1]
             y = F.scaled_dot_product_attention(q[:, :, None], keys, values)  # (B, nh, 1, hd)
-            x = torch.addmm(x, y.view(x.shape[0], width), projection_t)  # x + attention
-            x = torch.addmm(x, F.gelu(torch.mm(F.layer_norm(x, (width,), norm2), up_t)), down_t)  # x + MLP
-        logits = torch.addmm(self.ban, F.layer_norm(x, (width,), self.final_norm), self.head_t)  # (B, V)
+            x = product(y.view(x.shape[0], width), projection_t, x)  # x + attention
+            x = product(F.gelu(product(F.layer_norm(x, (width,), norm2), up_t)), down_t, x)  # x + MLP
+        logits = product(F.layer_norm(x, (width,), self.final_norm), self.head_t, self.ban)  # (B, V)
         length = position + 1
         self.last = KVCache(self.ids[:, :length], tuple(k[:, :, :length] for k in self.keys),
                             tuple(v[:, :, :length] for v in self.values))

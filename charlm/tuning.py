@@ -10,8 +10,13 @@ torch uses it) runs its layers: the faster of the two here. A model whose step t
 stay as they always were). Measuring runs real forward and backward passes on the run's first batch, with the
 random state saved and restored and the gradients cleared, so it changes nothing of the run.
 
-Decisions are kept in `tuning.json` in the token-cache folder, keyed by the CPU, torch's version
-and thread count, the model's config and the batch's shape; a resumed run keeps its own. This
+For generation (`choose_generation_precision`) it decides whether the stepper's products run in
+bf16 or fp32, by timing both on a short greedy probe at the rows asked for, with bf16's next-token
+distributions within `KL_TOLERANCE` of fp32's along the same tokens.
+
+Decisions are kept in `tuning.json` in the token-cache folder (generation's in `.charlm-cache/`
+beside the checkpoint), keyed by the CPU, torch's version and thread count, the model's config
+and the batch's shape; a resumed run keeps its own. This
 module knows nothing about files but that one, nor about the CLI.
 """
 
@@ -23,7 +28,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 import torch
@@ -36,6 +41,9 @@ SPEEDUP = 1.1  # bf16 must be at least this much faster
 REPEATS = 3  # timed steps of each precision, after one untimed
 FILE = "tuning.json"
 MAX_FILE_BYTES = 1 << 20  # a decisions file past this is not charlm's: it is measured again, not read
+MIN_GENERATION_WORK = 1_000_000  # multiply-adds of a step (rows x weights) under which its calls cost, not its products
+KL_TOLERANCE = 0.01  # nats: bf16's next-token distributions from fp32's, on average over the probe
+PROBE_STEPS = 24  # generation steps of each precision, the first two untimed
 
 
 def cpu_name() -> str:
@@ -81,6 +89,7 @@ class Decisions:
         found = self._read()
         found[key] = value
         with contextlib.suppress(OSError):  # an unwritable folder costs the memory, not the run
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             atomic_write(self.path, json.dumps(found, indent=1, sort_keys=True).encode("utf-8"))
 
 
@@ -189,3 +198,76 @@ def _decide(seconds: dict[str, float], loss_holds: bool, precision: str) -> Setu
                                and fp32[fastest] / seconds["bf16"] >= SPEEDUP):
         return Setup("bf16")
     return Setup("fp32", fast_path)
+
+
+def device_name(device: torch.device) -> str:
+    """What a decision is kept for: the CPU's model name, or the GPU's."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def choose_generation_precision(
+    model: torch.nn.Module, rows: int | tuple[int, ...], decisions: Decisions, precision: str = "auto",
+) -> tuple[str, str | None]:
+    """(the precision for the products of `model.stepper`'s generation steps, a line saying why,
+    or None where nothing was measured) for batches of `rows` rows (several: bf16 only where it
+    is faster at each). "fp32" and "bf16" are kept as told; "auto" takes bf16 on a device with
+    bf16 matrix units when a step measures at least SPEEDUP times faster in it and its next-token
+    distributions hold, else fp32. A step of under MIN_GENERATION_WORK multiply-adds is not measured."""
+    if precision != "auto":
+        return precision, None
+    counts = (rows,) if isinstance(rows, int) else tuple(rows)
+    device = next(model.parameters()).device
+    capable = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and bf16_capable()
+    weights = sum(parameter.numel() for parameter in model.parameters() if parameter.dim() >= 2)
+    if not capable or not hasattr(model, "stepper") or max(counts) * weights < MIN_GENERATION_WORK:
+        return "fp32", None
+    config = model.config
+    key = json.dumps({"task": "generate", "device": device_name(device), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), "rows": counts,
+                      "model": asdict(config) if is_dataclass(config) else repr(config)}, sort_keys=True, default=str)
+    kept = decisions.get(key)
+    if isinstance(kept, dict) and kept.get("precision") in ("bf16", "fp32") and isinstance(kept.get("why"), str):
+        return kept["precision"], f"as measured before on this {device.type.upper()} ({kept['why']})"
+    parts, chosen = [], "bf16"
+    with torch.inference_mode():
+        for count in counts:
+            seconds, divergence = _probe(model, count, device)
+            holds = divergence <= KL_TOLERANCE
+            if not (holds and seconds["fp32"] / seconds["bf16"] >= SPEEDUP):
+                chosen = "fp32"
+            parts.append(f"a step of {count} row{'s' if count > 1 else ''} measured {seconds['fp32'] * 1e6:.0f} µs "
+                         f"in fp32, {seconds['bf16'] * 1e6:.0f} µs in bf16, next-token KL {divergence:.4f} nats"
+                         + ("" if holds else " (too far apart)"))
+    why = "; ".join(parts) + f" on {device_name(device)}"
+    decisions.put(key, {"precision": chosen, "why": why})
+    return chosen, why
+
+
+def _probe(model: torch.nn.Module, rows: int, device: torch.device) -> tuple[dict[str, float], float]:
+    """({precision: the median time of a generation step}, the mean KL divergence in nats of bf16's
+    next-token distributions from fp32's) over PROBE_STEPS greedy steps of fp32 from a zero state and
+    random first ids, bf16 fed the same ids; each precision run twice, in turns, its faster run kept.
+    It draws no random numbers but from its own generator."""
+    steppers = {name: model.stepper((), name) for name in ("fp32", "bf16")}
+    first = torch.randint(model.config.vocab_size, (rows,), generator=torch.Generator().manual_seed(0))
+    fed: list[torch.Tensor] = [first.to(device)]
+    seconds = {name: float("inf") for name in steppers}
+    log_probs: dict[str, list[torch.Tensor]] = {}
+    for _ in range(2):
+        for name, step in steppers.items():
+            times, outputs, state = [], [], None
+            for position in range(PROBE_STEPS):
+                started = time.perf_counter()
+                logits, state = step(fed[position], state)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - started)
+                outputs.append(torch.log_softmax(logits.float(), dim=-1).clamp_(min=-1e4))  # a banned -inf: finite
+                if len(fed) < PROBE_STEPS:
+                    fed.append(logits.argmax(dim=-1))
+            timed = sorted(times[2:])
+            seconds[name] = min(seconds[name], timed[len(timed) // 2])
+            log_probs[name] = outputs
+    fp32, bf16 = torch.stack(log_probs["fp32"]), torch.stack(log_probs["bf16"])  # (steps, rows, V)
+    divergence = float((fp32.exp() * (fp32 - bf16)).sum(dim=-1).mean())
+    return seconds, divergence

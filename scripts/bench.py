@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from charlm.generate import Sampling, generate  # noqa: E402
 from charlm.model import LanguageModel, ModelConfig  # noqa: E402
 from charlm.recipe import TrainConfig  # noqa: E402
-from charlm.tuning import bf16_capable, cpu_name  # noqa: E402
+from charlm.tuning import Decisions, bf16_capable, choose_generation_precision, cpu_name  # noqa: E402
 from charlm.trainer import Trainer  # noqa: E402
 from charlm.transformer import Transformer, TransformerConfig  # noqa: E402
 import plain_gpt  # noqa: E402  (beside this script)
@@ -204,7 +204,8 @@ def lesson_predict(model: LanguageModel) -> callable:
 
 
 def generation_rates(cell: str, num_layers: int, embedding_size: int, repeats: int) -> dict[str, float]:
-    """chars/s of the lessons' loop and of charlm (greedy, sampled, 32 samples), and the limit."""
+    """chars/s of the lessons' loop and of charlm (greedy, sampled, 32 samples in fp32 and in
+    bf16), the limit, and what `--precision auto` takes here for one sample and for 32."""
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=LESSONS["vocab_size"], cell=cell, embedding_size=embedding_size,
                          hidden_size=LESSONS["hidden_size"], num_layers=num_layers)
@@ -217,14 +218,19 @@ def generation_rates(cell: str, num_layers: int, embedding_size: int, repeats: i
         "charlm": (lambda: generate(model, [1], single, Sampling(greedy=True)), 1),
         "charlm_sampled": (lambda: generate(model, [1], single, Sampling(), seed=0), 1),
         "charlm_32": (lambda: generate(model, [1], batched, Sampling(), num_samples=32, seed=0), 1),
+        "charlm_32_bf16": (lambda: generate(model, [1], batched, Sampling(), num_samples=32, seed=0,
+                                            precision="bf16"), 1),
         "matvec": (matvec, 1000),
     }, repeats)
+    auto = {rows: choose_generation_precision(model, rows, Decisions(None))[0] for rows in (1, 32)}
     flops = forward_flops(cell, embedding_size or LESSONS["vocab_size"], hidden, num_layers, LESSONS["vocab_size"])
     return {
         "lesson": lesson_length / seconds["lesson"],
         "charlm": single / seconds["charlm"],
         "charlm_sampled": single / seconds["charlm_sampled"],
         "charlm_32": 32 * batched / seconds["charlm_32"],
+        "charlm_32_bf16": 32 * batched / seconds["charlm_32_bf16"],
+        "auto": f"{auto[1]}/{auto[32]}",
         "limit": matvec_flops / seconds["matvec"] / flops,
     }
 
@@ -344,15 +350,17 @@ def recurrent_rows(repeats: int, results: dict) -> None:
         ratio = f"{charlm_rate / lesson_rate:>10.2f}x" if lesson_rate else f"{'':>11}"
         print(f"{name:<30}{setup:>14}{charlm_rate:>9,.0f}{shown}{limit:>9,.0f}{ratio}{charlm_rate / limit:>10.0%}", flush=True)
 
-    print("\ngeneration chars/s (greedy, one sample, like the lessons; then sampled, and 32 samples at once)")
-    print(f"{'model':<22}{'charlm':>9}{'sampled':>9}{'x32':>9}{'lesson':>9}{'limit':>9}{'ch/lesson':>11}{'ch/limit':>10}")
+    print("\ngeneration chars/s (greedy, one sample, like the lessons; then sampled, and 32 samples at once in fp32 "
+          "and in bf16; auto: what --precision auto takes for 1 and for 32)")
+    print(f"{'model':<22}{'charlm':>9}{'sampled':>9}{'x32':>9}{'x32 bf16':>9}{'auto':>10}{'lesson':>9}{'limit':>9}"
+          f"{'ch/lesson':>11}{'ch/limit':>10}")
     for cell, layers, embedding in [("rnn", 1, 0), ("gru", 1, 0), ("lstm", 1, 0), ("lstm", 2, 0), ("lstm", 2, 64)]:
         rates = generation_rates(cell, layers, embedding, repeats)
         limit = rates.pop("limit")
         name = f"{cell} {layers}x{H}" + (f" emb{embedding}" if embedding else " one-hot")
         results["generation"].append({"model": name, **rates, "limit": limit})
         print(f"{name:<22}{rates['charlm']:>9,.0f}{rates['charlm_sampled']:>9,.0f}{rates['charlm_32']:>9,.0f}"
-              f"{rates['lesson']:>9,.0f}{limit:>9,.0f}"
+              f"{rates['charlm_32_bf16']:>9,.0f}{rates['auto']:>10}{rates['lesson']:>9,.0f}{limit:>9,.0f}"
               f"{rates['charlm'] / rates['lesson']:>10.1f}x{rates['charlm'] / limit:>10.0%}", flush=True)
 
 

@@ -221,8 +221,40 @@ def test_requests_stepped_as_one_batch_give_the_text_they_give_alone(catalog, wi
     # requests, which arrive at other positions, step in groups of their own rows.
     assert batcher.largest_batch > (20 if name != "transformer" else 1)
     for ask, text in zip(asks, texts):
-        alone = model.generate(**ask)
+        alone = model.generate(**ask, precision="fp32")  # the batcher's, as create_app makes it
         assert text == ([alone] if ask["num_samples"] == 1 else alone), ask
+
+
+def test_a_bf16_batcher_gives_the_text_of_generate_in_bf16(wider):
+    """`--precision bf16`: a lone request gets the text `charlm generate --precision bf16` gives."""
+    model = wider["wider"].model
+    batcher = Batcher(model.model, model.vocab, model.meta["tokens"], precision="bf16")
+    text, done = [""], threading.Event()
+    batcher.submit(Generation(model.vocab.encode(list("the ")), 80, Sampling(0.9), 1, 4,
+                              lambda sample, piece: text.__setitem__(0, text[0] + piece), lambda failure: done.set()))
+    assert done.wait(60)
+    batcher.close()
+    assert batcher.precision == "bf16" and batcher.note is None
+    assert text[0] == model.generate("the ", length=80, temperature=0.9, seed=4, precision="bf16")
+
+
+def test_serve_decides_its_precision_once_for_one_request_and_a_full_batch(runner, models, monkeypatch):
+    from charlm import tuning
+    from charlm.serve import server
+    from charlm.serve.batcher import MEASURED_ROWS
+
+    measured = []
+    monkeypatch.setattr(tuning, "bf16_capable", lambda: True)
+    monkeypatch.setattr(tuning, "MIN_GENERATION_WORK", 0)
+    monkeypatch.setattr(tuning, "_probe", lambda model, rows, device: measured.append(rows) or
+                        ({"fp32": 2e-3, "bf16": 1e-3}, 0.0))
+    apps = []
+    monkeypatch.setattr(server, "serve_forever", lambda app, sock, on_stop: apps.append(app))
+    printed = run_cli(runner, "serve", models / "tiny.safetensors", "--port", "0")
+    assert measured == list(MEASURED_ROWS) and apps[0].state.batchers["tiny"].precision == "bf16"
+    assert "tiny: note: generating in bf16: a step of 1 row measured 2000 µs in fp32" in printed.stderr
+    run_cli(runner, "serve", models / "tiny.safetensors", "--port", "0", "--precision", "fp32")
+    assert apps[1].state.batchers["tiny"].precision == "fp32" and len(measured) == len(MEASURED_ROWS)
 
 
 def test_states_that_refuse_to_join_step_one_by_one(catalog, monkeypatch):

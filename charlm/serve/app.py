@@ -206,11 +206,13 @@ ATTENTION_FIELDS = ("model", "input", "unknown")
 
 
 def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_hosts: tuple[str, ...] | None = None,
-               threads: int | None = 1) -> Starlette:
+               threads: int | None = 1, precision: str = "fp32") -> Starlette:
     """The app serving `catalog`'s models. `allowed_hosts`: the Host names a request may give (a
     page on another site cannot then reach a loopback server by DNS rebinding); None: any.
-    `threads`: torch's CPU threads for each language model's batcher (None: torch's default)."""
-    batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta["tokens"], name, threads)
+    `threads`: torch's CPU threads for each language model's batcher (None: torch's default);
+    `precision` its steps' (see `Batcher`)."""
+    batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta["tokens"], name, threads,
+                              precision, served.path)
                 for name, served in catalog.items() if served.task == "lm"}
     translating = {name: threading.Lock() for name, served in catalog.items() if served.task == "translate"}
     slots = Slots(limits.in_flight)

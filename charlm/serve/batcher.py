@@ -35,12 +35,13 @@ import torch
 from torch import nn
 
 from charlm.generate import (
-    Sampling, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap, warm_up,
+    Sampling, choose_precision, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap, warm_up,
 )
 from charlm.runtime import cpu_threads, seeded_generator
 from charlm.text import Tokenizer, Vocab
 
 log = logging.getLogger(__name__)
+MEASURED_ROWS = (1, 32)  # batch sizes at which "auto" measures bf16 against fp32: a lone request, a full one
 
 
 class Stopped(Exception):
@@ -113,15 +114,21 @@ class _Group:
 
 class Batcher:
     """`submit(generation)` from any thread; the batcher's thread starts with the first and runs
-    torch on `threads` CPU threads (None: torch's default)."""
+    torch on `threads` CPU threads (None: torch's default).
+
+    Its steps' products run in `precision`: "fp32", "bf16", or "auto", decided here at once for
+    every batch it will step (`MEASURED_ROWS`: bf16 only where it is faster at each, so a lone
+    request never pays for it), and kept beside the `checkpoint`; `note` then says why bf16."""
 
     def __init__(self, model: nn.Module, vocab: Vocab, tokens: str, name: str = "model", threads: int | None = 1,
-                 ) -> None:
+                 precision: str = "fp32", checkpoint: str | None = None) -> None:
         self.model, self.vocab, self.name, self.threads = model.eval(), vocab, name, threads
         self.tokenizer = Tokenizer(tokens)
         self.gap = token_gap(self.tokenizer)
         self.banned = special_ids(vocab)
-        self.step = step_function(model, self.banned)
+        with cpu_threads(threads):  # measured on the thread count the batcher's thread runs on
+            self.precision, self.note = choose_precision(model, MEASURED_ROWS, precision, checkpoint)
+        self.step = step_function(model, self.banned, self.precision)
         self.steps, self.largest_batch = 0, 0  # model steps taken, and the most rows in one
         self._pending: list[Generation] = []
         self._groups: list[_Group] = []

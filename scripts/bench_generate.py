@@ -1,0 +1,57 @@
+"""Generation in fp32 and in bf16, side by side: chars/s of `charlm generate`'s sampling at several
+--num-samples, the next-token divergence of bf16 from fp32 along the same tokens, and what
+`--precision auto` takes here for each.
+
+    python scripts/bench_generate.py checkpoints/timemachine.safetensors [--threads N] [--rows 1 4 32]
+
+Each round times fp32 then bf16 on the same seeded work and the best of the rounds counts, so load
+from other processes hits both sides of a ratio alike. "auto" measures afresh (nothing kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from charlm.checkpoint import load_model  # noqa: E402
+from charlm.generate import Sampling, generate, special_ids, start_ids  # noqa: E402
+from charlm.tuning import Decisions, _probe, bf16_capable, choose_generation_precision, cpu_name  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--threads", type=int, help="torch's CPU threads [default: torch's]")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8, 32], help="--num-samples to measure at")
+    parser.add_argument("--length", type=int, default=200, help="characters per sample")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, _, vocab = load_model(str(args.checkpoint), "lm", torch.device("cpu"))
+    banned, prefix = special_ids(vocab), start_ids(vocab)
+    print(f"{cpu_name()} (bf16 matrix instructions: {'yes' if bf16_capable() else 'no'}), "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {model.describe()}")
+    print(f"{'rows':>5}{'fp32 chars/s':>14}{'bf16 chars/s':>14}{'bf16/fp32':>11}{'KL nats':>10}{'auto':>6}")
+    for rows in args.rows:
+        best = {"fp32": 0.0, "bf16": 0.0}
+        for _ in range(args.rounds):
+            for precision in best:
+                started = time.perf_counter()
+                generate(model, prefix, args.length, Sampling(), rows, seed=0, banned=banned, precision=precision)
+                best[precision] = max(best[precision], rows * args.length / (time.perf_counter() - started))
+        with torch.inference_mode():
+            _, divergence = _probe(model, rows, torch.device("cpu"))
+        auto, _ = choose_generation_precision(model, rows, Decisions(None))
+        print(f"{rows:>5}{best['fp32']:>14,.0f}{best['bf16']:>14,.0f}{best['bf16'] / best['fp32']:>10.2f}x"
+              f"{divergence:>10.5f}{auto:>6}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
