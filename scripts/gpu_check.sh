@@ -5,7 +5,8 @@
 #   2. trains the d2l config (hidden 256, batch 32, seq_len 35, one-hot, SGD) for each cell and prints
 #      tokens/s beside d2l's V100 figures (nn.RNN 268k, nn.GRU 301k, nn.LSTM 298k tokens/s);
 #   3. trains the default model in fp32 and with bf16 autocast, same steps: tokens/s and loss;
-#   4. loads the GPU-trained checkpoint on the CPU, generates and evaluates there;
+#   4. loads the GPU-trained checkpoint on the CPU, generates and evaluates there, and times generation on the
+#      GPU in fp32 and bf16 steps (scripts/bench_generate.py);
 #   5. runs the CPU bench once, for the record;
 #   6. trains nanoGPT's GPU recipe for shakespeare_char with the transformer (6 layers, 6 heads, 384 wide,
 #      context 256, batch 64, dropout 0.2, 5000 steps; --epochs 82 so that the cosine runs over the
@@ -78,6 +79,10 @@ part cpu-generate 60 charlm generate --checkpoint "$work/default-bf16.safetensor
 tail -n 2 "$out/cpu-generate.log" | tee -a "$summary"
 part cpu-eval 60 charlm eval --checkpoint "$work/default-bf16.safetensors" --device cpu corpora/timemachine.txt
 tail -n 1 "$out/cpu-eval.log" | tee -a "$summary"
+# 4b. generation on the GPU in fp32 and bf16 steps, and what --precision auto takes there
+part gpu-generate 60 "$python" scripts/bench_generate.py "$work/default-bf16.safetensors" --device cuda --rows 1 32 256 \
+  --rounds 2
+tail -n 4 "$out/gpu-generate.log" | tee -a "$summary"
 
 # 5. the CPU bench, for the record of this machine's CPU
 part bench 120 "$python" scripts/bench.py --repeats 2
