@@ -236,7 +236,7 @@ def choose_generation_precision(
             if not (holds and seconds["fp32"] / seconds["bf16"] >= SPEEDUP):
                 chosen = "fp32"
             parts.append(f"a step of {count} row{'s' if count > 1 else ''} measured {seconds['fp32'] * 1e6:.0f} µs "
-                         f"in fp32, {seconds['bf16'] * 1e6:.0f} µs in bf16, next-token KL {divergence:.4f} nats"
+                         f"in fp32, {seconds['bf16'] * 1e6:.0f} µs in bf16, next-token KL {divergence:.2g} nats"
                          + ("" if holds else " (too far apart)"))
     why = "; ".join(parts) + f" on {device_name(device)}"
     decisions.put(key, {"precision": chosen, "why": why})
