@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import click
 
-from charlm.presets import PRECISIONS
-
 from charlm.cli import (
     CHECKPOINT_DIR, checkpoint_or_latest, device_option, non_negative, positive, unknown_option, write,
 )
+from charlm.presets import PRECISIONS
 
 
 @click.command()
