@@ -25,6 +25,7 @@ from torch import nn
 from charlm.errors import CharlmError
 from charlm.presets import UNKNOWN_POLICIES
 from charlm.runtime import seeded_generator
+from charlm.stepper import ban_vector
 from charlm.text import Tokenizer, Vocab, preprocess_prefix
 
 
@@ -125,13 +126,6 @@ def start_ids(vocab: Vocab) -> list[int]:
         if token in vocab:
             return [vocab[token]]
     return [min(len(vocab) - 1, len(vocab.reserved) + 1)]
-
-
-def ban_vector(vocab_size: int, banned: Sequence[int], device: torch.device) -> torch.Tensor:
-    """(V,): 0, and -inf at the `banned` ids; added to logits."""
-    ban = torch.zeros(vocab_size, device=device)
-    ban[list(banned)] = float("-inf")
-    return ban
 
 
 @torch.inference_mode()

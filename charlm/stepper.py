@@ -41,6 +41,14 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return out if bias is None else out.add_(bias)
 
 
+def ban_vector(vocab_size: int, banned: Sequence[int], device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(V,): 0, and -inf at the `banned` ids; added to logits (a stepper folds it into its head)."""
+    ban = torch.zeros(vocab_size, dtype=dtype, device=device)
+    ban[list(banned)] = float("-inf")
+    return ban
+
+
 def low_precision(matrix: torch.Tensor, precision: str) -> torch.Tensor:
     """A stepper's copy of a weight matrix for `precision` ("fp32": as it is, "bf16")."""
     if precision not in LOW_PRECISION:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from charlm.presets import ARCHITECTURE_DEFAULTS
-from charlm.stepper import low_precision, product
+from charlm.stepper import ban_vector, low_precision, product
 
 DEFAULTS = ARCHITECTURE_DEFAULTS["transformer"]
 
@@ -299,8 +299,7 @@ class Stepper:
                         weights(block.mlp[2])) for block in model.blocks]
         self.final_norm = model.final_norm.weight.detach()
         self.head_t = low_precision(self.tokens.t().contiguous(), precision)  # (E, V)
-        self.ban = torch.zeros(config.vocab_size, dtype=self.tokens.dtype, device=self.tokens.device)
-        self.ban[list(banned)] = float("-inf")
+        self.ban = ban_vector(config.vocab_size, banned, self.tokens.device, self.tokens.dtype)
         self.last: KVCache | None = None  # the cache returned last, a view of `self.buffers`
 
     def _own(self, cache: KVCache) -> None:
