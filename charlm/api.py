@@ -187,6 +187,7 @@ class TextModel:
         """The text `charlm generate` prints with these options (the prefix, then `length` new
         tokens), without its final line break; a list of them for `num_samples` > 1. `precision`
         is as `--precision` takes it: "auto" (bf16 where it measures faster here), "fp32", "bf16"."""
+        _check_precision(precision)
         pieces: list[str] = []
         self._sample(pieces.append, prefix, length, temperature, top_k, top_p, greedy, seed, num_samples, unknown,
                      precision)
@@ -238,7 +239,6 @@ class TextModel:
                 greedy: bool, seed: int | None, num_samples: int, unknown: str, precision: str) -> None:
         from charlm import generate as generator
 
-        _check_precision(precision)
         sampling = generator.Sampling(temperature, top_k, top_p, greedy)
         prefix_ids = generator.encode_prefix(prefix, self.vocab, self.meta["tokens"], self.meta["preprocess"], unknown)
         if prefix and not prefix_ids and unknown == "skip":
