@@ -1,5 +1,7 @@
 """The SHA-256 of the checkpoint and resume files that a fixed set of tiny seeded runs writes, one
-run per model kind, to show that a change to the code leaves what it writes byte for byte the same.
+run per model kind, and of what those models then make (seeded `charlm generate` text, one sample and
+several; generations stepped together by the server's batcher; `charlm translate`'s outputs; a
+fine-tune with --init-from), to show that a change to the code leaves it byte for byte the same.
 
     python scripts/checkpoint_digests.py > before.txt      # on the old code
     python scripts/checkpoint_digests.py > after.txt       # on the new code
@@ -47,8 +49,9 @@ RUNS = {
 
 
 def resume_digest(path: str) -> str:
-    """A resume state's bytes but for its wall-clock time ("elapsed"), which no two runs share: the
-    header with that one number zeroed, then the tensor data as written."""
+    """A resume state's or checkpoint's bytes but for what no two runs share: its wall-clock time
+    ("elapsed") zeroed, the temporary folder it ran in written as "<folder>" (a fine-tune records
+    its parent's absolute path); then the tensor data as written."""
     import json
     import struct
 
@@ -56,9 +59,78 @@ def resume_digest(path: str) -> str:
     size = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8 : 8 + size])
     meta = json.loads(header["__metadata__"]["charlm"])
-    meta["resume"]["elapsed"] = 0
-    header["__metadata__"]["charlm"] = json.dumps(meta, sort_keys=True)
+    if "resume" in meta:
+        meta["resume"]["elapsed"] = 0
+    text = json.dumps(meta, sort_keys=True).replace(json.dumps(os.getcwd())[1:-1], "<folder>")
+    header["__metadata__"]["charlm"] = text
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode() + data[8 + size :]).hexdigest()
+
+
+GENERATE = {  # run -> `charlm generate` flags, each printed text's digest
+    "lstm": [["--prefix", "the ", "--seed", "1"], ["--seed", "2", "--num-samples", "3", "--top-k", "5"],
+             ["--prefix", "time", "--greedy", "--length", "40"]],
+    "gru-one-hot": [["--prefix", "his ", "--seed", "3", "--temperature", "0.7", "--top-p", "0.9"]],
+    "lstm-words": [["--prefix", "the time", "--seed", "4", "--length", "20"]],
+    "transformer": [["--prefix", "the ", "--seed", "5", "--num-samples", "2"]],
+}
+# Requests stepped together by one batcher (the server's): (prefix, length, sampling, num_samples, seed).
+BATCHED = [("the ", 30, {}, 1, 1), ("his ", 25, {"temperature": 0.8, "top_k": 4}, 2, 2),
+           ("", 20, {"greedy": True}, 1, 3), ("was ", 35, {"top_p": 0.8}, 3, 4)]
+TRANSLATE = ["man", "king", "girl", "unknown"]
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def outputs(name: str, invoke) -> None:
+    """The digests of what the model at run.safetensors makes, for the run `name`."""
+    for flags in GENERATE.get(name, ()):
+        result = invoke(["generate", "--checkpoint", "run.safetensors", "--precision", "fp32", *flags])
+        print(f"{name:28} {'generate ' + ' '.join(flags)[:40]:50} {digest(result.output)}")
+    if name in ("lstm", "transformer"):
+        print(f"{name:28} {'batcher':50} {digest(batched('run.safetensors'))}")
+    if name.startswith(("seq2seq", "tagger")):
+        result = invoke(["translate", "--checkpoint", "run.safetensors", "--unknown", "skip", *TRANSLATE])
+        print(f"{name:28} {'translate':50} {digest(result.output)}")
+        result = invoke(["translate", "--checkpoint", "run.safetensors", "--unknown", "skip", "--beam", "3", *TRANSLATE])
+        print(f"{name:28} {'translate --beam 3':50} {digest(result.output)}")
+    if name == "lstm":
+        result = invoke(["train", "text.txt", "--init-from", "run.safetensors", "--out", "tuned.safetensors",
+                         "--max-steps", "4", "--batch-size", "4", "--seq-len", "8", "--quiet", "--no-cache"])
+        print(f"{name:28} {'fine-tuned.safetensors':50} {resume_digest('tuned.safetensors')}")
+
+
+def batched(path: str) -> str:
+    """The texts of `BATCHED`, all submitted to one batcher before it starts, in fp32."""
+    import threading
+
+    import charlm
+    from charlm.generate import Sampling, encode_prefix
+    from charlm.serve.batcher import Batcher, Generation
+
+    model = charlm.load(path)
+    batcher = Batcher(model.model, model.vocab, model.meta["tokens"], "digest", threads=1, precision="fp32")
+    texts, ended = {}, []
+    for index, (prefix, length, sampling, num_samples, seed) in enumerate(BATCHED):
+        done = threading.Event()
+        ended.append(done)
+        texts.update({(index, sample): "" for sample in range(num_samples)})
+
+        def on_text(sample: int, piece: str, index: int = index) -> None:
+            texts[index, sample] += piece
+
+        def on_end(error, done=done) -> None:
+            if error is not None:
+                raise SystemExit(f"batcher: {error}")
+            done.set()
+
+        ids = encode_prefix(prefix, model.vocab, model.meta["tokens"], model.meta["preprocess"])
+        batcher.submit(Generation(ids, length, Sampling(**sampling), num_samples, seed, on_text, on_end))
+    for done in ended:
+        done.wait(60)
+    batcher.close()
+    return "\x00".join(texts[key] for key in sorted(texts))
 
 
 def main() -> None:
@@ -86,8 +158,15 @@ def main() -> None:
                     raise SystemExit(f"{name}: charlm train failed:\n{result.output}")
                 print(f"{name:28} {'run.safetensors':24} {hashlib.sha256(Path('run.safetensors').read_bytes()).hexdigest()}")
                 print(f"{name:28} {'run.resume.safetensors':24} {resume_digest('run.resume.safetensors')}")
+                outputs(name, lambda flags: checked(CliRunner().invoke(cli, flags), name, flags))
             finally:
                 os.chdir(previous)
+
+
+def checked(result, name: str, flags: list[str]):
+    if result.exit_code != 0:
+        raise SystemExit(f"{name}: charlm {' '.join(flags)} failed:\n{result.output}")
+    return result
 
 
 if __name__ == "__main__":
