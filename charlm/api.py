@@ -23,23 +23,19 @@ import queue
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from charlm.errors import CharlmError
 from charlm.launch import DEFAULTS, launch
 from charlm.presets import PAIRS
+from charlm.settings import GENERATE, for_command, parameters
+
+if TYPE_CHECKING:
+    from charlm.generate import Request
 
 PathLike = str | os.PathLike
-
-
-def _check_precision(precision: str) -> None:
-    from charlm.presets import PRECISIONS
-
-    if precision not in PRECISIONS:
-        raise CharlmError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
 def _say(line: str) -> None:
@@ -181,29 +177,25 @@ class TextModel:
         """The checkpoint's metadata, as `charlm info --json` prints it."""
         return dict(self.meta)
 
-    def generate(self, prefix: str = "", length: int = 200, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, greedy: bool = False, seed: int | None = None, num_samples: int = 1,
-                 unknown: str = "error", precision: str = "auto") -> str | list[str]:
+    def generate(self, *args: Any, **keywords: Any) -> str | list[str]:
         """The text `charlm generate` prints with these options (the prefix, then `length` new
-        tokens), without its final line break; a list of them for `num_samples` > 1. `precision`
-        is as `--precision` takes it: "auto" (bf16 where it measures faster here), "fp32", "bf16"."""
-        _check_precision(precision)
+        tokens), without its final line break; a list of them for `num_samples` > 1. The keywords
+        are `charlm generate`'s flags, underscored, with the same defaults (`charlm generate --help`
+        says what each does); `precision` "auto" is bf16 where it measures faster here."""
+        request = _request(self.generate, args, keywords)
         pieces: list[str] = []
-        self._sample(pieces.append, prefix, length, temperature, top_k, top_p, greedy, seed, num_samples, unknown,
-                     precision)
-        if num_samples == 1:
+        self.sample(request, pieces.append)
+        if request.num_samples == 1:
             return "".join(pieces).removesuffix("\n")
         return [piece.removeprefix("\n").removesuffix("\n") for piece in pieces]
 
-    def stream(self, prefix: str = "", length: int = 200, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
-               unknown: str = "error", precision: str = "auto") -> Iterator[str]:
+    def stream(self, *args: Any, **keywords: Any) -> Iterator[str]:
         """The text of `generate` (one sample) in pieces, each as soon as it is made: the prefix,
         then the new text a few tokens at a time, then "\\n". A bad prefix raises here, at once."""
         from charlm.generate import encode_prefix
 
-        encode_prefix(prefix, self.vocab, self.meta["tokens"], self.meta["preprocess"], unknown)  # fail now
-        _check_precision(precision)
+        request = _request(self.stream, args, keywords)
+        encode_prefix(request.prefix, self.vocab, self.meta["tokens"], self.meta["preprocess"], request.unknown)
         pieces: queue.Queue = queue.Queue()
         done, stopped = object(), threading.Event()
 
@@ -214,7 +206,7 @@ class TextModel:
 
         def work() -> None:
             try:
-                self._sample(put, prefix, length, temperature, top_k, top_p, greedy, seed, 1, unknown, precision)
+                self.sample(request, put)
             except _Stopped:
                 pass
             except BaseException as error:  # handed to the reader
@@ -235,19 +227,20 @@ class TextModel:
 
         return read()
 
-    def _sample(self, on_text: Any, prefix: str, length: int, temperature: float, top_k: int, top_p: float,
-                greedy: bool, seed: int | None, num_samples: int, unknown: str, precision: str) -> None:
+    def sample(self, request: Request, on_text: Callable[[str], None]) -> None:
+        """The text of `request` handed to `on_text` in pieces, as `charlm generate` prints it (it
+        calls this): the prefix, the new text, a line break after each sample; notes on stderr."""
         from charlm import generate as generator
 
-        sampling = generator.Sampling(temperature, top_k, top_p, greedy)
-        prefix_ids = generator.encode_prefix(prefix, self.vocab, self.meta["tokens"], self.meta["preprocess"], unknown)
-        if prefix and not prefix_ids and unknown == "skip":
+        prefix_ids = generator.encode_prefix(request.prefix, self.vocab, self.meta["tokens"], self.meta["preprocess"],
+                                             request.unknown)
+        if request.prefix and not prefix_ids and request.unknown == "skip":
             _say("note: every character of the prefix was unknown and skipped: generating without one")
-        chosen, note = generator.choose_precision(self.model, num_samples, precision, self.path)
+        chosen, note = generator.choose_precision(self.model, request.num_samples, request.precision, self.path)
         if note:
             _say(note)
-        generator.stream_text(self.model, self.vocab, self.meta["tokens"], prefix_ids, length, sampling, num_samples,
-                              seed, on_text=on_text, precision=chosen)
+        generator.stream_text(self.model, self.vocab, self.meta["tokens"], prefix_ids, request.length,
+                              request.sampling, request.num_samples, request.seed, on_text=on_text, precision=chosen)
 
     def evaluate(self, text_or_path: str | os.PathLike | Sequence[PathLike], encoding: str = "utf-8",
                  include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict[str, Any]:
@@ -265,6 +258,25 @@ class TextModel:
                 return evaluate_text(self.model, self.meta, self.vocab, path, "utf-8")
         found = find_corpus(_paths(text_or_path), encoding, tuple(include), tuple(exclude))
         return evaluate_text(self.model, self.meta, self.vocab, found, encoding)
+
+
+# `generate` and `stream` take `charlm generate`'s options, as its rows declare them (`stream`: one sample).
+_GENERATE_ROWS = for_command(GENERATE, "generate")
+TextModel.generate.__signature__ = inspect.Signature(  # what help() and a notebook's completion show
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *parameters(_GENERATE_ROWS)],
+    return_annotation="str | list[str]")
+TextModel.stream.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     *parameters(row for row in _GENERATE_ROWS if row.name != "num_samples")],
+    return_annotation="Iterator[str]")
+
+
+def _request(method: Any, args: tuple, keywords: dict[str, Any]) -> Request:
+    """The `Request` of a call to `TextModel.generate` or `.stream` (`method`, bound), checked, a
+    value named by its keyword; a keyword neither takes is a TypeError, as Python's own."""
+    from charlm.generate import Request
+
+    return Request.from_fields(inspect.signature(method).bind(*args, **keywords).arguments, said="keyword")
 
 
 class _Stopped(Exception):

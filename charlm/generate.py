@@ -15,8 +15,8 @@ into ids (and its unseen characters) is `encode_prefix`'s job.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import InitVar, dataclass, fields
 from typing import Any
 
 import torch
@@ -25,24 +25,66 @@ from torch import nn
 from charlm.errors import CharlmError
 from charlm.presets import UNKNOWN_POLICIES
 from charlm.runtime import seeded_generator
+from charlm.settings import GENERATE, said_by
 from charlm.stepper import ban_vector
 from charlm.text import Tokenizer, Vocab, preprocess_prefix
 
 
-@dataclass
-class Sampling:
-    temperature: float = 1.0
-    top_k: int = 0  # 0: no limit
-    top_p: float = 1.0  # 1: no limit
-    greedy: bool = False
+def _check(instance: Any, said: str) -> None:
+    """Each field of `instance` that is a setting checked by its row, named as `said` does; a whole
+    number given for a float is kept as a float."""
+    for field in fields(instance):
+        if field.name in GENERATE:
+            row = GENERATE[field.name]
+            object.__setattr__(instance, field.name, row.check(getattr(instance, field.name), said_by(row, said)))
 
-    def __post_init__(self) -> None:
-        if not 0 < self.temperature < float("inf"):
-            raise CharlmError(f"--temperature must be a positive number, got {self.temperature} (use --greedy for argmax)")
-        if self.top_k < 0:
-            raise CharlmError(f"--top-k must be 0 (off) or more, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise CharlmError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each next token is drawn: a division of the logits, top-k, top-p, or the likeliest.
+    Frozen and hashable: the batcher draws the requests of equal `Sampling`s at once. Each field
+    is a row of `charlm.settings.GENERATE` (its default, bounds and help), checked there when it
+    is made; `said` names a refused value as its door does ("keyword", "flag", "field")."""
+
+    temperature: float = GENERATE["temperature"].default
+    top_k: int = GENERATE["top_k"].default  # 0: no limit
+    top_p: float = GENERATE["top_p"].default  # 1: no limit
+    greedy: bool = GENERATE["greedy"].default
+    said: InitVar[str] = "keyword"
+
+    def __post_init__(self, said: str) -> None:
+        _check(self, said)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation as asked, from its door (`charlm generate`'s flags, `TextModel.generate`'s
+    keywords, the fields of a JSON body) down to the sampler: the prefix text, how many tokens and
+    samples, the `Sampling`, the seed (None: a fresh one), what to do with unknown characters and
+    the steps' precision (the server steps in its own). Frozen, hashable and equal by value; each
+    field is a row of `charlm.settings.GENERATE`, checked once, when it is made, and a value out
+    of bounds refused with one line that names it as `said` does ("keyword", "flag", "field")."""
+
+    prefix: str = GENERATE["prefix"].default
+    length: int = GENERATE["length"].default
+    sampling: Sampling = Sampling()
+    seed: int | None = GENERATE["seed"].default
+    num_samples: int = GENERATE["num_samples"].default
+    unknown: str = GENERATE["unknown"].default
+    precision: str = GENERATE["precision"].default
+    said: InitVar[str] = "keyword"
+
+    def __post_init__(self, said: str) -> None:
+        _check(self, said)
+
+    @classmethod
+    def from_fields(cls, values: Mapping[str, Any], said: str = "keyword") -> Request:
+        """The request of `values`, settings by name (a door's flags, keywords or fields; those
+        left out take their defaults): `Sampling`'s go into `sampling`."""
+        in_sampling = {field.name for field in fields(Sampling)}
+        sampling = Sampling(**{name: value for name, value in values.items() if name in in_sampling}, said=said)
+        return cls(**{name: value for name, value in values.items() if name not in in_sampling}, sampling=sampling,
+                   said=said)
 
 
 def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:

@@ -199,8 +199,8 @@ GENERATE = table(
     Setting("top_p", float, 1.0, "Sample among the likeliest tokens that make up this much probability.",
             ("generate", "http"), low=0, high=1, low_open=True),
     Setting("greedy", bool, False, "Always take the likeliest token.", ("generate", "http")),
-    Setting("num_samples", int, 1, "Samples at once.", ("generate", "http"), low=1),
     Setting("seed", int, None, "Same seed, same text (on this machine, in this precision).", ("generate", "http")),
+    Setting("num_samples", int, 1, "Samples at once.", ("generate", "http"), low=1),
     Setting("unknown", str, "error", "What to do with characters the model never saw: stop with an error, drop them, "
             "or map them to <unk>.", ("generate", "http"), choices=UNKNOWN_POLICIES),
     Setting("precision", str, "auto", "Of the steps' matrix products. auto: bf16 where this machine has bf16 matrix "
@@ -208,3 +208,18 @@ GENERATE = table(
             "the checkpoint), else fp32. fp32 gives the same text for a seed at any --num-samples.", ("generate",),
             choices=PRECISIONS),
 )
+
+
+def said_by(row: Setting, door: str) -> str:
+    """How a door names a setting, for `Setting.check`: "flag" as the CLI does (--top-p),
+    "keyword" as the Python API does (top_p), "field" as a JSON body does (top_p)."""
+    return {"flag": row.option, "keyword": row.argument, "field": row.name}[door]
+
+
+def parameters(rows: Iterable[Setting], keyword_only: bool = False) -> list[Any]:
+    """The rows as a signature's parameters (`inspect.Parameter`s), what help() and a notebook's
+    completion show: each keyword with its default and `annotation`."""
+    import inspect
+
+    kind = inspect.Parameter.KEYWORD_ONLY if keyword_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return [inspect.Parameter(row.argument, kind, default=row.default, annotation=annotation(row)) for row in rows]

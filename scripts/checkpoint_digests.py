@@ -106,7 +106,7 @@ def batched(path: str) -> str:
     import threading
 
     import charlm
-    from charlm.generate import Sampling, encode_prefix
+    from charlm.generate import Request, Sampling, encode_prefix
     from charlm.serve.batcher import Batcher, Generation
 
     model = charlm.load(path)
@@ -126,7 +126,8 @@ def batched(path: str) -> str:
             done.set()
 
         ids = encode_prefix(prefix, model.vocab, model.meta["tokens"], model.meta["preprocess"])
-        batcher.submit(Generation(ids, length, Sampling(**sampling), num_samples, seed, on_text, on_end))
+        request = Request(prefix, length, Sampling(**sampling), seed, num_samples)
+        batcher.submit(Generation(request, ids, on_text, on_end))
     for done in ended:
         done.wait(60)
     batcher.close()

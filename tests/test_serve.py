@@ -24,7 +24,7 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2, which
 
 import charlm  # noqa: E402
 from charlm.checkpoint import describe, read_metadata  # noqa: E402
-from charlm.generate import Sampling  # noqa: E402
+from charlm.generate import Request, Sampling  # noqa: E402
 from charlm.serve.app import create_app  # noqa: E402
 from charlm.serve.batcher import Batcher, Generation  # noqa: E402
 from charlm.serve.catalog import load_catalog  # noqa: E402
@@ -213,8 +213,8 @@ def test_requests_stepped_as_one_batch_give_the_text_they_give_alone(catalog, wi
         def on_text(sample, piece, index=index):
             texts[index][sample] += piece
         prefix_ids = model.vocab.encode(list(ask["prefix"]))
-        batcher.submit(Generation(prefix_ids, ask["length"], Sampling(ask["temperature"], ask["top_k"], ask["top_p"]),
-                                  ask["num_samples"], ask["seed"], on_text, lambda failure, index=index: ended[index].set()))
+        batcher.submit(Generation(Request.from_fields(ask), prefix_ids, on_text,
+                                  lambda failure, index=index: ended[index].set()))
     assert all(event.wait(60) for event in ended)
     batcher.close()
     # They were stepped together; the transformer's caches join only at the same length, so its
@@ -230,7 +230,7 @@ def test_a_bf16_batcher_gives_the_text_of_generate_in_bf16(wider):
     model = wider["wider"].model
     batcher = Batcher(model.model, model.vocab, model.meta["tokens"], precision="bf16")
     text, done = [""], threading.Event()
-    batcher.submit(Generation(model.vocab.encode(list("the ")), 80, Sampling(0.9), 1, 4,
+    batcher.submit(Generation(Request(length=80, sampling=Sampling(0.9), seed=4), model.vocab.encode(list("the ")),
                               lambda sample, piece: text.__setitem__(0, text[0] + piece), lambda failure: done.set()))
     assert done.wait(60)
     batcher.close()
@@ -267,7 +267,7 @@ def test_states_that_refuse_to_join_step_one_by_one(catalog, monkeypatch):
     batcher = Batcher(model.model, model.vocab, model.meta["tokens"])
     texts, done = ["", ""], [threading.Event(), threading.Event()]
     for index, seed in enumerate((1, 2)):
-        batcher.submit(Generation(model.vocab.encode(list("the ")), 50, Sampling(), 1, seed,
+        batcher.submit(Generation(Request(length=50, seed=seed), model.vocab.encode(list("the ")),
                                   lambda sample, piece, index=index: texts.__setitem__(index, texts[index] + piece),
                                   lambda failure, index=index: done[index].set()))
     assert all(event.wait(30) for event in done)

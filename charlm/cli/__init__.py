@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from typing import Any
 import click
 
 from charlm.presets import CHECKPOINT_DIR, COMMON, DEVICES, UNKNOWN_POLICIES
+from charlm.settings import Setting, for_command
 
 
 class CharlmGroup(click.Group):
@@ -161,6 +163,42 @@ class LiveChoice(click.Choice):
     @choices.setter
     def choices(self, _: Iterable[str]) -> None:  # click.Choice.__init__ sets its fixed ones; these are read
         pass
+
+
+def options(rows: dict[str, Setting], command: str) -> Callable[[Any], Any]:
+    """One decorator adding the click option of each row `command` takes (`charlm.settings`), in the
+    table's order; each value reaches the command under the row's name."""
+    def add(function: Any) -> Any:
+        for row in reversed(for_command(rows, command)):
+            function = option(row)(function)
+        return function
+
+    return add
+
+
+def option(row: Setting) -> Callable[[Any], Any]:
+    """A row's click option: its flag, type (click's ranges from its bounds, so --help shows them),
+    default and help. A value click lets through, such as an infinity, the row's check refuses."""
+    if row.kind is bool:
+        flag = f"{row.option}/--no-{row.option[2:]}" if row.switch else row.option
+        return click.option(flag, row.name, is_flag=True, default=row.default, help=row.help)
+    shown = row.shown_default if row.shown_default is not None else row.default not in (None, "", ())
+    return click.option(row.option, row.name, type=click_type(row), default=row.default, multiple=row.kind is tuple,
+                        show_default=shown, metavar=row.metavar, help=row.help)
+
+
+def click_type(row: Setting) -> Any:
+    """The click type of a row's values."""
+    if row.choices is not None:
+        return LiveChoice(row.choices) if callable(row.choices) else click.Choice(row.choices)
+    if row.kind is os.PathLike:
+        return click.Path(path_type=Path)
+    if row.kind not in (int, float) or (row.low is None and row.high is None):
+        return {int: int, float: float}.get(row.kind, str)
+    if row.kind is int and row.high is None and not row.low_open:
+        return Size(min=int(row.low))
+    kind = click.IntRange if row.kind is int else click.FloatRange
+    return kind(min=row.low, max=row.high, min_open=row.low_open, max_open=row.high_open)
 
 
 positive = Size(min=1)

@@ -39,11 +39,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from charlm.errors import CharlmError
-from charlm.generate import Sampling, encode_prefix
+from charlm.generate import Request as GenerationRequest
+from charlm.generate import encode_prefix
 from charlm.presets import UNKNOWN_POLICIES
 from charlm.serve.batcher import Batcher, Generation, Stopped
 from charlm.serve.catalog import Served, json_safe
 from charlm.serve.fields import Fields, Limits, RequestError, Slots, shown
+from charlm.settings import GENERATE, for_command
 
 log = logging.getLogger("charlm.serve")
 
@@ -199,8 +201,9 @@ def event(data: dict[str, Any], name: str | None = None) -> str:
 # The app
 
 
-GENERATE_FIELDS = ("model", "prefix", "length", "temperature", "top_k", "top_p", "greedy", "seed", "num_samples",
-                   "unknown", "stream")
+HTTP_ROWS = for_command(GENERATE, "http")  # a request's own fields: the model's and stream around them
+GENERATE_FIELDS = ("model", *(row.name for row in HTTP_ROWS), "stream")
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch takes
 TRANSLATE_FIELDS = ("model", "inputs", "beam", "max_length", "length_penalty", "unknown")
 ATTENTION_FIELDS = ("model", "input", "unknown")
 
@@ -248,19 +251,16 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
     async def generate(request: Request) -> Response:
         fields = Fields(await read_json(request, limits.body_bytes), GENERATE_FIELDS)
         served = pick(fields.text("model", None, 200), "lm")
-        prefix = fields.text("prefix", "", limits.prefix_chars)
-        length = fields.integer("length", 200, 0, limits.length)
-        sampling = Sampling(fields.number("temperature", 1.0, 0, low_open=True), fields.integer("top_k", 0, 0, None),
-                            fields.number("top_p", 1.0, 0, 1, low_open=True), fields.boolean("greedy", False))
-        seed = fields.integer("seed", None, -(2**63), 2**64 - 1)
-        num_samples = fields.integer("num_samples", 1, 1, limits.num_samples)
-        unknown = fields.choice("unknown", "error", UNKNOWN_POLICIES)
+        bounds = {"prefix": (None, limits.prefix_chars), "length": (None, limits.length), "seed": SEED_RANGE,
+                  "num_samples": (None, limits.num_samples)}  # the server's, besides the rows'
+        values = {row.name: fields.setting(row, *bounds.get(row.name, (None, None))) for row in HTTP_ROWS}
+        asked = GenerationRequest.from_fields(values, said="field")
         streaming = fields.boolean("stream", False)
         meta = served.model.meta
-        prefix_ids = encode_prefix(prefix, served.model.vocab, meta["tokens"], meta["preprocess"], unknown)
+        prefix_ids = encode_prefix(asked.prefix, served.model.vocab, meta["tokens"], meta["preprocess"], asked.unknown)
         slots.take()
-        pieces = Pieces(num_samples, streaming)
-        generation = Generation(prefix_ids, length, sampling, num_samples, seed, pieces.on_text, pieces.on_end)
+        pieces = Pieces(asked.num_samples, streaming)
+        generation = Generation(asked, prefix_ids, pieces.on_text, pieces.on_end)
         pieces.generation = generation
         finished = False
 

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from charlm.generate import (
-    Sampling, choose_precision, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap, warm_up,
+    Request, Sampling, choose_precision, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap,
+    warm_up,
 )
 from charlm.runtime import cpu_threads, seeded_generator
 from charlm.text import Tokenizer, Vocab
@@ -50,17 +51,19 @@ class Stopped(Exception):
 
 @dataclass(eq=False)
 class Generation:
-    """One request: `num_samples` samples of `length` tokens after `prefix_ids` (empty: from the
-    vocab's start token, shown as nothing). `seed` None draws one; `seed` then holds it."""
+    """One request (`charlm.generate.Request`: `num_samples` samples of `length` tokens, its
+    `Sampling` and seed), its prefix as ids (empty: from the vocab's start token, shown as
+    nothing), and where its text and its end go. `seed` is the request's, or one drawn for it."""
 
+    request: Request
     prefix_ids: list[int]
-    length: int
-    sampling: Sampling
-    num_samples: int
-    seed: int | None
     on_text: Callable[[int, str], None]
     on_end: Callable[[BaseException | None], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    seed: int | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.seed = self.request.seed
 
     def cancel(self) -> None:
         """Stop making text for this request: its rows leave the batch at the next step."""
@@ -75,13 +78,17 @@ class _Request:
     generator: torch.Generator
     made: int = 0
 
-    def __post_init__(self) -> None:
-        sampling = self.generation.sampling
-        self.sampling_key = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.greedy)  # draws together
-
     @property
     def rows(self) -> int:
-        return self.generation.num_samples
+        return self.generation.request.num_samples
+
+    @property
+    def length(self) -> int:
+        return self.generation.request.length
+
+    @property
+    def sampling(self) -> Sampling:
+        return self.generation.request.sampling
 
 
 @dataclass(eq=False)
@@ -206,9 +213,9 @@ class Batcher:
             generation.seed = random.randrange(2**63)
         device = next(self.model.parameters()).device
         context = generation.prefix_ids or start_ids(self.vocab)
-        logits, state = warm_up(self.model, context, generation.num_samples, self.banned)
+        logits, state = warm_up(self.model, context, generation.request.num_samples, self.banned)
         shown = shown_prefix(self.tokenizer, self.vocab, generation.prefix_ids)
-        for sample in range(generation.num_samples):
+        for sample in range(generation.request.num_samples):
             generation.on_text(sample, shown)
         return _Group([_Request(generation, seeded_generator(generation.seed, device))], logits, state)
 
@@ -230,12 +237,12 @@ class Batcher:
         """Drop the group's cancelled requests, draw every other request's next tokens, end
         those that are done, and step the rest."""
         self._drop(group, lambda request: request.generation.cancelled.is_set())
-        self._drop(group, lambda request: request.made == request.generation.length)  # asked for no token
+        self._drop(group, lambda request: request.made == request.length)  # asked for no token
         if not group.requests:
             return
         ids = self._draw(group)
         owners = [request for request in group.requests for _ in range(request.rows)]  # of each row
-        self._drop(group, lambda request: request.made == request.generation.length)
+        self._drop(group, lambda request: request.made == request.length)
         if not group.requests:
             return
         if len(owners) > group.logits.shape[0]:  # some ended: step only the others' rows
@@ -260,23 +267,22 @@ class Batcher:
     def _draw(self, group: _Group) -> torch.Tensor:
         """The next ids (B,) of the group's rows, each request's with its own generator, drawn at
         once for the requests of one sampling; their text goes out."""
-        by_sampling: dict[tuple, list[int]] = {}
+        by_sampling: dict[Sampling, list[int]] = {}  # a whole Sampling: no field of it is ever shared by mistake
         for position, request in enumerate(group.requests):
-            by_sampling.setdefault(request.sampling_key, []).append(position)
+            by_sampling.setdefault(request.sampling, []).append(position)
         starts = group.row_starts()
         if len(by_sampling) == 1:
-            ids = choose_rows(group.logits, group.requests[0].generation.sampling,
-                              [request.generator for request in group.requests],
+            [sampling] = by_sampling
+            ids = choose_rows(group.logits, sampling, [request.generator for request in group.requests],
                               [request.rows for request in group.requests])
         else:
             ids = torch.empty(group.logits.shape[0], dtype=torch.long, device=group.logits.device)
-            for positions in by_sampling.values():
+            for sampling, positions in by_sampling.items():
                 rows = torch.tensor([row for position in positions for row in range(starts[position],
                                                                                     starts[position + 1])],
                                     dtype=torch.long, device=ids.device)
                 requests = [group.requests[position] for position in positions]
-                ids[rows] = choose_rows(group.logits[rows], requests[0].generation.sampling,
-                                        [request.generator for request in requests],
+                ids[rows] = choose_rows(group.logits[rows], sampling, [request.generator for request in requests],
                                         [request.rows for request in requests])
         tokens = self.vocab.decode(ids.tolist())
         for request, start in zip(group.requests, starts):

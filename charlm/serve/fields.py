@@ -2,7 +2,8 @@
 (`Limits`), a field nobody asked for refused by name, and how many requests may be at work at once
 (`Slots`). A refusal is a `RequestError`: a status and one line for the client.
 
-Standard library only: it knows nothing about HTTP beyond status codes, nor about models.
+It reads a setting's field by its row (`charlm.settings`); it knows nothing about HTTP beyond status
+codes, nor about models.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 import threading
 from dataclasses import dataclass
 from typing import Any
+
+from charlm.settings import Setting
 
 
 @dataclass(frozen=True)
@@ -57,32 +60,38 @@ class Fields:
         value = self.data.get(name)
         return value is not None, (value if value is not None else default)
 
-    def text(self, name: str, default: str | None, max_chars: int) -> str | None:
+    def text(self, name: str, default: str | None, max_chars: int | None) -> str | None:
         given, value = self._given(name, default)
         if given and not isinstance(value, str):
             raise RequestError(f"{name} must be a string, got {shown(value)}")
-        if given and len(value) > max_chars:
+        if given and max_chars is not None and len(value) > max_chars:
             raise RequestError(f"{name} is {len(value):,} characters long; at most {max_chars:,}")
         return value
 
-    def integer(self, name: str, default: int | None, low: int, high: int | None) -> int | None:
+    def integer(self, name: str, default: int | None, low: int | None, high: int | None) -> int | None:
         given, value = self._given(name, default)
         if given and type(value) is not int:
             raise RequestError(f"{name} must be a whole number, got {shown(value)}")
-        if given and not (low <= value and (high is None or value <= high)):
+        if given and low is not None and not (low <= value and (high is None or value <= high)):
             raise RequestError(f"{name} must be from {low:,}" + (f" to {high:,}" if high is not None else " up")
                                + f", got {shown(value)}")
+        if given and low is None and high is not None and value > high:
+            raise RequestError(f"{name} must be at most {high:,}, got {shown(value)}")
         return value
 
-    def number(self, name: str, default: float, low: float, high: float | None = None, low_open: bool = False,
-               ) -> float:
+    def number(self, name: str, default: float | None, low: float | None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False) -> float | None:
         given, value = self._given(name, default)
         if given and (type(value) not in (int, float) or not math.isfinite(value)):
             raise RequestError(f"{name} must be a number, got {shown(value)}")
-        if given and not ((value > low if low_open else value >= low) and (high is None or value <= high)):
-            bounds = f"above {low}" if low_open else f"at least {low}"
-            raise RequestError(f"{name} must be {bounds}" + (f" and at most {high}" if high is not None else "")
-                               + f", got {shown(value)}")
+        if not given:
+            return value
+        above = low is None or (value > low if low_open else value >= low)
+        below = high is None or (value < high if high_open else value <= high)
+        if not (above and below):
+            bounds = [] if low is None else [f"above {low}" if low_open else f"at least {low}"]
+            bounds += [] if high is None else [f"below {high}" if high_open else f"at most {high}"]
+            raise RequestError(f"{name} must be {' and '.join(bounds)}, got {shown(value)}")
         return float(value)
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -96,6 +105,21 @@ class Fields:
         if given and value not in choices:
             raise RequestError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
         return value
+
+    def setting(self, row: Setting, low: int | None = None, high: int | None = None) -> Any:
+        """The field of a setting (`charlm.settings`): its type, default and bounds the row's, and
+        the server's own where `low` or `high` is given (a number's bounds, a text's length)."""
+        if row.choices is not None:
+            return self.choice(row.name, row.default, row.choice_list())
+        if row.kind is bool:
+            return self.boolean(row.name, row.default)
+        if row.kind is str:
+            return self.text(row.name, row.default, high)
+        low = row.low if low is None else low if row.low is None else max(low, row.low)
+        high = row.high if high is None else high if row.high is None else min(high, row.high)
+        if row.kind is int:
+            return self.integer(row.name, row.default, low, high)
+        return self.number(row.name, row.default, low, high, row.low_open, row.high_open)
 
     def texts(self, name: str, max_count: int, max_chars: int) -> list[str]:
         value = self.data.get(name)
