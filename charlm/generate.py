@@ -1,5 +1,10 @@
 """Generator: sampling text from a trained language model.
 
+A `Request` is one generation as asked, from whichever door (CLI flags, API keywords, a JSON body):
+frozen, hashable, its fields the rows of `charlm.settings.GENERATE`, checked once when it is made;
+its `Sampling` says how each token is drawn, and a sampling option is a row, a field of `Sampling`
+and a step of `filter_logits` here.
+
 `generate` warms the model up on the whole prefix in one pass, then draws one token per step with
 greedy, temperature, top-k or top-p (nucleus) sampling, for one or many samples at once (batched).
 Tokens reach the caller through `on_tokens` as they are made, a few steps at a time on a GPU so

@@ -30,6 +30,7 @@ from charlm.serve.batcher import Batcher, Generation  # noqa: E402
 from charlm.serve.catalog import load_catalog  # noqa: E402
 from charlm.serve.fields import Limits  # noqa: E402
 from charlm.serve.server import running  # noqa: E402
+from charlm.settings import GENERATE  # noqa: E402
 from tests.conftest import TINY_TEXT, run_cli  # noqa: E402
 
 TINY = {"hidden_size": 16, "num_layers": 1, "embedding_size": 8, "batch_size": 4, "seq_len": 8, "quiet": True}
@@ -273,6 +274,35 @@ def test_states_that_refuse_to_join_step_one_by_one(catalog, monkeypatch):
     assert all(event.wait(30) for event in done)
     batcher.close()
     assert texts == [model.generate("the ", length=50, seed=seed) for seed in (1, 2)]
+
+
+
+@pytest.mark.parametrize(("name", "value"), [("temperature", 0.5), ("top_k", 3), ("top_p", 0.6), ("greedy", True)])
+def test_requests_that_differ_in_one_sampling_field_draw_their_own_text_when_batched(runner, models, catalog, name,
+                                                                                      value):
+    """The batcher draws by each request's whole `Sampling`: two requests alike but for one of its
+    fields (the same prefix and seed), stepped together, each get the text `charlm generate` prints
+    for their options; none is drawn with the other's, whatever field a new option adds."""
+    from dataclasses import fields, replace
+
+    assert name in {field.name for field in fields(Sampling)}
+    model = catalog["tiny"].model
+    plain = Request(prefix="the ", length=40, seed=3)
+    changed = replace(plain, sampling=replace(plain.sampling, **{name: value}))
+    batcher = Batcher(model.model, model.vocab, model.meta["tokens"])
+    texts, done = ["", ""], [threading.Event(), threading.Event()]
+    for index, request in enumerate((plain, changed)):
+        batcher.submit(Generation(request, model.vocab.encode(list(request.prefix)),
+                                  lambda sample, piece, index=index: texts.__setitem__(index, texts[index] + piece),
+                                  lambda failure, index=index: done[index].set()))
+    assert all(event.wait(30) for event in done)
+    batcher.close()
+    assert batcher.largest_batch == 2  # stepped as one batch
+    flag = GENERATE[name].option
+    options = ("--prefix", "the ", "--length", "40", "--seed", "3", "--precision", "fp32")
+    assert texts[0] + "\n" == cli_text(runner, models, *options)
+    assert texts[1] + "\n" == cli_text(runner, models, *options, *([flag] if value is True else [flag, str(value)]))
+    assert texts[0] != texts[1]
 
 
 # ---------------------------------------------------------------------------------------------

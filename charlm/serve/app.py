@@ -8,13 +8,14 @@
     POST /v1/attention                a pair model's attention weights for one input
 
 A request's body is read here and checked field by field (`charlm.serve.fields`: types and
-`Limits`); what it asks for then goes to a `Batcher` (language models) or to
+`Limits`; a generation's, the rows of `charlm.settings.GENERATE` marked "http", make a
+`charlm.generate.Request`); it then goes to a `Batcher` (language models) or to
 `PairModel.translate` in a worker thread. Every error is a 4xx with one line of JSON,
 `{"error": "..."}`; anything unforeseen is a 500 that says only that (its traceback goes to the
 server's log). A request names a model from the catalog, never a file.
 
-It knows nothing about sampling or models beyond `charlm.api` and `charlm.generate`'s sampling
-options, nor about sockets (`charlm.serve.server` runs it).
+It knows nothing about sampling or models beyond `charlm.api` and `charlm.generate`'s `Request`,
+nor about sockets (`charlm.serve.server` runs it).
 """
 
 from __future__ import annotations
@@ -203,7 +204,6 @@ def event(data: dict[str, Any], name: str | None = None) -> str:
 
 HTTP_ROWS = for_command(GENERATE, "http")  # a request's own fields: the model's and stream around them
 GENERATE_FIELDS = ("model", *(row.name for row in HTTP_ROWS), "stream")
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch takes
 TRANSLATE_FIELDS = ("model", "inputs", "beam", "max_length", "length_penalty", "unknown")
 ATTENTION_FIELDS = ("model", "input", "unknown")
 
@@ -251,9 +251,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
     async def generate(request: Request) -> Response:
         fields = Fields(await read_json(request, limits.body_bytes), GENERATE_FIELDS)
         served = pick(fields.text("model", None, 200), "lm")
-        bounds = {"prefix": (None, limits.prefix_chars), "length": (None, limits.length), "seed": SEED_RANGE,
-                  "num_samples": (None, limits.num_samples)}  # the server's, besides the rows'
-        values = {row.name: fields.setting(row, *bounds.get(row.name, (None, None))) for row in HTTP_ROWS}
+        values = {row.name: fields.setting(row, *limits.bounds(row.name)) for row in HTTP_ROWS}
         asked = GenerationRequest.from_fields(values, said="field")
         streaming = fields.boolean("stream", False)
         meta = served.model.meta

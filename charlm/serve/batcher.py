@@ -5,9 +5,10 @@ A thread per model. Each request is warmed up on its own prefix when it arrives
 (`type(state).join`) and stays joined, its rows leaving (`state.rows`) only when it ends. Every
 step draws each request's next tokens from its rows of the logits with its own `Sampling` and
 its own generator, seeded as `charlm generate` seeds it (`choose_rows`: at once for the requests
-of one sampling), then runs the model's `step_function` once for all rows. So a request gives
-the text `charlm generate` prints for the same options, whatever else is batched with it, and
-throughput grows with the number of requests.
+of one `Sampling`, equal as a whole, so no field of it is shared by mistake), then runs the
+model's `step_function` once for all rows. So a request gives the text `charlm generate` prints
+for the same options, whatever else is batched with it, and throughput grows with the number of
+requests.
 
 A prefix pass stays one request's: a pass over several prefixes at once rounds differently in
 the last bits (the recurrent kernels' matrix products see another shape), where a step's rows do
@@ -267,7 +268,7 @@ class Batcher:
     def _draw(self, group: _Group) -> torch.Tensor:
         """The next ids (B,) of the group's rows, each request's with its own generator, drawn at
         once for the requests of one sampling; their text goes out."""
-        by_sampling: dict[Sampling, list[int]] = {}  # a whole Sampling: no field of it is ever shared by mistake
+        by_sampling: dict[Sampling, list[int]] = {}  # by the whole Sampling: no field shared by mistake
         for position, request in enumerate(group.requests):
             by_sampling.setdefault(request.sampling, []).append(position)
         starts = group.row_starts()
