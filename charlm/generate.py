@@ -48,8 +48,8 @@ def _check(instance: Any, said: str) -> None:
 class Sampling:
     """How each next token is drawn: a division of the logits, top-k, top-p, or the likeliest.
     Frozen and hashable: the batcher draws the requests of equal `Sampling`s at once. Each field
-    is a row of `charlm.settings.GENERATE` (its default, bounds and help), checked there when it
-    is made; `said` names a refused value as its door does ("keyword", "flag", "field")."""
+    is a row of `charlm.settings.GENERATE` (its default, bounds and help), checked by the row when
+    it is made; `said` names a refused value as its door does ("keyword", "flag", "field")."""
 
     temperature: float = GENERATE["temperature"].default
     top_k: int = GENERATE["top_k"].default  # 0: no limit
