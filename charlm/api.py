@@ -17,7 +17,6 @@ here exits the interpreter. Progress goes to stderr, or to a notebook's bar (`ch
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import queue
 import sys
@@ -61,14 +60,11 @@ class Run:
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
-        """One dict per evaluation (step, train and val loss, ...), read from the run's metrics file."""
-        from charlm.runfiles import run_paths
+        """One dict per evaluation (step, train and val loss, ...), read from the run's metrics file (a
+        last line cut short by a kill is left out, as `charlm plot` leaves it out)."""
+        from charlm.runfiles import MetricsFile, run_paths
 
-        path = run_paths(self.checkpoint)["metrics"]
-        if not os.path.exists(path):
-            return []
-        with open(path, encoding="utf-8") as file:
-            return [json.loads(line) for line in file if line.strip()]
+        return MetricsFile(run_paths(self.checkpoint)["metrics"]).read()
 
 
 # The options of `train`, as `charlm train` names them (its --model sets `cell`).
