@@ -135,7 +135,8 @@ def stats(corpus: PathLike | Sequence[PathLike], tokens: str = "char", preproces
           top: int = 10) -> dict[str, Any]:
     """What `charlm stats --json CORPUS` prints, as a dict: tokens, vocab size, the most frequent
     tokens, files read and skipped, and how training would hold out its validation split."""
-    from charlm.corpus import corpus_stats, find_corpus
+    from charlm.corpus import find_corpus
+    from charlm.data import corpus_stats
 
     found = find_corpus(_paths(corpus), encoding, tuple(include), tuple(exclude))
     return corpus_stats(found, encoding, tokens, preprocess, top)

@@ -342,21 +342,6 @@ def held_out(documents: int, val_fraction: float) -> str:
 
 
 
-def corpus_stats(found: FoundCorpus, encoding: str = "utf-8", tokens: str = "char", preprocess: str = "none",
-                 top: int = 10) -> dict[str, Any]:
-    """What `charlm stats --json` says of a corpus `find_corpus` found: its token count, vocab
-    size, the `top` most frequent tokens ([token, count] pairs), how many files it took and
-    skipped, and how training would hold out its validation split."""
-    from charlm.presets import COMMON
-    from charlm.text import Vocab, count_tokens
-
-    counts = count_tokens(document_chunks(found, encoding, preprocess), tokens)
-    vocab = Vocab(counts)
-    split = f"{held_out(len(found.files), COMMON['val_fraction'])} (--val-fraction {COMMON['val_fraction']:g})"
-    return {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
-            "most_frequent": [[token, counts[token]] for token in vocab.itos[1 : 1 + top]],
-            "files": len(found.files), "skipped_files": len(found.skipped), "held_out": split}
-
 def corpus_changes(before: Sequence[dict], after: Sequence[dict]) -> list[str]:
     """What changed between two `FoundCorpus.identity()` records, in words ("notes/a.txt
     edited"); nothing when the same contents come in the same order, whatever their names."""

@@ -29,6 +29,7 @@ from charlm.corpus import (
     VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, file_digest, file_hash, file_size, records_digest,
     stamp,
 )
+from charlm.corpus import held_out as corpus_held_out
 from charlm.errors import CharlmError, CorpusError
 from charlm.presets import COMMON, ITERATORS
 from charlm.runtime import cpu_threads, seeded_generator
@@ -138,7 +139,7 @@ def load_corpus(
         with cpu_threads(1):
             if vocab is None or unknown != "unk":
                 counted = chunks(hashed=True)
-                counts = count_chars(counted) if tokens == "char" else count_tokens(counted, tokens)
+                counts = count(counted, tokens)
                 num_tokens = sum(counts.values())
                 if vocab is not None:
                     vocab = _with_unknown(vocab, counts, unknown, name, tokens)
@@ -243,6 +244,12 @@ def code_points(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
 
 
+def count(chunks: Iterable[str], kind: str = "char") -> Counter:
+    """Token frequencies of a stream of text chunks, as `charlm.text.count_tokens` counts them: the
+    one way charlm counts (training's vocab, `charlm stats`), characters through `count_chars`."""
+    return count_chars(chunks) if kind == "char" else count_tokens(chunks, kind)
+
+
 def count_chars(chunks: Iterable[str]) -> Counter:
     """What `charlm.text.count_tokens(chunks, "char")` counts, summed over code points in C rather
     than per character in Python: ~5x faster on text with many non-Latin characters."""
@@ -253,6 +260,19 @@ def count_chars(chunks: Iterable[str]) -> Counter:
         totals.index_add_(0, points, one.expand(len(points)))
     present = totals.nonzero().squeeze(1)
     return Counter(dict(zip(map(chr, present.tolist()), totals[present].tolist())))
+
+
+def corpus_stats(found: FoundCorpus, encoding: str = "utf-8", tokens: str = "char", preprocess: str = "none",
+                 top: int = 10) -> dict[str, Any]:
+    """What `charlm stats --json` says of a corpus `find_corpus` found: its token count, vocab
+    size, the `top` most frequent tokens ([token, count] pairs), how many files it took and
+    skipped, and how training would hold out its validation split."""
+    counts = count(document_chunks(found, encoding, preprocess), tokens)
+    vocab = Vocab(counts)
+    split = f"{corpus_held_out(len(found.files), COMMON['val_fraction'])} (--val-fraction {COMMON['val_fraction']:g})"
+    return {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
+            "most_frequent": [[token, counts[token]] for token in vocab.itos[1 : 1 + top]],
+            "files": len(found.files), "skipped_files": len(found.skipped), "held_out": split}
 
 
 # ---------------------------------------------------------------------------------------------

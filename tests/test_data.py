@@ -183,3 +183,21 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
     entry.write_bytes(entry.read_bytes()[:-3])
     assert load_corpus(path, cache_dir=cache).ids.tolist() == [1, 2, 3, 1, 2, 3]
     assert len(load_corpus(path, cache_dir=cache).ids) == 6
+
+
+def test_stats_counts_as_training_does(tmp_path, monkeypatch):
+    """One way to count: `charlm stats` counts characters through the path training's vocab is
+    counted by (`data.count`, code points summed in C), and gets what the tokenizer counts."""
+    import charlm
+    from charlm import data
+
+    path = tmp_path / "mixed.txt"
+    path.write_text(MIXED * 3, encoding="utf-8")
+    called = []
+    real = data.count_chars
+    monkeypatch.setattr(data, "count_chars", lambda chunks: called.append(1) or real(chunks))
+    report = charlm.stats(path, top=50)
+    assert called and report["tokens"] == len(MIXED * 3)
+    from charlm.text import count_tokens
+
+    assert dict(report["most_frequent"]) == dict(count_tokens([MIXED * 3]).most_common(50))
