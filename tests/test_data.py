@@ -105,7 +105,7 @@ def test_char_ids_are_the_same_in_every_dtype():
 
 
 def test_cache_hit_returns_the_same_ids_without_reading_the_text(tmp_path, monkeypatch):
-    from charlm import data
+    from charlm import corpus as data  # the one reading path, of one file or many
 
     path = tmp_path / "c.txt"
     path.write_text(MIXED, encoding="utf-8")
@@ -140,7 +140,7 @@ def test_a_changed_file_is_noticed_even_with_the_same_size_and_time(tmp_path):
 def test_a_file_with_a_byte_order_mark_hits_the_cache(tmp_path, monkeypatch):
     """The hash a read records is of every byte of the file, a UTF-8 byte-order mark's too, as
     the hash a cache hit checks against."""
-    from charlm import data
+    from charlm import corpus as data  # the one reading path, of one file or many
 
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbfabcabc")
