@@ -17,7 +17,6 @@ here exits the interpreter. Progress goes to stderr, or to a notebook's bar (`ch
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import queue
 import sys
@@ -57,14 +56,11 @@ class Run:
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
-        """One dict per evaluation (step, train and val loss, ...), read from the run's metrics file."""
-        from charlm.runfiles import run_paths
+        """One dict per evaluation (step, train and val loss, ...), read from the run's metrics file (a
+        last line cut short by a kill is left out, as `charlm plot` leaves it out)."""
+        from charlm.runfiles import MetricsFile, run_paths
 
-        path = run_paths(self.checkpoint)["metrics"]
-        if not os.path.exists(path):
-            return []
-        with open(path, encoding="utf-8") as file:
-            return [json.loads(line) for line in file if line.strip()]
+        return MetricsFile(run_paths(self.checkpoint)["metrics"]).read()
 
 
 # The options of `train`, as `charlm train` names them (its --model sets `cell`).
@@ -135,7 +131,8 @@ def stats(corpus: PathLike | Sequence[PathLike], tokens: str = "char", preproces
           top: int = 10) -> dict[str, Any]:
     """What `charlm stats --json CORPUS` prints, as a dict: tokens, vocab size, the most frequent
     tokens, files read and skipped, and how training would hold out its validation split."""
-    from charlm.corpus import corpus_stats, find_corpus
+    from charlm.corpus import find_corpus
+    from charlm.data import corpus_stats
 
     found = find_corpus(_paths(corpus), encoding, tuple(include), tuple(exclude))
     return corpus_stats(found, encoding, tokens, preprocess, top)

@@ -217,15 +217,17 @@ def changed_file(files: Iterable[CorpusFile]) -> CorpusFile | None:
 
 def document_chunks(
     found: FoundCorpus, encoding: str = "utf-8", preprocess: str = "none", chunk_chars: int = CHUNK_CHARS,
+    hasher: Any = None,
 ) -> Iterator[str]:
     """The text of the corpus: each file read and preprocessed on its own, the documents joined by
-    `SEPARATOR`. The first reading checks the candidates (see the module docstring) and fills
+    `SEPARATOR`; the one way charlm reads a corpus, of one file or many. A `hasher` (of one file
+    named alone, which no first reading hashes) is fed the file's bytes as they are read. The first reading checks the candidates (see the module docstring) and fills
     `found`'s files and skipped once it is read to the end. Small pieces are gathered into chunks
     of about `chunk_chars` characters, so that 10,000 small files cost the tokenizer about as many
     calls as one file of their size."""
     pieces: list[str] = []
     size = 0
-    for index, texts in enumerate(_documents(found, encoding)):
+    for index, texts in enumerate(_documents(found, encoding, hasher)):
         texts = preprocess_chunks(texts, preprocess)
         for text in itertools.chain((SEPARATOR,), texts) if index else texts:
             if len(text) >= chunk_chars:  # a chunk of a big file goes as it is
@@ -243,12 +245,12 @@ def document_chunks(
         yield "".join(pieces)
 
 
-def _documents(found: FoundCorpus, encoding: str) -> Iterator[Iterable[str]]:
-    """The raw text chunks of each file, in order: of the files taken, or on the first reading of
-    each candidate that is text, checked whole before any of it is given."""
+def _documents(found: FoundCorpus, encoding: str, hasher: Any = None) -> Iterator[Iterable[str]]:
+    """The raw text chunks of each file, in order: of the files taken (fed to `hasher`), or on the
+    first reading of each candidate that is text, checked whole before any of it is given."""
     if found.checked:
         for file in found.files:
-            yield read_chunks(file.path, encoding)
+            yield read_chunks(file.path, encoding, hasher=hasher)
         return
     files, skipped, records = [], list(found.skipped), []
     for root, candidates in itertools.groupby(found.candidates, key=lambda candidate: candidate.root):
@@ -341,21 +343,6 @@ def held_out(documents: int, val_fraction: float) -> str:
     return share if documents == 1 else f"{share} of each of {VAL_STRETCHES} equal stretches"
 
 
-
-def corpus_stats(found: FoundCorpus, encoding: str = "utf-8", tokens: str = "char", preprocess: str = "none",
-                 top: int = 10) -> dict[str, Any]:
-    """What `charlm stats --json` says of a corpus `find_corpus` found: its token count, vocab
-    size, the `top` most frequent tokens ([token, count] pairs), how many files it took and
-    skipped, and how training would hold out its validation split."""
-    from charlm.presets import COMMON
-    from charlm.text import Vocab, count_tokens
-
-    counts = count_tokens(document_chunks(found, encoding, preprocess), tokens)
-    vocab = Vocab(counts)
-    split = f"{held_out(len(found.files), COMMON['val_fraction'])} (--val-fraction {COMMON['val_fraction']:g})"
-    return {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
-            "most_frequent": [[token, counts[token]] for token in vocab.itos[1 : 1 + top]],
-            "files": len(found.files), "skipped_files": len(found.skipped), "held_out": split}
 
 def corpus_changes(before: Sequence[dict], after: Sequence[dict]) -> list[str]:
     """What changed between two `FoundCorpus.identity()` records, in words ("notes/a.txt

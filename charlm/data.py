@@ -20,19 +20,20 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from charlm.corpus import (
-    VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, file_digest, file_hash, file_size, records_digest,
-    stamp,
+    VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, file_digest, file_hash, file_size, find_corpus,
+    records_digest, stamp,
 )
+from charlm.corpus import held_out as corpus_held_out
 from charlm.errors import CharlmError, CorpusError
 from charlm.presets import COMMON, ITERATORS
 from charlm.runtime import cpu_threads, seeded_generator
-from charlm.text import Tokenizer, Vocab, check_readable, count_tokens, preprocess_chunks, read_chunks
+from charlm.text import Tokenizer, Vocab, count_tokens
 
 
 @dataclass(frozen=True)
@@ -107,30 +108,30 @@ def load_corpus(
     are added after its own ("extend"); otherwise one is built. With `cache_dir` the ids are kept
     there too, and the next call with the same files and settings loads them instead of reading
     the text (see `TokenCache`)."""
-    found = corpus if isinstance(corpus, FoundCorpus) and not corpus.single else None
-    path = corpus.files[0].path if isinstance(corpus, FoundCorpus) and found is None else corpus
+    found = corpus if isinstance(corpus, FoundCorpus) else find_corpus((corpus,), encoding)
+    single = found.single  # one file: cached, hashed and recorded by its path, as a corpus always was
+    path = found.roots[0]
     settings = {"tokens": tokens, "preprocess": preprocess, "encoding": encoding, "min_freq": min_freq,
                 "max_vocab": max_vocab, "vocab": _digest(vocab.to_json().encode()) if vocab is not None else None}
     if vocab is not None and unknown != "unk":
         settings["unknown"] = unknown
-    cache = TokenCache(cache_dir, found or path, settings) if cache_dir is not None else None
+    cache = TokenCache(cache_dir, path if single else found, settings) if cache_dir is not None else None
     if cache is not None and (cached := cache.load()) is not None:
         return cached
-    hasher = hashlib.sha256()  # fed by the first pass over a file: the content hash costs no pass
+    hasher = hashlib.sha256()  # fed by the first pass over one file: the content hash costs no pass
+    if single:  # a folder's files are stamped as the first pass checks them
+        found.files = [replace(file, stamp=stamp(file.path)) for file in found.files]
 
-    if found is None:
-        def chunks(hashed: bool) -> Iterator[str]:
-            return preprocess_chunks(read_chunks(path, encoding, hasher=hasher if hashed else None), preprocess)
+    def chunks(hashed: bool) -> Iterator[str]:
+        return document_chunks(found, encoding, preprocess, hasher=hasher if hashed and single else None)
 
-        check_readable(path)
-        before = stamp(path)
-        name, moved = os.fspath(path), lambda: os.fspath(path) if stamp(path) != before else None
-    else:  # the first pass checks which files are text, hashing and stamping them
-        def chunks(hashed: bool) -> Iterator[str]:
-            return document_chunks(found, encoding, preprocess)
+    name = found.shown
 
-        name = found.shown
-        moved = lambda: getattr(changed_file(found.files), "name", None)  # noqa: E731
+    def moved() -> str | None:
+        """A file that changed since it was stamped, by name, or None."""
+        changed = changed_file(found.files)
+        return None if changed is None else path if single else changed.name
+
     num_tokens = None
     try:
         # torch on one thread: each chunk op here is short and memory-bound, a thread team gains
@@ -138,7 +139,7 @@ def load_corpus(
         with cpu_threads(1):
             if vocab is None or unknown != "unk":
                 counted = chunks(hashed=True)
-                counts = count_chars(counted) if tokens == "char" else count_tokens(counted, tokens)
+                counts = count(counted, tokens)
                 num_tokens = sum(counts.values())
                 if vocab is not None:
                     vocab = _with_unknown(vocab, counts, unknown, name, tokens)
@@ -150,11 +151,11 @@ def load_corpus(
             try:
                 ids = encode_stream(Tokenizer(tokens).split_chunks(chunks(hashed=num_tokens is None)), vocab, num_tokens)
                 two_passes = num_tokens is not None
-                changed = (two_passes and len(ids) != num_tokens) or bool((two_passes or found) and moved())
+                changed = (two_passes and len(ids) != num_tokens) or bool((two_passes or not single) and moved())
             except _MoreThanCounted:
                 changed = True
     except CorpusError:
-        if found is None or not moved():
+        if single or not moved():
             raise
         changed = True  # a file of several that reads otherwise than it did when it was found
     # Two passes (count, then encode) must read the same text: otherwise the vocab, the count
@@ -164,8 +165,8 @@ def load_corpus(
                           "writes to it")
     if len(ids) == 0:
         raise CorpusError(f"{name}: no tokens left after preprocessing {preprocess!r}")
-    corpus = Corpus(ids, vocab, tokens, preprocess, documents=len(found.files) if found is not None else 1,
-                    sha256=hasher.hexdigest() if found is None else None)
+    corpus = Corpus(ids, vocab, tokens, preprocess, documents=len(found.files),
+                    sha256=hasher.hexdigest() if single else None)
     if cache is not None:
         cache.store(corpus, hasher.hexdigest())
     return corpus
@@ -243,6 +244,12 @@ def code_points(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32)
 
 
+def count(chunks: Iterable[str], kind: str = "char") -> Counter:
+    """Token frequencies of a stream of text chunks, as `charlm.text.count_tokens` counts them: the
+    one way charlm counts (training's vocab, `charlm stats`), characters through `count_chars`."""
+    return count_chars(chunks) if kind == "char" else count_tokens(chunks, kind)
+
+
 def count_chars(chunks: Iterable[str]) -> Counter:
     """What `charlm.text.count_tokens(chunks, "char")` counts, summed over code points in C rather
     than per character in Python: ~5x faster on text with many non-Latin characters."""
@@ -253,6 +260,19 @@ def count_chars(chunks: Iterable[str]) -> Counter:
         totals.index_add_(0, points, one.expand(len(points)))
     present = totals.nonzero().squeeze(1)
     return Counter(dict(zip(map(chr, present.tolist()), totals[present].tolist())))
+
+
+def corpus_stats(found: FoundCorpus, encoding: str = "utf-8", tokens: str = "char", preprocess: str = "none",
+                 top: int = 10) -> dict[str, Any]:
+    """What `charlm stats --json` says of a corpus `find_corpus` found: its token count, vocab
+    size, the `top` most frequent tokens ([token, count] pairs), how many files it took and
+    skipped, and how training would hold out its validation split."""
+    counts = count(document_chunks(found, encoding, preprocess), tokens)
+    vocab = Vocab(counts)
+    split = f"{corpus_held_out(len(found.files), COMMON['val_fraction'])} (--val-fraction {COMMON['val_fraction']:g})"
+    return {"tokens": sum(counts.values()), "vocab_size": len(vocab), "distinct_tokens": len(counts),
+            "most_frequent": [[token, counts[token]] for token in vocab.itos[1 : 1 + top]],
+            "files": len(found.files), "skipped_files": len(found.skipped), "held_out": split}
 
 
 # ---------------------------------------------------------------------------------------------

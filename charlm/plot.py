@@ -13,17 +13,15 @@ nothing about models or training.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
 from charlm.errors import CharlmError, MissingExtra
-from charlm.runfiles import metrics_of
+from charlm.runfiles import DRAWN, MetricsFile, metrics_of
 
 INSTALL_HINT = "pip install 'charlm[plot]'"
-DRAWN = ("train_loss", "val_loss", "val_ppl")  # the values of a metrics record that are drawn, against "tokens"
 
 
 def metrics_path(path: str | os.PathLike) -> Path:
@@ -37,49 +35,16 @@ def metrics_path(path: str | os.PathLike) -> Path:
 
 
 def read_metrics(path: str | os.PathLike, notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """The evaluations of a run, in order. A missing file, or a line that is not a metrics record,
-    is a `CharlmError` naming the file and line; but a last line cut short (what a kill in the
-    middle of a write leaves, and `--resume` drops) is skipped, with a note added to `notes`."""
+    """The evaluations of a run, in order (`charlm.runfiles.MetricsFile.read`: a last line cut short
+    is skipped with a note in `notes`). A missing file, or one without evaluations, is a
+    `CharlmError`: there is nothing to plot."""
     source = metrics_path(path)
     if not source.is_file():
         raise CharlmError(f"{path}: no metrics file {source}; give a run's X.metrics.jsonl or its checkpoint")
-    records = []
-    with open(source, "rb") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            record, problem = _record(line)
-            if problem and not line.endswith(b"\n"):  # only the last line can lack its newline
-                if notes is not None:
-                    notes.append(f"{source}: skipped line {number}, cut short (by a kill while it was written)")
-                continue
-            if problem:
-                raise CharlmError(f"{source}: line {number} is not a charlm metrics record ({problem}); fix or "
-                                  "delete that line")
-            records.append(record)
+    records = MetricsFile(source).read(notes)
     if not records:
         raise CharlmError(f"{source}: no evaluations yet; plot it once the run has evaluated")
     return records
-
-
-def _record(line: bytes) -> tuple[dict[str, Any], str | None]:
-    """(the record on a metrics line, None), or ({}, what is wrong with the line). Every value that
-    is drawn must be a number a float holds (the loss ones may be null): a string would be drawn as
-    a category, and JSON's ints have no bound."""
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        return {}, "not UTF-8"
-    except (ValueError, RecursionError):
-        return {}, "not JSON"
-    if not isinstance(record, dict):
-        return {}, "not a JSON object"
-    for key in ("tokens", *DRAWN):
-        value = record.get(key)
-        number = isinstance(value, float) or (type(value) is int and -1e308 < value < 1e308)
-        if not (number or (value is None and key != "tokens")):
-            return {}, f"{key} is {'missing' if key not in record else 'not a number'}"
-    return record, None
 
 
 def run_name(path: str | os.PathLike) -> str:

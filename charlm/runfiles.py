@@ -31,6 +31,7 @@ SUFFIX = ".safetensors"
 ROLES = ("model", "resume", "metrics", "lock")
 CHECKPOINT_KINDS = {"model": "model", "resume": "resume"}
 METRICS_PROBE_BYTES = 1 << 16  # a metrics file is recognised by its first line
+DRAWN = ("train_loss", "val_loss", "val_ppl")  # a record's values drawn against "tokens": numbers, or null
 
 
 def run_paths(out: str | os.PathLike) -> dict[str, str]:
@@ -179,10 +180,35 @@ def _is_run_file(path: str, role: str) -> bool:
 
 
 class MetricsFile:
-    """A run's `X.metrics.jsonl`: one JSON object per evaluation, appended as the run goes."""
+    """A run's `X.metrics.jsonl`: one JSON object per evaluation, appended as the run goes. `read`
+    is the one reader of it (the plot, the server's loss curves and `charlm.Run.metrics` use it)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+
+    def read(self, notes: list[str] | None = None) -> list[dict]:
+        """The evaluations recorded, in order; none for a missing file. A last line cut short (what a
+        kill in the middle of a write leaves, and `--resume` drops) is skipped, with a note added to
+        `notes`; any other line that is not a metrics record is a `CharlmError` naming the line."""
+        if not os.path.exists(self.path):
+            return []
+        if not os.path.isfile(self.path):  # a FIFO would block the read forever
+            raise CharlmError(f"{self.path}: not a regular file, so not a run's metrics")
+        records = []
+        with open(self.path, "rb") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                record, problem = _metrics_record(line)
+                if problem and not line.endswith(b"\n"):  # only the last line can lack its newline
+                    if notes is not None:
+                        notes.append(f"{self.path}: skipped line {number}, cut short (by a kill while it was written)")
+                    continue
+                if problem:
+                    raise CharlmError(f"{self.path}: line {number} is not a charlm metrics record ({problem}); fix "
+                                      "or delete that line")
+                records.append(record)
+        return records
 
     def append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as file:
@@ -207,3 +233,23 @@ class MetricsFile:
                 except (KeyError, TypeError, ValueError):
                     continue
         atomic_write(self.path, "".join(kept).encode("utf-8"))
+
+
+def _metrics_record(line: bytes) -> tuple[dict, str | None]:
+    """(the record on a metrics line, None), or ({}, what is wrong with the line). Every value that
+    is drawn must be a number a float holds (the loss ones may be null): a string would be drawn as
+    a category, and JSON's ints have no bound."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return {}, "not UTF-8"
+    except (ValueError, RecursionError):
+        return {}, "not JSON"
+    if not isinstance(record, dict):
+        return {}, "not a JSON object"
+    for key in ("tokens", *DRAWN):
+        value = record.get(key)
+        number = isinstance(value, float) or (type(value) is int and -1e308 < value < 1e308)
+        if not (number or (value is None and key != "tokens")):
+            return {}, f"{key} is {'missing' if key not in record else 'not a number'}"
+    return record, None

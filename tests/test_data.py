@@ -105,7 +105,7 @@ def test_char_ids_are_the_same_in_every_dtype():
 
 
 def test_cache_hit_returns_the_same_ids_without_reading_the_text(tmp_path, monkeypatch):
-    from charlm import data
+    from charlm import corpus as data  # the one reading path, of one file or many
 
     path = tmp_path / "c.txt"
     path.write_text(MIXED, encoding="utf-8")
@@ -140,7 +140,7 @@ def test_a_changed_file_is_noticed_even_with_the_same_size_and_time(tmp_path):
 def test_a_file_with_a_byte_order_mark_hits_the_cache(tmp_path, monkeypatch):
     """The hash a read records is of every byte of the file, a UTF-8 byte-order mark's too, as
     the hash a cache hit checks against."""
-    from charlm import data
+    from charlm import corpus as data  # the one reading path, of one file or many
 
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbfabcabc")
@@ -183,3 +183,21 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
     entry.write_bytes(entry.read_bytes()[:-3])
     assert load_corpus(path, cache_dir=cache).ids.tolist() == [1, 2, 3, 1, 2, 3]
     assert len(load_corpus(path, cache_dir=cache).ids) == 6
+
+
+def test_stats_counts_as_training_does(tmp_path, monkeypatch):
+    """One way to count: `charlm stats` counts characters through the path training's vocab is
+    counted by (`data.count`, code points summed in C), and gets what the tokenizer counts."""
+    import charlm
+    from charlm import data
+
+    path = tmp_path / "mixed.txt"
+    path.write_text(MIXED * 3, encoding="utf-8")
+    called = []
+    real = data.count_chars
+    monkeypatch.setattr(data, "count_chars", lambda chunks: called.append(1) or real(chunks))
+    report = charlm.stats(path, top=50)
+    assert called and report["tokens"] == len(MIXED * 3)
+    from charlm.text import count_tokens
+
+    assert dict(report["most_frequent"]) == dict(count_tokens([MIXED * 3]).most_common(50))

@@ -71,3 +71,26 @@ def test_bad_inputs_say_what_is_wrong(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(CharlmError, match=message):
         plot_runs([path], tmp_path / "c.png")
+
+
+def test_the_plot_the_server_and_the_api_read_a_metrics_file_alike(tmp_path):
+    """One reader: a last line cut short by a kill is left out by `charlm plot`, by the server's
+    loss curve and by `charlm.Run.metrics` alike; a damaged line in the middle stops each of them."""
+    import charlm
+    from charlm.plot import read_metrics
+    from charlm.serve.catalog import Served
+
+    write_metrics(tmp_path / "x.metrics.jsonl", [3.0, 2.5])
+    whole = (tmp_path / "x.metrics.jsonl").read_text()
+    (tmp_path / "x.metrics.jsonl").write_text(whole + '{"step": 30, "tok')
+    notes: list[str] = []
+    plotted = read_metrics(tmp_path / "x.safetensors", notes)
+    assert [record["step"] for record in plotted] == [10, 20] and "skipped line 3, cut short" in notes[0]
+    assert charlm.Run(tmp_path / "x.safetensors", None).metrics == plotted
+    served = Served("x", str(tmp_path / "x.safetensors"), None).metrics()["points"]
+    assert [point["step"] for point in served] == [10, 20]
+    (tmp_path / "x.metrics.jsonl").write_text('{"step": 5, "tok\n' + whole)
+    for read in (lambda: read_metrics(tmp_path / "x.safetensors"), lambda: charlm.Run(tmp_path / "x.safetensors", None).metrics):
+        with pytest.raises(CharlmError, match="line 1 is not a charlm metrics record"):
+            read()
+    assert charlm.Run(tmp_path / "none.safetensors", None).metrics == []

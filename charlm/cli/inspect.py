@@ -29,7 +29,8 @@ def stats(corpus: tuple[Path, ...], tokens: str, preprocess: str, encoding: str,
     charlm stats corpora/timemachine.txt --preprocess d2l
     charlm stats notes/ --include '*.md'
     """
-    from charlm.corpus import corpus_stats, find_corpus
+    from charlm.corpus import find_corpus
+    from charlm.data import corpus_stats
 
     found = find_corpus(corpus, encoding, include, exclude)
     report = corpus_stats(found, encoding, tokens, preprocess, top)
