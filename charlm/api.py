@@ -72,8 +72,10 @@ class Run:
             return [json.loads(line) for line in file if line.strip()]
 
 
-# The options of `train`: `charlm train`'s settings (`charlm.settings.TRAIN`), named as keywords (its --model sets `cell`).
+# The options of `train` and `stats`: their commands' settings (`charlm.settings`), by keyword (train's
+# `model` is the setting `cell`, as its flag is --model).
 _TRAIN_ROWS = {row.argument: row for row in for_command(TRAIN, "train")}
+_STATS_ROWS = {row.argument: row for row in for_command({**TRAIN, **STATS}, "stats")}
 TRAIN_OPTIONS: dict[str, Any] = {keyword: row.default for keyword, row in _TRAIN_ROWS.items()}
 
 
@@ -90,7 +92,8 @@ def train(corpus: PathLike | Sequence[PathLike], **options: Any) -> Run:
 
     Progress shows as a bar (in a notebook, the notebook's), nothing with `quiet=True`.
     Interrupting the cell saves the run: the same call with `resume=True` goes on from it.
-    Raises `charlm.CharlmError` (`TrainingInterrupted` when interrupted) with the command's message.
+    Raises `charlm.CharlmError` (`TrainingInterrupted` when interrupted) with the command's message;
+    a value a setting does not take, at once, in a line that names its keyword ("lr must be ...").
     """
     _check_keywords("train", options, _TRAIN_ROWS)
     settings = {**DEFAULTS, **_settings(options, _TRAIN_ROWS)}
@@ -104,9 +107,6 @@ def stats(corpus: PathLike | Sequence[PathLike], **options: Any) -> dict[str, An
     tokens, files read and skipped, and how training would hold out its validation split. The
     options are `charlm stats`' flags, underscored."""
     return stats_with_files(corpus, **options)[1]
-
-
-_STATS_ROWS = {row.argument: row for row in for_command({**TRAIN, **STATS}, "stats")}
 
 
 def stats_with_files(corpus: PathLike | Sequence[PathLike], **options: Any) -> tuple[Any, dict[str, Any]]:

@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from charlm.presets import CHECKPOINT_DIR, UNKNOWN_POLICIES
-from charlm.settings import MAX_THREADS, TRAIN, Setting  # noqa: F401 (MAX_THREADS: serve's --threads)
+from charlm.settings import MAX_THREADS, TRAIN, Setting, for_command  # noqa: F401 (MAX_THREADS: serve's --threads)
 
 
 class CharlmGroup(click.Group):
@@ -169,11 +169,13 @@ positive = Size(min=1)
 non_negative = Size(min=0)
 
 
-def options(rows: Iterable[Setting]) -> Callable[[Any], Any]:
-    """A decorator that adds a click option for each of the settings `rows` (`charlm.settings`), in
-    their order: the flag, type, bounds, default and help are the row's, so the command line, the
-    Python API and the checks never disagree."""
-    made = [_option(row) for row in rows]
+def options(rows: dict[str, Setting] | Iterable[Setting], command: str | None = None) -> Callable[[Any], Any]:
+    """A decorator that adds a click option for each of the settings `rows` (`charlm.settings`; of a
+    table with `command`, those the command takes), in their order: the flag, type, bounds, default
+    and help are the row's, so the command line, the Python API and the checks never disagree."""
+    if command is not None:
+        rows = for_command(rows, command)
+    made = [_option(row) for row in (rows.values() if isinstance(rows, dict) else rows)]
 
     def add(function: Any) -> Any:
         for option in reversed(made):

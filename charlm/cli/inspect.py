@@ -11,12 +11,12 @@ from typing import Any
 import click
 
 from charlm.cli import best_loss, escaped, options, say_files, to_json
-from charlm.settings import STATS, TRAIN, for_command
+from charlm.settings import STATS, TRAIN
 
 
 @click.command()
 @click.argument("corpus", nargs=-1, required=True, type=click.Path(path_type=Path))
-@options(for_command({**TRAIN, **STATS}, "stats"))
+@options({**TRAIN, **STATS}, "stats")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(corpus: tuple[Path, ...], as_json: bool, **settings: Any) -> None:
     """Token count, vocab size and the most frequent tokens of CORPUS, one or more text files or

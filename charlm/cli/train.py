@@ -13,12 +13,12 @@ import click
 from click.core import ParameterSource
 
 from charlm.cli import best_loss, options, report_pairs
-from charlm.settings import TRAIN, for_command
+from charlm.settings import TRAIN
 
 
 @click.command()
 @click.argument("corpus", nargs=-1, required=True, type=click.Path(path_type=Path))
-@options(for_command(TRAIN, "train"))
+@options(TRAIN, "train")
 @click.pass_context
 def train(ctx: click.Context, corpus: tuple[Path, ...], **settings: Any) -> None:
     """Train a language model on CORPUS, one or more UTF-8 text files or folders, or a translation
