@@ -42,7 +42,8 @@ def test_a_new_row_is_a_flag_a_keyword_a_default_and_a_check():
     assert "[default: 0.25; 0<=x<=1]" in shown
     assert CliRunner().invoke(command, []).output == "{'warmup_ratio': 0.25}\n"
     refused = CliRunner().invoke(command, ["--warmup-ratio", "2"])
-    assert refused.exit_code == 2 and "Invalid value for '--warmup-ratio': 2.0 is not in the range 0<=x<=1" in refused.output
+    assert refused.exit_code == 2
+    assert "Invalid value for '--warmup-ratio': 2.0 is not in the range 0<=x<=1" in refused.output
     signature = api._signature(table(THROWAWAY), "Run")
     assert str(signature.parameters["warmup_ratio"]) == "warmup_ratio: 'float' = 0.25"
     with pytest.raises(CharlmError, match=r"^warmup_ratio must be in \[0, 1\], got 2$"):
