@@ -1,10 +1,10 @@
 """Settings -> a trained run: what `charlm train` and `charlm.train` share, so that a flag and a
 keyword argument of the same name mean the same thing, with the same defaults and errors.
 
-`train_options` fills the settings a caller left out (the task's defaults, then the
-architecture's, under those given), checks that they go together and `launch` trains. A setting
-is named as the `charlm train` option that sets it, underscored (`cell` is `--model`), and errors
-name the flag. Showing the progress and the final line is left to the caller; nothing here knows
+`launch` fills the settings a caller left out (the task's defaults, then the architecture's, under
+those given), checks that they go together (which task reads a setting, what a model's config
+takes: the rows of `charlm.settings.TRAIN` say) and trains. A setting is named as its row
+(`cell` is `--model`), and errors name the flag. Showing the progress and the final line is left to the caller; nothing here knows
 about click or notebooks.
 """
 
