@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from charlm.launch import DEFAULTS, launch
 from charlm.presets import PAIRS
-from charlm.settings import GENERATE, for_command, parameters
+from charlm.settings import GENERATE, STATS, TRAIN, Setting, for_command, parameters
 
 if TYPE_CHECKING:
     from charlm.generate import Request
@@ -63,12 +63,11 @@ class Run:
         return MetricsFile(run_paths(self.checkpoint)["metrics"]).read()
 
 
-# The options of `train`, as `charlm train` names them (its --model sets `cell`).
-_RENAMED = {"model": "cell"}
-_RUN_OPTIONS = {"out": None, "resume": False, "overwrite": False, "quiet": False}
-TRAIN_OPTIONS: dict[str, Any] = {
-    **{("model" if name == "cell" else name): default for name, default in DEFAULTS.items()}, **_RUN_OPTIONS,
-}
+# The options of `train` and `stats`: their commands' settings (`charlm.settings`), by keyword (train's
+# `model` is the setting `cell`, as its flag is --model).
+_TRAIN_ROWS = {row.argument: row for row in for_command(TRAIN, "train")}
+_STATS_ROWS = {row.argument: row for row in for_command({**TRAIN, **STATS}, "stats")}
+TRAIN_OPTIONS: dict[str, Any] = {keyword: row.default for keyword, row in _TRAIN_ROWS.items()}
 
 
 def train(corpus: PathLike | Sequence[PathLike], **options: Any) -> Run:
@@ -84,58 +83,66 @@ def train(corpus: PathLike | Sequence[PathLike], **options: Any) -> Run:
 
     Progress shows as a bar (in a notebook, the notebook's), nothing with `quiet=True`.
     Interrupting the cell saves the run: the same call with `resume=True` goes on from it.
-    Raises `charlm.CharlmError` (`TrainingInterrupted` when interrupted) with the command's message.
+    Raises `charlm.CharlmError` (`TrainingInterrupted` when interrupted) with the command's message;
+    a value a setting does not take, at once, in a line that names its keyword ("lr must be ...").
     """
-    unknown = sorted(set(options) - set(TRAIN_OPTIONS))
-    if unknown:
-        raise TypeError(f"train() got unexpected keyword argument{'s' if len(unknown) > 1 else ''}: "
-                        f"{', '.join(unknown)} (it takes charlm train's options: {', '.join(TRAIN_OPTIONS)})")
-    given = {_RENAMED.get(name, name) for name in options if name not in _RUN_OPTIONS}
-    settings = {**DEFAULTS, **{_RENAMED.get(name, name): value for name, value in options.items()
-                               if name not in _RUN_OPTIONS}}
-    for name in ("include", "exclude"):
-        settings[name] = (settings[name],) if isinstance(settings[name], str) else tuple(settings[name])
-    if settings["cache_dir"] is not None:
-        settings["cache_dir"] = Path(settings["cache_dir"])
-    run_options = {**_RUN_OPTIONS, **{name: options[name] for name in _RUN_OPTIONS if name in options}}
-    out = Path(run_options["out"]) if run_options["out"] is not None else None
-    done = launch(_paths(corpus), settings, given, out, run_options["resume"], run_options["overwrite"],
-                  run_options["quiet"], _say)
+    _check_keywords("train", options, _TRAIN_ROWS)
+    settings = {**DEFAULTS, **_settings(options, _TRAIN_ROWS)}
+    given = {_TRAIN_ROWS[keyword].name for keyword in options}
+    done = launch(_paths(corpus), settings, given, _say)
     return Run(done.out, done.summary.get("best_val_loss"), done.summary)
 
 
-# The types of the options whose default (None) does not say it.
-_TYPES = {"model_type": "str", "attention": "bool", "model": "str", "max_vocab": "int", "cache_dir": "PathLike",
-          "embedding_size": "int", "hidden_size": "int", "num_layers": "int", "num_heads": "int", "dropout": "float",
-          "weight_drop": "float", "locked_dropout": "bool", "embedding_dropout": "float", "lr": "float",
-          "lr_schedule": "str", "lr_decay_steps": "int", "epochs": "int", "max_steps": "int", "max_time": "float", "eval_every": "int",
-          "threads": "int", "keep": "str", "init_from": "PathLike", "out": "PathLike"}
-
-
-def _annotation(name: str, default: Any) -> str:
-    if default is None:
-        return f"{_TYPES[name]} | None"
-    return "Sequence[str]" if isinstance(default, tuple) else type(default).__name__
-
-
-train.__signature__ = inspect.Signature(  # what help() and a notebook's completion show
-    [inspect.Parameter("corpus", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="PathLike | Sequence[PathLike]"),
-     *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=_annotation(name, default))
-       for name, default in TRAIN_OPTIONS.items())],
-    return_annotation="Run",
-)
-
-
-def stats(corpus: PathLike | Sequence[PathLike], tokens: str = "char", preprocess: str = "none",
-          encoding: str = "utf-8", include: Sequence[str] = (), exclude: Sequence[str] = (),
-          top: int = 10) -> dict[str, Any]:
+def stats(corpus: PathLike | Sequence[PathLike], **options: Any) -> dict[str, Any]:
     """What `charlm stats --json CORPUS` prints, as a dict: tokens, vocab size, the most frequent
-    tokens, files read and skipped, and how training would hold out its validation split."""
+    tokens, files read and skipped, and how training would hold out its validation split. The
+    options are `charlm stats`' flags, underscored."""
+    return stats_with_files(corpus, **options)[1]
+
+
+def stats_with_files(corpus: PathLike | Sequence[PathLike], **options: Any) -> tuple[Any, dict[str, Any]]:
+    """`stats`, with the corpus as it was found (`charlm.corpus.FoundCorpus`: the files read and
+    skipped), for a caller that says which files it read, as `charlm stats` does."""
     from charlm.corpus import find_corpus
     from charlm.data import corpus_stats
 
-    found = find_corpus(_paths(corpus), encoding, tuple(include), tuple(exclude))
-    return corpus_stats(found, encoding, tokens, preprocess, top)
+    _check_keywords("stats", options, _STATS_ROWS)
+    settings = {**{keyword: row.default for keyword, row in _STATS_ROWS.items()}, **_settings(options, _STATS_ROWS)}
+    found = find_corpus(_paths(corpus), settings["encoding"], settings["include"], settings["exclude"])
+    return found, corpus_stats(found, settings["encoding"], settings["tokens"], settings["preprocess"], settings["top"])
+
+
+def _check_keywords(function: str, options: dict[str, Any], rows: dict[str, Setting]) -> None:
+    unknown = sorted(set(options) - set(rows))
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword argument{'s' if len(unknown) > 1 else ''}: "
+                        f"{', '.join(unknown)} (it takes charlm {function}'s options: {', '.join(rows)})")
+
+
+def _settings(options: dict[str, Any], rows: dict[str, Setting]) -> dict[str, Any]:
+    """The keywords given, each checked by its row (an error names the keyword), by setting name: a
+    path the command reads as a `Path` made one, repeatable text a tuple, the rest as given."""
+    settings = {}
+    for keyword, value in options.items():
+        row = rows[keyword]
+        checked = row.check(value, keyword)
+        if row.path is not None and value is not None:
+            value = Path(value)
+        settings[row.name] = checked if row.kind is tuple else value
+    return settings
+
+
+def _signature(rows: dict[str, Setting], returns: str) -> inspect.Signature:
+    """What help() and a notebook's completion show of a function that takes `rows` as keywords."""
+    return inspect.Signature(
+        [inspect.Parameter("corpus", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                           annotation="PathLike | Sequence[PathLike]"),
+         *parameters(rows.values(), keyword_only=True)],
+        return_annotation=returns)
+
+
+train.__signature__ = _signature(_TRAIN_ROWS, "Run")
+stats.__signature__ = _signature(_STATS_ROWS, "dict[str, Any]")
 
 
 def _paths(corpus: PathLike | Sequence[PathLike]) -> tuple[Path, ...]:

@@ -1,10 +1,10 @@
 """Settings -> a trained run: what `charlm train` and `charlm.train` share, so that a flag and a
 keyword argument of the same name mean the same thing, with the same defaults and errors.
 
-`train_options` fills the settings a caller left out (the task's defaults, then the
-architecture's, under those given), checks that they go together and `launch` trains. A setting
-is named as the `charlm train` option that sets it, underscored (`cell` is `--model`), and errors
-name the flag. Showing the progress and the final line is left to the caller; nothing here knows
+`launch` fills the settings a caller left out (the task's defaults, then the architecture's, under
+those given), checks that they go together (which task reads a setting, what a model's config
+takes: the rows of `charlm.settings.TRAIN` say) and trains. A setting is named as its row
+(`cell` is `--model`), and errors name the flag. Showing the progress and the final line is left to the caller; nothing here knows
 about click or notebooks.
 """
 
@@ -19,37 +19,27 @@ from typing import Any
 
 from charlm import registry
 from charlm.errors import UsageError
-from charlm.presets import (
-    CELLS, CHECKPOINT_DIR, COMMON, LM, LM_ONLY, MODEL_SETTINGS, PAIRS, PAIRS_ONLY, REGULARISERS, task_defaults,
-)
+from charlm.presets import CELLS, CHECKPOINT_DIR, LM, PAIRS, task_defaults
+from charlm.settings import TRAIN, for_command
 
-# Every setting of a run and its default, as `charlm train` has them (tests check the two agree).
+# Every setting of a run and its default, as `charlm train` has them: the rows of `charlm.settings.TRAIN`.
 # None: the task's or the architecture's default, `charlm.presets`'.
-DEFAULTS: dict[str, Any] = {
-    "task": "auto", "model_type": None, "attention": None, "skip_bad_lines": False, "cell": None,
-    "from_scratch": False, "tokens": COMMON["tokens"], "preprocess": COMMON["preprocess"],
-    "encoding": COMMON["encoding"], "include": (), "exclude": (), "min_freq": COMMON["min_freq"],
-    "max_vocab": COMMON["max_vocab"], "cache_dir": None, "no_cache": False, "embedding_size": None,
-    "hidden_size": None, "num_layers": None, "num_heads": None, "dropout": None, "weight_drop": None,
-    "locked_dropout": None, "embedding_dropout": None, "ema": COMMON["ema"], "seq_len": COMMON["seq_len"],
-    "batch_size": COMMON["batch_size"], "iterator": COMMON["iterator"], "optimizer": COMMON["optimizer"],
-    "lr": None, "lr_schedule": None, "min_lr_ratio": COMMON["min_lr_ratio"], "warmup_steps": COMMON["warmup_steps"],
-    "lr_decay_steps": COMMON["lr_decay_steps"],
-    "weight_decay": COMMON["weight_decay"],
-    "clip": COMMON["clip"], "epochs": None, "max_steps": COMMON["max_steps"], "max_time": COMMON["max_time"],
-    "val_fraction": COMMON["val_fraction"], "eval_every": COMMON["eval_every"], "seed": COMMON["seed"],
-    "device": COMMON["device"], "threads": None, "precision": COMMON["precision"], "allow_changed_corpus": False,
-    "keep": None, "init_from": None, "unknown": "error", "extend_vocab": False,
-}
-
-# What --init-from takes from its checkpoint: flags that would change it are refused.
-ARCHITECTURE_FLAGS = ("cell", "hidden_size", "num_layers", "num_heads", "embedding_size", "from_scratch", "tokens", "preprocess",
-                      "max_vocab", "min_freq")
+DEFAULTS: dict[str, Any] = {row.name: row.default for row in for_command(TRAIN, "train")}
+# What a model's config takes by field name (for pairs the cell is one too; for text "cell" names
+# the architecture), and of those what a fine-tuned model (--init-from) may change: what leaves its
+# weights as they are. What --init-from takes from its checkpoint is refused (`Setting.from_parent`).
+MODEL_SETTINGS = tuple(row.name for row in TRAIN.values() if row.model_field)
+REGULARISERS = tuple(row.name for row in TRAIN.values() if row.model_field and not row.from_parent)
 
 
 def flag(name: str) -> str:
     """The `charlm train` flag of a setting: `--hidden-size` for hidden_size, `--model` for cell."""
-    return "--model" if name == "cell" else "--" + name.replace("_", "-")
+    return TRAIN[name].option
+
+
+def _flags(given: set[str], test: Callable[[Any], bool]) -> list[str]:
+    """The flags of the settings `given` whose rows pass `test`, in --help's order."""
+    return [row.option for row in TRAIN.values() if row.name in given and test(row)]
 
 
 @dataclass
@@ -70,19 +60,19 @@ def default_out(corpus: tuple[Path, ...]) -> Path:
     return Path(CHECKPOINT_DIR) / f"{Path(os.path.abspath(corpus[0])).stem or 'corpus'}.safetensors"
 
 
-def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], out: Path | None, resume: bool,
-           overwrite: bool, quiet: bool, say: Callable[[str], None]) -> Launched:
+def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], say: Callable[[str], None]) -> Launched:
     """Train on `corpus` with `options` (every setting of `DEFAULTS`, by name; `given` names those the
     user set): fill in the defaults, check the settings, train, and return what came of it. The
     notes, and unless `quiet` the run's description, go to `say` as lines."""
     from charlm.runtime import cpu_threads, distributed
 
     options = dict(options)
+    out, resume, overwrite, quiet = (options.pop(name) for name in ("out", "resume", "overwrite", "quiet"))
     if "allow_changed_corpus" in given and not resume:
         raise UsageError("--allow-changed-corpus only applies with --resume")
     parent = _parent(options, given)
     task = _task_of(corpus, options["task"], options["encoding"], parent is not None)
-    not_for = [flag(name) for name in (PAIRS_ONLY if task == "lm" else LM_ONLY) if name in given]
+    not_for = _flags(given, lambda row: row.only not in (None, task))
     if not_for:
         what = "pair corpora (--task translate)" if task == "lm" else "language models of text (--task lm)"
         raise UsageError(f"{', '.join(not_for)} only applies to {what}")
@@ -115,7 +105,7 @@ def _parent(options: dict[str, Any], given: set[str]) -> Any:
         if alone:
             raise UsageError(f"{', '.join(alone)} only {'applies' if len(alone) == 1 else 'apply'} with --init-from")
         return None
-    changing = [flag(name) for name in ARCHITECTURE_FLAGS if name in given]
+    changing = _flags(given, lambda row: row.from_parent)
     if changing:
         raise UsageError(f"{', '.join(changing)} would change the model --init-from starts from (its architecture, "
                          "vocab and text settings are the checkpoint's); drop "

@@ -1,9 +1,10 @@
-"""Presets: every choice charlm offers and every default it starts from, in one place.
+"""Presets: every choice charlm offers and the default values it starts from, in one place.
 
-The CLI builds its options from this module (it imports no torch, so `charlm --help` stays quick),
-and the config dataclasses (`ModelConfig`, `TrainConfig`, `DataConfig`, the pair models' configs)
-take their defaults from `PRESETS`, so a default is written once. An architecture may change some
-of its task's defaults (its `defaults` in `charlm.registry`); the command line has the last word.
+The settings table (`charlm.settings`, from which the CLI's flags and the API's keywords are made)
+takes its choices and these defaults from here, and so do the config dataclasses (`ModelConfig`,
+`TrainConfig`, `DataConfig`, the pair models' configs), so a default is written once: what differs
+by task in `PRESETS`, what both tasks start from in `COMMON`, what an architecture changes of its
+task's in `ARCHITECTURE_DEFAULTS` (its `defaults` in `charlm.registry`); the caller has the last word.
 
 Standard library only; it knows nothing about what the settings do.
 """
@@ -60,18 +61,6 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
                     "batch_size": 12, "iterator": "random", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1,
                     "warmup_steps": 100, "lr_schedule": "cosine"},
 }
-
-# Settings that only one task reads: given for the other, they are an error.
-LM_ONLY = ("tokens", "preprocess", "seq_len", "iterator", "cache_dir", "no_cache", "include", "exclude",
-           "init_from", "unknown", "extend_vocab", "allow_changed_corpus")
-PAIRS_ONLY = ("model_type", "attention", "skip_bad_lines")
-# Settings that go to a model's config by field name: given for an architecture whose config has
-# no such field, they are an error. (For pairs the cell is one too; for text "cell" names the
-# architecture.)
-MODEL_SETTINGS = ("from_scratch", "embedding_size", "hidden_size", "num_layers", "num_heads", "dropout",
-                  "weight_drop", "locked_dropout", "embedding_dropout")
-# Model settings a fine-tuned model (--init-from) may change: they leave its weights as they are.
-REGULARISERS = ("dropout", "weight_drop", "locked_dropout", "embedding_dropout")
 
 
 def task_defaults(task: str) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 
-from charlm.errors import CharlmError
-from charlm.presets import KEEPS, LM, OPTIMIZERS, PRECISIONS, RECORDED_WHEN_SET, SCHEDULES
+from charlm.presets import LM, RECORDED_WHEN_SET
+from charlm.settings import TRAIN
 
 
 @dataclass
@@ -52,33 +52,8 @@ class TrainConfig:
     ema: float = field(default=LM["ema"], metadata=RECORDED_WHEN_SET)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.lr_schedule in SCHEDULES, f"--lr-schedule must be one of {', '.join(SCHEDULES)}"),
-            (0 <= self.min_lr_ratio <= 1, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}"),
-            (self.warmup_steps >= 0, f"--warmup-steps must be 0 or more, got {self.warmup_steps}"),
-            (self.lr_decay_steps is None or self.lr_decay_steps >= 1,
-             f"--lr-decay-steps must be at least 1, got {self.lr_decay_steps}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
-            # Finite, so that a bad value is refused here: an infinite weight decay surfaces steps
-            # later as a NaN loss blamed on --lr, and an infinite clip is no clip, which 0 says.
-            # --max-time inf stays: only compared with the clock, it is a limit never reached.
-            (0 <= self.weight_decay < math.inf, f"--weight-decay must be finite, 0 or more, got {self.weight_decay}"),
-            (0 <= self.clip < math.inf, f"--clip must be 0 (off) or a finite number, got {self.clip}"),
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
-            (self.max_time is None or self.max_time > 0, f"--max-time must be positive, got {self.max_time}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.seq_len >= 1, f"--seq-len must be at least 1, got {self.seq_len}"),
-            (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
-            (self.eval_every is None or self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}"),
-            (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CharlmError(message)
+        for item in fields(self):  # each by its row of `charlm.settings.TRAIN`; an error names the flag
+            TRAIN[item.name].check(getattr(self, item.name))
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

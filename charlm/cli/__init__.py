@@ -8,9 +8,9 @@ one holds the group, what the commands share (options, finding a checkpoint, pri
 Commands import torch and the rest of charlm lazily, inside the command, so `charlm --help` is
 instant. A user's mistake raises `CharlmError` somewhere below; it is shown here as one line on
 stderr with a non-zero exit code, never a traceback. Only generated text goes to stdout; text
-from a checkpoint reaches a terminal with its control characters escaped (`escaped`). Every
-choice and default is `charlm.presets`' (the architectures are `charlm.registry`'s, read when a
-command runs), so a flag never disagrees with the config it fills.
+from a checkpoint reaches a terminal with its control characters escaped (`escaped`). A flag
+that sets a setting is made from its row in `charlm.settings` (`options`): its type, bounds,
+default and help, so a flag never disagrees with the keyword or the config it fills.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import click
 
-from charlm.presets import CHECKPOINT_DIR, COMMON, DEVICES, UNKNOWN_POLICIES
-from charlm.settings import Setting, for_command
+from charlm.presets import CHECKPOINT_DIR, UNKNOWN_POLICIES
+from charlm.settings import MAX_THREADS, TRAIN, Setting, for_command  # noqa: F401 (MAX_THREADS: serve's --threads)
 
 
 class CharlmGroup(click.Group):
@@ -165,67 +165,55 @@ class LiveChoice(click.Choice):
         pass
 
 
-def options(rows: dict[str, Setting], command: str) -> Callable[[Any], Any]:
-    """One decorator adding the click option of each row `command` takes (`charlm.settings`), in the
-    table's order; each value reaches the command under the row's name."""
+positive = Size(min=1)
+non_negative = Size(min=0)
+
+
+def options(rows: dict[str, Setting] | Iterable[Setting], command: str | None = None) -> Callable[[Any], Any]:
+    """A decorator that adds a click option for each of the settings `rows` (`charlm.settings`; of a
+    table with `command`, those the command takes), in their order: the flag, type, bounds, default
+    and help are the row's, so the command line, the Python API and the checks never disagree."""
+    if command is not None:
+        rows = for_command(rows, command)
+    made = [_option(row) for row in (rows.values() if isinstance(rows, dict) else rows)]
+
     def add(function: Any) -> Any:
-        for row in reversed(for_command(rows, command)):
-            function = option(row)(function)
+        for option in reversed(made):
+            function = option(function)
         return function
 
     return add
 
 
-def option(row: Setting) -> Callable[[Any], Any]:
-    """A row's click option: its flag, type (click's ranges from its bounds, so --help shows them),
-    default and help. A value click lets through, such as an infinity, the row's check refuses."""
-    if row.kind is bool:
-        flag = f"{row.option}/--no-{row.option[2:]}" if row.switch else row.option
-        return click.option(flag, row.name, is_flag=True, default=row.default, help=row.help)
-    shown = row.shown_default if row.shown_default is not None else row.default not in (None, "", ())
-    return click.option(row.option, row.name, type=click_type(row), default=row.default, multiple=row.kind is tuple,
-                        show_default=shown, metavar=row.metavar, help=row.help)
+def _option(row: Setting) -> Callable[[Any], Any]:
+    flag = f"{row.option}/--no-{row.option[2:]}" if row.switch else row.option
+    shown: bool | str = row.shown_default or (row.default not in (None, "") and row.kind not in (bool, tuple))
+    kind = {"is_flag": True} if row.kind is bool and not row.switch else {"multiple": True} if row.kind is tuple else {}
+    return click.option(flag, row.name, type=_click_type(row), default=row.default, show_default=shown,
+                        help=row.help or None, metavar=row.metavar, **kind)
 
 
-def click_type(row: Setting) -> Any:
-    """The click type of a row's values."""
+def _click_type(row: Setting) -> Any:
+    """The click type of a row: a choice (read when a command runs where the row's choices are), a
+    range from its bounds (a whole number from a lower bound up is a `Size`), or a path."""
     if row.choices is not None:
         return LiveChoice(row.choices) if callable(row.choices) else click.Choice(row.choices)
+    if row.kind is int and row.low is not None:
+        return Size(min=int(row.low)) if row.high is None else click.IntRange(int(row.low), int(row.high))
+    if row.kind is float and (row.low is not None or row.high is not None):
+        return click.FloatRange(row.low, row.high, min_open=row.low_open, max_open=row.high_open)
     if row.kind is os.PathLike:
-        return click.Path(path_type=Path)
-    if row.kind not in (int, float) or (row.low is None and row.high is None):
-        return {int: int, float: float}.get(row.kind, str)
-    if row.kind is int and row.high is None and not row.low_open:
-        return Size(min=int(row.low))
-    kind = click.IntRange if row.kind is int else click.FloatRange
-    return kind(min=row.low, max=row.high, min_open=row.low_open, max_open=row.high_open)
+        return click.Path(file_okay=row.path != "folder", dir_okay=row.path != "file",
+                          path_type=Path if row.path else str)
+    return {int: int, float: float}.get(row.kind)
 
 
-positive = Size(min=1)
-non_negative = Size(min=0)
-MAX_THREADS = 1024  # torch takes up to 2**31 - 1, and would start them all on a first parallel op
 unknown_option = click.option(
     "--unknown", type=click.Choice(UNKNOWN_POLICIES), default="error", show_default=True,
     help="What to do with characters the model never saw: stop with an error, drop them, or map them to <unk>.")
-device_option = click.option(
-    "--device", type=click.Choice(DEVICES), default=COMMON["device"], show_default=True,
-    help="Where to run: auto picks cuda, then mps, then cpu.")
-encoding_option = click.option(
-    "--encoding", default=COMMON["encoding"], show_default=True, help="Text encoding of the input file.")
-
-
-def corpus_options(function: Any) -> Any:
-    """--include and --exclude, shared by train, stats and eval: which files of a folder are read."""
-    options = [
-        click.option("--include", multiple=True, metavar="GLOB",
-                     help="Of a folder, read only the files this glob matches (by their path inside it or their "
-                          "name; repeatable). A file named on the command line is always read."),
-        click.option("--exclude", multiple=True, metavar="GLOB",
-                     help="Of a folder, leave out the files and folders this glob matches (repeatable)."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+device_option = options([TRAIN["device"]])
+encoding_option = options([TRAIN["encoding"]])
+corpus_options = options([TRAIN["include"], TRAIN["exclude"]])  # which files of a folder train, stats and eval read
 
 
 def say_files(found: Any) -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 import click
 
 from charlm.cli import (
-    CHECKPOINT_DIR, checkpoint_or_latest, corpus_options, decoding_options, device_option, encoding_option, report_pairs,
-    say_files, say_skipped,
+    CHECKPOINT_DIR, checkpoint_or_latest, corpus_options, decoding_options, device_option, encoding_option, options,
+    report_pairs, say_files, say_skipped,
 )
+from charlm.settings import TRAIN
 
 
 @click.command("eval")
@@ -25,7 +26,7 @@ from charlm.cli import (
 @corpus_options
 @decoding_options
 @click.option("--held-out", is_flag=True, help="Pairs: score only the pairs of FILE held out when the model was trained on it.")
-@click.option("--skip-bad-lines", is_flag=True, help="Pairs: leave out malformed lines instead of stopping.")
+@options([TRAIN["skip_bad_lines"]])
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, include: tuple[str, ...],

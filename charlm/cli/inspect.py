@@ -1,26 +1,24 @@
 """`charlm stats` and `charlm info`: what a corpus and a checkpoint hold, read without training or
-loading a model (`charlm.text` counts the tokens; `charlm.checkpoint` reads the metadata)."""
+loading a model (`charlm.stats` counts the tokens, as it does for a program; `charlm.checkpoint`
+reads the metadata)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
 import click
 
-from charlm.cli import best_loss, corpus_options, encoding_option, escaped, non_negative, say_files, to_json
-from charlm.presets import COMMON, PREPROCESS_MODES, TOKEN_KINDS
+from charlm.cli import best_loss, escaped, options, say_files, to_json
+from charlm.settings import STATS, TRAIN
 
 
 @click.command()
 @click.argument("corpus", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tokens", type=click.Choice(TOKEN_KINDS), default=COMMON["tokens"], show_default=True)
-@click.option("--preprocess", type=click.Choice(PREPROCESS_MODES), default=COMMON["preprocess"], show_default=True)
-@encoding_option
-@corpus_options
-@click.option("--top", type=non_negative, default=10, show_default=True, help="How many of the most frequent tokens.")
+@options({**TRAIN, **STATS}, "stats")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def stats(corpus: tuple[Path, ...], tokens: str, preprocess: str, encoding: str, include: tuple[str, ...],
-          exclude: tuple[str, ...], top: int, as_json: bool) -> None:
+def stats(corpus: tuple[Path, ...], as_json: bool, **settings: Any) -> None:
     """Token count, vocab size and the most frequent tokens of CORPUS, one or more text files or
     folders read as `charlm train` reads them, and how training would hold out its validation
     split.
@@ -29,11 +27,9 @@ def stats(corpus: tuple[Path, ...], tokens: str, preprocess: str, encoding: str,
     charlm stats corpora/timemachine.txt --preprocess d2l
     charlm stats notes/ --include '*.md'
     """
-    from charlm.corpus import find_corpus
-    from charlm.data import corpus_stats
+    from charlm.api import stats_with_files
 
-    found = find_corpus(corpus, encoding, include, exclude)
-    report = corpus_stats(found, encoding, tokens, preprocess, top)
+    found, report = stats_with_files(corpus, **settings)
     say_files(found)
     if as_json:
         click.echo(to_json(report))
