@@ -1,5 +1,5 @@
 """`charlm stats` and `charlm info`: what a corpus and a checkpoint hold, read without training or
-loading a model (`charlm.text` counts the tokens; `charlm.checkpoint` reads the metadata)."""
+loading a model (`charlm.text` counts the tokens; `charlm.checkpoint` reads the metadata, `charlm.metadata` says what it holds)."""
 
 from __future__ import annotations
 
@@ -55,11 +55,12 @@ def info(checkpoint: str, as_json: bool) -> None:
     \b
     charlm info checkpoints/timemachine.safetensors
     """
-    from charlm.checkpoint import describe, read_metadata
+    from charlm.checkpoint import read_metadata
+    from charlm.metadata import describe, read, write
 
-    meta = read_metadata(checkpoint)
+    meta = read(read_metadata(checkpoint))
     if as_json:
-        click.echo(to_json(meta, indent=2))
+        click.echo(to_json(write(meta), indent=2))
         return
     summary = describe(meta)
     training, sizes = summary["training"], summary["vocab_sizes"]
