@@ -139,7 +139,7 @@ def language_model_run(
                                  vocab=data.vocab.to_dict(), tokens=data_config.tokens,
                                  preprocess=data_config.preprocess, **corpus_record(corpus),
                                  parent=parent.record() if parent is not None else None)
-    shown = model.describe() if hasattr(model, "describe") else entry.name
+    shown = model.describe() or entry.name
     name = corpus if not isinstance(corpus, FoundCorpus) else corpus.shown if corpus.single \
         else f"{corpus.shown} ({len(corpus.files):,} files)"
     description = (f"{name}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "

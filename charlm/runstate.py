@@ -36,6 +36,7 @@ from charlm import checkpoint
 from charlm.corpus import corpus_changes
 from charlm.errors import CharlmError, CheckpointError
 from charlm.metadata import Metadata, read, write
+from charlm.protocol import ModelDefaults
 from charlm.recipe import TrainConfig, WeightAverage, make_optimizer
 
 # The training flags that fix the order of the batches: a resume must keep them.
@@ -215,11 +216,19 @@ def optimizer_layout(train_config: TrainConfig) -> dict[str, Any]:
     the step count) or the type of a plain value}."""
     probe = nn.Parameter(torch.zeros(2))
     # The rates are no part of the layout, and the user's (say --lr 1e38) could overflow the probe's step.
-    optimizer = make_optimizer(nn.ParameterList([probe]), replace(train_config, lr=1.0, weight_decay=0.0))
+    optimizer = make_optimizer(_Probe(probe), replace(train_config, lr=1.0, weight_decay=0.0))
     probe.grad = torch.ones(2)
     optimizer.step()
     return {key: ("parameter" if value.shape == probe.shape else "scalar") if torch.is_tensor(value) else type(value)
             for key, value in optimizer.state[probe].items()}
+
+
+class _Probe(ModelDefaults, nn.Module):
+    """A model of one parameter, for `optimizer_layout` to step an optimizer of the run's settings on."""
+
+    def __init__(self, parameter: nn.Parameter) -> None:
+        super().__init__()
+        self.parameter = parameter
 
 
 def _optimizer_state(

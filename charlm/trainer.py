@@ -289,9 +289,8 @@ class Trainer:
         key = {"model": self.meta.model, "batch": [list(part.shape) for part in batch]}
         setup, why = choose_cpu_setup(step_loss, self.model, key, Decisions(self.tuning_dir), self.config.precision)
         any_ = lambda value: self.world.any(value, self.device)  # noqa: E731  every process takes one setup
-        if hasattr(self.model, "fast_path"):
-            self.model.fast_path = True if any_(setup.fast_path is True) else False if any_(setup.fast_path is False) \
-                else None
+        self.model.fast_path = True if any_(setup.fast_path is True) else False if any_(setup.fast_path is False) \
+            else None
         precision = "bf16" if any_(setup.precision == "bf16") else "fp32"
         if why and self.progress:
             tqdm.write(f"note: training in {why}", file=sys.stderr)
