@@ -7,9 +7,9 @@ reader (`read`: a checkpoint's JSON object -> the dataclass).
     meta.tokens, meta.training, meta.parent          # fields, never string keys
 
 The JSON object `write` makes is the one charlm has always written, key for key and in the same
-order (a checkpoint's bytes do not change): format_version, task, architecture, model, the vocab(s),
-tokens, preprocess, corpus, corpus_files, parent, kind, train, training, corpus_file, resume; a
-field that is None is left out.
+order (a checkpoint's bytes do not change): the fields in the order `Metadata` declares them, the
+task's vocab(s) after "model"; a field that is None is left out. A field is declared once, in
+`Metadata` (or a task's class): its name is its JSON key, its type the JSON type `read` takes.
 
 Metadata is data, anyone's: `read` never fails. A field of the wrong JSON type reads as None (as
 missing), and the value as it was is kept, with any key this charlm does not know, in `extra`:
@@ -23,15 +23,11 @@ Standard library only; nothing here knows about tensors, files or the CLI.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
-
-# What `read` takes for each field: the JSON type a value must have to be read (bool is never an int).
-JSON_TYPES: dict[str, type] = {"format_version": int, "task": str, "architecture": str, "model": dict, "vocab": dict,
-                               "source_vocab": dict, "target_vocab": dict, "tokens": str, "preprocess": str,
-                               "corpus": str, "corpus_files": list, "parent": dict, "kind": str, "train": dict,
-                               "training": dict, "corpus_file": dict, "resume": dict}
+from functools import cache
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 
 @dataclass(eq=False)
@@ -43,6 +39,7 @@ class Metadata(Mapping):
     It also reads as the JSON object `write` makes of it (`meta["tokens"]`, `dict(meta)`), for
     code written before the fields; new code reads the fields."""
 
+    format_version: int | None = None  # `charlm.checkpoint.save` writes its own where None
     task: str | None = None  # "lm" or "translate"
     architecture: str | None = None  # its registry name; None for the recurrent language models
     model: dict[str, Any] | None = None  # the model config, `record(config)`
@@ -56,7 +53,6 @@ class Metadata(Mapping):
     training: dict[str, Any] | None = None  # steps, epochs, tokens, the best loss and its step
     corpus_file: dict[str, Any] | None = None  # a resume file's one corpus file: name, size, SHA-256
     resume: dict[str, Any] | None = None  # a resume file's run state (`charlm.runstate`)
-    format_version: int | None = None  # `charlm.checkpoint.save` writes its own where None
     extra: dict[str, Any] = field(default_factory=dict)  # keys unknown here, or of the wrong type: kept as read
 
     # The task's vocab fields, in the order they are written, each with its model config's size field.
@@ -69,7 +65,7 @@ class Metadata(Mapping):
 
     def damaged(self, key: str) -> bool:
         """Whether the file holds a value for the field `key` of a type it cannot have."""
-        return key in JSON_TYPES and key in self.extra
+        return key in json_types(type(self)) and key in self.extra
 
     def __eq__(self, other: object) -> bool:  # as the JSON objects they write: a Metadata equals its dict
         return isinstance(other, Mapping) and write(self) == dict(other)
@@ -103,16 +99,28 @@ class PairModelMetadata(Metadata):
     VOCABS = {"source_vocab": "source_vocab_size", "target_vocab": "target_vocab_size"}
 
 
-ORDER_BEFORE_VOCABS = ("format_version", "task", "architecture", "model")
-ORDER_AFTER_VOCABS = ("tokens", "preprocess", "corpus", "corpus_files", "parent", "kind", "train", "training",
-                      "corpus_file", "resume")
+@cache
+def json_types(kind: type[Metadata]) -> dict[str, type]:
+    """{field: the JSON type of its value} of a metadata class, in the order its JSON object has
+    them: `Metadata`'s fields as declared, the task's vocabs after "model"."""
+    hints = get_type_hints(kind)
+    declared = [item.name for item in fields(kind) if item.name != "extra"]
+    shared = [name for name in declared if name not in kind.VOCABS]
+    at = shared.index("model") + 1
+    return {name: _json_type(hints[name]) for name in (*shared[:at], *kind.VOCABS, *shared[at:])}
+
+
+def _json_type(hint: Any) -> type:
+    """`dict[str, Any] | None` -> dict."""
+    if isinstance(hint, types.UnionType):
+        hint = next(arg for arg in get_args(hint) if arg is not type(None))
+    return get_origin(hint) or hint
 
 
 def write(meta: Metadata) -> dict[str, Any]:
     """The JSON object a checkpoint stores for `meta`: its fields that are not None, in the order
     charlm has always written them, then what `extra` kept, as it was read."""
-    keys = (*ORDER_BEFORE_VOCABS, *meta.VOCABS, *ORDER_AFTER_VOCABS)
-    written = {key: value for key in keys if (value := getattr(meta, key)) is not None}
+    written = {key: value for key in json_types(type(meta)) if (value := getattr(meta, key)) is not None}
     return {**written, **{key: value for key, value in meta.extra.items() if key not in written}}
 
 
@@ -123,11 +131,11 @@ def read(header: Mapping[str, Any] | Metadata) -> LanguageModelMetadata | PairMo
     if isinstance(header, Metadata):
         return header  # type: ignore[return-value]
     kind = PairModelMetadata if header.get("task") == "translate" else LanguageModelMetadata
-    known = {item.name for item in fields(kind)} - {"extra"}
+    known = json_types(kind)
     values, extra = {}, {}
     for key, value in header.items():
-        expected = JSON_TYPES.get(key) if key in known else None
-        if expected is not None and isinstance(value, expected) and not isinstance(value, bool):
+        expected = known.get(key)
+        if expected is not None and isinstance(value, expected) and not isinstance(value, bool):  # bool: not an int
             values[key] = value
         else:
             extra[key] = value
