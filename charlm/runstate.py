@@ -172,7 +172,9 @@ def _check_same_run(path: str, saved: dict[str, Any], meta: Metadata, train_conf
                           "resume with the same flags and corpus")
 
 
-def check_corpus(path: str | os.PathLike, meta: Metadata | dict[str, Any], allow_changed: bool = False) -> str | None:
+def check_corpus(
+    path: str | os.PathLike, meta: Metadata | dict[str, Any], allow_changed: bool = False
+) -> str | None:
     """Compare the corpus a run resumes on (what `meta` records, see `charlm.runs.corpus_record`
     and `single_file_record`) with the one the resume file at `path` was trained on. A change is an
     error saying which files were added, removed or edited, or with `allow_changed` a note,

@@ -1,5 +1,6 @@
 """`charlm stats` and `charlm info`: what a corpus and a checkpoint hold, read without training or
-loading a model (`charlm.text` counts the tokens; `charlm.checkpoint` reads the metadata, `charlm.metadata` says what it holds)."""
+loading a model (`charlm.text` counts the tokens; `charlm.checkpoint` reads the metadata,
+`charlm.metadata` says what it holds)."""
 
 from __future__ import annotations
 
