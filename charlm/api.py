@@ -157,10 +157,11 @@ def load(path: PathLike, device: str = "cpu") -> TextModel | PairModel:
     """The model of a checkpoint: a `TextModel` for a language model, a `PairModel` for a model of
     source<TAB>target pairs. `device` is as `--device` takes it (auto: cuda, then mps, then cpu)."""
     from charlm.checkpoint import read_metadata
+    from charlm.metadata import read
     from charlm.runtime import pick_device
 
     path = os.fspath(path)
-    kind = PairModel if read_metadata(path).get("task") == "translate" else TextModel
+    kind = PairModel if read(read_metadata(path)).task == "translate" else TextModel
     return kind(path, pick_device(device))
 
 
@@ -179,7 +180,9 @@ class TextModel:
 
     def info(self) -> dict[str, Any]:
         """The checkpoint's metadata, as `charlm info --json` prints it."""
-        return dict(self.meta)
+        from charlm.metadata import write
+
+        return write(self.meta)
 
     def generate(self, *args: Any, **keywords: Any) -> str | list[str]:
         """The text `charlm generate` prints with these options (the prefix, then `length` new
@@ -306,7 +309,9 @@ class PairModel:
 
     def info(self) -> dict[str, Any]:
         """The checkpoint's metadata, as `charlm info --json` prints it."""
-        return dict(self.meta)
+        from charlm.metadata import write
+
+        return write(self.meta)
 
     def translate(self, texts: str | Sequence[str], beam: int = 1, max_length: int | None = None,
                   length_penalty: float = 0.0, unknown: str = "error") -> list[str] | str:

@@ -1,6 +1,7 @@
 """Checkpoints: one self-contained `.safetensors` file per run, and the only home of safetensors.
 
-A checkpoint holds tensors and, in the safetensors metadata under the key "charlm", one JSON object:
+A checkpoint holds tensors and, in the safetensors metadata under the key "charlm", one JSON object
+(`charlm.metadata` types it, writes it and reads it):
 
     {"format_version": 1, "task": "lm", "kind": "model" | "resume",
      "model": asdict(ModelConfig), "vocab": Vocab.to_dict(), "tokens": "char", "preprocess": "none",
@@ -37,6 +38,7 @@ from torch import nn
 
 from charlm import registry
 from charlm.errors import CharlmError, CheckpointError
+from charlm.metadata import Metadata, read
 from charlm.pairs import is_pair_vocab
 from charlm.presets import PREPROCESS_MODES, TOKEN_KINDS
 from charlm.runtime import atomic_path
@@ -48,9 +50,6 @@ MAX_HEADER_BYTES = 64 << 20  # what save writes and load reads; safetensors' own
 TENSOR_ENTRY_BYTES = 256  # room in a header for one tensor's name, dtype, shape and offsets
 TASK_NAMES = {"lm": "language-model", "translate": "translation"}
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle")  # refused by name as well as by content
-# The vocabs in a task's metadata, each with the model config field that must equal its size.
-VOCABS = {"lm": {"vocab": "vocab_size"},
-          "translate": {"source_vocab": "source_vocab_size", "target_vocab": "target_vocab_size"}}
 
 
 def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -105,7 +104,8 @@ def check_header_fits(meta: dict[str, Any], tensors: dict[str, torch.Tensor] | N
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The charlm metadata of a checkpoint, read from its header alone (no tensors loaded)."""
+    """The charlm metadata of a checkpoint as its JSON object, read from its header alone (no
+    tensors loaded); `charlm.metadata.read` types it."""
     return _read_header(os.fspath(path))[1]
 
 
@@ -234,7 +234,7 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
 
 def load_model(
     path: str | os.PathLike, task: str, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any], Vocab]:
+) -> tuple[nn.Module, Metadata, Vocab]:
     """(model in eval mode on `device`, metadata, vocab) from a language-model checkpoint (task
     "lm"); `load_translator` reads translation checkpoints."""
     model, meta, vocabs = load_with_vocabs(path, task, device)
@@ -243,7 +243,7 @@ def load_model(
 
 def load_translator(
     path: str | os.PathLike, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any], Vocab, Vocab]:
+) -> tuple[nn.Module, Metadata, Vocab, Vocab]:
     """(model in eval mode on `device`, metadata, source vocab, target vocab) from a translation checkpoint."""
     model, meta, vocabs = load_with_vocabs(path, "translate", device)
     return model, meta, vocabs["source_vocab"], vocabs["target_vocab"]
@@ -251,21 +251,22 @@ def load_translator(
 
 def load_with_vocabs(
     path: str | os.PathLike, task: str, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any], dict[str, Vocab]]:
+) -> tuple[nn.Module, Metadata, dict[str, Vocab]]:
     """(model in eval mode on `device`, metadata, {metadata key: vocab}) from a model checkpoint of
     `task`, with every vocab checked against the model's config."""
     path = os.fspath(path)
-    tensors, meta = load(path, task=task)
+    tensors, header = load(path, task=task)
+    meta = read(header)
     try:
-        vocabs = {key: Vocab.from_dict(meta[key]) for key in VOCABS[task]}
-        if meta.get("tokens") not in TOKEN_KINDS or meta.get("preprocess") not in PREPROCESS_MODES:
+        vocabs = {key: Vocab.from_dict(meta[key]) for key in meta.VOCABS}  # as read: a vocab of any type fails here
+        if meta.tokens not in TOKEN_KINDS or meta.preprocess not in PREPROCESS_MODES:
             raise ValueError("tokens / preprocess")
         if task == "translate" and not all(is_pair_vocab(vocab) for vocab in vocabs.values()):
             raise ValueError("special tokens")
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: damaged vocab or text settings in charlm metadata ({error})") from None
     model = build_model(tensors, meta, path)
-    if any(getattr(model.config, size) != len(vocabs[key]) for key, size in VOCABS[task].items()):
+    if any(getattr(model.config, size) != len(vocabs[key]) for key, size in meta.VOCABS.items()):
         raise CheckpointError(f"{path}: the vocab does not match the model in its metadata")
     return model.to(device).eval(), meta, vocabs
 
@@ -279,7 +280,7 @@ def model_checkpoints(folder: str | os.PathLike) -> list[tuple[str, dict[str, An
             meta = read_metadata(path)
         except (CheckpointError, OSError):  # not a checkpoint, or one this user cannot read: look on
             continue
-        if meta.get("kind", "model") == "model":
+        if read(meta).file_kind == "model":
             found.append((path, meta))
     return found
 
@@ -292,27 +293,7 @@ def latest(folder: str | os.PathLike, task: str) -> str | None:
             written = os.path.getmtime(path)
         except OSError:
             continue
-        if meta.get("task") == task:
+        if read(meta).task == task:
             found.append((written, path))
     return max(found)[1] if found else None
 
-
-def describe(meta: dict[str, Any]) -> dict[str, Any]:
-    """What `charlm info` says of a checkpoint, as plain values read from its metadata: task, kind,
-    architecture, model config, tokens, preprocess, vocab sizes, corpus (and its number of files),
-    the training summary and the parent run. Metadata is data: a field of the wrong type reads as
-    missing (an empty dict, 0 tokens in a vocab), never as an error."""
-    def field(value: Any, kind: type | tuple[type, ...], default: Any) -> Any:
-        return value if isinstance(value, kind) and not isinstance(value, bool) else default
-
-    task = "translate" if meta.get("task") == "translate" else "lm"
-    files = meta.get("corpus_files")
-    return {
-        "task": meta.get("task"), "kind": meta.get("kind", "model"), "format_version": meta.get("format_version"),
-        "architecture": meta.get("architecture"), "model": field(meta.get("model"), dict, {}),
-        "tokens": meta.get("tokens"), "preprocess": meta.get("preprocess"),
-        "vocab_sizes": {size: len(field(field(meta.get(key), dict, {}).get("itos"), list, []))
-                        for key, size in VOCABS[task].items()},
-        "corpus": meta.get("corpus"), "corpus_files": len(files) if isinstance(files, list) else None,
-        "training": field(meta.get("training"), dict, {}), "parent": field(meta.get("parent"), dict, None),
-    }

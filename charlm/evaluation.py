@@ -21,6 +21,7 @@ from charlm import checkpoint
 from charlm.corpus import FoundCorpus
 from charlm.data import lm_eval_batches, load_corpus
 from charlm.errors import CheckpointError, UsageError
+from charlm.metadata import Metadata
 from charlm.pairs import Pair, split_pairs
 from charlm.presets import PAIRS
 from charlm.runtime import autocast, cpu_threads, pick_device
@@ -62,14 +63,14 @@ def perplexity(loss: float) -> float:
 
 
 def evaluate_text(
-    model: nn.Module, meta: dict[str, Any], vocab: Vocab, path: str | os.PathLike | FoundCorpus,
+    model: nn.Module, meta: Metadata, vocab: Vocab, path: str | os.PathLike | FoundCorpus,
     encoding: str = "utf-8",
 ) -> dict[str, Any]:
     """How well a language model (with its checkpoint's `meta` and `vocab`) predicts the text at
     `path` (or of the files `charlm.corpus.find_corpus` found), read as its corpus was: the tokens
     predicted, how many of them the vocab lacks (they count as `<unk>`), and `loss_report`. Writes
     no token cache."""
-    data = load_corpus(path, meta["tokens"], meta["preprocess"], encoding, vocab=vocab, cache_dir=None)
+    data = load_corpus(path, meta.tokens, meta.preprocess, encoding, vocab=vocab, cache_dir=None)
     if len(data.ids) < 2:
         raise UsageError(f"{path.shown if isinstance(path, FoundCorpus) else path} has fewer than 2 tokens; nothing to predict")
     unknown = int((data.ids == vocab.unk_index).sum())
@@ -86,8 +87,8 @@ def evaluate_translator(
     fraction and seed)."""
     model, meta, source_vocab, target_vocab = checkpoint.load_translator(path, pick_device(device))
     if held_out:
-        train = meta.get("train", {})
-        fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if isinstance(train, dict) else (None, None)
+        train = None if meta.damaged("train") else meta.train or {}  # missing: the defaults; damaged: refused
+        fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if train is not None else (None, None)
         if not (type(fraction) in (int, float) and 0 <= fraction < 1 and type(seed) is int):  # metadata is data
             raise CheckpointError(f"{path}: damaged training settings (val_fraction, seed) in charlm metadata; "
                                   "score the whole file without --held-out")

@@ -192,20 +192,8 @@ def step_function(model: nn.Module, banned: Sequence[int] = (), precision: str =
                   ) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
     """`logits, state = step(ids, state)`, ids (B,) -> logits (B, V) with `banned` ids at -inf:
     the model's fast `stepper` where it has one (the ban folded into its head; its products in
-    `precision`, fp32 or bf16), else `model.step` (fp32)."""
-    if hasattr(model, "stepper"):
-        return model.stepper(banned, precision)
-
-    ban = None
-
-    def step(ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        nonlocal ban
-        logits, state = model.step(ids, state)
-        if ban is None:
-            ban = ban_vector(logits.shape[-1], banned, logits.device)
-        return logits + ban, state
-
-    return step
+    `precision`, fp32 or bf16), else `model.step` (fp32; `charlm.protocol.ModelDefaults`)."""
+    return model.stepper(banned, precision)
 
 
 @torch.inference_mode()

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from charlm import cells, kernels
 from charlm.presets import CELLS, LM, RECORDED_WHEN_SET
+from charlm.protocol import ModelDefaults
 from charlm.state import RecurrentState
 
 
@@ -67,7 +68,7 @@ def recurrent_module(config: ModelConfig, input_size: int) -> nn.Module:
     return torch_class(input_size, config.hidden_size, config.num_layers, dropout=dropout, batch_first=True)
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(ModelDefaults, nn.Module):
     """ids (B, T) -> embedding or one-hot (B, T, E) -> recurrent layers (B, T, H) -> logits (B, T, V)."""
 
     state_class = RecurrentState
@@ -145,6 +146,9 @@ class LanguageModel(nn.Module):
         from charlm.stepper import Stepper
 
         return Stepper(self, banned, precision)
+
+    def stepper_precisions(self) -> tuple[str, ...]:
+        return ("fp32", "bf16")
 
     def fast_path_choices(self) -> tuple[bool, ...]:
         """The ways of running the recurrent layers in training that `charlm.tuning` may measure:

@@ -60,7 +60,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     """The optimizer of `config` over the model's parameters, or over the groups a model that has
     its own view of weight decay offers (`model.parameter_groups(weight_decay)`: the transformer
     decays its matrices only); every parameter is decayed by --weight-decay otherwise."""
-    groups = model.parameter_groups(config.weight_decay) if hasattr(model, "parameter_groups") else model.parameters()
+    groups = model.parameter_groups(config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, weight_decay=config.weight_decay)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW

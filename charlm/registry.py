@@ -8,13 +8,13 @@ and one `register(Architecture(...))` line:
     register(Architecture("lm", "mymodel", model="mypackage.mymodel:MyModel",
                           config="mypackage.mymodel:MyConfig", defaults={"iterator": "random"}))
 
-What a model class must offer (the one contract, see `charlm.model.LanguageModel` and
-`charlm.seq2seq`): `Model(config)` with `config` a dataclass holding `vocab_size`; `.config`;
-`batch_loss(batch, state) -> (loss_sum, count, state)` for the trainer, `state` None or a
-`charlm.state` protocol object whose class is `state_class`; `num_parameters()`. A language model
-also offers `forward(ids, state) -> (logits, state)` and `step(ids, state)` (or the faster
-`stepper(banned)`) for generation, and `init_state(batch_size)`, its zeros; a pair model offers
-`encode(source)` and `decode_step(previous, state)`.
+What a model class must offer is the contract of `charlm.protocol` (`LanguageModelContract`,
+`PairModelContract`): `Model(config)` with `config` a dataclass holding `vocab_size`; `.config`;
+`batch_loss(batch, state) -> (loss_sum, count, state)` for the trainer; a language model's
+`forward(ids, state) -> (logits, state)`, `step(ids, state)` and `init_state(batch_size)`, a pair
+model's `encode(source)` and `decode_step(previous, state)`. The optional hooks (a fast `stepper`,
+`parameter_groups`, `describe`, `fast_path_choices`, `state_class`) have their defaults in
+`charlm.protocol.ModelDefaults`, which the model class inherits: `class MyModel(ModelDefaults, nn.Module)`.
 
 A checkpoint names its architecture in its metadata ("architecture"). Language-model checkpoints
 of the recurrent cells never did (format 1), and still do not, so that their bytes stay as they

@@ -162,9 +162,10 @@ def _is_run_file(path: str, role: str) -> bool:
         return False
     if role in CHECKPOINT_KINDS:
         from charlm import checkpoint
+        from charlm.metadata import read
 
         try:
-            return checkpoint.read_metadata(path).get("kind", "model") == CHECKPOINT_KINDS[role]
+            return read(checkpoint.read_metadata(path)).file_kind == CHECKPOINT_KINDS[role]
         except (CheckpointError, OSError):
             return False
     with open(path, "rb") as file:

@@ -31,6 +31,7 @@ from charlm.data import (
     pair_eval_batches,
 )
 from charlm.errors import CharlmError, CheckpointError, CorpusError
+from charlm.metadata import LanguageModelMetadata, Metadata, PairModelMetadata, read
 from charlm.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
 from charlm.presets import LM, record
 from charlm.recipe import TrainConfig
@@ -54,7 +55,7 @@ def model_config(architecture: registry.Architecture, settings: dict[str, Any], 
 @dataclass
 class Run:
     model: nn.Module
-    meta: dict[str, Any]  # what the checkpoints carry besides the weights
+    meta: Metadata  # what the checkpoints carry besides the weights
     train_batches: Any  # a batch source with the trainer's interface
     val_batches: Callable | None
     description: str  # one line: the data and the model
@@ -72,7 +73,7 @@ class Parent:
 
     path: str
     architecture: registry.Architecture
-    meta: dict[str, Any]
+    meta: Metadata
     vocab: Vocab
     weights: dict[str, torch.Tensor]
     sha256: str
@@ -85,7 +86,7 @@ def load_parent(path: str | os.PathLike) -> Parent:
     """The language-model checkpoint at `path`, checked whole, to fine-tune. A translation
     checkpoint is refused: a pair model is trained on its pairs from scratch."""
     path = os.fspath(path)
-    if checkpoint.read_metadata(path).get("task") == "translate":
+    if read(checkpoint.read_metadata(path)).task == "translate":
         raise CheckpointError(f"{path} is a translation checkpoint; --init-from fine-tunes a language model "
                               "(train a pair model on the new pairs without --init-from)")
     model, meta, vocab = checkpoint.load_model(path, "lm")
@@ -105,9 +106,9 @@ def language_model_run(
     model_settings = dict(model_settings or {})
     vocab = None
     if parent is not None:
-        data_config = replace(data_config, tokens=parent.meta["tokens"], preprocess=parent.meta["preprocess"])
+        data_config = replace(data_config, tokens=parent.meta.tokens, preprocess=parent.meta.preprocess)
         architecture, vocab = parent.architecture.name, parent.vocab
-        model_settings = {**parent.meta["model"], **model_settings}
+        model_settings = {**parent.meta.model, **model_settings}
     with world.main_first():  # rank 0 fills the token cache, then the others read it
         data = load_corpus(corpus, data_config.tokens, data_config.preprocess, data_config.encoding,
                            data_config.min_freq, data_config.max_vocab, vocab=vocab, cache_dir=data_config.cache_dir,
@@ -134,11 +135,11 @@ def language_model_run(
         if len(data.vocab) > len(parent.vocab):
             notes.append(f"added {len(data.vocab) - len(parent.vocab):,} tokens to the vocab of {parent.path}: "
                          f"{', '.join(repr(token) for token in data.vocab.itos[len(parent.vocab):][:10])}")
-    meta = {"task": "lm", **registry.metadata(entry), "model": record(config), "vocab": data.vocab.to_dict(),
-            "tokens": data_config.tokens, "preprocess": data_config.preprocess, **corpus_record(corpus)}
-    if parent is not None:
-        meta["parent"] = parent.record()
-    shown = model.describe() if hasattr(model, "describe") else entry.name
+    meta = LanguageModelMetadata(task="lm", **registry.metadata(entry), model=record(config),
+                                 vocab=data.vocab.to_dict(), tokens=data_config.tokens,
+                                 preprocess=data_config.preprocess, **corpus_record(corpus),
+                                 parent=parent.record() if parent is not None else None)
+    shown = model.describe() or entry.name
     name = corpus if not isinstance(corpus, FoundCorpus) else corpus.shown if corpus.single \
         else f"{corpus.shown} ({len(corpus.files):,} files)"
     description = (f"{name}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
@@ -207,9 +208,9 @@ def translation_run(
                                        target_vocab_size=len(target_vocab))
     seed_everything(train_config.seed)  # the initial weights follow --seed
     model = model_class(config)
-    meta = {"task": "translate", **registry.metadata(entry), "model": record(config),
-            "source_vocab": source_vocab.to_dict(), "target_vocab": target_vocab.to_dict(), "tokens": "char",
-            "preprocess": "none", "corpus": os.path.basename(corpus)}
+    meta = PairModelMetadata(task="translate", **registry.metadata(entry), model=record(config),
+                             source_vocab=source_vocab.to_dict(), target_vocab=target_vocab.to_dict(), tokens="char",
+                             preprocess="none", corpus=os.path.basename(corpus))
     attention = " with attention" if getattr(config, "attention", False) else ""
     description = (f"{corpus}: {len(train_pairs):,} pairs to train on, {len(held_out):,} held out; "
                    f"{len(source_vocab)} source and {len(target_vocab)} target tokens; {entry.name} {config.cell} "

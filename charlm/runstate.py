@@ -35,6 +35,8 @@ from torch import nn
 from charlm import checkpoint
 from charlm.corpus import corpus_changes
 from charlm.errors import CharlmError, CheckpointError
+from charlm.metadata import Metadata, read, write
+from charlm.protocol import ModelDefaults
 from charlm.recipe import TrainConfig, WeightAverage, make_optimizer
 
 # The training flags that fix the order of the batches: a resume must keep them.
@@ -96,7 +98,7 @@ class Resumed:
 
 def write_resume(
     path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, rngs_by_rank: Sequence[dict],
-    carried: Any, running_loss: torch.Tensor, run_state: RunState, meta: dict[str, Any], stop_evaluated: bool,
+    carried: Any, running_loss: torch.Tensor, run_state: RunState, meta: Metadata, stop_evaluated: bool,
     average: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the resume file of a run (see the module docstring). `rngs_by_rank` are every
@@ -120,18 +122,18 @@ def write_resume(
     if resume["planned_steps"] is None:  # no plan without --max-time: the file is as it always was
         del resume["planned_steps"]
     resume.update(stop_evaluated=stop_evaluated, optimizer_scalars=scalars)
-    checkpoint.save(path, tensors, {**meta, "resume": resume})
+    checkpoint.save(path, tensors, write(replace(meta, resume=resume)))
 
 
 def read_resume(
-    path: str, meta: dict[str, Any], train_config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+    path: str, meta: Metadata, train_config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
     batches_per_epoch: int, carries_state: bool, rank: int, device: torch.device,
 ) -> Resumed:
     """Read and check the resume file of the run described by `meta` and `train_config` (see the
     module docstring). `rank` is this process's place in a torchrun."""
     if not os.path.exists(path):
         raise CharlmError(f"nothing to resume: {path} does not exist; train without --resume first")
-    tensors, saved = checkpoint.load(path, task=meta["task"], kind="resume")
+    tensors, saved = checkpoint.load(path, task=meta.task, kind="resume")
     _check_same_run(path, saved, meta, train_config)
     weights = checkpoint.build_model(tensors, saved, path).state_dict()
     try:
@@ -157,19 +159,22 @@ def read_resume(
                    average)
 
 
-def _check_same_run(path: str, saved: dict[str, Any], meta: dict[str, Any], train_config: TrainConfig) -> None:
+def _check_same_run(path: str, saved: dict[str, Any], meta: Metadata, train_config: TrainConfig) -> None:
     """A resume must use the same data, model and batches: everything in the run's metadata but
     the corpus's name and files (`check_corpus` compares those), and the training flags that fix
     the order of the batches."""
-    flags = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    flags = read(saved).train or {}
     changed = [key for key in SAME_RUN_FLAGS if key in flags and flags[key] != getattr(train_config, key)]
-    changed += [key for key in meta if key not in ("corpus", "corpus_files") and saved.get(key) != meta[key]]
+    run = write(meta)  # the run's fields as its files hold them, compared with the resume file's as read
+    changed += [key for key in run if key not in ("corpus", "corpus_files") and saved.get(key) != run[key]]
     if changed:
         raise CharlmError(f"{path} was trained with different settings ({', '.join(changed)}); "
                           "resume with the same flags and corpus")
 
 
-def check_corpus(path: str | os.PathLike, meta: dict[str, Any], allow_changed: bool = False) -> str | None:
+def check_corpus(
+    path: str | os.PathLike, meta: Metadata | dict[str, Any], allow_changed: bool = False
+) -> str | None:
     """Compare the corpus a run resumes on (what `meta` records, see `charlm.runs.corpus_record`
     and `single_file_record`) with the one the resume file at `path` was trained on. A change is an
     error saying which files were added, removed or edited, or with `allow_changed` a note,
@@ -179,23 +184,24 @@ def check_corpus(path: str | os.PathLike, meta: dict[str, Any], allow_changed: b
     if not os.path.isfile(path):
         return None
     try:
-        saved = checkpoint.read_metadata(path)
+        saved = read(checkpoint.read_metadata(path))
     except CharlmError:
         return None  # `read_resume` says what is wrong with it
-    before, after = saved.get("corpus_files"), meta.get("corpus_files")
-    if before is not None and not (isinstance(before, list)
-                                   and all(isinstance(file, dict) and isinstance(file.get("name"), str) for file in before)):
+    meta = read(meta)
+    before, after = saved.corpus_files, meta.corpus_files
+    if saved.damaged("corpus_files") or before is not None and not all(
+            isinstance(file, dict) and isinstance(file.get("name"), str) for file in before):
         raise CheckpointError(f"{path}: damaged corpus record (corpus_files) in charlm metadata; train without --resume")
     if before is None and after is None:  # one file then and now
-        was, now = saved.get("corpus_file"), meta.get("corpus_file")
+        was, now = saved.corpus_file, meta.corpus_file
         if not (isinstance(was, dict) and isinstance(now, dict)):
             return None
         changes = [] if (was.get("size"), was.get("sha256")) == (now["size"], now["sha256"]) else \
             [f"{now['name']} edited" if was.get("name") == now["name"] else f"it was trained on {was.get('name')}"]
     elif before is None:
-        changes = [f"it was trained on one file, {saved.get('corpus')}, and now reads {len(after):,} files"]
+        changes = [f"it was trained on one file, {saved.get('corpus')}, and now reads {len(after):,} files"]  # as read
     elif after is None:
-        changes = [f"it was trained on {len(before):,} files, and now reads one, {meta.get('corpus')}"]
+        changes = [f"it was trained on {len(before):,} files, and now reads one, {meta.corpus}"]
     else:
         changes = corpus_changes(before, after)
     if not changes:
@@ -212,11 +218,19 @@ def optimizer_layout(train_config: TrainConfig) -> dict[str, Any]:
     the step count) or the type of a plain value}."""
     probe = nn.Parameter(torch.zeros(2))
     # The rates are no part of the layout, and the user's (say --lr 1e38) could overflow the probe's step.
-    optimizer = make_optimizer(nn.ParameterList([probe]), replace(train_config, lr=1.0, weight_decay=0.0))
+    optimizer = make_optimizer(_Probe(probe), replace(train_config, lr=1.0, weight_decay=0.0))
     probe.grad = torch.ones(2)
     optimizer.step()
     return {key: ("parameter" if value.shape == probe.shape else "scalar") if torch.is_tensor(value) else type(value)
             for key, value in optimizer.state[probe].items()}
+
+
+class _Probe(ModelDefaults, nn.Module):
+    """A model of one parameter, for `optimizer_layout` to step an optimizer of the run's settings on."""
+
+    def __init__(self, parameter: nn.Parameter) -> None:
+        super().__init__()
+        self.parameter = parameter
 
 
 def _optimizer_state(

@@ -31,6 +31,7 @@ from charlm.model import LanguageModel, ModelConfig, recurrent_module
 from charlm.state import RecurrentState
 from charlm.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
 from charlm.presets import PAIRS
+from charlm.protocol import ModelDefaults
 
 
 
@@ -232,7 +233,7 @@ class Decoder(nn.Module):
         return outputs, RecurrentState.of(final)
 
 
-class Seq2Seq(nn.Module):
+class Seq2Seq(ModelDefaults, nn.Module):
     """Encoder and decoder, trained with teacher forcing: the decoder reads <bos> + target and
     predicts target + <eos>; padding is masked out of the loss."""
 

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from charlm import checkpoint
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.evaluation import evaluate, loss_report
+from charlm.metadata import Metadata, read, write
 from charlm.presets import record
 from charlm.recipe import TrainConfig, WeightAverage, learning_rate, make_optimizer
 from charlm.runfiles import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
@@ -59,7 +60,8 @@ clock = time.perf_counter  # the trainer's clock (a test may make time pass as i
 
 class Trainer:
     """Trains `model` on `train_batches`, evaluating on `val_batches()`, writing the run's files
-    at `out`. `meta` is what the checkpoints carry besides the weights (task, model config, vocab).
+    at `out`. `meta` is what the checkpoints carry besides the weights (task, model config, vocab:
+    a `charlm.metadata.Metadata`, or its JSON object).
 
     `train_batches` is a `charlm.data.BatchIterator` or anything with its interface: `len()`,
     `batches(epoch, start)` yielding tuples of tensors whose first is (B, ...), and
@@ -70,11 +72,11 @@ class Trainer:
 
     def __init__(
         self, model: nn.Module, train_batches: Any, val_batches: Callable[[], Iterable] | None,
-        config: TrainConfig, out: str | os.PathLike, meta: dict[str, Any], progress: bool = True,
+        config: TrainConfig, out: str | os.PathLike, meta: Metadata | dict[str, Any], progress: bool = True,
         world: World = World(), inputs: Sequence[str | os.PathLike] = (), tuning_dir: str | None = None,
         resume_meta: dict[str, Any] | None = None,
     ) -> None:
-        self.config, self.meta, self.world = config, meta, world
+        self.config, self.meta, self.world = config, read(meta), world
         self.inputs = list(inputs)
         self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.tuning`)
         self.resume_meta = resume_meta or {}  # what the resume file carries beyond `meta` (its corpus's identity)
@@ -115,7 +117,7 @@ class Trainer:
             if self.world.is_main:
                 check_replaceable(self.paths["model"], self.inputs, resume, overwrite)
                 # the resume state: the weights, an optimizer's moments for each, RNGs and the carried state
-                checkpoint.check_header_fits(self._meta("resume"), entries=5 * len(self.model.state_dict()) + 16)
+                checkpoint.check_header_fits(write(self._meta("resume")), entries=5 * len(self.model.state_dict()) + 16)
             if resume:
                 self.load_resume()
             elif self.world.is_main:
@@ -284,12 +286,11 @@ class Trainer:
                 loss.backward()
             return loss.detach()
 
-        key = {"model": self.meta.get("model"), "batch": [list(part.shape) for part in batch]}
+        key = {"model": self.meta.model, "batch": [list(part.shape) for part in batch]}
         setup, why = choose_cpu_setup(step_loss, self.model, key, Decisions(self.tuning_dir), self.config.precision)
         any_ = lambda value: self.world.any(value, self.device)  # noqa: E731  every process takes one setup
-        if hasattr(self.model, "fast_path"):
-            self.model.fast_path = True if any_(setup.fast_path is True) else False if any_(setup.fast_path is False) \
-                else None
+        self.model.fast_path = True if any_(setup.fast_path is True) else False if any_(setup.fast_path is False) \
+            else None
         precision = "bf16" if any_(setup.precision == "bf16") else "fp32"
         if why and self.progress:
             tqdm.write(f"note: training in {why}", file=sys.stderr)
@@ -371,7 +372,7 @@ class Trainer:
             state.best_val_loss, state.best_step = score, state.step
         if (improved or self.config.keep == "last") and self.world.is_main:
             with self._evaluated_weights():
-                checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), self._meta("model"))
+                checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), write(self._meta("model")))
         if not stop:
             state.loss_sum, state.loss_count = 0.0, 0
             self.save_resume()
@@ -395,8 +396,8 @@ class Trainer:
             {"best_val_loss": None, "best_train_loss": state.best_val_loss}
         return {"steps": state.step, "epochs": state.epoch, "tokens": state.tokens, **best, "best_step": state.best_step}
 
-    def _meta(self, kind: str) -> dict[str, Any]:
-        return {**self.meta, "kind": kind, "train": record(self.config), "training": self.summary()}
+    def _meta(self, kind: str) -> Metadata:
+        return replace(self.meta, kind=kind, train=record(self.config), training=self.summary())
 
     # -- the resume file -------------------------------------------------------------------------
 
@@ -416,7 +417,7 @@ class Trainer:
         if best is not None:
             state = replace(state, best_val_loss=best.best_val_loss, best_step=best.best_step)
         write_resume(self.paths["resume"], self.model, self.optimizer, [rngs for rngs, _ in shares], carried,
-                     running_loss, state, {**self._meta("resume"), **self.resume_meta}, stop_evaluated,
+                     running_loss, state, replace(self._meta("resume"), **self.resume_meta), stop_evaluated,
                      self.average.tensors() if self.average is not None else {})
 
     def load_resume(self) -> None:

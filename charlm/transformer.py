@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from charlm.presets import ARCHITECTURE_DEFAULTS
+from charlm.protocol import ModelDefaults
 from charlm.stepper import ban_vector, low_precision, product
 
 DEFAULTS = ARCHITECTURE_DEFAULTS["transformer"]
@@ -159,7 +160,7 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), k, v  # (B, T, E)
 
 
-class Transformer(nn.Module):
+class Transformer(ModelDefaults, nn.Module):
     """ids (B, T) -> token + position embeddings (B, T, E) -> blocks (B, T, E) -> LayerNorm -> logits
     (B, T, V) through the token embedding's own matrix."""
 
@@ -248,6 +249,9 @@ class Transformer(nn.Module):
         """A fast `step` for generation with the current weights, `banned` ids at -inf, its
         products in `precision` (fp32 or bf16; see `charlm.stepper.product`)."""
         return Stepper(self, banned, precision)
+
+    def stepper_precisions(self) -> tuple[str, ...]:
+        return ("fp32", "bf16")
 
     def init_state(self, batch_size: int) -> KVCache:
         """An empty cache: no ids, keys and values of no positions, on the weights' device and dtype."""

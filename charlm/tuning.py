@@ -128,7 +128,7 @@ def choose_cpu_setup(
     pass on one batch (under bf16 autocast when asked), the backward pass too when asked, and
     returns the loss. A model offers a choice of recurrent path with `fast_path_choices()`, and
     takes the one chosen as its `fast_path`; bf16 autocast runs torch's module."""
-    paths = tuple(model.fast_path_choices()) if hasattr(model, "fast_path_choices") else ()
+    paths = tuple(model.fast_path_choices())
     bf16 = precision == "bf16" or (precision == "auto" and bf16_capable())
     if precision == "bf16" or not (paths or bf16):
         return Setup("bf16" if bf16 else "fp32"), None
@@ -219,7 +219,7 @@ def choose_generation_precision(
     device = next(model.parameters()).device
     capable = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and bf16_capable()
     weights = sum(parameter.numel() for parameter in model.parameters() if parameter.dim() >= 2)
-    if not capable or not hasattr(model, "stepper") or max(counts) * weights < MIN_GENERATION_WORK:
+    if not capable or "bf16" not in model.stepper_precisions() or max(counts) * weights < MIN_GENERATION_WORK:
         return "fp32", None
     config = model.config
     key = json.dumps({"task": "generate", "device": device_name(device), "torch": torch.__version__,

@@ -8,10 +8,11 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.generate import Sampling, encode_prefix, filter_logits, generate
+from charlm.protocol import ModelDefaults
 from charlm.text import Vocab
 
 
-class FixedModel(nn.Module):
+class FixedModel(ModelDefaults, nn.Module):
     """Predicts the same logits at every step, whatever the input."""
 
     def __init__(self, logits: list[float]) -> None:

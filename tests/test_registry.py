@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from charlm import checkpoint, registry
+from charlm.protocol import ModelDefaults
 from tests.conftest import run_cli
 
 
@@ -54,7 +55,7 @@ class ToyState:
         return cls(torch.cat([state.memory for state in states]))
 
 
-class ToyModel(nn.Module):
+class ToyModel(ModelDefaults, nn.Module):
     """A decaying average of the characters' embeddings, read out by a linear head."""
 
     state_class = ToyState

@@ -23,8 +23,9 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2, which
     from starlette.testclient import TestClient  # noqa: E402
 
 import charlm  # noqa: E402
-from charlm.checkpoint import describe, read_metadata  # noqa: E402
+from charlm.checkpoint import read_metadata  # noqa: E402
 from charlm.generate import Request, Sampling  # noqa: E402
+from charlm.metadata import describe  # noqa: E402
 from charlm.serve.app import create_app  # noqa: E402
 from charlm.serve.batcher import Batcher, Generation  # noqa: E402
 from charlm.serve.catalog import load_catalog  # noqa: E402

@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from charlm.checkpoint import read_metadata
+from charlm.protocol import ModelDefaults
 from charlm.recipe import TrainConfig, learning_rate
 from charlm.trainer import Trainer
 from tests.conftest import TINY_MODEL, TINY_TRANSFORMER, run_cli
 
 
-class Toy(nn.Module):
+class Toy(ModelDefaults, nn.Module):
     """One weight w, loss (w - target)^2: training pulls w to 1, the validation target is 0."""
 
     def __init__(self) -> None:

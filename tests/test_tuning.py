@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from charlm import checkpoint, tuning
+from charlm.protocol import ModelDefaults
 from tests.conftest import TINY_MODEL, run_cli
 
 
@@ -28,7 +29,14 @@ def fake_step(seconds: dict, losses: dict, model: torch.nn.Module | None = None)
     return step_loss, calls
 
 
-class TwoPaths(torch.nn.Linear):
+class OnePath(ModelDefaults, torch.nn.Linear):
+    """A model with no choice of path (`fast_path_choices()` is the default, none)."""
+
+    def __init__(self) -> None:
+        super().__init__(2, 2)
+
+
+class TwoPaths(ModelDefaults, torch.nn.Linear):
     """A model with a choice of recurrent path, as `charlm.model.LanguageModel` offers."""
 
     fast_path = None
@@ -46,7 +54,7 @@ def capable(monkeypatch):
 
 
 def choose(step, model=None, key=None, folder=None, precision="auto"):
-    return tuning.choose_cpu_setup(step, model or torch.nn.Linear(2, 2), key or {}, tuning.Decisions(folder), precision)
+    return tuning.choose_cpu_setup(step, model or OnePath(), key or {}, tuning.Decisions(folder), precision)
 
 
 def test_bf16_is_chosen_when_faster_with_the_same_loss_and_remembered(tmp_path, capable):

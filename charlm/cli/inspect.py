@@ -52,11 +52,12 @@ def info(checkpoint: str, as_json: bool) -> None:
     \b
     charlm info checkpoints/timemachine.safetensors
     """
-    from charlm.checkpoint import describe, read_metadata
+    from charlm.checkpoint import read_metadata
+    from charlm.metadata import describe, read, write
 
-    meta = read_metadata(checkpoint)
+    meta = read(read_metadata(checkpoint))
     if as_json:
-        click.echo(to_json(meta, indent=2))
+        click.echo(to_json(write(meta), indent=2))
         return
     summary = describe(meta)
     training, sizes = summary["training"], summary["vocab_sizes"]
