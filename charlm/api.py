@@ -202,7 +202,7 @@ class TextModel:
         from charlm.generate import encode_prefix
 
         request = _request(self.stream, args, keywords)
-        encode_prefix(request.prefix, self.vocab, self.meta["tokens"], self.meta["preprocess"], request.unknown)
+        encode_prefix(request.prefix, self.vocab, self.meta.tokens, self.meta.preprocess, request.unknown)
         pieces: queue.Queue = queue.Queue()
         done, stopped = object(), threading.Event()
 
@@ -239,14 +239,14 @@ class TextModel:
         calls this): the prefix, the new text, a line break after each sample; notes on stderr."""
         from charlm import generate as generator
 
-        prefix_ids = generator.encode_prefix(request.prefix, self.vocab, self.meta["tokens"], self.meta["preprocess"],
+        prefix_ids = generator.encode_prefix(request.prefix, self.vocab, self.meta.tokens, self.meta.preprocess,
                                              request.unknown)
         if request.prefix and not prefix_ids and request.unknown == "skip":
             _say("note: every character of the prefix was unknown and skipped: generating without one")
         chosen, note = generator.choose_precision(self.model, request.num_samples, request.precision, self.path)
         if note:
             _say(note)
-        generator.stream_text(self.model, self.vocab, self.meta["tokens"], prefix_ids, request.length,
+        generator.stream_text(self.model, self.vocab, self.meta.tokens, prefix_ids, request.length,
                               request.sampling, request.num_samples, request.seed, on_text=on_text, precision=chosen)
 
     def evaluate(self, text_or_path: str | os.PathLike | Sequence[PathLike], encoding: str = "utf-8",

@@ -15,6 +15,7 @@ per job (`GENERATE`, ...): adding a setting is adding a row and the code that us
 from __future__ import annotations
 
 import math
+import re
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class Setting:
     only: str | None = None  # the one task that reads it ("lm", "translate"): given for the other, an error
     model_field: bool = False  # goes to the model's config by field name: an error for one without that field
     from_parent: bool = False  # --init-from takes it from its checkpoint: given with it, an error
+    advice: str = ""  # what to do instead, after a refused number: "use {greedy} for argmax" ({name}: another setting)
     path: str | None = None  # of a path: "file" or "folder" (given on as a `Path`); None: either (as given)
 
     @property
@@ -134,7 +136,11 @@ class Setting:
 
     def _check_bounds(self, value: float, said: str) -> None:
         if not self.in_bounds(value):
-            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {_shown(value)}",
+            advice = ""
+            if self.advice:  # other settings it names ({greedy}) are named as `said` names this one
+                advice = " (" + re.sub(r"\{(\w+)\}", lambda match: "--" + match.group(1).replace("_", "-")
+                                       if said.startswith("--") else match.group(1), self.advice) + ")"
+            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {_shown(value)}{advice}",
                                self.name, said)
 
     def bounds_in_words(self) -> str:
@@ -349,7 +355,7 @@ GENERATE = table(
     Setting("prefix", str, "", "Text to start from (preprocessed like the corpus).", ("generate", "http")),
     Setting("length", int, 200, "Tokens to generate.", ("generate", "http"), low=0),
     Setting("temperature", float, 1.0, "Divides the logits: below 1 sharper, above 1 flatter.", ("generate", "http"),
-            low=0, low_open=True, finite=True, rule="a positive number"),
+            low=0, low_open=True, finite=True, rule="a positive number", advice="use {greedy} for argmax"),
     Setting("top_k", int, 0, "Sample among the k likeliest (0: all).", ("generate", "http"), low=0,
             rule="0 (off) or more"),
     Setting("top_p", float, 1.0, "Sample among the likeliest tokens that make up this much probability.",

@@ -50,8 +50,8 @@ def test_its_fields_are_the_generate_rows():
 
 
 BAD = [
-    ("temperature", 0, "{} must be a positive number, got 0"),
-    ("temperature", float("inf"), "{} must be a positive number, got inf"),
+    ("temperature", 0, "{} must be a positive number, got 0 (use {greedy} for argmax)"),
+    ("temperature", float("inf"), "{} must be a positive number, got inf (use {greedy} for argmax)"),
     ("top_k", -1, "{} must be 0 (off) or more, got -1"),
     ("top_p", 1.5, "{} must be in (0, 1], got 1.5"),
     ("top_p", float("nan"), "{} must be in (0, 1], got nan"),
@@ -72,12 +72,14 @@ def test_a_bad_value_is_refused_in_one_line_named_as_its_door_names_it(name, val
     said = {"flag": GENERATE[name].option, "keyword": name, "field": name}[door]
     with pytest.raises(SettingError) as raised:
         Request.from_fields({name: value}, said=door)
-    assert str(raised.value) == message.format(said) and raised.value.said == said
+    greedy = "--greedy" if door == "flag" else "greedy"  # the advice names another setting as the door does
+    assert str(raised.value) == message.format(said, greedy=greedy) and raised.value.said == said
     assert isinstance(raised.value, charlm.CharlmError)
 
 
 def test_the_cli_refuses_what_click_lets_through_naming_the_flag(runner, model_path):
-    for flags, message in [(["--temperature", "inf"], "--temperature must be a positive number, got inf"),
+    for flags, message in [(["--temperature", "inf"],
+                            "--temperature must be a positive number, got inf (use --greedy for argmax)"),
                            (["--top-p", "nan"], "--top-p must be in (0, 1], got nan")]:
         printed = run_cli(runner, "generate", "--checkpoint", model_path, *flags, ok=False)
         assert printed.exit_code == 1 and printed.stderr == f"charlm: error: {message}\n" and printed.stdout == ""
@@ -89,7 +91,7 @@ def test_the_api_refuses_naming_the_keyword(model_path):
         model.generate("the ", top_p=1.5)
     with pytest.raises(SettingError, match="^num_samples must be at least 1, got 0$"):
         model.generate("the ", num_samples=0)
-    with pytest.raises(SettingError, match="^temperature must be a positive number, got 0$"):
+    with pytest.raises(SettingError, match=r"^temperature must be a positive number, got 0 \(use greedy for argmax\)$"):
         model.stream("the ", temperature=0)  # at once, before the first piece is read
     with pytest.raises(TypeError, match="topp"):
         model.generate("the ", topp=0.9)

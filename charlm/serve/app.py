@@ -214,7 +214,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
     page on another site cannot then reach a loopback server by DNS rebinding); None: any.
     `threads`: torch's CPU threads for each language model's batcher (None: torch's default);
     `precision` its steps' (see `Batcher`)."""
-    batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta["tokens"], name, threads,
+    batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta.tokens, name, threads,
                               precision, served.path)
                 for name, served in catalog.items() if served.task == "lm"}
     translating = {name: threading.Lock() for name, served in catalog.items() if served.task == "translate"}
@@ -255,7 +255,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         asked = GenerationRequest.from_fields(values, said="field")
         streaming = fields.boolean("stream", False)
         meta = served.model.meta
-        prefix_ids = encode_prefix(asked.prefix, served.model.vocab, meta["tokens"], meta["preprocess"], asked.unknown)
+        prefix_ids = encode_prefix(asked.prefix, served.model.vocab, meta.tokens, meta.preprocess, asked.unknown)
         slots.take()
         pieces = Pieces(asked.num_samples, streaming)
         generation = Generation(asked, prefix_ids, pieces.on_text, pieces.on_end)
