@@ -9,9 +9,9 @@
     pairs = charlm.load("checkpoints/wordpairs.safetensors"); pairs.translate(["man", "king"], beam=4)
 
 Each function takes the options of its command, underscored, with the same defaults, and gives
-what the command prints as Python values: `train` runs `charlm.launch` as `charlm train` does. A
+what the command prints as Python values: `train` runs `charlm.training.launch` as `charlm train` does. A
 mistake in the input raises `charlm.CharlmError` with the line the command would print; nothing
-here exits the interpreter. Progress goes to stderr, or to a notebook's bar (`charlm.trainer`).
+here exits the interpreter. Progress goes to stderr, or to a notebook's bar (`charlm.training.trainer`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from charlm.launch import DEFAULTS, launch
+from charlm.training.launch import DEFAULTS, launch
 from charlm.presets import PAIRS
 from charlm.settings import GENERATE, STATS, TRAIN, Setting, for_command, parameters
 
 if TYPE_CHECKING:
-    from charlm.generate import Request
+    from charlm.generation.sampling import Request
 
 PathLike = str | os.PathLike
 
@@ -58,7 +58,7 @@ class Run:
     def metrics(self) -> list[dict[str, Any]]:
         """One dict per evaluation (step, train and val loss, ...), read from the run's metrics file (a
         last line cut short by a kill is left out, as `charlm plot` leaves it out)."""
-        from charlm.runfiles import MetricsFile, run_paths
+        from charlm.training.run_files import MetricsFile, run_paths
 
         return MetricsFile(run_paths(self.checkpoint)["metrics"]).read()
 
@@ -101,10 +101,10 @@ def stats(corpus: PathLike | Sequence[PathLike], **options: Any) -> dict[str, An
 
 
 def stats_with_files(corpus: PathLike | Sequence[PathLike], **options: Any) -> tuple[Any, dict[str, Any]]:
-    """`stats`, with the corpus as it was found (`charlm.corpus.FoundCorpus`: the files read and
+    """`stats`, with the corpus as it was found (`charlm.text.corpus.FoundCorpus`: the files read and
     skipped), for a caller that says which files it read, as `charlm stats` does."""
-    from charlm.corpus import find_corpus
-    from charlm.data import corpus_stats
+    from charlm.text.corpus import find_corpus
+    from charlm.data.ids import corpus_stats
 
     _check_keywords("stats", options, _STATS_ROWS)
     settings = {**{keyword: row.default for keyword, row in _STATS_ROWS.items()}, **_settings(options, _STATS_ROWS)}
@@ -156,9 +156,9 @@ def _paths(corpus: PathLike | Sequence[PathLike]) -> tuple[Path, ...]:
 def load(path: PathLike, device: str = "cpu") -> TextModel | PairModel:
     """The model of a checkpoint: a `TextModel` for a language model, a `PairModel` for a model of
     source<TAB>target pairs. `device` is as `--device` takes it (auto: cuda, then mps, then cpu)."""
-    from charlm.checkpoint import read_metadata
-    from charlm.metadata import read
-    from charlm.runtime import pick_device
+    from charlm.checkpoints.files import read_metadata
+    from charlm.checkpoints.metadata import read
+    from charlm.runtime.device import pick_device
 
     path = os.fspath(path)
     kind = PairModel if read(read_metadata(path)).task == "translate" else TextModel
@@ -170,7 +170,7 @@ class TextModel:
     `charlm generate`, `charlm eval` and `charlm info` do."""
 
     def __init__(self, path: str, device: Any) -> None:
-        from charlm.checkpoint import load_model
+        from charlm.checkpoints.files import load_model
 
         self.path = path
         self.model, self.meta, self.vocab = load_model(path, "lm", device)
@@ -180,7 +180,7 @@ class TextModel:
 
     def info(self) -> dict[str, Any]:
         """The checkpoint's metadata, as `charlm info --json` prints it."""
-        from charlm.metadata import write
+        from charlm.checkpoints.metadata import write
 
         return write(self.meta)
 
@@ -199,7 +199,7 @@ class TextModel:
     def stream(self, *args: Any, **keywords: Any) -> Iterator[str]:
         """The text of `generate` (one sample) in pieces, each as soon as it is made: the prefix,
         then the new text a few tokens at a time, then "\\n". A bad prefix raises here, at once."""
-        from charlm.generate import encode_prefix
+        from charlm.generation.sampling import encode_prefix
 
         request = _request(self.stream, args, keywords)
         encode_prefix(request.prefix, self.vocab, self.meta.tokens, self.meta.preprocess, request.unknown)
@@ -237,7 +237,7 @@ class TextModel:
     def sample(self, request: Request, on_text: Callable[[str], None]) -> None:
         """The text of `request` handed to `on_text` in pieces, as `charlm generate` prints it (it
         calls this): the prefix, the new text, a line break after each sample; notes on stderr."""
-        from charlm import generate as generator
+        from charlm.generation import sampling as generator
 
         prefix_ids = generator.encode_prefix(request.prefix, self.vocab, self.meta.tokens, self.meta.preprocess,
                                              request.unknown)
@@ -255,8 +255,8 @@ class TextModel:
         and how many the vocab lacks, as `charlm eval --json` reports them. A `Path`, a list of
         paths, or a str naming a file or folder is read as `charlm eval` reads it; any other str
         is the text itself."""
-        from charlm.corpus import find_corpus
-        from charlm.evaluation import evaluate_text
+        from charlm.text.corpus import find_corpus
+        from charlm.evaluation.reports import evaluate_text
 
         if isinstance(text_or_path, str) and not _names_a_path(text_or_path):
             with tempfile.TemporaryDirectory() as folder:
@@ -281,7 +281,7 @@ TextModel.stream.__signature__ = inspect.Signature(
 def _request(method: Any, args: tuple, keywords: dict[str, Any]) -> Request:
     """The `Request` of a call to `TextModel.generate` or `.stream` (`method`, bound), checked, a
     value named by its keyword; a keyword neither takes is a TypeError, as Python's own."""
-    from charlm.generate import Request
+    from charlm.generation.sampling import Request
 
     return Request.from_fields(inspect.signature(method).bind(*args, **keywords).arguments, said="keyword")
 
@@ -299,7 +299,7 @@ class PairModel:
     `attention`, `evaluate` and `info`, as `charlm translate`, `charlm eval` and `charlm info` do."""
 
     def __init__(self, path: str, device: Any) -> None:
-        from charlm.checkpoint import load_translator
+        from charlm.checkpoints.files import load_translator
 
         self.path, self.device = path, device
         self.model, self.meta, self.source_vocab, self.target_vocab = load_translator(path, device)
@@ -309,7 +309,7 @@ class PairModel:
 
     def info(self) -> dict[str, Any]:
         """The checkpoint's metadata, as `charlm info --json` prints it."""
-        from charlm.metadata import write
+        from charlm.checkpoints.metadata import write
 
         return write(self.meta)
 
@@ -318,8 +318,8 @@ class PairModel:
         """The outputs `charlm translate` prints for `texts`, one per input (a str for a str).
         `beam` > 1 is beam search; `max_length` stops an output (default: twice the input's length
         + 10); `unknown` is what to do with characters the model never saw: "error", "skip", "unk"."""
-        from charlm import translate
-        from charlm.runtime import cpu_threads
+        from charlm.generation import translation as translate
+        from charlm.runtime.device import cpu_threads
 
         inputs = [texts] if isinstance(texts, str) else list(texts)
         with cpu_threads(PAIRS["threads"]):
@@ -331,9 +331,9 @@ class PairModel:
         """What `charlm translate --attention-plot` draws for `text`: "weights", a tensor
         (output characters + 1, source characters) whose rows sum to 1, with the "source" and
         "output" characters (the output's last is "<eos>") that label it."""
-        from charlm import translate
+        from charlm.generation import translation as translate
         from charlm.errors import UsageError
-        from charlm.generate import encode_prefix
+        from charlm.generation.sampling import encode_prefix
 
         output = self.translate(text, unknown=unknown)
         source_ids = encode_prefix(text, self.source_vocab, unknown=unknown, what="input")
@@ -347,8 +347,8 @@ class PairModel:
                  encoding: str = "utf-8") -> dict[str, Any]:
         """Exact match, character error rate and BLEU on the pairs of a file (with `held_out`,
         those its training held out), as `charlm eval --json` reports them."""
-        from charlm.evaluation import evaluate_translator
-        from charlm.pairs import read_pairs, skipped_message
+        from charlm.evaluation.reports import evaluate_translator
+        from charlm.text.pairs import read_pairs, skipped_message
 
         pairs, skipped = read_pairs(Path(pairs_path), encoding, skip_bad_lines)
         if line := skipped_message(pairs_path, skipped):

@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from charlm.errors import CharlmError, MissingExtra
-from charlm.runfiles import DRAWN, MetricsFile, metrics_of
+from charlm.training.run_files import DRAWN, MetricsFile, metrics_of
 
 INSTALL_HINT = "pip install 'charlm[plot]'"
 
 
 def metrics_path(path: str | os.PathLike) -> Path:
     """The metrics file of a run: the path itself if it is one, else the one beside a checkpoint
-    (`X.safetensors` or `X.resume.safetensors` -> `X.metrics.jsonl`, as `charlm.runfiles` names
+    (`X.safetensors` or `X.resume.safetensors` -> `X.metrics.jsonl`, as `charlm.training.run_files` names
     them; it imports no torch, nor does plotting)."""
     path = Path(path)
     if path.name.endswith(".jsonl"):
@@ -35,7 +35,7 @@ def metrics_path(path: str | os.PathLike) -> Path:
 
 
 def read_metrics(path: str | os.PathLike, notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """The evaluations of a run, in order (`charlm.runfiles.MetricsFile.read`: a last line cut short
+    """The evaluations of a run, in order (`charlm.training.run_files.MetricsFile.read`: a last line cut short
     is skipped with a note in `notes`). A missing file, or one without evaluations, is a
     `CharlmError`: there is nothing to plot."""
     source = metrics_path(path)

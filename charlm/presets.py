@@ -4,7 +4,7 @@ The settings table (`charlm.settings`, from which the CLI's flags and the API's 
 takes its choices and these defaults from here, and so do the config dataclasses (`ModelConfig`,
 `TrainConfig`, `DataConfig`, the pair models' configs), so a default is written once: what differs
 by task in `PRESETS`, what both tasks start from in `COMMON`, what an architecture changes of its
-task's in `ARCHITECTURE_DEFAULTS` (its `defaults` in `charlm.registry`); the caller has the last word.
+task's in `ARCHITECTURE_DEFAULTS` (its `defaults` in `charlm.models.registry`); the caller has the last word.
 
 Standard library only; it knows nothing about what the settings do.
 """
@@ -50,7 +50,7 @@ COMMON: dict[str, Any] = {
 LM = {**COMMON, **PRESETS["lm"]}
 PAIRS = {**COMMON, **PRESETS["translate"]}
 
-# What an architecture changes of its task's defaults (`charlm.registry` entries refer to these).
+# What an architecture changes of its task's defaults (`charlm.models.registry` entries refer to these).
 # The transformer's: random windows (it carries no state between batches), AdamW with weight
 # decay on its matrices (the model's `parameter_groups`), a short warm-up, then the cosine. Its
 # sizes are nanoGPT's CPU recipe, which measured best of those tried on 2 shared cores at equal

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from charlm import presets, registry
+from charlm import presets
+from charlm.models import registry
 from charlm.errors import CharlmError
 from charlm.presets import PRECISIONS, UNKNOWN_POLICIES
 
@@ -349,7 +350,7 @@ STATS = table(
 
 # ---------------------------------------------------------------------------------------------
 # Generation: `charlm generate`'s flags, `TextModel.generate`'s keywords, the fields of a request
-# to the server ("http"), and the fields of `charlm.generate.Request`.
+# to the server ("http"), and the fields of `charlm.generation.sampling.Request`.
 
 GENERATE = table(
     Setting("prefix", str, "", "Text to start from (preprocessed like the corpus).", ("generate", "http")),

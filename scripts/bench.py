@@ -43,12 +43,12 @@ from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from charlm.generate import Sampling, generate  # noqa: E402
-from charlm.model import LanguageModel, ModelConfig  # noqa: E402
-from charlm.recipe import TrainConfig  # noqa: E402
-from charlm.tuning import Decisions, bf16_capable, choose_generation_precision, cpu_name  # noqa: E402
-from charlm.trainer import Trainer  # noqa: E402
-from charlm.transformer import Transformer, TransformerConfig  # noqa: E402
+from charlm.generation.sampling import Sampling, generate  # noqa: E402
+from charlm.models.recurrent import LanguageModel, ModelConfig  # noqa: E402
+from charlm.training.optimization import TrainConfig  # noqa: E402
+from charlm.runtime.measured import Decisions, bf16_capable, choose_generation_precision, cpu_name  # noqa: E402
+from charlm.training.trainer import Trainer  # noqa: E402
+from charlm.models.transformer import Transformer, TransformerConfig  # noqa: E402
 import plain_gpt  # noqa: E402  (beside this script)
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -379,7 +379,7 @@ def main() -> None:
     results.update(cpu=cpu_name(), bf16=bf16_capable())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name()} "
           f"(bf16 matrix instructions: {'yes' if bf16_capable() else 'no'}); lessons' config V={V} H={H} T={T} B={B}")
-    print("charlm's setup is what a run takes (charlm.tuning): the recurrent path (charlm's kernels or torch's "
+    print("charlm's setup is what a run takes (charlm.runtime.measured): the recurrent path (charlm's kernels or torch's "
           "module) measured here, and for 'auto' bf16 where it measures faster with the same loss\n")
 
     if args.only != "transformer":

@@ -106,7 +106,7 @@ def batched(path: str) -> str:
     import threading
 
     import charlm
-    from charlm.generate import Request, Sampling, encode_prefix
+    from charlm.generation.sampling import Request, Sampling, encode_prefix
     from charlm.serve.batcher import Batcher, Generation
 
     model = charlm.load(path)

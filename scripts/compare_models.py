@@ -33,7 +33,7 @@ def train(corpus: str, flags: list[str], model: str, seconds: float, threads: in
     """One run; its summary: best held-out loss, tokens/s, steps, parameters."""
     from click.testing import CliRunner
 
-    from charlm.checkpoint import load_model
+    from charlm.checkpoints.files import load_model
     from charlm.cli import cli
 
     out = os.path.join(folder, f"{model}-{Path(corpus).stem}.safetensors")
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="fp32 compares the models, not the kernels")
     parser.add_argument("--models", nargs="*", default=MODELS)
     args = parser.parse_args()
-    from charlm.tuning import cpu_name
+    from charlm.runtime.measured import cpu_name
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

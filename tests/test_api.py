@@ -46,7 +46,7 @@ def test_train_equals_charlm_train_with_the_same_flags(runner, tiny_corpus, trai
 
 def test_the_apis_options_and_defaults_are_charlm_trains():
     from charlm.cli.train import train as command
-    from charlm.launch import flag
+    from charlm.training.launch import flag
 
     flags = dict(command.make_context("train", ["corpus.txt"]).params)  # what the command gets
     del flags["corpus"]
@@ -135,7 +135,7 @@ def test_errors_are_charlm_errors_with_the_clis_message(runner, tiny_corpus):
 def test_an_interrupted_train_resumes_from_python(runner, tiny_corpus, monkeypatch):
     """A KeyboardInterrupt (a notebook cell stopped) at step 7 saves the run; `resume=True` goes on
     to the same checkpoint as an unbroken run, bit for bit."""
-    from charlm.trainer import Trainer
+    from charlm.training.trainer import Trainer
 
     options = {**TINY, "max_steps": 15, "eval_every": 5}
     charlm.train(tiny_corpus, **options, out="once/m.safetensors")
@@ -161,7 +161,7 @@ def test_an_interrupted_train_resumes_from_python(runner, tiny_corpus, monkeypat
 def test_progress_is_a_notebook_bar_in_a_notebook(monkeypatch):
     from tqdm.auto import tqdm as notebook_tqdm
 
-    from charlm import trainer
+    from charlm.training import trainer
 
     monkeypatch.setattr(trainer, "in_notebook", lambda: True)
     shown = trainer.Progress(10, 0, enabled=True)
@@ -171,7 +171,7 @@ def test_progress_is_a_notebook_bar_in_a_notebook(monkeypatch):
 
 
 def test_in_notebook_asks_ipython_as_tqdm_does(monkeypatch):
-    from charlm.trainer import in_notebook
+    from charlm.training.trainer import in_notebook
 
     class Shell:
         def __init__(self, config):

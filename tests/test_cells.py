@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from charlm.cells import ScratchGRU, ScratchLSTM, ScratchRNN
+from charlm.models.cells import ScratchGRU, ScratchLSTM, ScratchRNN
 
 INPUT_SIZE, HIDDEN_SIZE, BATCH_SIZE, SEQ_LEN = 5, 7, 3, 6
 

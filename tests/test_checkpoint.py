@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from charlm import checkpoint
+from charlm.checkpoints import files as checkpoint
 from charlm.errors import CheckpointError
-from charlm.model import LanguageModel, ModelConfig
-from charlm.text import Vocab
+from charlm.models.recurrent import LanguageModel, ModelConfig
+from charlm.text.tokens import Vocab
 
 
 def saved_model(path, **meta_overrides):
@@ -50,7 +50,7 @@ def test_latest_finds_the_newest_model_of_a_task(tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    from charlm import runtime
+    from charlm.runtime import device as runtime
 
     path = tmp_path / "f.bin"
     runtime.atomic_write(path, b"old")
@@ -69,8 +69,8 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
 def test_translation_checkpoints_rebuild_their_model_and_both_vocabs(tmp_path, architecture):
     from dataclasses import asdict
 
-    from charlm.pairs import Pair, pair_vocabs
-    from charlm import registry
+    from charlm.text.pairs import Pair, pair_vocabs
+    from charlm.models import registry
 
     source_vocab, target_vocab = pair_vocabs([Pair("hello", "ohlol", 1)])
     model_class, config_class = registry.get("translate", architecture).classes()
@@ -103,7 +103,7 @@ def test_translation_checkpoints_rebuild_their_model_and_both_vocabs(tmp_path, a
 
 
 def test_cpu_threads_are_set_for_a_block_and_restored():
-    from charlm.runtime import cpu_threads
+    from charlm.runtime.device import cpu_threads
 
     before = torch.get_num_threads()
     with cpu_threads(1):

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import pytest
 import torch
 
-from charlm.model import LanguageModel, ModelConfig
+from charlm.models.recurrent import LanguageModel, ModelConfig
 from tests.conftest import TIMEMACHINE, TINY_MODEL, run_cli
 
 
@@ -93,7 +93,7 @@ def test_the_second_run_reads_its_tokens_from_the_cache(runner, tiny_corpus):
 
 
 def test_the_same_seed_gives_the_same_weights(runner, tiny_corpus):
-    from charlm.checkpoint import load
+    from charlm.checkpoints.files import load
 
     for name in ("a", "b"):
         train_tiny(runner, tiny_corpus, "--max-steps", "1", "--seed", "5", "--out", f"{name}.safetensors")
@@ -122,7 +122,7 @@ def test_an_architecture_registered_after_import_is_one_train_takes(runner, tiny
     """--model reads the registry when the command runs: an architecture registered in-process
     trains, its own defaults over the task's and under the command line's. A model flag its config
     has no field for, or a text architecture named for pairs, is one line naming both."""
-    from charlm import registry
+    from charlm.models import registry
 
     monkeypatch.setitem(registry.ARCHITECTURES, ("lm", "toy"), registry.Architecture(
         "lm", "toy", ToyModel, ToyConfig, fixed={"cell": "gru"}, defaults={"hidden_size": 12}))

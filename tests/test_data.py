@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlm.data import BatchIterator, eval_batches, id_dtype, load_corpus
+from charlm.data.ids import BatchIterator, eval_batches, id_dtype, load_corpus
 from charlm.errors import CorpusError
-from charlm.text import Vocab
+from charlm.text.tokens import Vocab
 
 
 def test_corpus_ids_are_compact_and_match_the_vocab(tmp_path):
@@ -34,7 +34,7 @@ def test_word_corpus(tmp_path):
 
 
 def test_split_holds_out_the_tail():
-    from charlm.data import Corpus
+    from charlm.data.ids import Corpus
 
     corpus = Corpus(torch.arange(100, dtype=torch.uint8), Vocab())
     train, val = corpus.split(0.1)
@@ -88,15 +88,15 @@ MIXED = "naïve café — 时间机器 🚀🚀 emoji\nline two\n" * 50
 
 
 def test_fast_char_counting_equals_the_reference_counter(tmp_path):
-    from charlm.data import count_chars
-    from charlm.text import count_tokens
+    from charlm.data.ids import count_chars
+    from charlm.text.tokens import count_tokens
 
     chunks = ["", MIXED, "", "\U0010ffff\0x"]  # empty chunks, the last code point, a NUL
     assert count_chars(chunks) == count_tokens(chunks, "char")
 
 
 def test_char_ids_are_the_same_in_every_dtype():
-    from charlm.data import encode_stream
+    from charlm.data.ids import encode_stream
 
     text = "".join(chr(0x4E00 + index) for index in range(300)) + "ab"  # 302 distinct: int16
     vocab = Vocab({char: 1 for char in text[:-1]})  # "b" unseen -> <unk>
@@ -105,7 +105,7 @@ def test_char_ids_are_the_same_in_every_dtype():
 
 
 def test_cache_hit_returns_the_same_ids_without_reading_the_text(tmp_path, monkeypatch):
-    from charlm import corpus as data  # the one reading path, of one file or many
+    from charlm.text import corpus as data  # the one reading path, of one file or many
 
     path = tmp_path / "c.txt"
     path.write_text(MIXED, encoding="utf-8")
@@ -140,7 +140,7 @@ def test_a_changed_file_is_noticed_even_with_the_same_size_and_time(tmp_path):
 def test_a_file_with_a_byte_order_mark_hits_the_cache(tmp_path, monkeypatch):
     """The hash a read records is of every byte of the file, a UTF-8 byte-order mark's too, as
     the hash a cache hit checks against."""
-    from charlm import corpus as data  # the one reading path, of one file or many
+    from charlm.text import corpus as data  # the one reading path, of one file or many
 
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbfabcabc")
@@ -189,7 +189,7 @@ def test_stats_counts_as_training_does(tmp_path, monkeypatch):
     """One way to count: `charlm stats` counts characters through the path training's vocab is
     counted by (`data.count`, code points summed in C), and gets what the tokenizer counts."""
     import charlm
-    from charlm import data
+    from charlm.data import ids as data
 
     path = tmp_path / "mixed.txt"
     path.write_text(MIXED * 3, encoding="utf-8")
@@ -198,6 +198,6 @@ def test_stats_counts_as_training_does(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "count_chars", lambda chunks: called.append(1) or real(chunks))
     report = charlm.stats(path, top=50)
     assert called and report["tokens"] == len(MIXED * 3)
-    from charlm.text import count_tokens
+    from charlm.text.tokens import count_tokens
 
     assert dict(report["most_frequent"]) == dict(count_tokens([MIXED * 3]).most_common(50))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from charlm.errors import CharlmError
-from charlm.runtime import World
+from charlm.runtime.device import World
 from tests.conftest import ROOT, TINY_MODELS, run_cli
 
 # No dropout: the processes draw their own masks, so only a dropout-free run can match exactly.
@@ -30,7 +30,7 @@ def torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def resume_file(path) -> dict[str, torch.Tensor]:
-    from charlm.checkpoint import load
+    from charlm.checkpoints.files import load
 
     return load(path)[0]
 
@@ -89,8 +89,8 @@ def test_each_process_takes_its_own_rows_of_the_batch():
 
 
 def test_a_batch_size_that_does_not_split_fails_before_training(tiny_corpus):
-    from charlm.data import BatchIterator
-    from charlm.trainer import _RowShare
+    from charlm.data.ids import BatchIterator
+    from charlm.training.trainer import _RowShare
 
     batches = BatchIterator(torch.arange(500), batch_size=6, seq_len=5)
     with pytest.raises(CharlmError, match="--batch-size 6 does not split evenly over 4 processes"):

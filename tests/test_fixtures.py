@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import charlm
-from charlm import checkpoint
+from charlm.checkpoints import files as checkpoint
 from tests.conftest import run_cli
 from tests.fixtures.make_checkpoints import FOLDER, TEXT, TINY, WORDS
 

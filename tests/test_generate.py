@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from charlm.errors import CharlmError
-from charlm.generate import Sampling, encode_prefix, filter_logits, generate
-from charlm.protocol import ModelDefaults
-from charlm.text import Vocab
+from charlm.generation.sampling import Sampling, encode_prefix, filter_logits, generate
+from charlm.models.protocol import ModelDefaults
+from charlm.text.tokens import Vocab
 
 
 class FixedModel(ModelDefaults, nn.Module):
@@ -98,7 +98,7 @@ def test_a_draw_is_torch_multinomials_and_stacked_requests_draw_as_alone(samplin
     """`choose` draws what torch.multinomial draws for the same seed (so seeded text is what it
     was), and `choose_rows` on several requests' rows stacked, each with its own generator, gives
     each request the ids `choose` gives it alone: the batched server's text is the CLI's."""
-    from charlm.generate import choose, choose_rows
+    from charlm.generation.sampling import choose, choose_rows
 
     torch.manual_seed(0)
     logits = [torch.randn(count, 300) * 3 for count in (1, 3, 2, 1)]

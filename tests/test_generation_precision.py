@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import charlm
-from charlm import generate as generator
-from charlm import tuning
+from charlm.generation import sampling as generator
+from charlm.runtime import measured as tuning
 from charlm.errors import CharlmError
-from charlm.model import LanguageModel, ModelConfig
-from charlm.stepper import product
-from charlm.transformer import Transformer, TransformerConfig
+from charlm.models.recurrent import LanguageModel, ModelConfig
+from charlm.models.recurrent_stepper import product
+from charlm.models.transformer import Transformer, TransformerConfig
 from tests.conftest import TINY_MODEL, run_cli
 
 VOCAB = 30

@@ -25,9 +25,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from charlm import checkpoint
+from charlm.checkpoints import files as checkpoint
 from charlm.errors import CorpusError
-from charlm.text import preprocess_chunks, read_chunks
+from charlm.text.tokens import preprocess_chunks, read_chunks
 from tests.conftest import ROOT, TINY_MODEL, TINY_MODELS, run_cli
 
 TIMING_FIELDS = ("tokens_per_sec", "elapsed_s")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlm import checkpoint
-from charlm.corpus import find_corpus
-from charlm.data import file_digest, load_corpus
-from charlm.text import CHUNK_BYTES
+from charlm.checkpoints import files as checkpoint
+from charlm.text.corpus import find_corpus
+from charlm.data.ids import file_digest, load_corpus
+from charlm.text.tokens import CHUNK_BYTES
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import fails, train
 
@@ -93,7 +93,7 @@ def test_a_file_that_is_not_text_is_skipped_whole_however_far_in_it_is_found(tmp
     """A file of a folder is checked whole before any of its text is used: one that turns out not
     to be UTF-8 (or to hold a NUL byte) past the part held while checking is left out whole, and a
     long file that is text is read whole."""
-    from charlm import corpus
+    from charlm.text import corpus
 
     monkeypatch.setattr(corpus, "HELD_CHARS", 100)  # past this a file is checked through, then read again
     size = CHUNK_BYTES + 10  # the fault is in the second block read
@@ -186,7 +186,7 @@ def test_the_token_cache_notices_an_added_removed_or_edited_file(notes, monkeypa
     """A folder's cache entry lists every file's path, size and SHA-256: a file edited (even to the
     same size and time), added or removed is read afresh and replaces the entry; the same files hit
     it without tokenizing."""
-    from charlm import data
+    from charlm.data import ids as data
 
     cache = notes.parent / "cache"
     load = lambda found=None: load_corpus(found or find_corpus([notes]), cache_dir=cache)  # noqa: E731
@@ -274,9 +274,9 @@ def test_new_characters_are_refused_mapped_to_unk_or_added(runner, tmp_path, tin
     --unknown unk maps them to <unk>; --extend-vocab adds them after the old ones, as new rows of
     the embedding and the head (new columns of W_ih for one-hot input), every old row and column
     bit-equal to the parent's."""
-    from charlm.data import DataConfig
-    from charlm.runs import language_model_run, load_parent
-    from charlm.trainer import TrainConfig
+    from charlm.data.ids import DataConfig
+    from charlm.training.setup import language_model_run, load_parent
+    from charlm.training.trainer import TrainConfig
 
     train(runner, tiny_corpus, "--max-steps", "2", "--embedding-size", embedding, "--out", "parent.safetensors")
     new = tmp_path / "new.txt"

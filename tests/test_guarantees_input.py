@@ -20,9 +20,9 @@ import safetensors.torch
 import torch
 from click.testing import CliRunner
 
-from charlm import checkpoint
+from charlm.checkpoints import files as checkpoint
 from charlm.cli import cli
-from charlm.text import Vocab
+from charlm.text.tokens import Vocab
 from tests.conftest import ROOT, TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import fails, model_file, train  # noqa: F401 (model_file: a fixture)
 
@@ -103,7 +103,7 @@ def test_a_corpus_changed_between_the_two_reading_passes_is_refused(runner, tiny
     """Training reads a corpus twice, counting then encoding into a tensor of the counted size: a
     file that grows, shrinks or is rewritten between the passes is one line saying to try again,
     never a traceback or a tensor of another text. Left alone, it trains."""
-    from charlm import data
+    from charlm.data import ids as data
 
     encode_stream = data.encode_stream
     edits = {"append": ("a", " and more text\n"), "shrink": ("w", TINY_TEXT[:500]),
@@ -300,7 +300,8 @@ def test_eval_bounds_the_memory_of_its_logits(runner, model_file, tiny_corpus, m
     """`charlm eval` walks the text in batches whose logits (rows x steps x vocab, float32) stay
     within a fixed budget: 32 rows of 256 steps of a 100k-word vocab would be 3.3 GB. Fewer steps
     per batch change no result: the state is carried, so the loss is today's within 1e-6."""
-    from charlm import data, evaluation
+    from charlm.data import ids as data
+    from charlm.evaluation import reports as evaluation
 
     budget = 64 * 1024  # bytes: forces short batches on the tiny model's vocab of 26
     monkeypatch.setattr(data, "EVAL_LOGITS_BYTES", budget, raising=False)

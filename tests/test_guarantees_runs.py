@@ -16,9 +16,9 @@ import pytest
 import safetensors
 import torch
 
-from charlm import checkpoint
-from charlm.data import content_digest, load_corpus
-from charlm.runfiles import locked_run
+from charlm.checkpoints import files as checkpoint
+from charlm.data.ids import content_digest, load_corpus
+from charlm.training.run_files import locked_run
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import WRITER, fails, finish, start, train, wait_for
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlm import checkpoint
+from charlm.checkpoints import files as checkpoint
 from tests.conftest import ROOT, TINY_MODEL, run_cli
 from tests.test_guarantees import each_loading_command, fails, rewrite, train
 

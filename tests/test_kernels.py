@@ -1,10 +1,10 @@
-"""charlm.kernels.recurrent must compute exactly what the torch module computes."""
+"""charlm.models.kernels.recurrent must compute exactly what the torch module computes."""
 
 import pytest
 import torch
 from torch import nn
 
-from charlm.kernels import recurrent, supports
+from charlm.models.kernels import recurrent, supports
 
 BATCH, STEPS, INPUT, HIDDEN = 3, 5, 7, 6
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
@@ -128,7 +128,7 @@ def test_ids_compute_what_their_one_hot_rows_compute(cell, num_layers, fast):
 
 
 def test_dropout_zeroes_a_fraction_p_and_scales_the_rest():
-    from charlm.kernels import dropout
+    from charlm.models.kernels import dropout
 
     torch.manual_seed(0)
     x = torch.ones(200, 500, requires_grad=True)

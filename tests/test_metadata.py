@@ -1,4 +1,4 @@
-"""Checkpoint metadata, typed (`charlm.metadata`): one writer, one reader, the JSON object charlm has
+"""Checkpoint metadata, typed (`charlm.checkpoints.metadata`): one writer, one reader, the JSON object charlm has
 always written, and anyone's metadata read without an error."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import charlm
-from charlm import checkpoint
+from charlm.checkpoints import files as checkpoint
 from charlm.errors import CheckpointError
-from charlm.metadata import LanguageModelMetadata, PairModelMetadata, describe, read, write
+from charlm.checkpoints.metadata import LanguageModelMetadata, PairModelMetadata, describe, read, write
 from tests.conftest import run_cli
 from tests.fixtures.make_checkpoints import FOLDER, RUNS, TEXT
 

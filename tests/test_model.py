@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlm.model import CELLS, LanguageModel, ModelConfig
-from charlm.state import map_state
+from charlm.models.recurrent import CELLS, LanguageModel, ModelConfig
+from charlm.models.state import map_state
 
 
 def make(cell: str, embedding_size: int, from_scratch: bool, num_layers: int = 2) -> LanguageModel:

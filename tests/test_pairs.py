@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlm.data import PairBatches, encode_pairs, pair_eval_batches
+from charlm.data.ids import PairBatches, encode_pairs, pair_eval_batches
 from charlm.errors import CorpusError
-from charlm.pairs import (
-    EOS_INDEX, LESSON_PAIRS, PAD_INDEX, Pair, check_aligned, is_pair_vocab, looks_like_pairs, pair_vocabs,
-    read_pairs, split_pairs,
+from charlm.text.pairs import (
+    EOS_INDEX, LESSON_PAIRS, PAD_INDEX, Pair, check_aligned, is_pair_vocab, looks_like_pairs, pair_vocabs, read_pairs,
+    split_pairs,
 )
 from tests.conftest import ROOT, TIMEMACHINE
 

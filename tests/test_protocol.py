@@ -1,4 +1,4 @@
-"""The model contract (`charlm.protocol`): every registered architecture keeps it, its optional hooks
+"""The model contract (`charlm.models.protocol`): every registered architecture keeps it, its optional hooks
 have defaults, and charlm calls them without asking whether a model has them."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import charlm
-from charlm import registry
-from charlm.protocol import LanguageModelContract, ModelDefaults, PairModelContract
-from charlm.runs import model_config
+from charlm.models import registry
+from charlm.models.protocol import LanguageModelContract, ModelDefaults, PairModelContract
+from charlm.training.setup import model_config
 
 TINY = {"hidden_size": 8, "embedding_size": 8, "num_layers": 1, "num_heads": 2, "seq_len": 8}
 

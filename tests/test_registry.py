@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from charlm import checkpoint, registry
-from charlm.protocol import ModelDefaults
+from charlm.checkpoints import files as checkpoint
+from charlm.models import registry
+from charlm.models.protocol import ModelDefaults
 from tests.conftest import run_cli
 
 

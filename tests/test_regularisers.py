@@ -11,11 +11,12 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from charlm import checkpoint, kernels
+from charlm.checkpoints import files as checkpoint
+from charlm.models import kernels
 from charlm.cli import cli as main
-from charlm.model import LanguageModel, ModelConfig
+from charlm.models.recurrent import LanguageModel, ModelConfig
 from charlm.presets import record
-from charlm.recipe import WeightAverage
+from charlm.training.optimization import WeightAverage
 
 TINY = ["--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "8", "--quiet"]
 

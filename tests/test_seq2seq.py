@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlm.data import pad_pairs
-from charlm.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
-from charlm.seq2seq import BahdanauAttention, Seq2Seq, Seq2SeqConfig, Tagger, TaggerConfig, teacher_forcing
+from charlm.data.ids import pad_pairs
+from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
+from charlm.models.seq2seq import BahdanauAttention, Seq2Seq, Seq2SeqConfig, Tagger, TaggerConfig, teacher_forcing
 
 P = PAD_INDEX
 PAIRS = [([4, 5, 6, 7], [4, 5]), ([5], [6, 7, 8]), ([6, 4], [8])]  # (source ids, target ids), no padding

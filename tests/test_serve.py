@@ -23,9 +23,9 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2, which
     from starlette.testclient import TestClient  # noqa: E402
 
 import charlm  # noqa: E402
-from charlm.checkpoint import read_metadata  # noqa: E402
-from charlm.generate import Request, Sampling  # noqa: E402
-from charlm.metadata import describe  # noqa: E402
+from charlm.checkpoints.files import read_metadata  # noqa: E402
+from charlm.generation.sampling import Request, Sampling  # noqa: E402
+from charlm.checkpoints.metadata import describe  # noqa: E402
 from charlm.serve.app import create_app  # noqa: E402
 from charlm.serve.batcher import Batcher, Generation  # noqa: E402
 from charlm.serve.catalog import load_catalog  # noqa: E402
@@ -241,7 +241,7 @@ def test_a_bf16_batcher_gives_the_text_of_generate_in_bf16(wider):
 
 
 def test_serve_decides_its_precision_once_for_one_request_and_a_full_batch(runner, models, monkeypatch):
-    from charlm import tuning
+    from charlm.runtime import measured as tuning
     from charlm.serve import server
     from charlm.serve.batcher import MEASURED_ROWS
 
@@ -262,7 +262,7 @@ def test_serve_decides_its_precision_once_for_one_request_and_a_full_batch(runne
 def test_states_that_refuse_to_join_step_one_by_one(catalog, monkeypatch):
     """A state class whose `join` raises ValueError (a cache of another length) costs batching,
     not correctness."""
-    from charlm.state import RecurrentState
+    from charlm.models.state import RecurrentState
 
     model = catalog["tiny"].model
     monkeypatch.setattr(RecurrentState, "join", classmethod(lambda cls, states: (_ for _ in ()).throw(ValueError())))

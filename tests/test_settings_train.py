@@ -14,11 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 import charlm
-from charlm import api, launch
+from charlm import api
+from charlm.training import launch
 from charlm.cli import options
 from charlm.cli.train import train as train_command
 from charlm.errors import CharlmError
-from charlm.recipe import TrainConfig
+from charlm.training.optimization import TrainConfig
 from charlm.settings import STATS, TRAIN, Setting, annotation, for_command, table
 from tests.conftest import run_cli
 

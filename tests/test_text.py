@@ -4,14 +4,8 @@ import json
 
 import pytest
 
-from charlm.text import (
-    Tokenizer,
-    Vocab,
-    count_tokens,
-    preprocess,
-    preprocess_chunks,
-    preprocess_prefix,
-    read_chunks,
+from charlm.text.tokens import (
+    Tokenizer, Vocab, count_tokens, preprocess, preprocess_chunks, preprocess_prefix, read_chunks,
 )
 from tests.conftest import TIMEMACHINE
 

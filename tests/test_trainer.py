@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from charlm.checkpoint import read_metadata
-from charlm.protocol import ModelDefaults
-from charlm.recipe import TrainConfig, learning_rate
-from charlm.trainer import Trainer
+from charlm.checkpoints.files import read_metadata
+from charlm.models.protocol import ModelDefaults
+from charlm.training.optimization import TrainConfig, learning_rate
+from charlm.training.trainer import Trainer
 from tests.conftest import TINY_MODEL, TINY_TRANSFORMER, run_cli
 
 
@@ -92,7 +92,7 @@ class StepClock:
 @pytest.fixture
 def step_clock(monkeypatch):
     """Make a step cost what a test says, on the trainer's clock."""
-    from charlm import trainer
+    from charlm.training import trainer
 
     def install(cost):
         clock = StepClock(trainer, cost)
@@ -113,7 +113,7 @@ def test_max_time_fits_the_schedule_to_the_budget(runner, tiny_corpus, step_cloc
     """With --max-time the cosine ends at its floor when the time is up, not at the end of
     --epochs: on a machine that slows down halfway (the plan is fitted again as it goes), and with
     evaluations that take time (set aside from what the steps may use) too."""
-    from charlm import trainer
+    from charlm.training import trainer
 
     clock = step_clock(lambda step: 0.01 * (3 if case.startswith("slowed") and step >= 300 else 1))
     if case == "evaluations cost time":
@@ -163,7 +163,7 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, tiny_corpus):
 
     log = tmp_path / "log.txt"
     with open(log, "w") as stderr:
-        subprocess.run([sys.executable, "-c", "from charlm import trainer; trainer.LINE_SECONDS = 0; "
+        subprocess.run([sys.executable, "-c", "from charlm.training import trainer; trainer.LINE_SECONDS = 0; "
                         "from charlm.cli import main; main()", "train", str(tiny_corpus), *TINY_MODEL[:-1],
                         "--max-steps", "30", "--out", str(tmp_path / "m.safetensors")],
                        stderr=stderr, stdout=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=120,

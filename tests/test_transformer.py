@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from charlm import checkpoint
-from charlm.generate import Sampling, choose, generate
-from charlm.recipe import TrainConfig, learning_rate, make_optimizer
-from charlm.runtime import seeded_generator
-from charlm.transformer import KVCache, SelfAttention, Transformer, TransformerConfig
+from charlm.checkpoints import files as checkpoint
+from charlm.generation.sampling import Sampling, choose, generate
+from charlm.training.optimization import TrainConfig, learning_rate, make_optimizer
+from charlm.runtime.device import seeded_generator
+from charlm.models.transformer import KVCache, SelfAttention, Transformer, TransformerConfig
 from tests.conftest import TINY_TRANSFORMER, run_cli
 
 VOCAB, CONTEXT = 11, 8

@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from charlm import scores
+from charlm.evaluation import scores
 from charlm.errors import CharlmError, MissingExtra
-from charlm.pairs import EOS_INDEX, PAD_INDEX, Pair, pair_vocabs
-from charlm.seq2seq import Seq2Seq, Seq2SeqConfig, Tagger, TaggerConfig, teacher_forcing
-from charlm.translate import attention_weights, beam_search, evaluate_pairs, greedy, log_probs, translate
+from charlm.text.pairs import EOS_INDEX, PAD_INDEX, Pair, pair_vocabs
+from charlm.models.seq2seq import Seq2Seq, Seq2SeqConfig, Tagger, TaggerConfig, teacher_forcing
+from charlm.generation.translation import attention_weights, beam_search, evaluate_pairs, greedy, log_probs, translate
 
 CHARACTERS = [4, 5]  # the tiny target vocab: <unk> <pad> <bos> <eos> and two characters
 MAX_LENGTH = 4

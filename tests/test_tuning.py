@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlm import checkpoint, tuning
-from charlm.protocol import ModelDefaults
+from charlm.checkpoints import files as checkpoint
+from charlm.runtime import measured as tuning
+from charlm.models.protocol import ModelDefaults
 from tests.conftest import TINY_MODEL, run_cli
 
 
@@ -37,7 +38,7 @@ class OnePath(ModelDefaults, torch.nn.Linear):
 
 
 class TwoPaths(ModelDefaults, torch.nn.Linear):
-    """A model with a choice of recurrent path, as `charlm.model.LanguageModel` offers."""
+    """A model with a choice of recurrent path, as `charlm.models.recurrent.LanguageModel` offers."""
 
     fast_path = None
 
@@ -164,8 +165,8 @@ def test_a_decisions_file_that_is_not_one_is_measured_again(tmp_path, capable, k
 def test_the_chosen_path_runs_the_layers_in_training_and_evaluation_keeps_the_rule(monkeypatch, fast_path):
     """`fast_path` True trains through charlm's kernels, False through torch's module, with the
     same loss; evaluation (no autograd) keeps the kernels' own rule whatever was chosen."""
-    from charlm import kernels
-    from charlm.model import LanguageModel, ModelConfig
+    from charlm.models import kernels
+    from charlm.models.recurrent import LanguageModel, ModelConfig
 
     calls = []
     monkeypatch.setattr(kernels._Layer, "apply", lambda *args, apply=kernels._Layer.apply: calls.append(1) or apply(*args))

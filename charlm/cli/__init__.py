@@ -150,7 +150,7 @@ class Size(click.IntRange):
 
 class LiveChoice(click.Choice):
     """A choice among what `choices()` returns when a command runs rather than when the option is
-    made: `charlm.registry`'s architectures, which a program may add to after importing the CLI."""
+    made: `charlm.models.registry`'s architectures, which a program may add to after importing the CLI."""
 
     def __init__(self, choices: Callable[[], Iterable[str]]) -> None:
         self.read_choices = choices
@@ -217,7 +217,7 @@ corpus_options = options([TRAIN["include"], TRAIN["exclude"]])  # which files of
 
 
 def say_files(found: Any) -> None:
-    """How many of its folders' files a corpus (`charlm.corpus.FoundCorpus`, read) took and
+    """How many of its folders' files a corpus (`charlm.text.corpus.FoundCorpus`, read) took and
     skipped, on stderr; nothing for a corpus of files named one by one."""
     if line := found.summary():
         click.echo(f"note: {escaped(line)}", err=True)
@@ -245,7 +245,7 @@ def decoding_options(function: Any) -> Any:
 
 def checkpoint_or_latest(path: str | None, task: str) -> str:
     """The given checkpoint, or the newest of `task` in checkpoints/ (said on stderr)."""
-    from charlm.checkpoint import latest
+    from charlm.checkpoints.files import latest
 
     if path:
         return path
@@ -259,7 +259,7 @@ def checkpoint_or_latest(path: str | None, task: str) -> str:
 
 def say_skipped(path: Path, skipped: list[int]) -> None:
     """The malformed lines of a pair file left out (--skip-bad-lines), on stderr."""
-    from charlm.pairs import skipped_message
+    from charlm.text.pairs import skipped_message
 
     if line := skipped_message(path, skipped):
         click.echo(line, err=True)
@@ -269,7 +269,7 @@ def best_loss(training: dict) -> str | None:
     """The best loss of a training summary as shown: "best val loss L (ppl P)", or "best train
     loss ..." for a run without a validation split; None if it holds no such number (metadata is
     data: any type, and an int too big for a float)."""
-    from charlm.evaluation import perplexity
+    from charlm.evaluation.reports import perplexity
 
     for key, name in (("best_val_loss", "val"), ("best_train_loss", "train")):
         value = training.get(key)

@@ -1,6 +1,6 @@
 """`charlm eval`: the scores of a checkpoint on a file, text or pairs, as a line or as JSON.
 
-Scoring is `charlm.evaluation`'s; this module picks the checkpoint and prints the report.
+Scoring is `charlm.evaluation.reports`'s; this module picks the checkpoint and prints the report.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
     charlm eval --checkpoint checkpoints/notes.safetensors notes/ --include '*.md'
     charlm eval --checkpoint checkpoints/wordpairs.safetensors corpora/wordpairs.tsv --held-out
     """
-    from charlm.checkpoint import read_metadata
-    from charlm.pairs import looks_like_pairs
+    from charlm.checkpoints.files import read_metadata
+    from charlm.text.pairs import looks_like_pairs
 
     several = len(file) > 1 or os.path.isdir(file[0])
     if checkpoint:
@@ -51,8 +51,8 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
         task = "translate" if not several and looks_like_pairs(file[0], encoding) else "lm"
     path = checkpoint_or_latest(checkpoint, task)
     if task == "translate":
-        from charlm.evaluation import evaluate_translator
-        from charlm.pairs import read_pairs
+        from charlm.evaluation.reports import evaluate_translator
+        from charlm.text.pairs import read_pairs
 
         if several:
             raise click.UsageError("a translation model is scored on the pairs of one file; give one "
@@ -67,11 +67,11 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
         return
     if held_out:
         raise click.UsageError("--held-out is for translation models")
-    from charlm.checkpoint import load_model
-    from charlm.evaluation import evaluate_text
-    from charlm.runtime import pick_device
+    from charlm.checkpoints.files import load_model
+    from charlm.evaluation.reports import evaluate_text
+    from charlm.runtime.device import pick_device
 
-    from charlm.corpus import find_corpus
+    from charlm.text.corpus import find_corpus
 
     found = find_corpus(file, encoding, include, exclude)
     model, meta, vocab = load_model(path, "lm", pick_device(device))

@@ -28,8 +28,8 @@ def generate(checkpoint: str | None, device: str, **flags: Any) -> None:
     charlm generate --checkpoint checkpoints/timemachine.safetensors --top-p 0.9 --seed 1
     """
     from charlm.api import TextModel
-    from charlm.generate import Request
-    from charlm.runtime import pick_device
+    from charlm.generation.sampling import Request
+    from charlm.runtime.device import pick_device
 
     request = Request.from_fields(flags, said="flag")
     TextModel(checkpoint_or_latest(checkpoint, "lm"), pick_device(device)).sample(request, write)

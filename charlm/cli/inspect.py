@@ -1,5 +1,5 @@
 """`charlm stats` and `charlm info`: what a corpus and a checkpoint hold, read without training or
-loading a model (`charlm.stats` counts the tokens, as it does for a program; `charlm.checkpoint`
+loading a model (`charlm.stats` counts the tokens, as it does for a program; `charlm.checkpoints.files`
 reads the metadata)."""
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def info(checkpoint: str, as_json: bool) -> None:
     \b
     charlm info checkpoints/timemachine.safetensors
     """
-    from charlm.checkpoint import read_metadata
-    from charlm.metadata import describe, read, write
+    from charlm.checkpoints.files import read_metadata
+    from charlm.checkpoints.metadata import describe, read, write
 
     meta = read(read_metadata(checkpoint))
     if as_json:

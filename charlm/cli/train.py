@@ -1,6 +1,6 @@
 """`charlm train`: a language model of a text, or a model of the pairs of a source<TAB>target file.
 
-Its flags are the rows of `charlm.settings.TRAIN`; it hands the settings to `charlm.launch`, which
+Its flags are the rows of `charlm.settings.TRAIN`; it hands the settings to `charlm.training.launch`, which
 checks them and trains, as it does for `charlm.train`, and prints what the run says.
 """
 
@@ -39,7 +39,7 @@ def train(ctx: click.Context, corpus: tuple[Path, ...], **settings: Any) -> None
     charlm train corpora/wordpairs.tsv
     charlm train corpora/hihell.tsv --model-type tagger --model rnn --embedding-size 0 --optimizer adam --lr 0.1 --epochs 15
     """
-    from charlm.launch import launch
+    from charlm.training.launch import launch
 
     given = {name for name in settings if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
     done = launch(corpus, settings, given, lambda line: click.echo(line, err=True))
@@ -49,6 +49,6 @@ def train(ctx: click.Context, corpus: tuple[Path, ...], **settings: Any) -> None
             shown += f" at step {done.summary['best_step']}; saved the last model"
         click.echo(f"saved {done.out}: {done.summary['steps']} steps, {shown}", err=True)
         if done.run.held_out:
-            from charlm.evaluation import evaluate_translator
+            from charlm.evaluation.reports import evaluate_translator
 
             report_pairs(evaluate_translator(str(done.out), done.run.held_out, settings["device"]), "held out: ")

@@ -1,6 +1,6 @@
 """`charlm translate`: each word given, or each line of stdin as it comes, through a translation model.
 
-Decoding is `charlm.translate`'s; this module reads stdin (`stdin_lines`) and writes one line per input.
+Decoding is `charlm.generation.translation`'s; this module reads stdin (`stdin_lines`) and writes one line per input.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
     charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --beam 5 "I'm cold."
     charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --attention-plot a.png "Go away."
     """
-    from charlm import translate
-    from charlm.checkpoint import load_translator
-    from charlm.runtime import cpu_threads, pick_device
+    from charlm.generation import translation as translate
+    from charlm.checkpoints.files import load_translator
+    from charlm.runtime.device import cpu_threads, pick_device
 
     texts = list(words) or None  # None: each line of stdin, translated as it comes
     if attention_plot:
@@ -62,7 +62,7 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
     for output in outputs:
         write(output, keep="", end="\n")
     if attention_plot:
-        from charlm.generate import encode_prefix
+        from charlm.generation.sampling import encode_prefix
         from charlm.plot import plot_attention
 
         source_ids = encode_prefix(texts[0], source_vocab, unknown=unknown, what="input")

@@ -1,7 +1,7 @@
 """Batcher: the generations asked of one language model, stepped together as one batch.
 
 A thread per model. Each request is warmed up on its own prefix when it arrives
-(`charlm.generate.warm_up`), then joins the batch: its state is joined to the others'
+(`charlm.generation.sampling.warm_up`), then joins the batch: its state is joined to the others'
 (`type(state).join`) and stays joined, its rows leaving (`state.rows`) only when it ends. Every
 step draws each request's next tokens from its rows of the logits with its own `Sampling` and
 its own generator, seeded as `charlm generate` seeds it (`choose_rows`: at once for the requests
@@ -35,12 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from charlm.generate import (
+from charlm.generation.sampling import (
     Request, Sampling, choose_precision, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap,
     warm_up,
 )
-from charlm.runtime import cpu_threads, seeded_generator
-from charlm.text import Tokenizer, Vocab
+from charlm.runtime.device import cpu_threads, seeded_generator
+from charlm.text.tokens import Tokenizer, Vocab
 
 log = logging.getLogger(__name__)
 MEASURED_ROWS = (1, 32)  # batch sizes at which "auto" measures bf16 against fp32: a lone request, a full one
@@ -52,7 +52,7 @@ class Stopped(Exception):
 
 @dataclass(eq=False)
 class Generation:
-    """One request (`charlm.generate.Request`: `num_samples` samples of `length` tokens, its
+    """One request (`charlm.generation.sampling.Request`: `num_samples` samples of `length` tokens, its
     `Sampling` and seed), its prefix as ids (empty: from the vocab's start token, shown as
     nothing), and where its text and its end go. `seed` is the request's, or one drawn for it."""
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from charlm.api import PairModel, TextModel, load
-from charlm.checkpoint import model_checkpoints, read_metadata
+from charlm.checkpoints.files import model_checkpoints, read_metadata
 from charlm.errors import CharlmError
-from charlm.metadata import describe
+from charlm.checkpoints.metadata import describe
 from charlm.presets import CHECKPOINT_DIR
 
 METRIC_KEYS = ("step", "tokens", "train_loss", "val_loss")  # what a loss curve draws

@@ -1,13 +1,13 @@
 """Data: a corpus as a compact tensor of token ids, its train/validation split, and batch iterators.
 
-Reading and tokenizing text is `charlm.text`'s job; this module turns token streams into ids (two
+Reading and tokenizing text is `charlm.text.tokens`'s job; this module turns token streams into ids (two
 streaming passes: count, then encode into a preallocated tensor of the smallest dtype that holds
 the vocab), keeps those ids in a cache folder for the next run (`TokenCache`), and cuts the ids
 into batches. It knows nothing about models or training.
 
 Batch layout for both language-model iterators, as in d2l: `inputs` and `targets` are (B, T) and
 `targets[b, t] == inputs[b, t + 1]` in the corpus. Pair batches (`PairBatches`, read by
-`charlm.pairs`) are (source (B, S), target (B, T)), right-padded, with no <bos> / <eos>: adding
+`charlm.text.pairs`) are (source (B, S), target (B, T)), right-padded, with no <bos> / <eos>: adding
 them is each model's business.
 """
 
@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from charlm.corpus import (
+from charlm.text.corpus import (
     VAL_STRETCHES, FoundCorpus, changed_file, document_chunks, file_digest, file_hash, file_size, find_corpus,
     records_digest, stamp,
 )
-from charlm.corpus import held_out as corpus_held_out
+from charlm.text.corpus import held_out as corpus_held_out
 from charlm.errors import CharlmError, CorpusError
 from charlm.presets import COMMON, ITERATORS
-from charlm.runtime import cpu_threads, seeded_generator
-from charlm.text import Tokenizer, Vocab, count_tokens
+from charlm.runtime.device import cpu_threads, seeded_generator
+from charlm.text.tokens import Tokenizer, Vocab, count_tokens
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def load_corpus(
     cache_dir: str | os.PathLike | None = None,
     unknown: str = "unk",
 ) -> Corpus:
-    """Read, preprocess and tokenize a file, or the files `charlm.corpus.find_corpus` found, into a
+    """Read, preprocess and tokenize a file, or the files `charlm.text.corpus.find_corpus` found, into a
     `Corpus`. With `vocab` given (evaluating or fine-tuning a trained model) it is used as is, and
     the tokens it lacks become `<unk>` (`unknown="unk"`), are an error naming them ("error"), or
     are added after its own ("extend"); otherwise one is built. With `cache_dir` the ids are kept
@@ -245,13 +245,13 @@ def code_points(text: str) -> torch.Tensor:
 
 
 def count(chunks: Iterable[str], kind: str = "char") -> Counter:
-    """Token frequencies of a stream of text chunks, as `charlm.text.count_tokens` counts them: the
+    """Token frequencies of a stream of text chunks, as `charlm.text.tokens.count_tokens` counts them: the
     one way charlm counts (training's vocab, `charlm stats`), characters through `count_chars`."""
     return count_chars(chunks) if kind == "char" else count_tokens(chunks, kind)
 
 
 def count_chars(chunks: Iterable[str]) -> Counter:
-    """What `charlm.text.count_tokens(chunks, "char")` counts, summed over code points in C rather
+    """What `charlm.text.tokens.count_tokens(chunks, "char")` counts, summed over code points in C rather
     than per character in Python: ~5x faster on text with many non-Latin characters."""
     totals = torch.zeros(MAX_CODE_POINT, dtype=torch.long)
     one = torch.ones(1, dtype=torch.long)
@@ -333,7 +333,7 @@ class TokenCache:
 
     def load(self) -> Corpus | None:
         """The cached corpus, or None when there is no sound entry for this very content."""
-        from charlm import checkpoint  # the one home of safetensors
+        from charlm.checkpoints import files as checkpoint  # the one home of safetensors
 
         try:
             meta = checkpoint.read_metadata(self.path)
@@ -381,7 +381,7 @@ class TokenCache:
     def store(self, corpus: Corpus, sha256: str) -> None:
         """Keep `corpus`, read from the file whose bytes hash to `sha256` (or from the files its
         `FoundCorpus` records)."""
-        from charlm import checkpoint
+        from charlm.checkpoints import files as checkpoint
 
         if self.found is not None:  # sizes to tell a change before reading, a digest of every record
             records = self.found.records
@@ -534,7 +534,7 @@ EncodedPair = tuple[list[int], list[int]]
 
 
 def encode_pairs(pairs: Iterable, source_vocab: Vocab, target_vocab: Vocab) -> list[EncodedPair]:
-    """`charlm.pairs.Pair`s -> (source ids, target ids), one id per character, no markers."""
+    """`charlm.text.pairs.Pair`s -> (source ids, target ids), one id per character, no markers."""
     return [(source_vocab.encode(pair.source), target_vocab.encode(pair.target)) for pair in pairs]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charlm import registry
+from charlm.models import registry
 from charlm.errors import UsageError
 from charlm.presets import CELLS, CHECKPOINT_DIR, LM, PAIRS, task_defaults
 from charlm.settings import TRAIN, for_command
@@ -45,7 +45,7 @@ def _flags(given: set[str], test: Callable[[Any], bool]) -> list[str]:
 @dataclass
 class Launched:
     """A finished run: where its checkpoint is, the trainer's summary, its settings, the run
-    (`charlm.runs.LanguageModelRun` or `TranslationRun`: its held-out pairs), and whether this
+    (`charlm.training.setup.LanguageModelRun` or `TranslationRun`: its held-out pairs), and whether this
     process showed it (not quiet, and the main one under torchrun)."""
 
     out: Path
@@ -64,7 +64,7 @@ def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], s
     """Train on `corpus` with `options` (every setting of `DEFAULTS`, by name; `given` names those the
     user set): fill in the defaults, check the settings, train, and return what came of it. The
     notes, and unless `quiet` the run's description, go to `say` as lines."""
-    from charlm.runtime import cpu_threads, distributed
+    from charlm.runtime.device import cpu_threads, distributed
 
     options = dict(options)
     out, resume, overwrite, quiet = (options.pop(name) for name in ("out", "resume", "overwrite", "quiet"))
@@ -92,13 +92,13 @@ def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], s
 
 
 def _cache_dir(text: Path, cache_dir: Path | None, no_cache: bool) -> str | None:
-    from charlm.data import default_cache_dir
+    from charlm.data.ids import default_cache_dir
 
     return None if no_cache else str(cache_dir or default_cache_dir(text))
 
 
 def _parent(options: dict[str, Any], given: set[str]) -> Any:
-    """The model --init-from names (`charlm.runs.Parent`), or None; the flags that only apply with
+    """The model --init-from names (`charlm.training.setup.Parent`), or None; the flags that only apply with
     it, or would change the model it gives, are a usage error."""
     if options["init_from"] is None:
         alone = [flag(name) for name in ("unknown", "extend_vocab") if name in given]
@@ -114,7 +114,7 @@ def _parent(options: dict[str, Any], given: set[str]) -> Any:
         raise UsageError("--unknown and --extend-vocab are two ways with new characters; choose one")
     if "task" in given and options["task"] == "translate":
         raise UsageError("--init-from fine-tunes a language model; it does not take --task translate")
-    from charlm.runs import load_parent
+    from charlm.training.setup import load_parent
 
     return load_parent(options["init_from"])
 
@@ -147,22 +147,22 @@ def _check_fields(architecture: registry.Architecture, names: Any, named: str) -
 def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | None, resume: bool, overwrite: bool,
            quiet: bool, options: dict[str, Any], world: Any, say: Callable[[str], None],
            parent: Any = None) -> Launched:
-    from charlm.data import DataConfig
-    from charlm.pairs import skipped_message
-    from charlm.recipe import TrainConfig
-    from charlm.runs import language_model_run, translation_run
-    from charlm.trainer import Trainer
+    from charlm.data.ids import DataConfig
+    from charlm.text.pairs import skipped_message
+    from charlm.training.optimization import TrainConfig
+    from charlm.training.setup import language_model_run, translation_run
+    from charlm.training.trainer import Trainer
 
     train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
     out = out or default_out(corpus)
     if world.is_main:  # before reading the corpus, which can take minutes; the trainer checks again
-        from charlm.runfiles import check_creatable
+        from charlm.training.run_files import check_creatable
 
         check_creatable(out)
     data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
     inputs: list[Any] = [corpus[0]]
     if task == "lm":
-        from charlm.corpus import find_corpus
+        from charlm.text.corpus import find_corpus
 
         found = find_corpus(corpus, options["encoding"], options["include"], options["exclude"])
         if parent is not None:
@@ -176,8 +176,8 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
                               detected=options["task"] == "auto")
     train_config = run.train_config or train_config
     if resume:
-        from charlm.runfiles import run_paths
-        from charlm.runstate import check_corpus
+        from charlm.training.run_files import run_paths
+        from charlm.training.resume import check_corpus
 
         changed = check_corpus(run_paths(out)["resume"], {**run.meta, **run.resume_meta}, options["allow_changed_corpus"])
         if changed:
@@ -198,7 +198,7 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
 def _task_of(corpus: tuple[Path, ...], task: str, encoding: str, fine_tuning: bool = False) -> str:
     """The task asked for, or with "auto" the one the file's shape says: text for several paths,
     a folder, or a language model to fine-tune."""
-    from charlm.pairs import looks_like_pairs
+    from charlm.text.pairs import looks_like_pairs
 
     several = len(corpus) > 1 or os.path.isdir(corpus[0])
     if several and task == "translate":

@@ -8,13 +8,13 @@ and one `register(Architecture(...))` line:
     register(Architecture("lm", "mymodel", model="mypackage.mymodel:MyModel",
                           config="mypackage.mymodel:MyConfig", defaults={"iterator": "random"}))
 
-What a model class must offer is the contract of `charlm.protocol` (`LanguageModelContract`,
+What a model class must offer is the contract of `charlm.models.protocol` (`LanguageModelContract`,
 `PairModelContract`): `Model(config)` with `config` a dataclass holding `vocab_size`; `.config`;
 `batch_loss(batch, state) -> (loss_sum, count, state)` for the trainer; a language model's
 `forward(ids, state) -> (logits, state)`, `step(ids, state)` and `init_state(batch_size)`, a pair
 model's `encode(source)` and `decode_step(previous, state)`. The optional hooks (a fast `stepper`,
 `parameter_groups`, `describe`, `fast_path_choices`, `state_class`) have their defaults in
-`charlm.protocol.ModelDefaults`, which the model class inherits: `class MyModel(ModelDefaults, nn.Module)`.
+`charlm.models.protocol.ModelDefaults`, which the model class inherits: `class MyModel(ModelDefaults, nn.Module)`.
 
 A checkpoint names its architecture in its metadata ("architecture"). Language-model checkpoints
 of the recurrent cells never did (format 1), and still do not, so that their bytes stay as they
@@ -93,11 +93,11 @@ def _load(target: str | type) -> type:
 
 
 for _cell in CELLS:
-    register(Architecture("lm", _cell, "charlm.model:LanguageModel", "charlm.model:ModelConfig", fixed={"cell": _cell},
+    register(Architecture("lm", _cell, "charlm.models.recurrent:LanguageModel", "charlm.models.recurrent:ModelConfig", fixed={"cell": _cell},
                           help=f"a recurrent language model of {_cell.upper()} cells", named_in_metadata=False))
-register(Architecture("lm", "transformer", "charlm.transformer:Transformer", "charlm.transformer:TransformerConfig",
+register(Architecture("lm", "transformer", "charlm.models.transformer:Transformer", "charlm.models.transformer:TransformerConfig",
                       defaults=ARCHITECTURE_DEFAULTS["transformer"], help="a decoder-only causal transformer (nanoGPT's GPT)"))
-register(Architecture("translate", "seq2seq", "charlm.seq2seq:Seq2Seq", "charlm.seq2seq:Seq2SeqConfig",
+register(Architecture("translate", "seq2seq", "charlm.models.seq2seq:Seq2Seq", "charlm.models.seq2seq:Seq2SeqConfig",
                       help="an encoder-decoder, with Bahdanau attention unless --no-attention"))
-register(Architecture("translate", "tagger", "charlm.seq2seq:Tagger", "charlm.seq2seq:TaggerConfig",
+register(Architecture("translate", "tagger", "charlm.models.seq2seq:Tagger", "charlm.models.seq2seq:TaggerConfig",
                       help="the lessons' tagger: one output per input character (lengths must match)"))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from charlm.state import RecurrentState, TorchState
+from charlm.models.state import RecurrentState, TorchState
 
 # Per-layer state inside this module is always a tuple whose first element is h: (h,) for
 # RNN/GRU, (h, c) for LSTM. Only `_unpack_state` and `_pack_state` know the public form.

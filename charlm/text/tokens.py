@@ -2,7 +2,7 @@
 
 Everything here is standard library only and works on streams of text chunks, so a corpus never
 has to be held as one Python string or a list of token strings. Turning tokens into a tensor of ids
-is left to `charlm.data`; nothing here knows about torch, models or batches.
+is left to `charlm.data.ids`; nothing here knows about torch, models or batches.
 
     chunks = read_chunks("corpora/timemachine.txt")       # decoded, BOM dropped, CRLF -> \n
     chunks = preprocess_chunks(chunks, "d2l")            # d2l's lower-cased letters and spaces
@@ -120,7 +120,7 @@ def read_chunks(
 
 def file_error(path: str | os.PathLike, reason: str, advice: str) -> CorpusError:
     """"PATH: REASON; ADVICE" as a `CorpusError` that keeps the reason apart: a folder's reading
-    (`charlm.corpus`) skips such a file and says why."""
+    (`charlm.text.corpus`) skips such a file and says why."""
     return CorpusError(f"{os.fspath(path)}: {reason}; {advice}", reason=reason)
 
 

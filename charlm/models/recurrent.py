@@ -3,8 +3,8 @@
     logits, state = model(ids, state)      # ids (B, T) int64 -> logits (B, T, V)
 
 The cell is chosen by name: "rnn" (tanh), "gru" or "lstm", either torch's fused module or its
-from-scratch twin in `charlm.cells` (`from_scratch=True`). Input is an embedding, or one-hot
-vectors when `embedding_size == 0` (the lessons' form). Its state is a `charlm.state.RecurrentState`
+from-scratch twin in `charlm.models.cells` (`from_scratch=True`). Input is an embedding, or one-hot
+vectors when `embedding_size == 0` (the lessons' form). Its state is a `charlm.models.state.RecurrentState`
 (h, and c for the LSTM), converted to torch's own form only where a recurrent module is called.
 
 This module knows nothing about data, training, checkpoints or sampling strategies.
@@ -19,10 +19,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from charlm import cells, kernels
+from charlm.models import cells
+from charlm.models import kernels
 from charlm.presets import CELLS, LM, RECORDED_WHEN_SET
-from charlm.protocol import ModelDefaults
-from charlm.state import RecurrentState
+from charlm.models.protocol import ModelDefaults
+from charlm.models.state import RecurrentState
 
 
 
@@ -73,7 +74,7 @@ class LanguageModel(ModelDefaults, nn.Module):
 
     state_class = RecurrentState
     # Training on a CPU: charlm's kernels (True) or torch's own module (False) run the recurrent
-    # layers; None leaves it to the kernels' rule. `charlm.tuning` measures both and sets it.
+    # layers; None leaves it to the kernels' rule. `charlm.runtime.measured` measures both and sets it.
     fast_path: bool | None = None
 
     def __init__(self, config: ModelConfig) -> None:
@@ -142,8 +143,8 @@ class LanguageModel(ModelDefaults, nn.Module):
         self, banned: Sequence[int] = (), precision: str = "fp32"
     ) -> Callable[[torch.Tensor, RecurrentState | None], tuple[torch.Tensor, RecurrentState]]:
         """A fast `step` for generation with the current weights, `banned` ids at -inf, its
-        products in `precision` (fp32 or bf16; see `charlm.stepper`)."""
-        from charlm.stepper import Stepper
+        products in `precision` (fp32 or bf16; see `charlm.models.recurrent_stepper`)."""
+        from charlm.models.recurrent_stepper import Stepper
 
         return Stepper(self, banned, precision)
 
@@ -151,7 +152,7 @@ class LanguageModel(ModelDefaults, nn.Module):
         return ("fp32", "bf16")
 
     def fast_path_choices(self) -> tuple[bool, ...]:
-        """The ways of running the recurrent layers in training that `charlm.tuning` may measure:
+        """The ways of running the recurrent layers in training that `charlm.runtime.measured` may measure:
         charlm's kernels and torch's module, or none for the from-scratch cells."""
         return () if self.config.from_scratch else (True, False)
 

@@ -1,5 +1,5 @@
 """Checkpoint metadata, typed: what a checkpoint records besides its weights, one dataclass per task,
-with one writer (`write`: the dataclass -> the JSON object `charlm.checkpoint.save` stores) and one
+with one writer (`write`: the dataclass -> the JSON object `charlm.checkpoints.files.save` stores) and one
 reader (`read`: a checkpoint's JSON object -> the dataclass).
 
     meta = LanguageModelMetadata(task="lm", model=record(config), vocab=vocab.to_dict(), ...)
@@ -14,9 +14,9 @@ task's vocab(s) after "model"; a field that is None is left out. A field is decl
 Metadata is data, anyone's: `read` never fails. A field of the wrong JSON type reads as None (as
 missing), and the value as it was is kept, with any key this charlm does not know, in `extra`:
 written back by `write` as it was read, and shown by `charlm info` as it is. What a loader needs
-(a model config, a vocab, the text settings) is checked by `charlm.checkpoint` when it loads, in
+(a model config, a vocab, the text settings) is checked by `charlm.checkpoints.files` when it loads, in
 the words it always used. The model config itself is its architecture's dataclass
-(`charlm.registry`); here it is the dict `record(config)` made of it.
+(`charlm.models.registry`); here it is the dict `record(config)` made of it.
 
 Standard library only; nothing here knows about tensors, files or the CLI.
 """
@@ -34,12 +34,12 @@ from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 class Metadata(Mapping):
     """What a checkpoint of any task records. A run's metadata has no `kind`, `train` or
     `training` yet: the trainer adds them to each file it writes (and a resume file its
-    `corpus_file` and `resume` state, see `charlm.runstate`).
+    `corpus_file` and `resume` state, see `charlm.training.resume`).
 
     It also reads as the JSON object `write` makes of it (`meta["tokens"]`, `dict(meta)`), for
     code written before the fields; new code reads the fields."""
 
-    format_version: int | None = None  # `charlm.checkpoint.save` writes its own where None
+    format_version: int | None = None  # `charlm.checkpoints.files.save` writes its own where None
     task: str | None = None  # "lm" or "translate"
     architecture: str | None = None  # its registry name; None for the recurrent language models
     model: dict[str, Any] | None = None  # the model config, `record(config)`
@@ -52,7 +52,7 @@ class Metadata(Mapping):
     train: dict[str, Any] | None = None  # the training settings, `record(TrainConfig)`
     training: dict[str, Any] | None = None  # steps, epochs, tokens, the best loss and its step
     corpus_file: dict[str, Any] | None = None  # a resume file's one corpus file: name, size, SHA-256
-    resume: dict[str, Any] | None = None  # a resume file's run state (`charlm.runstate`)
+    resume: dict[str, Any] | None = None  # a resume file's run state (`charlm.training.resume`)
     extra: dict[str, Any] = field(default_factory=dict)  # keys unknown here, or of the wrong type: kept as read
 
     # The task's vocab fields, in the order they are written, each with its model config's size field.

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from charlm.presets import ARCHITECTURE_DEFAULTS
-from charlm.protocol import ModelDefaults
-from charlm.stepper import ban_vector, low_precision, product
+from charlm.models.protocol import ModelDefaults
+from charlm.models.recurrent_stepper import ban_vector, low_precision, product
 
 DEFAULTS = ARCHITECTURE_DEFAULTS["transformer"]
 
@@ -247,7 +247,7 @@ class Transformer(ModelDefaults, nn.Module):
 
     def stepper(self, banned: Sequence[int] = (), precision: str = "fp32") -> Stepper:
         """A fast `step` for generation with the current weights, `banned` ids at -inf, its
-        products in `precision` (fp32 or bf16; see `charlm.stepper.product`)."""
+        products in `precision` (fp32 or bf16; see `charlm.models.recurrent_stepper.product`)."""
         return Stepper(self, banned, precision)
 
     def stepper_precisions(self) -> tuple[str, ...]:
@@ -290,7 +290,7 @@ class Stepper:
     included, is first copied into fresh buffers, and so is what a full window keeps.
 
     In bf16 its matrices are bf16 and every product runs in it; the residual stream, the norms,
-    the keys and values and attention stay fp32 (`charlm.stepper.product`)."""
+    the keys and values and attention stay fp32 (`charlm.models.recurrent_stepper.product`)."""
 
     @torch.no_grad()
     def __init__(self, model: Transformer, banned: Sequence[int] = (), precision: str = "fp32") -> None:

@@ -14,7 +14,7 @@ no markers: each model adds the <bos> / <eos> it needs. Both models keep two con
     logits, state = model.decode_step(previous_ids, state)                #   one output per step,
     state = state.select(rows)                                            #   beams reordered
 
-The cell is picked by name and the LSTM's (h, c) handled by `charlm.model`. This module knows
+The cell is picked by name and the LSTM's (h, c) handled by `charlm.models.recurrent`. This module knows
 nothing about files, vocabularies, search strategies or training.
 """
 
@@ -26,12 +26,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from charlm import kernels
-from charlm.model import LanguageModel, ModelConfig, recurrent_module
-from charlm.state import RecurrentState
-from charlm.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
+from charlm.models import kernels
+from charlm.models.recurrent import LanguageModel, ModelConfig, recurrent_module
+from charlm.models.state import RecurrentState
+from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
 from charlm.presets import PAIRS
-from charlm.protocol import ModelDefaults
+from charlm.models.protocol import ModelDefaults
 
 
 

@@ -1,18 +1,18 @@
 """Checkpoints: one self-contained `.safetensors` file per run, and the only home of safetensors.
 
 A checkpoint holds tensors and, in the safetensors metadata under the key "charlm", one JSON object
-(`charlm.metadata` types it, writes it and reads it):
+(`charlm.checkpoints.metadata` types it, writes it and reads it):
 
     {"format_version": 1, "task": "lm", "kind": "model" | "resume",
      "model": asdict(ModelConfig), "vocab": Vocab.to_dict(), "tokens": "char", "preprocess": "none",
      "training": {"steps": ..., "tokens": ..., "best_val_loss": ...}, ...}
 
 A translation checkpoint has "task": "translate", "architecture": "seq2seq" | "tagger", the
-matching config from `charlm.seq2seq` under "model", and "source_vocab" / "target_vocab" in
+matching config from `charlm.models.seq2seq` under "model", and "source_vocab" / "target_vocab" in
 place of "vocab".
 
 Model weights are stored as "model.<parameter name>". A "resume" checkpoint adds the optimizer
-state, RNG states, iterator position and carried hidden state (see `charlm.trainer`).
+state, RNG states, iterator position and carried hidden state (see `charlm.training.trainer`).
 
 Loading never unpickles: the header is checked by hand (sizes bounded by the file's size) before
 the safetensors library reads the tensors, and a pickle or torch.save file is refused unread. The
@@ -36,13 +36,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from charlm import registry
+from charlm.models import registry
 from charlm.errors import CharlmError, CheckpointError
-from charlm.metadata import Metadata, read
-from charlm.pairs import is_pair_vocab
+from charlm.checkpoints.metadata import Metadata, read
+from charlm.text.pairs import is_pair_vocab
 from charlm.presets import PREPROCESS_MODES, TOKEN_KINDS
-from charlm.runtime import atomic_path
-from charlm.text import Vocab
+from charlm.runtime.device import atomic_path
+from charlm.text.tokens import Vocab
 
 FORMAT_VERSION = 1
 METADATA_KEY = "charlm"
@@ -105,7 +105,7 @@ def check_header_fits(meta: dict[str, Any], tensors: dict[str, torch.Tensor] | N
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The charlm metadata of a checkpoint as its JSON object, read from its header alone (no
-    tensors loaded); `charlm.metadata.read` types it."""
+    tensors loaded); `charlm.checkpoints.metadata.read` types it."""
     return _read_header(os.fspath(path))[1]
 
 

@@ -1,9 +1,9 @@
-"""Translator: strings in, strings out, through a trained pair model (`charlm.seq2seq`).
+"""Translator: strings in, strings out, through a trained pair model (`charlm.models.seq2seq`).
 
 `greedy` and `beam_search` decode with the models' `encode` / `decode_step` contract and never ask
 which model they hold; `translate` turns text into ids (unknown characters under the generator's
-policy, `charlm.generate.encode_prefix`), batches it and turns ids back into text;
-`evaluate_pairs` scores the translations of a pair file (`charlm.scores`).
+policy, `charlm.generation.sampling.encode_prefix`), batches it and turns ids back into text;
+`evaluate_pairs` scores the translations of a pair file (`charlm.evaluation.scores`).
 
 Decoding never produces <unk>, <pad> or <bos>, and stops at <eos> or after `max_length`
 characters (by default twice the source's length plus 10). It knows nothing about files or the CLI.
@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from charlm import scores
-from charlm.data import pad
+from charlm.evaluation import scores
+from charlm.data.ids import pad
 from charlm.errors import CharlmError, MissingExtra
-from charlm.generate import encode_prefix
-from charlm.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX, UNK_INDEX, Pair
-from charlm.seq2seq import teacher_forcing
-from charlm.text import Vocab
+from charlm.generation.sampling import encode_prefix
+from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX, UNK_INDEX, Pair
+from charlm.models.seq2seq import teacher_forcing
+from charlm.text.tokens import Vocab
 
 BANNED = (UNK_INDEX, PAD_INDEX, BOS_INDEX)
 

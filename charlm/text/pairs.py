@@ -4,11 +4,11 @@
     train, held_out = split_pairs(pairs, 0.1, seed=0)          # the lessons' pairs always train
     source_vocab, target_vocab = pair_vocabs(pairs)            # <unk>, <pad>, <bos>, <eos>, chars
 
-A pair file is UTF-8 text (read through `charlm.text.read_chunks`, so its decoding errors are the
+A pair file is UTF-8 text (read through `charlm.text.tokens.read_chunks`, so its decoding errors are the
 same), one pair per line; blank lines are ignored. A line with no tab, more than one tab or an
 empty side is malformed: reading stops with one error naming the lines, unless asked to skip them.
 
-Standard library only, like `charlm.text`: turning pairs into padded tensors is `charlm.data`'s
+Standard library only, like `charlm.text.tokens`: turning pairs into padded tensors is `charlm.data.ids`'s
 job, and nothing here knows about models or batches.
 """
 
@@ -21,12 +21,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from charlm.errors import CorpusError
-from charlm.text import Vocab, read_chunks
+from charlm.text.tokens import Vocab, read_chunks
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
 # Vocab puts <unk> at 0 and the reserved tokens after it in the order given, so every pair vocab
-# has these ids; the models rely on them (and `charlm.checkpoint` checks them on load).
+# has these ids; the models rely on them (and `charlm.checkpoints.files` checks them on load).
 UNK_INDEX, PAD_INDEX, BOS_INDEX, EOS_INDEX = 0, 1, 2, 3
 # The classic lessons' pairs. Nothing can generalise to them from other words, so a held-out
 # split never takes them: their results must hold after `charlm train corpora/wordpairs.tsv`.

@@ -4,13 +4,13 @@ as `typing.Protocol`s, and `ModelDefaults`, the optional hooks' defaults every c
     class MyModel(ModelDefaults, nn.Module): ...          # then one `registry.register(...)` line
     assert isinstance(MyModel(config), LanguageModelContract)
 
-The trainer, the generator, the optimizer's recipe and `charlm.tuning` call the hooks; they never
+The trainer, the generator, the optimizer's recipe and `charlm.runtime.measured` call the hooks; they never
 ask whether a model has one. A model overrides a hook only where it does better than the default:
 the recurrent models and the transformer offer a fast `stepper`, the transformer its own
 `parameter_groups`, the recurrent models a choice of `fast_path`.
 
 What the contract is not for: data, checkpoints (the config is a dataclass, rebuilt from the
-metadata by `charlm.checkpoint`), sampling strategies, devices or precision policy. A model does
+metadata by `charlm.checkpoints.files`), sampling strategies, devices or precision policy. A model does
 arithmetic on tensors and says what it is; what runs it is the caller's.
 """
 
@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from charlm.stepper import ban_vector
+from charlm.models.recurrent_stepper import ban_vector
 
 # `logits, state = step(ids, state)`: ids (B,) -> logits (B, V) of the next token.
 StepFunction = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
@@ -32,12 +32,12 @@ StepFunction = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
 class Model(Protocol):
     """What every model does, of any task. `Model(config)` builds it from its config dataclass
     (with the vocab sizes in it) and keeps it as `.config`; `batch_loss` is the trainer's one call;
-    `state_class` is the class of the state it carries between batches (a `charlm.state` protocol
+    `state_class` is the class of the state it carries between batches (a `charlm.models.state` protocol
     object), or None where it carries none. The hooks below have defaults in `ModelDefaults`."""
 
     config: Any
     state_class: ClassVar[type | None]
-    fast_path: bool | None  # set by the trainer to the recurrent path `charlm.tuning` chose, if offered
+    fast_path: bool | None  # set by the trainer to the recurrent path `charlm.runtime.measured` chose, if offered
 
     def batch_loss(self, batch: tuple[torch.Tensor, ...], state: Any = None) -> tuple[torch.Tensor, Any, Any]:
         """(summed loss, number of predicted tokens, state to carry) of one batch."""
@@ -51,7 +51,7 @@ class Model(Protocol):
         """One line for the user ("lstm 2x512"), or "" to be named by its architecture."""
 
     def fast_path_choices(self) -> tuple[bool, ...]:
-        """The ways of running its layers in training that `charlm.tuning` may measure and set as `fast_path`."""
+        """The ways of running its layers in training that `charlm.runtime.measured` may measure and set as `fast_path`."""
 
 
 @runtime_checkable

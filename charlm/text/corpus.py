@@ -21,8 +21,8 @@ separator is text, so a vocab, a checkpoint, `generate` and `eval` need nothing 
 corpus of one file has no separator: its text is what it always was.
 
 The validation split of several files is taken in `VAL_STRETCHES` places (`held_out` says how);
-cutting the ids is `charlm.data`'s, as are tokens and the token cache. Standard library only, like
-`charlm.text`, whose reading it uses.
+cutting the ids is `charlm.data.ids`'s, as are tokens and the token cache. Standard library only, like
+`charlm.text.tokens`, whose reading it uses.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charlm.errors import CorpusError
-from charlm.text import check_readable, checked_encoding, preprocess_chunks, read_chunks
+from charlm.text.tokens import check_readable, checked_encoding, preprocess_chunks, read_chunks
 
 SEPARATOR = "\n\n"  # between two documents
 CHUNK_CHARS = 1 << 18  # small documents are gathered into chunks of about this many characters
@@ -335,7 +335,7 @@ def records_digest(records: Iterable[Sequence[Any]]) -> str:
 
 
 def held_out(documents: int, val_fraction: float) -> str:
-    """How the validation split of a corpus of `documents` files is taken (`charlm.data.Corpus.split`),
+    """How the validation split of a corpus of `documents` files is taken (`charlm.data.ids.Corpus.split`),
     in words: of one file, the last part of its text; of several, the last part of each of
     `VAL_STRETCHES` equal stretches of their joined text, so that every part of the corpus is
     validated, not only the files that sort last."""

@@ -15,8 +15,8 @@ input cast, its output back to fp32, the bias added in fp32): the state, the gat
 logits stay fp32, as bf16 autocast keeps them in training. `product` is that rule, for the
 transformer's stepper too.
 
-Weights are taken from the parameter names torch's modules and `charlm.cells` share, so it serves
-fused and from-scratch models alike. It knows nothing about sampling (see `charlm.generate`).
+Weights are taken from the parameter names torch's modules and `charlm.models.cells` share, so it serves
+fused and from-scratch models alike. It knows nothing about sampling (see `charlm.generation.sampling`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from charlm.state import RecurrentState
+from charlm.models.state import RecurrentState
 
 LOW_PRECISION = {"fp32": None, "bf16": torch.bfloat16}  # a stepper's precision -> its matrices' dtype
 

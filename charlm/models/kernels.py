@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charlm.state import RecurrentState, TorchState
+from charlm.models.state import RecurrentState, TorchState
 
 
 

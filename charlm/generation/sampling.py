@@ -29,10 +29,10 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.presets import UNKNOWN_POLICIES
-from charlm.runtime import seeded_generator
+from charlm.runtime.device import seeded_generator
 from charlm.settings import GENERATE, said_by
-from charlm.stepper import ban_vector
-from charlm.text import Tokenizer, Vocab, preprocess_prefix
+from charlm.models.recurrent_stepper import ban_vector
+from charlm.text.tokens import Tokenizer, Vocab, preprocess_prefix
 
 
 def _check(instance: Any, said: str) -> None:
@@ -192,7 +192,7 @@ def step_function(model: nn.Module, banned: Sequence[int] = (), precision: str =
                   ) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
     """`logits, state = step(ids, state)`, ids (B,) -> logits (B, V) with `banned` ids at -inf:
     the model's fast `stepper` where it has one (the ban folded into its head; its products in
-    `precision`, fp32 or bf16), else `model.step` (fp32; `charlm.protocol.ModelDefaults`)."""
+    `precision`, fp32 or bf16), else `model.step` (fp32; `charlm.models.protocol.ModelDefaults`)."""
     return model.stepper(banned, precision)
 
 
@@ -244,11 +244,11 @@ def choose_precision(model: nn.Module, rows: int | tuple[int, ...], precision: s
                      checkpoint: str | os.PathLike | None = None) -> tuple[str, str | None]:
     """The precision of the steps that generate batches of `rows` rows: as told, or for "auto"
     bf16 where it measures faster here and its next-token distributions hold
-    (`charlm.tuning.choose_generation_precision`), the decision kept beside the `checkpoint`.
+    (`charlm.runtime.measured.choose_generation_precision`), the decision kept beside the `checkpoint`.
     Also a note for the user where bf16 was chosen by measuring (its text is then another than
     fp32's for the same seed), else None."""
-    from charlm.data import default_cache_dir
-    from charlm.tuning import Decisions, choose_generation_precision
+    from charlm.data.ids import default_cache_dir
+    from charlm.runtime.measured import Decisions, choose_generation_precision
 
     folder = default_cache_dir(checkpoint) if checkpoint is not None else None
     chosen, why = choose_generation_precision(model, rows, Decisions(folder), precision)

@@ -1,7 +1,7 @@
 """Run state: where a training run is and what it has summed, and the resume file that holds it with
 the weights, the optimizer, the random generators and the carried model state.
 
-A resume file is a checkpoint (`charlm.checkpoint`) of kind "resume" whose tensors are named
+A resume file is a checkpoint (`charlm.checkpoints.files`) of kind "resume" whose tensors are named
 
     model.<parameter>       the weights, as in every checkpoint
     optim.<i>.<key>         the optimizer's tensors for parameter i (its plain values, such as a
@@ -32,12 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from charlm import checkpoint
-from charlm.corpus import corpus_changes
+from charlm.checkpoints import files as checkpoint
+from charlm.text.corpus import corpus_changes
 from charlm.errors import CharlmError, CheckpointError
-from charlm.metadata import Metadata, read, write
-from charlm.protocol import ModelDefaults
-from charlm.recipe import TrainConfig, WeightAverage, make_optimizer
+from charlm.checkpoints.metadata import Metadata, read, write
+from charlm.models.protocol import ModelDefaults
+from charlm.training.optimization import TrainConfig, WeightAverage, make_optimizer
 
 # The training flags that fix the order of the batches: a resume must keep them.
 SAME_RUN_FLAGS = ("batch_size", "seq_len", "iterator", "seed", "optimizer", "val_fraction")
@@ -175,7 +175,7 @@ def _check_same_run(path: str, saved: dict[str, Any], meta: Metadata, train_conf
 def check_corpus(
     path: str | os.PathLike, meta: Metadata | dict[str, Any], allow_changed: bool = False
 ) -> str | None:
-    """Compare the corpus a run resumes on (what `meta` records, see `charlm.runs.corpus_record`
+    """Compare the corpus a run resumes on (what `meta` records, see `charlm.training.setup.corpus_record`
     and `single_file_record`) with the one the resume file at `path` was trained on. A change is an
     error saying which files were added, removed or edited, or with `allow_changed` a note,
     returned. None when nothing changed or there is nothing to compare: no resume file

@@ -7,8 +7,8 @@ metadata its checkpoint carries.
     run = translation_run(corpus, data, train_config, "seq2seq", model_settings)   # a pair file
     Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta).run()
 
-`corpus` is a file, or the files `charlm.corpus.find_corpus` found; `data` is a `DataConfig`, the
-architecture a name in `charlm.registry`, and `model_settings` the values for its config's fields
+`corpus` is a file, or the files `charlm.text.corpus.find_corpus` found; `data` is a `DataConfig`, the
+architecture a name in `charlm.models.registry`, and `model_settings` the values for its config's fields
 by name (sizes, dropout, a pair model's cell; the `charlm train` flags). The CLI turns flags into
 these and prints what a run says; nothing here knows about click, and the loop itself is the
 trainer's.
@@ -24,19 +24,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from charlm import checkpoint, registry
-from charlm.corpus import FoundCorpus
-from charlm.data import (
+from charlm.checkpoints import files as checkpoint
+from charlm.models import registry
+from charlm.text.corpus import FoundCorpus
+from charlm.data.ids import (
     BatchIterator, DataConfig, PairBatches, encode_pairs, file_digest, fit_batch_size, lm_eval_batches, load_corpus,
     pair_eval_batches,
 )
 from charlm.errors import CharlmError, CheckpointError, CorpusError
-from charlm.metadata import LanguageModelMetadata, Metadata, PairModelMetadata, read
-from charlm.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
+from charlm.checkpoints.metadata import LanguageModelMetadata, Metadata, PairModelMetadata, read
+from charlm.text.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
 from charlm.presets import LM, record
-from charlm.recipe import TrainConfig
-from charlm.runtime import World, seed_everything
-from charlm.text import Vocab
+from charlm.training.optimization import TrainConfig
+from charlm.runtime.device import World, seed_everything
+from charlm.text.tokens import Vocab
 
 
 

@@ -17,16 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from charlm import checkpoint
-from charlm.corpus import FoundCorpus
-from charlm.data import lm_eval_batches, load_corpus
+from charlm.checkpoints import files as checkpoint
+from charlm.text.corpus import FoundCorpus
+from charlm.data.ids import lm_eval_batches, load_corpus
 from charlm.errors import CheckpointError, UsageError
-from charlm.metadata import Metadata
-from charlm.pairs import Pair, split_pairs
+from charlm.checkpoints.metadata import Metadata
+from charlm.text.pairs import Pair, split_pairs
 from charlm.presets import PAIRS
-from charlm.runtime import autocast, cpu_threads, pick_device
-from charlm.text import Vocab
-from charlm.translate import evaluate_pairs
+from charlm.runtime.device import autocast, cpu_threads, pick_device
+from charlm.text.tokens import Vocab
+from charlm.generation.translation import evaluate_pairs
 
 
 @torch.no_grad()
@@ -67,7 +67,7 @@ def evaluate_text(
     encoding: str = "utf-8",
 ) -> dict[str, Any]:
     """How well a language model (with its checkpoint's `meta` and `vocab`) predicts the text at
-    `path` (or of the files `charlm.corpus.find_corpus` found), read as its corpus was: the tokens
+    `path` (or of the files `charlm.text.corpus.find_corpus` found), read as its corpus was: the tokens
     predicted, how many of them the vocab lacks (they count as `<unk>`), and `loss_report`. Writes
     no token cache."""
     data = load_corpus(path, meta.tokens, meta.preprocess, encoding, vocab=vocab, cache_dir=None)
@@ -82,7 +82,7 @@ def evaluate_translator(
     path: str, pairs: Sequence[Pair], device: str = "auto", held_out: bool = False, beam: int = 1,
     length_penalty: float = 0.0, max_length: int | None = None,
 ) -> dict[str, Any]:
-    """Scores of the translation checkpoint at `path` on `pairs` (`charlm.translate.evaluate_pairs`),
+    """Scores of the translation checkpoint at `path` on `pairs` (`charlm.generation.translation.evaluate_pairs`),
     or with `held_out` on the part of them its training held out (split again with the same
     fraction and seed)."""
     model, meta, source_vocab, target_vocab = checkpoint.load_translator(path, pick_device(device))

@@ -2,8 +2,8 @@
 
 It owns the loop (optimizer, learning-rate schedule, clipping, stopping by epochs / steps / time),
 when to evaluate and what to keep (the metrics line, the best model), signals and divergence. The
-loss itself is `charlm.evaluation`'s, the run state and its resume file `charlm.runstate`'s, the
-run's file names and locks `charlm.runfiles`'. It never asks which cell or architecture it holds,
+loss itself is `charlm.evaluation.reports`'s, the run state and its resume file `charlm.training.resume`'s, the
+run's file names and locks `charlm.training.run_files`'. It never asks which cell or architecture it holds,
 nor what a carried state holds, and it knows nothing about the CLI.
 
 Under torchrun (a `World` of N processes) it trains with DistributedDataParallel: each process
@@ -14,7 +14,7 @@ process the result equals one process training on the whole batch. Every process
 same weights on the same data give the same number), so all take the same decisions.
 
 Files of a run whose checkpoint is `runs/x.safetensors` (named, locked and checked before they are
-replaced by `charlm.runfiles`):
+replaced by `charlm.training.run_files`):
     runs/x.safetensors          the best model by validation loss (what `generate` uses), or
                                 the last one evaluated with `keep="last"`
     runs/x.resume.safetensors   the latest full training state (what `--resume` uses)
@@ -39,17 +39,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from charlm import checkpoint
+from charlm.checkpoints import files as checkpoint
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
-from charlm.evaluation import evaluate, loss_report
-from charlm.metadata import Metadata, read, write
+from charlm.evaluation.reports import evaluate, loss_report
+from charlm.checkpoints.metadata import Metadata, read, write
 from charlm.presets import record
-from charlm.recipe import TrainConfig, WeightAverage, learning_rate, make_optimizer
-from charlm.runfiles import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
-from charlm.runstate import RunState, read_resume, write_resume
-from charlm.runtime import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
-from charlm.state import map_state
-from charlm.tuning import Decisions, choose_cpu_setup
+from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer
+from charlm.training.run_files import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
+from charlm.training.resume import RunState, read_resume, write_resume
+from charlm.runtime.device import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
+from charlm.models.state import map_state
+from charlm.runtime.measured import Decisions, choose_cpu_setup
 
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
 LINE_SECONDS = 30.0  # between progress lines when stderr is not a terminal
@@ -61,13 +61,13 @@ clock = time.perf_counter  # the trainer's clock (a test may make time pass as i
 class Trainer:
     """Trains `model` on `train_batches`, evaluating on `val_batches()`, writing the run's files
     at `out`. `meta` is what the checkpoints carry besides the weights (task, model config, vocab:
-    a `charlm.metadata.Metadata`, or its JSON object).
+    a `charlm.checkpoints.metadata.Metadata`, or its JSON object).
 
-    `train_batches` is a `charlm.data.BatchIterator` or anything with its interface: `len()`,
+    `train_batches` is a `charlm.data.ids.BatchIterator` or anything with its interface: `len()`,
     `batches(epoch, start)` yielding tuples of tensors whose first is (B, ...), and
     `carries_state`. The model keeps the `batch_loss(batch, state)` contract, and where the batches
     carry state has `init_state(B)`, the zero state of B rows, and `state_class` (see
-    `charlm.state`). `world` is the processes training together (see `charlm.runtime.distributed`);
+    `charlm.models.state`). `world` is the processes training together (see `charlm.runtime.device.distributed`);
     by default this one alone. `inputs` are the files the run reads, which it never writes over."""
 
     def __init__(
@@ -78,7 +78,7 @@ class Trainer:
     ) -> None:
         self.config, self.meta, self.world = config, read(meta), world
         self.inputs = list(inputs)
-        self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.tuning`)
+        self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.runtime.measured`)
         self.resume_meta = resume_meta or {}  # what the resume file carries beyond `meta` (its corpus's identity)
         self.precision = config.precision  # "auto" on a CPU becomes what `_choose_setup` measures
         self.progress = progress and world.is_main
@@ -268,7 +268,7 @@ class Trainer:
 
     def _choose_setup(self) -> str:
         """The precision to train in, and for a recurrent model the code that runs its layers, as
-        measured on this CPU on the run's first batch (see `charlm.tuning`): `--precision auto`
+        measured on this CPU on the run's first batch (see `charlm.runtime.measured`): `--precision auto`
         takes bf16 autocast where it is faster and keeps the loss. Elsewhere the precision as asked
         (auto on CUDA is bf16 where the GPU has it: `runtime.autocast`). Returns the precision."""
         if self.device.type != "cpu":
@@ -402,7 +402,7 @@ class Trainer:
     # -- the resume file -------------------------------------------------------------------------
 
     def save_resume(self, stop_evaluated: bool = False, best: RunState | None = None) -> None:
-        """Write the full training state (see `charlm.runstate`). `stop_evaluated`: the last
+        """Write the full training state (see `charlm.training.resume`). `stop_evaluated`: the last
         metrics line is a stop's evaluation, which --resume drops; `best` is then the run state
         before it, whose best model is the one to go on from. With several processes every one
         calls this: rank 0 writes every process's RNG states, the carried state of the whole batch
