@@ -1,4 +1,4 @@
-"""Memory and time of reading and tokenizing a big corpus with `charlm.data.ids.load_corpus`.
+"""Memory and time of reading and tokenizing a big corpus with `charlm.data.loading.load_corpus`.
 
 Writes a UTF-8 corpus of mixed scripts (English-like ASCII words, accented Latin, Cyrillic, CJK,
 emoji; word frequencies Zipf-like) to a scratch folder outside the repository, then tokenizes its
@@ -142,7 +142,7 @@ def child(path: str, tokens: str, max_vocab: int | None, cache_dir: str) -> None
     import torch  # noqa: F401  (part of the baseline)
 
     from charlm.text.corpus import find_corpus
-    from charlm.data.ids import load_corpus
+    from charlm.data.loading import load_corpus
 
     with open("/proc/self/clear_refs", "w") as clear:  # reset VmHWM to the current size
         clear.write("5")

@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlm.data.ids import BatchIterator, eval_batches, id_dtype, load_corpus
+from charlm.data.batches import BatchIterator, eval_batches
+from charlm.data.ids import id_dtype
+from charlm.data.loading import load_corpus
 from charlm.errors import CorpusError
 from charlm.text.tokens import Vocab
 

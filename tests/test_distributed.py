@@ -89,7 +89,7 @@ def test_each_process_takes_its_own_rows_of_the_batch():
 
 
 def test_a_batch_size_that_does_not_split_fails_before_training(tiny_corpus):
-    from charlm.data.ids import BatchIterator
+    from charlm.data.batches import BatchIterator
     from charlm.training.trainer import _RowShare
 
     batches = BatchIterator(torch.arange(500), batch_size=6, seq_len=5)

@@ -13,7 +13,8 @@ import torch
 
 from charlm.checkpoints import files as checkpoint
 from charlm.text.corpus import find_corpus
-from charlm.data.ids import file_digest, load_corpus
+from charlm.text.corpus import file_digest
+from charlm.data.loading import load_corpus
 from charlm.text.tokens import CHUNK_BYTES
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import fails, train
@@ -186,7 +187,7 @@ def test_the_token_cache_notices_an_added_removed_or_edited_file(notes, monkeypa
     """A folder's cache entry lists every file's path, size and SHA-256: a file edited (even to the
     same size and time), added or removed is read afresh and replaces the entry; the same files hit
     it without tokenizing."""
-    from charlm.data import ids as data
+    from charlm.data import loading as data  # where load_corpus looks encode_stream up
 
     cache = notes.parent / "cache"
     load = lambda found=None: load_corpus(found or find_corpus([notes]), cache_dir=cache)  # noqa: E731
@@ -274,7 +275,7 @@ def test_new_characters_are_refused_mapped_to_unk_or_added(runner, tmp_path, tin
     --unknown unk maps them to <unk>; --extend-vocab adds them after the old ones, as new rows of
     the embedding and the head (new columns of W_ih for one-hot input), every old row and column
     bit-equal to the parent's."""
-    from charlm.data.ids import DataConfig
+    from charlm.data.loading import DataConfig
     from charlm.training.setup import language_model_run, load_parent
     from charlm.training.trainer import TrainConfig
 

@@ -103,7 +103,7 @@ def test_a_corpus_changed_between_the_two_reading_passes_is_refused(runner, tiny
     """Training reads a corpus twice, counting then encoding into a tensor of the counted size: a
     file that grows, shrinks or is rewritten between the passes is one line saying to try again,
     never a traceback or a tensor of another text. Left alone, it trains."""
-    from charlm.data import ids as data
+    from charlm.data import loading as data  # where load_corpus looks encode_stream up
 
     encode_stream = data.encode_stream
     edits = {"append": ("a", " and more text\n"), "shrink": ("w", TINY_TEXT[:500]),
@@ -300,7 +300,9 @@ def test_eval_bounds_the_memory_of_its_logits(runner, model_file, tiny_corpus, m
     """`charlm eval` walks the text in batches whose logits (rows x steps x vocab, float32) stay
     within a fixed budget: 32 rows of 256 steps of a 100k-word vocab would be 3.3 GB. Fewer steps
     per batch change no result: the state is carried, so the loss is today's within 1e-6."""
-    from charlm.data import ids as data
+    from charlm.data import batches as data
+    from charlm.data.batches import eval_batches, lm_eval_batches
+    from charlm.data.loading import load_corpus
     from charlm.evaluation import reports as evaluation
 
     budget = 64 * 1024  # bytes: forces short batches on the tiny model's vocab of 26
@@ -318,17 +320,17 @@ def test_eval_bounds_the_memory_of_its_logits(runner, model_file, tiny_corpus, m
     (model, batches), = seen
     vocab_size = model.head.out_features
     assert max(inputs.numel() for inputs, _ in batches) * vocab_size * 4 <= budget
-    ids = data.load_corpus(tiny_corpus, vocab=Vocab.from_dict(checkpoint.read_metadata(model_file)["vocab"])).ids
-    unbounded = evaluate(model, data.eval_batches(ids, 32, 256))  # the batches eval used to take
+    ids = load_corpus(tiny_corpus, vocab=Vocab.from_dict(checkpoint.read_metadata(model_file)["vocab"])).ids
+    unbounded = evaluate(model, eval_batches(ids, 32, 256))  # the batches eval used to take
     assert report["loss"] == pytest.approx(unbounded, rel=1e-6)
     assert sum(targets.numel() for _, targets in batches) == len(ids) - 1
     # A 100k-word vocab within the real budget, and a small one in the batches it always had.
     monkeypatch.undo()
     long_ids = torch.zeros(2_000_000, dtype=torch.int32)
-    shapes = {inputs.shape for inputs, _ in data.lm_eval_batches(long_ids, vocab_size=100_000)()}
+    shapes = {inputs.shape for inputs, _ in lm_eval_batches(long_ids, vocab_size=100_000)()}
     assert max(rows * steps for rows, steps in shapes) * 100_000 * 4 <= 256 << 20 and (32, 20) in shapes
-    assert [x.shape for x, _ in data.lm_eval_batches(long_ids, vocab_size=8192)()] == \
-        [x.shape for x, _ in data.eval_batches(long_ids, 32, 256)]
+    assert [x.shape for x, _ in lm_eval_batches(long_ids, vocab_size=8192)()] == \
+        [x.shape for x, _ in eval_batches(long_ids, 32, 256)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import safetensors
 import torch
 
 from charlm.checkpoints import files as checkpoint
-from charlm.data.ids import content_digest, load_corpus
+from charlm.data.ids import content_digest
+from charlm.data.loading import load_corpus
 from charlm.training.run_files import locked_run
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
 from tests.test_guarantees import WRITER, fails, finish, start, train, wait_for

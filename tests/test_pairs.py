@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlm.data.ids import PairBatches, encode_pairs, pair_eval_batches
+from charlm.data.batches import PairBatches, encode_pairs, pair_eval_batches
 from charlm.errors import CorpusError
 from charlm.text.pairs import (
     EOS_INDEX, LESSON_PAIRS, PAD_INDEX, Pair, check_aligned, is_pair_vocab, looks_like_pairs, pair_vocabs, read_pairs,

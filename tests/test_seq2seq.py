@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlm.data.ids import pad_pairs
+from charlm.data.batches import pad_pairs
 from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
 from charlm.models.seq2seq import BahdanauAttention, Seq2Seq, Seq2SeqConfig, Tagger, TaggerConfig, teacher_forcing
 

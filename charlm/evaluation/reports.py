@@ -19,7 +19,8 @@ from torch import nn
 
 from charlm.checkpoints import files as checkpoint
 from charlm.text.corpus import FoundCorpus
-from charlm.data.ids import lm_eval_batches, load_corpus
+from charlm.data.batches import lm_eval_batches
+from charlm.data.loading import load_corpus
 from charlm.errors import CheckpointError, UsageError
 from charlm.checkpoints.metadata import Metadata
 from charlm.text.pairs import Pair, split_pairs

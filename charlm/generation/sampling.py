@@ -247,7 +247,7 @@ def choose_precision(model: nn.Module, rows: int | tuple[int, ...], precision: s
     (`charlm.runtime.measured.choose_generation_precision`), the decision kept beside the `checkpoint`.
     Also a note for the user where bf16 was chosen by measuring (its text is then another than
     fp32's for the same seed), else None."""
-    from charlm.data.ids import default_cache_dir
+    from charlm.data.cache import default_cache_dir
     from charlm.runtime.measured import Decisions, choose_generation_precision
 
     folder = default_cache_dir(checkpoint) if checkpoint is not None else None

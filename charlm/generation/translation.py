@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from charlm.evaluation import scores
-from charlm.data.ids import pad
+from charlm.data.batches import pad
 from charlm.errors import CharlmError, MissingExtra
 from charlm.generation.sampling import encode_prefix
 from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX, UNK_INDEX, Pair

@@ -92,7 +92,7 @@ def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], s
 
 
 def _cache_dir(text: Path, cache_dir: Path | None, no_cache: bool) -> str | None:
-    from charlm.data.ids import default_cache_dir
+    from charlm.data.cache import default_cache_dir
 
     return None if no_cache else str(cache_dir or default_cache_dir(text))
 
@@ -147,7 +147,7 @@ def _check_fields(architecture: registry.Architecture, names: Any, named: str) -
 def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | None, resume: bool, overwrite: bool,
            quiet: bool, options: dict[str, Any], world: Any, say: Callable[[str], None],
            parent: Any = None) -> Launched:
-    from charlm.data.ids import DataConfig
+    from charlm.data.loading import DataConfig
     from charlm.text.pairs import skipped_message
     from charlm.training.optimization import TrainConfig
     from charlm.training.setup import language_model_run, translation_run

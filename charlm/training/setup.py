@@ -27,10 +27,11 @@ from torch import nn
 from charlm.checkpoints import files as checkpoint
 from charlm.models import registry
 from charlm.text.corpus import FoundCorpus
-from charlm.data.ids import (
-    BatchIterator, DataConfig, PairBatches, encode_pairs, file_digest, fit_batch_size, lm_eval_batches, load_corpus,
-    pair_eval_batches,
+from charlm.data.batches import (
+    BatchIterator, PairBatches, encode_pairs, fit_batch_size, lm_eval_batches, pair_eval_batches,
 )
+from charlm.data.loading import DataConfig, load_corpus
+from charlm.text.corpus import file_digest
 from charlm.errors import CharlmError, CheckpointError, CorpusError
 from charlm.checkpoints.metadata import LanguageModelMetadata, Metadata, PairModelMetadata, read
 from charlm.text.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs

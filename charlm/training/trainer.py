@@ -63,7 +63,7 @@ class Trainer:
     at `out`. `meta` is what the checkpoints carry besides the weights (task, model config, vocab:
     a `charlm.checkpoints.metadata.Metadata`, or its JSON object).
 
-    `train_batches` is a `charlm.data.ids.BatchIterator` or anything with its interface: `len()`,
+    `train_batches` is a `charlm.data.batches.BatchIterator` or anything with its interface: `len()`,
     `batches(epoch, start)` yielding tuples of tensors whose first is (B, ...), and
     `carries_state`. The model keeps the `batch_loss(batch, state)` contract, and where the batches
     carry state has `init_state(B)`, the zero state of B rows, and `state_class` (see
