@@ -1,4 +1,4 @@
-"""Training throughput of charlm.models.kernels.recurrent against plain nn.RNN/GRU/LSTM.
+"""Training throughput of charlm.models.recurrent_layers.recurrent against plain nn.RNN/GRU/LSTM.
 
 One training step = one-hot input -> recurrent layer -> nn.Linear head -> cross
 entropy -> backward -> clip_grad_norm_ -> SGD step, with the final state carried
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from charlm.models.kernels import recurrent  # noqa: E402
+from charlm.models.recurrent_layers import recurrent  # noqa: E402
 
 warnings.filterwarnings("ignore", message="TF32 acceleration")  # from mkldnn.flags()
 

@@ -1,10 +1,10 @@
-"""charlm.models.kernels.recurrent must compute exactly what the torch module computes."""
+"""charlm.models.recurrent_layers.recurrent must compute exactly what the torch module computes."""
 
 import pytest
 import torch
 from torch import nn
 
-from charlm.models.kernels import recurrent, supports
+from charlm.models.recurrent_layers import recurrent, supports
 
 BATCH, STEPS, INPUT, HIDDEN = 3, 5, 7, 6
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]

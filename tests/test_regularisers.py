@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from charlm.checkpoints import files as checkpoint
-from charlm.models import kernels
 from charlm.cli import cli as main
+from charlm.models import kernels, recurrent_layers
 from charlm.models.recurrent import LanguageModel, ModelConfig
 from charlm.presets import record
 from charlm.training.optimization import WeightAverage
@@ -61,7 +61,7 @@ def test_the_fast_path_with_dropped_weights_and_locked_dropout_equals_torchs_mod
     for fast in (True, False):
         module.zero_grad()
         torch.manual_seed(2)
-        out, _ = kernels.recurrent(module, x, None, fast=fast, weights=weights, locked=locked)
+        out, _ = recurrent_layers.recurrent(module, x, None, fast=fast, weights=weights, locked=locked)
         out.pow(2).sum().backward(retain_graph=True)
         results.append((out.detach(), module.weight_ih_l2.grad.clone(), module.weight_hh_l0.grad.clone()))
     for fast_tensor, torch_tensor in zip(*results):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from charlm.checkpoints import files as checkpoint
-from charlm.runtime import measured as tuning
 from charlm.models.protocol import ModelDefaults
+from charlm.runtime import measured as tuning
 from tests.conftest import TINY_MODEL, run_cli
 
 
@@ -165,7 +165,7 @@ def test_a_decisions_file_that_is_not_one_is_measured_again(tmp_path, capable, k
 def test_the_chosen_path_runs_the_layers_in_training_and_evaluation_keeps_the_rule(monkeypatch, fast_path):
     """`fast_path` True trains through charlm's kernels, False through torch's module, with the
     same loss; evaluation (no autograd) keeps the kernels' own rule whatever was chosen."""
-    from charlm.models import kernels
+    from charlm.models import kernels, recurrent_layers
     from charlm.models.recurrent import LanguageModel, ModelConfig
 
     calls = []
@@ -175,7 +175,7 @@ def test_the_chosen_path_runs_the_layers_in_training_and_evaluation_keeps_the_ru
     model.fast_path = fast_path
     ids = torch.randint(0, 7, (3, 5))
     loss = model.batch_loss((ids, ids))[0]
-    rule = kernels.supports(model.rnn, model.embed(ids)) and kernels._is_faster(model.rnn, model.embed(ids), None)
+    rule = recurrent_layers.supports(model.rnn, model.embed(ids)) and recurrent_layers._is_faster(model.rnn, model.embed(ids), None)
     assert bool(calls) == (rule if fast_path is None else fast_path)
     model.fast_path = None
     torch.testing.assert_close(loss, model.batch_loss((ids, ids))[0])

@@ -19,12 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from charlm.models import cells
-from charlm.models import kernels
-from charlm.presets import CELLS, LM, RECORDED_WHEN_SET
+from charlm.models import cells, kernels, recurrent_layers
 from charlm.models.protocol import ModelDefaults
 from charlm.models.state import RecurrentState
-
+from charlm.presets import CELLS, LM, RECORDED_WHEN_SET
 
 
 @dataclass
@@ -92,7 +90,7 @@ class LanguageModel(ModelDefaults, nn.Module):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
-            return kernels.one_hot(ids, self.config.vocab_size, self.head.weight.dtype)  # (B, T, V)
+            return recurrent_layers.one_hot(ids, self.config.vocab_size, self.head.weight.dtype)  # (B, T, V)
         table = self.embedding.weight  # (V, E)
         if self.training and self.config.embedding_dropout > 0:  # a dropped token is zeros wherever it occurs
             table = kernels.dropout(table, self.config.embedding_dropout, locked_dim=1)
@@ -119,9 +117,9 @@ class LanguageModel(ModelDefaults, nn.Module):
         else:  # one-hot input goes in as the ids themselves: the kernels gather instead of multiplying
             inputs = ids if self.embedding is None else self.embed(ids)
             fast = None
-            if self.fast_path is not None and torch.is_grad_enabled() and kernels.supports(self.rnn, inputs):
+            if self.fast_path is not None and torch.is_grad_enabled() and recurrent_layers.supports(self.rnn, inputs):
                 fast = self.fast_path
-            outputs, final = kernels.recurrent(self.rnn, inputs, initial, fast, weights, config.locked_dropout)
+            outputs, final = recurrent_layers.recurrent(self.rnn, inputs, initial, fast, weights, config.locked_dropout)
         return outputs, RecurrentState.of(final)
 
     def batch_loss(

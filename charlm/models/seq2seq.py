@@ -26,13 +26,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from charlm.models import kernels
+from charlm.models import kernels, recurrent_layers
+from charlm.models.protocol import ModelDefaults
 from charlm.models.recurrent import LanguageModel, ModelConfig, recurrent_module
 from charlm.models.state import RecurrentState
-from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
 from charlm.presets import PAIRS
-from charlm.models.protocol import ModelDefaults
-
+from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX
 
 
 @dataclass
@@ -229,7 +228,7 @@ class Decoder(nn.Module):
         return self.head(self.dropout(outputs)), replace(state, hidden=hidden), weights
 
     def _recurrent(self, inputs: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
-        outputs, final = kernels.recurrent(self.rnn, inputs, state.torch_form())
+        outputs, final = recurrent_layers.recurrent(self.rnn, inputs, state.torch_form())
         return outputs, RecurrentState.of(final)
 
 
