@@ -170,7 +170,7 @@ class TextModel:
     `charlm generate`, `charlm eval` and `charlm info` do."""
 
     def __init__(self, path: str, device: Any) -> None:
-        from charlm.checkpoints.files import load_model
+        from charlm.checkpoints.loading import load_model
 
         self.path = path
         self.model, self.meta, self.vocab = load_model(path, "lm", device)
@@ -299,7 +299,7 @@ class PairModel:
     `attention`, `evaluate` and `info`, as `charlm translate`, `charlm eval` and `charlm info` do."""
 
     def __init__(self, path: str, device: Any) -> None:
-        from charlm.checkpoints.files import load_translator
+        from charlm.checkpoints.loading import load_translator
 
         self.path, self.device = path, device
         self.model, self.meta, self.source_vocab, self.target_vocab = load_translator(path, device)

@@ -135,7 +135,7 @@ def main() -> None:
     clients = max(1, min(options.clients, MAX_CLIENTS))
     rounds = max(1, min(options.rounds, MAX_ROUNDS))
 
-    from charlm.checkpoints.files import latest
+    from charlm.checkpoints.loading import latest
     from charlm.presets import CHECKPOINT_DIR
 
     with tempfile.TemporaryDirectory() as folder:

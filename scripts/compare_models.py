@@ -33,7 +33,7 @@ def train(corpus: str, flags: list[str], model: str, seconds: float, threads: in
     """One run; its summary: best held-out loss, tokens/s, steps, parameters."""
     from click.testing import CliRunner
 
-    from charlm.checkpoints.files import load_model
+    from charlm.checkpoints.loading import load_model
     from charlm.cli import cli
 
     out = os.path.join(folder, f"{model}-{Path(corpus).stem}.safetensors")

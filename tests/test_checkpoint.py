@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from charlm.checkpoints import files as checkpoint
+
+from charlm.checkpoints import loading
 from charlm.errors import CheckpointError
 from charlm.models.recurrent import LanguageModel, ModelConfig
 from charlm.text.tokens import Vocab
@@ -20,14 +22,14 @@ def saved_model(path, **meta_overrides):
     meta = {"task": "lm", "kind": "model", "model": vars(config).copy(),
             "vocab": Vocab({"a": 3, "b": 2, "c": 1}).to_dict(), "tokens": "char", "preprocess": "none",
             **meta_overrides}
-    checkpoint.save(path, checkpoint.model_tensors(model), meta)
+    checkpoint.save(path, loading.model_tensors(model), meta)
     return model
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path):
     path = tmp_path / "m.safetensors"
     model = saved_model(path)
-    loaded, meta, vocab = checkpoint.load_model(path, "lm")
+    loaded, meta, vocab = loading.load_model(path, "lm")
     assert meta["format_version"] == checkpoint.FORMAT_VERSION
     assert vocab.itos == ["<unk>", "a", "b", "c"]
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
@@ -45,8 +47,8 @@ def test_latest_finds_the_newest_model_of_a_task(tmp_path):
     saved_model(tmp_path / "new.safetensors")
     os.utime(tmp_path / "old.safetensors", (1, 1))
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    assert checkpoint.latest(tmp_path, "lm") == str(tmp_path / "new.safetensors")
-    assert checkpoint.latest(tmp_path, "translate") is None
+    assert loading.latest(tmp_path, "lm") == str(tmp_path / "new.safetensors")
+    assert loading.latest(tmp_path, "translate") is None
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -81,16 +83,16 @@ def test_translation_checkpoints_rebuild_their_model_and_both_vocabs(tmp_path, a
             "source_vocab": source_vocab.to_dict(), "target_vocab": target_vocab.to_dict(), "tokens": "char",
             "preprocess": "none"}
     path = tmp_path / "t.safetensors"
-    checkpoint.save(path, checkpoint.model_tensors(model), meta)
-    loaded, _, loaded_source, loaded_target = checkpoint.load_translator(path)
+    checkpoint.save(path, loading.model_tensors(model), meta)
+    loaded, _, loaded_source, loaded_target = loading.load_translator(path)
     assert type(loaded) is model_class and loaded.config == model.config
     assert (loaded_source, loaded_target) == (source_vocab, target_vocab)
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
-    assert checkpoint.latest(tmp_path, "translate") == str(path) and checkpoint.latest(tmp_path, "lm") is None
+    assert loading.latest(tmp_path, "translate") == str(path) and loading.latest(tmp_path, "lm") is None
     saved_model(tmp_path / "lm.safetensors")
     with pytest.raises(CheckpointError, match="language-model checkpoint"):
-        checkpoint.load_translator(tmp_path / "lm.safetensors")
+        loading.load_translator(tmp_path / "lm.safetensors")
 
     tensors, _ = checkpoint.load(path)
     for damage, message in [({"architecture": "transformer"}, "unknown task"),
@@ -99,7 +101,7 @@ def test_translation_checkpoints_rebuild_their_model_and_both_vocabs(tmp_path, a
                              "vocab does not match")]:
         checkpoint.save(path, tensors, {**meta, **damage})
         with pytest.raises(CheckpointError, match=message):
-            checkpoint.load_translator(path)
+            loading.load_translator(path)
 
 
 def test_cpu_threads_are_set_for_a_block_and_restored():

@@ -26,6 +26,8 @@ import safetensors.torch
 import torch
 
 from charlm.checkpoints import files as checkpoint
+
+from charlm.checkpoints import loading
 from charlm.errors import CorpusError
 from charlm.text.tokens import preprocess_chunks, read_chunks
 from tests.conftest import ROOT, TINY_MODEL, TINY_MODELS, run_cli
@@ -500,7 +502,7 @@ def test_kill_9_during_checkpoint_write_keeps_the_previous_checkpoint(runner):
     assert temporaries(), "the kill did not land in a write"
     tensors, meta = checkpoint.load("m.safetensors")
     assert meta["version"] >= 1 and torch.equal(tensors["w"], torch.full((1 << 23,), float(meta["version"])))
-    assert checkpoint.latest(".", "lm") == "./m.safetensors"
+    assert loading.latest(".", "lm") == "./m.safetensors"
     checkpoint.save("m.safetensors", {"w": torch.zeros(1)}, {"task": "lm"})
     assert not temporaries()
 

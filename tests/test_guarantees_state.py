@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from charlm.checkpoints import files as checkpoint
+
+from charlm.checkpoints import loading
 from tests.conftest import ROOT, TINY_MODEL, run_cli
 from tests.test_guarantees import each_loading_command, fails, rewrite, train
 
@@ -258,7 +260,7 @@ def test_the_checkpoint_scan_skips_files_it_cannot_read(runner, tiny_corpus, mon
     monkeypatch.setattr(builtins, "open", refusing_open)
     result = run_cli(runner, "generate", "--length", "3")
     assert "using checkpoints/tiny.safetensors" in result.stderr
-    assert checkpoint.latest("checkpoints", "lm") == "checkpoints/tiny.safetensors"
+    assert loading.latest("checkpoints", "lm") == "checkpoints/tiny.safetensors"
 
 
 def test_info_shows_a_training_summary_of_any_size_in_one_line(runner, tiny_corpus):

@@ -245,7 +245,7 @@ def decoding_options(function: Any) -> Any:
 
 def checkpoint_or_latest(path: str | None, task: str) -> str:
     """The given checkpoint, or the newest of `task` in checkpoints/ (said on stderr)."""
-    from charlm.checkpoints.files import latest
+    from charlm.checkpoints.loading import latest
 
     if path:
         return path

@@ -67,7 +67,7 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
         return
     if held_out:
         raise click.UsageError("--held-out is for translation models")
-    from charlm.checkpoints.files import load_model
+    from charlm.checkpoints.loading import load_model
     from charlm.evaluation.reports import evaluate_text
     from charlm.runtime.device import pick_device
 

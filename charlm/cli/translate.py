@@ -37,7 +37,7 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
     charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --attention-plot a.png "Go away."
     """
     from charlm.generation import translation as translate
-    from charlm.checkpoints.files import load_translator
+    from charlm.checkpoints.loading import load_translator
     from charlm.runtime.device import cpu_threads, pick_device
 
     texts = list(words) or None  # None: each line of stdin, translated as it comes

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from charlm.checkpoints import files as checkpoint
+from charlm.checkpoints import loading as checkpoint
 from charlm.text.corpus import FoundCorpus
 from charlm.data.batches import lm_eval_batches
 from charlm.data.loading import load_corpus

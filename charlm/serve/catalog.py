@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from charlm.api import PairModel, TextModel, load
-from charlm.checkpoints.files import model_checkpoints, read_metadata
+from charlm.checkpoints.loading import model_checkpoints
+from charlm.checkpoints.files import read_metadata
 from charlm.errors import CharlmError
 from charlm.checkpoints.metadata import describe
 from charlm.presets import CHECKPOINT_DIR

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from charlm.checkpoints import files as checkpoint
+
+from charlm.checkpoints import loading
 from charlm.text.corpus import corpus_changes
 from charlm.errors import CharlmError, CheckpointError
 from charlm.checkpoints.metadata import Metadata, read, write
@@ -103,7 +105,7 @@ def write_resume(
 ) -> None:
     """Write the resume file of a run (see the module docstring). `rngs_by_rank` are every
     process's random states in rank order, `carried` the joined state of every process's rows."""
-    tensors = checkpoint.model_tensors(model)
+    tensors = loading.model_tensors(model)
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in optimizer.state_dict()["state"].items():
         for key, value in values.items():
@@ -135,7 +137,7 @@ def read_resume(
         raise CharlmError(f"nothing to resume: {path} does not exist; train without --resume first")
     tensors, saved = checkpoint.load(path, task=meta.task, kind="resume")
     _check_same_run(path, saved, meta, train_config)
-    weights = checkpoint.build_model(tensors, saved, path).state_dict()
+    weights = loading.build_model(tensors, saved, path).state_dict()
     try:
         info = saved["resume"]
         run_state = RunState.from_metadata(info)

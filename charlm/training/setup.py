@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from charlm.checkpoints import files as checkpoint
+
+from charlm.checkpoints import loading
 from charlm.models import registry
 from charlm.text.corpus import FoundCorpus
 from charlm.data.batches import (
@@ -91,7 +93,7 @@ def load_parent(path: str | os.PathLike) -> Parent:
     if read(checkpoint.read_metadata(path)).task == "translate":
         raise CheckpointError(f"{path} is a translation checkpoint; --init-from fine-tunes a language model "
                               "(train a pair model on the new pairs without --init-from)")
-    model, meta, vocab = checkpoint.load_model(path, "lm")
+    model, meta, vocab = loading.load_model(path, "lm")
     return Parent(path, registry.get("lm", registry.name_of(meta)), meta, vocab, model.state_dict(), file_digest(path))
 
 

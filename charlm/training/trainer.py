@@ -40,6 +40,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from charlm.checkpoints import files as checkpoint
+
+from charlm.checkpoints import loading
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.evaluation.reports import evaluate, loss_report
 from charlm.checkpoints.metadata import Metadata, read, write
@@ -372,7 +374,7 @@ class Trainer:
             state.best_val_loss, state.best_step = score, state.step
         if (improved or self.config.keep == "last") and self.world.is_main:
             with self._evaluated_weights():
-                checkpoint.save(self.paths["model"], checkpoint.model_tensors(self.model), write(self._meta("model")))
+                checkpoint.save(self.paths["model"], loading.model_tensors(self.model), write(self._meta("model")))
         if not stop:
             state.loss_sum, state.loss_count = 0.0, 0
             self.save_resume()
