@@ -32,7 +32,7 @@ from charlm.presets import PAIRS
 from charlm.settings import GENERATE, STATS, TRAIN, Setting, for_command, parameters
 
 if TYPE_CHECKING:
-    from charlm.generation.sampling import Request
+    from charlm.generation.request import Request
 
 PathLike = str | os.PathLike
 
@@ -281,7 +281,7 @@ TextModel.stream.__signature__ = inspect.Signature(
 def _request(method: Any, args: tuple, keywords: dict[str, Any]) -> Request:
     """The `Request` of a call to `TextModel.generate` or `.stream` (`method`, bound), checked, a
     value named by its keyword; a keyword neither takes is a TypeError, as Python's own."""
-    from charlm.generation.sampling import Request
+    from charlm.generation.request import Request
 
     return Request.from_fields(inspect.signature(method).bind(*args, **keywords).arguments, said="keyword")
 

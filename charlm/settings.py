@@ -350,7 +350,7 @@ STATS = table(
 
 # ---------------------------------------------------------------------------------------------
 # Generation: `charlm generate`'s flags, `TextModel.generate`'s keywords, the fields of a request
-# to the server ("http"), and the fields of `charlm.generation.sampling.Request`.
+# to the server ("http"), and the fields of `charlm.generation.request.Request`.
 
 GENERATE = table(
     Setting("prefix", str, "", "Text to start from (preprocessed like the corpus).", ("generate", "http")),

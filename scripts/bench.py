@@ -43,7 +43,8 @@ from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from charlm.generation.sampling import Sampling, generate  # noqa: E402
+from charlm.generation.request import Sampling
+from charlm.generation.sampling import generate  # noqa: E402
 from charlm.models.recurrent import LanguageModel, ModelConfig  # noqa: E402
 from charlm.training.optimization import TrainConfig  # noqa: E402
 from charlm.runtime.measured import Decisions, bf16_capable, choose_generation_precision, cpu_name  # noqa: E402

@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlm.checkpoints.loading import load_model  # noqa: E402
-from charlm.generation.sampling import Sampling, generate, special_ids, start_ids  # noqa: E402
+from charlm.generation.request import Sampling
+from charlm.generation.sampling import generate, special_ids, start_ids  # noqa: E402
 from charlm.runtime.measured import Decisions, _probe, bf16_capable, choose_generation_precision, cpu_name  # noqa: E402
 
 

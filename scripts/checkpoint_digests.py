@@ -106,7 +106,8 @@ def batched(path: str) -> str:
     import threading
 
     import charlm
-    from charlm.generation.sampling import Request, Sampling, encode_prefix
+    from charlm.generation.request import Request, Sampling
+    from charlm.generation.sampling import encode_prefix
     from charlm.serve.batcher import Batcher, Generation
 
     model = charlm.load(path)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from charlm.errors import CharlmError
-from charlm.generation.sampling import Sampling, encode_prefix, filter_logits, generate
+from charlm.generation.request import Sampling
+from charlm.generation.sampling import encode_prefix, filter_logits, generate
 from charlm.models.protocol import ModelDefaults
 from charlm.text.tokens import Vocab
 

@@ -12,6 +12,7 @@ import torch
 
 import charlm
 from charlm.generation import sampling as generator
+from charlm.generation import request
 from charlm.runtime import measured as tuning
 from charlm.errors import CharlmError
 from charlm.models.recurrent import LanguageModel, ModelConfig
@@ -181,7 +182,7 @@ def test_the_api_takes_a_precision_and_refuses_a_bad_one(runner, trained):
 
 def test_generate_in_bf16_equals_stepping_the_bf16_stepper_by_hand():
     model = recurrent("gru")
-    made = generator.generate(model, [1, 2, 3], 12, generator.Sampling(greedy=True), precision="bf16")
+    made = generator.generate(model, [1, 2, 3], 12, request.Sampling(greedy=True), precision="bf16")
     logits, state = generator.warm_up(model, [1, 2, 3], 1)
     step, ids = model.stepper((), "bf16"), []
     for _ in range(12):

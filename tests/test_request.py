@@ -1,4 +1,4 @@
-"""A generation request (`charlm.generation.sampling.Request`): one frozen, hashable object from every door
+"""A generation request (`charlm.generation.request.Request`): one frozen, hashable object from every door
 (`charlm generate`'s flags, `TextModel.generate`'s keywords, a JSON body) to the sampler, its
 fields the rows of `charlm.settings.GENERATE`, a bad value refused once, in one line that names it
 as its caller did."""
@@ -12,7 +12,7 @@ import pytest
 
 import charlm
 from charlm.api import TextModel
-from charlm.generation.sampling import Request, Sampling
+from charlm.generation.request import Request, Sampling
 from charlm.settings import GENERATE, SettingError, for_command
 from tests.conftest import TINY_TEXT, run_cli
 

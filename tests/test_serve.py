@@ -24,7 +24,7 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2, which
 
 import charlm  # noqa: E402
 from charlm.checkpoints.files import read_metadata  # noqa: E402
-from charlm.generation.sampling import Request, Sampling  # noqa: E402
+from charlm.generation.request import Request, Sampling  # noqa: E402
 from charlm.checkpoints.metadata import describe  # noqa: E402
 from charlm.serve.app import create_app  # noqa: E402
 from charlm.serve.batcher import Batcher, Generation  # noqa: E402

@@ -12,7 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from charlm.checkpoints import files as checkpoint
-from charlm.generation.sampling import Sampling, choose, generate
+from charlm.generation.request import Sampling
+from charlm.generation.sampling import choose, generate
 from charlm.training.optimization import TrainConfig, learning_rate, make_optimizer
 from charlm.runtime.device import seeded_generator
 from charlm.models.transformer import KVCache, SelfAttention, Transformer, TransformerConfig

@@ -28,7 +28,7 @@ def generate(checkpoint: str | None, device: str, **flags: Any) -> None:
     charlm generate --checkpoint checkpoints/timemachine.safetensors --top-p 0.9 --seed 1
     """
     from charlm.api import TextModel
-    from charlm.generation.sampling import Request
+    from charlm.generation.request import Request
     from charlm.runtime.device import pick_device
 
     request = Request.from_fields(flags, said="flag")

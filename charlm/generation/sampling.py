@@ -1,9 +1,4 @@
-"""Generator: sampling text from a trained language model.
-
-A `Request` is one generation as asked, from whichever door (CLI flags, API keywords, a JSON body):
-frozen, hashable, its fields the rows of `charlm.settings.GENERATE`, checked once when it is made;
-its `Sampling` says how each token is drawn, and a sampling option is a row, a field of `Sampling`
-and a step of `filter_logits` here.
+"""Sampling text from a trained language model, as a `charlm.generation.request.Request` asks.
 
 `generate` warms the model up on the whole prefix in one pass, then draws one token per step with
 greedy, temperature, top-k or top-p (nucleus) sampling, for one or many samples at once (batched).
@@ -20,76 +15,18 @@ into ids (and its unseen characters) is `encode_prefix`'s job.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import InitVar, dataclass, fields
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from charlm.errors import CharlmError
+from charlm.generation.request import Sampling
+from charlm.models.recurrent_stepper import ban_vector
 from charlm.presets import UNKNOWN_POLICIES
 from charlm.runtime.device import seeded_generator
-from charlm.settings import GENERATE, said_by
-from charlm.models.recurrent_stepper import ban_vector
 from charlm.text.tokens import Tokenizer, Vocab, preprocess_prefix
-
-
-def _check(instance: Any, said: str) -> None:
-    """Each field of `instance` that is a setting checked by its row, named as `said` does; a whole
-    number given for a float is kept as a float."""
-    for field in fields(instance):
-        if field.name in GENERATE:
-            row = GENERATE[field.name]
-            object.__setattr__(instance, field.name, row.check(getattr(instance, field.name), said_by(row, said)))
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How each next token is drawn: a division of the logits, top-k, top-p, or the likeliest.
-    Frozen and hashable: the batcher draws the requests of equal `Sampling`s at once. Each field
-    is a row of `charlm.settings.GENERATE` (its default, bounds and help), checked by the row when
-    it is made; `said` names a refused value as its door does ("keyword", "flag", "field")."""
-
-    temperature: float = GENERATE["temperature"].default
-    top_k: int = GENERATE["top_k"].default  # 0: no limit
-    top_p: float = GENERATE["top_p"].default  # 1: no limit
-    greedy: bool = GENERATE["greedy"].default
-    said: InitVar[str] = "keyword"
-
-    def __post_init__(self, said: str) -> None:
-        _check(self, said)
-
-
-@dataclass(frozen=True)
-class Request:
-    """One generation as asked, from its door (`charlm generate`'s flags, `TextModel.generate`'s
-    keywords, the fields of a JSON body) down to the sampler: the prefix text, how many tokens and
-    samples, the `Sampling`, the seed (None: a fresh one), what to do with unknown characters and
-    the steps' precision (the server steps in its own). Frozen, hashable and equal by value; each
-    field is a row of `charlm.settings.GENERATE`, checked once, when it is made, and a value out
-    of bounds refused with one line that names it as `said` does ("keyword", "flag", "field")."""
-
-    prefix: str = GENERATE["prefix"].default
-    length: int = GENERATE["length"].default
-    sampling: Sampling = Sampling()
-    seed: int | None = GENERATE["seed"].default
-    num_samples: int = GENERATE["num_samples"].default
-    unknown: str = GENERATE["unknown"].default
-    precision: str = GENERATE["precision"].default
-    said: InitVar[str] = "keyword"
-
-    def __post_init__(self, said: str) -> None:
-        _check(self, said)
-
-    @classmethod
-    def from_fields(cls, values: Mapping[str, Any], said: str = "keyword") -> Request:
-        """The request of `values`, settings by name (a door's flags, keywords or fields; those
-        left out take their defaults): `Sampling`'s go into `sampling`."""
-        in_sampling = {field.name for field in fields(Sampling)}
-        sampling = Sampling(**{name: value for name, value in values.items() if name in in_sampling}, said=said)
-        return cls(**{name: value for name, value in values.items() if name not in in_sampling}, sampling=sampling,
-                   said=said)
 
 
 def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:

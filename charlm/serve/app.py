@@ -9,7 +9,7 @@
 
 A request's body is read here and checked field by field (`charlm.serve.fields`: types and
 `Limits`; a generation's, the rows of `charlm.settings.GENERATE` marked "http", make a
-`charlm.generation.sampling.Request`); it then goes to a `Batcher` (language models) or to
+`charlm.generation.request.Request`); it then goes to a `Batcher` (language models) or to
 `PairModel.translate` in a worker thread. Every error is a 4xx with one line of JSON,
 `{"error": "..."}`; anything unforeseen is a 500 that says only that (its traceback goes to the
 server's log). A request names a model from the catalog, never a file.
@@ -40,7 +40,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from charlm.errors import CharlmError
-from charlm.generation.sampling import Request as GenerationRequest
+from charlm.generation.request import Request as GenerationRequest
 from charlm.generation.sampling import encode_prefix
 from charlm.presets import UNKNOWN_POLICIES
 from charlm.serve.batcher import Batcher, Generation, Stopped

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from charlm.generation.request import Request, Sampling
 from charlm.generation.sampling import (
-    Request, Sampling, choose_precision, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap,
-    warm_up,
+    choose_precision, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap, warm_up,
 )
 from charlm.runtime.device import cpu_threads, seeded_generator
 from charlm.text.tokens import Tokenizer, Vocab
@@ -52,7 +52,7 @@ class Stopped(Exception):
 
 @dataclass(eq=False)
 class Generation:
-    """One request (`charlm.generation.sampling.Request`: `num_samples` samples of `length` tokens, its
+    """One request (`charlm.generation.request.Request`: `num_samples` samples of `length` tokens, its
     `Sampling` and seed), its prefix as ids (empty: from the vocab's start token, shown as
     nothing), and where its text and its end go. `seed` is the request's, or one drawn for it."""
 
