@@ -161,8 +161,7 @@ def test_an_interrupted_train_resumes_from_python(runner, tiny_corpus, monkeypat
 def test_progress_is_a_notebook_bar_in_a_notebook(monkeypatch):
     from tqdm.auto import tqdm as notebook_tqdm
 
-    from charlm.training import trainer
-
+    from charlm.training import progress as trainer
     monkeypatch.setattr(trainer, "in_notebook", lambda: True)
     shown = trainer.Progress(10, 0, enabled=True)
     assert type(shown.bar) is notebook_tqdm and not shown.lines
@@ -171,7 +170,7 @@ def test_progress_is_a_notebook_bar_in_a_notebook(monkeypatch):
 
 
 def test_in_notebook_asks_ipython_as_tqdm_does(monkeypatch):
-    from charlm.training.trainer import in_notebook
+    from charlm.training.progress import in_notebook
 
     class Shell:
         def __init__(self, config):

@@ -90,12 +90,12 @@ def test_each_process_takes_its_own_rows_of_the_batch():
 
 def test_a_batch_size_that_does_not_split_fails_before_training(tiny_corpus):
     from charlm.data.batches import BatchIterator
-    from charlm.training.trainer import _RowShare
+    from charlm.training.sharing import RowShare
 
     batches = BatchIterator(torch.arange(500), batch_size=6, seq_len=5)
     with pytest.raises(CharlmError, match="--batch-size 6 does not split evenly over 4 processes"):
-        _RowShare(batches, World(1, 1, 4))
-    share = _RowShare(batches, World(1, 1, 2))
+        RowShare(batches, World(1, 1, 4))
+    share = RowShare(batches, World(1, 1, 2))
     whole, part = next(batches.batches(0)), next(share.batches(0))
     assert len(share) == len(batches) and share.carries_state
     assert all(torch.equal(p, w[3:]) for p, w in zip(part, whole))

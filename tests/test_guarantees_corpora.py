@@ -277,7 +277,7 @@ def test_new_characters_are_refused_mapped_to_unk_or_added(runner, tmp_path, tin
     bit-equal to the parent's."""
     from charlm.data.loading import DataConfig
     from charlm.training.setup import language_model_run, load_parent
-    from charlm.training.trainer import TrainConfig
+    from charlm.training.optimization import TrainConfig
 
     train(runner, tiny_corpus, "--max-steps", "2", "--embedding-size", embedding, "--out", "parent.safetensors")
     new = tmp_path / "new.txt"

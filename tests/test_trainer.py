@@ -163,7 +163,7 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, tiny_corpus):
 
     log = tmp_path / "log.txt"
     with open(log, "w") as stderr:
-        subprocess.run([sys.executable, "-c", "from charlm.training import trainer; trainer.LINE_SECONDS = 0; "
+        subprocess.run([sys.executable, "-c", "from charlm.training import progress; progress.LINE_SECONDS = 0; "
                         "from charlm.cli import main; main()", "train", str(tiny_corpus), *TINY_MODEL[:-1],
                         "--max-steps", "30", "--out", str(tmp_path / "m.safetensors")],
                        stderr=stderr, stdout=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=120,

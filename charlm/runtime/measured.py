@@ -155,6 +155,31 @@ def choose_cpu_setup(
     return setup, f"{setup.shown()}: {why}"
 
 
+def choose_training_setup(
+    model: torch.nn.Module, batch: tuple[torch.Tensor, ...], model_config: Any, decisions: Decisions,
+    precision: str, world: Any,
+) -> tuple[str, bool | None, str | None]:
+    """(the precision to train in, the recurrent path a model takes as its `fast_path`, a line
+    saying why or None) for a run whose model is `model` (its config `model_config`), measured on
+    one `batch` through `choose_cpu_setup` and kept in `decisions`: `--precision auto` takes bf16
+    autocast where it is faster and keeps the loss. Every process of `world` takes one setup."""
+    from charlm.runtime.device import autocast
+
+    def step_loss(bf16: bool, backward: bool) -> torch.Tensor:
+        with autocast(batch[0].device, "bf16" if bf16 else "fp32"):
+            loss_sum, count, _ = model.batch_loss(batch, None)
+            loss = loss_sum / count
+        if backward:
+            loss.backward()
+        return loss.detach()
+
+    key = {"model": model_config, "batch": [list(part.shape) for part in batch]}
+    setup, why = choose_cpu_setup(step_loss, model, key, decisions, precision)
+    agreed = lambda value: world.any(value, batch[0].device)  # noqa: E731
+    fast_path = True if agreed(setup.fast_path is True) else False if agreed(setup.fast_path is False) else None
+    return "bf16" if agreed(setup.precision == "bf16") else "fp32", fast_path, why
+
+
 def _measure(
     step_loss: Callable[[bool, bool], torch.Tensor], model: torch.nn.Module, paths: tuple[bool, ...], bf16: bool,
 ) -> tuple[dict[str, float], dict[str, float]] | None:

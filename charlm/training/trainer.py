@@ -12,25 +12,20 @@ together, and a sequential iterator's hidden state is carried per process, for i
 gradients are averaged, and rank 0 alone writes files and shows progress. With equal rows per
 process the result equals one process training on the whole batch. Every process evaluates (the
 same weights on the same data give the same number), so all take the same decisions.
-
-Files of a run whose checkpoint is `runs/x.safetensors` (named, locked and checked before they are
-replaced by `charlm.training.run_files`):
-    runs/x.safetensors          the best model by validation loss (what `generate` uses), or
-                                the last one evaluated with `keep="last"`
-    runs/x.resume.safetensors   the latest full training state (what `--resume` uses)
-    runs/x.metrics.jsonl        one JSON object per evaluation
+It writes a run's files (`charlm.training.run_files` names them): the best model by validation loss
+(or the last one evaluated, with keep="last"), the latest full training state, one metrics line per
+evaluation. Fitting the schedule to --max-time is `charlm.training.time_budget`'s.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -40,23 +35,22 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from charlm.checkpoints import files as checkpoint
-
 from charlm.checkpoints import loading
+from charlm.checkpoints.metadata import Metadata, read, write
 from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, TrainingInterrupted
 from charlm.evaluation.reports import evaluate, loss_report
-from charlm.checkpoints.metadata import Metadata, read, write
-from charlm.presets import record
-from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer
-from charlm.training.run_files import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
-from charlm.training.resume import RunState, read_resume, write_resume
-from charlm.runtime.device import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
 from charlm.models.state import map_state
-from charlm.runtime.measured import Decisions, choose_cpu_setup
+from charlm.presets import record
+from charlm.runtime.device import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
+from charlm.runtime.measured import Decisions, choose_training_setup
+from charlm.training.time_budget import TimeBudget
+from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer
+from charlm.training.progress import Progress
+from charlm.training.resume import RunState, read_resume, write_resume
+from charlm.training.run_files import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
+from charlm.training.sharing import BatchLoss, RowShare
 
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
-LINE_SECONDS = 30.0  # between progress lines when stderr is not a terminal
-PLAN_AFTER = 0.02  # of --max-time: the throughput is measured this long before the schedule is fitted
-PLAN_WINDOW = 6  # flushes: the throughput that plans a --max-time run is that of the last few
 clock = time.perf_counter  # the trainer's clock (a test may make time pass as it likes)
 
 
@@ -89,9 +83,9 @@ class Trainer:
         self.device = world.device(config.device)
         seed_everything(config.seed)
         self.model = model.to(self.device)
-        self.batches = train_batches if world.size == 1 else _RowShare(train_batches, world)
+        self.batches = train_batches if world.size == 1 else RowShare(train_batches, world)
         self.val_batches = val_batches
-        self.loss_module: nn.Module = _BatchLoss(self.model)
+        self.loss_module: nn.Module = BatchLoss(self.model)
         if world.size > 1:  # averages the gradients in backward; starts every process from rank 0's weights
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_module = DistributedDataParallel(self.loss_module, device_ids=device_ids)
@@ -141,10 +135,8 @@ class Trainer:
     def _loop(self) -> None:
         config, state = self.config, self.run_state
         started = clock() - state.elapsed
-        # What plans a --max-time run: (time, step, seconds spent evaluating so far) at recent flushes
-        self._evaluating = [0.0, 0]  # seconds spent in evaluations by this process, and how many
-        self._recent = collections.deque([(clock(), state.step, 0.0)], maxlen=PLAN_WINDOW)
         per_epoch = len(self.batches)
+        self.budget = TimeBudget(config, state, self.world, per_epoch, started, clock)
         total = config.epochs * per_epoch
         if config.max_steps is not None:
             total = min(total, config.max_steps)
@@ -169,7 +161,7 @@ class Trainer:
                         flush = state.step % LOG_EVERY == 0 or due or state.batch_index == per_epoch
                         if flush:
                             value, count = self._flush()
-                            self._plan(started)
+                            self.budget.plan()
                             now = clock()
                             rate = (state.tokens - last_tokens) / max(now - last_log, 1e-9)
                             bar.update(state.step, value / count, rate, self.optimizer.param_groups[0]["lr"], now - started)
@@ -238,62 +230,18 @@ class Trainer:
             self.average.update(self.model)
         return loss
 
-    def _plan(self, started: float) -> None:
-        """With --max-time, fit the schedule to the time: the steps it runs over are the steps done
-        and as many as the time left holds, at the training rate of the last PLAN_WINDOW flushes
-        (time spent evaluating left out) with the evaluations still to come (each as long as those
-        so far, the stop's one included) set aside; no more than --epochs (and --max-steps) allow.
-        Planned first after PLAN_AFTER of the budget, then again at every flush, so a machine that
-        slows down (another job on it) still ends its cosine at the floor when the time is up.
-        Every process takes the same plan (the mean of theirs); the run state keeps it, so a
-        resume goes on with it."""
-        config, state = self.config, self.run_state
-        if config.max_time is None or config.lr_decay_steps is not None:  # no time limit, or a length told
-            return
-        now = clock()
-        evaluating, evaluations = self._evaluating
-        measured_at, measured_step, measured_evaluating = self._recent[0]
-        self._recent.append((now, state.step, evaluating))
-        training_seconds = (now - measured_at) - (evaluating - measured_evaluating)
-        if now - started < PLAN_AFTER * config.max_time or state.step <= measured_step or training_seconds <= 0:
-            return
-        seconds_per_step = training_seconds / (state.step - measured_step)
-        per_evaluation = evaluating / evaluations if evaluations else 0.0
-        every = config.eval_every or len(self.batches)  # steps between evaluations
-        left = max(config.max_time - (now - started) - per_evaluation, 0.0)  # the stop's evaluation set aside
-        fits = state.step + left / (seconds_per_step + per_evaluation / every)
-        cap = config.epochs * len(self.batches)
-        if config.max_steps is not None:
-            cap = min(cap, config.max_steps)
-        planned = float(self.world.mean(torch.tensor(min(fits, cap), dtype=torch.float64)))
-        state.planned_steps = max(int(planned), state.step)
-
     def _choose_setup(self) -> str:
         """The precision to train in, and for a recurrent model the code that runs its layers, as
-        measured on this CPU on the run's first batch (see `charlm.runtime.measured`): `--precision auto`
-        takes bf16 autocast where it is faster and keeps the loss. Elsewhere the precision as asked
-        (auto on CUDA is bf16 where the GPU has it: `runtime.autocast`). Returns the precision."""
+        measured on this CPU on the run's first batch (`charlm.runtime.measured.choose_training_setup`).
+        Elsewhere the precision as asked (auto on CUDA is bf16 where the GPU has it: `autocast`)."""
         if self.device.type != "cpu":
             return self.config.precision
         batch = next(iter(self.batches.batches(0)), None)
         if batch is None:
             return "fp32" if self.config.precision == "auto" else self.config.precision
-        batch = tuple(part.to(self.device) for part in batch)
-
-        def step_loss(bf16: bool, backward: bool) -> torch.Tensor:
-            with autocast(self.device, "bf16" if bf16 else "fp32"):
-                loss_sum, count, _ = self.model.batch_loss(batch, None)
-                loss = loss_sum / count
-            if backward:
-                loss.backward()
-            return loss.detach()
-
-        key = {"model": self.meta.model, "batch": [list(part.shape) for part in batch]}
-        setup, why = choose_cpu_setup(step_loss, self.model, key, Decisions(self.tuning_dir), self.config.precision)
-        any_ = lambda value: self.world.any(value, self.device)  # noqa: E731  every process takes one setup
-        self.model.fast_path = True if any_(setup.fast_path is True) else False if any_(setup.fast_path is False) \
-            else None
-        precision = "bf16" if any_(setup.precision == "bf16") else "fp32"
+        precision, self.model.fast_path, why = choose_training_setup(
+            self.model, tuple(part.to(self.device) for part in batch), self.meta.model, Decisions(self.tuning_dir),
+            self.config.precision, self.world)
         if why and self.progress:
             tqdm.write(f"note: training in {why}", file=sys.stderr)
         return precision
@@ -383,8 +331,7 @@ class Trainer:
             tqdm.write(file=sys.stderr, s=f"step {state.step}  epoch {record['epoch']:.2f}  train loss "
                        f"{train_loss if train_loss is None else round(train_loss, 4)}  {shown}  "
                        f"{record['tokens_per_sec']:,.0f} tok/s")
-        self._evaluating[0] += clock() - began
-        self._evaluating[1] += 1
+        self.budget.evaluated(clock() - began)
 
     def _evaluated_weights(self) -> contextlib.AbstractContextManager:
         """The weights evaluated and kept: with --ema their average, else the model's own."""
@@ -448,77 +395,5 @@ class Trainer:
             self.metrics.truncate(self.run_state.step, resumed.stop_evaluated)
 
 
-class Progress:
-    """Training progress where it runs: in a Jupyter notebook its own bar (`tqdm.auto`'s); on a
-    terminal tqdm's bar on stderr; elsewhere (a log file, a pipe) a plain line on stderr every
-    LINE_SECONDS, so that a long run's log holds lines, not carriage returns; nothing when not
-    `enabled`."""
-
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        self.enabled, self.total = enabled, total
-        notebook = enabled and in_notebook()
-        self.lines = enabled and not notebook and not sys.stderr.isatty()
-        if notebook:
-            from tqdm.auto import tqdm as notebook_tqdm
-
-            self.bar = notebook_tqdm(total=total, initial=initial, unit="step", leave=False)
-        else:
-            self.bar = tqdm(total=total, initial=initial, disable=not enabled or self.lines, unit="step",
-                            dynamic_ncols=True, leave=False, file=sys.stderr)
-        self.last_line = clock()
-
-    def update(self, step: int, loss: float, tokens_per_second: float, lr: float, elapsed: float) -> None:
-        if self.lines and clock() - self.last_line >= LINE_SECONDS:
-            print(f"step {step}/{self.total}  loss {loss:.3f}  lr {lr:.3g}  {tokens_per_second:,.0f} tok/s  "
-                  f"{elapsed:.0f} s", file=sys.stderr, flush=True)
-            self.last_line = clock()
-        elif not self.lines:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_second:,.0f}")
-
-    def close(self) -> None:
-        self.bar.close()
 
 
-def in_notebook() -> bool:
-    """Whether this runs in a Jupyter kernel, asked as `tqdm.auto` asks: IPython is imported and its
-    shell is an IPKernelApp's (a terminal's IPython is not)."""
-    ipython = sys.modules.get("IPython")
-    try:
-        shell = ipython.get_ipython() if ipython is not None else None
-        return shell is not None and "IPKernelApp" in shell.config
-    except (AttributeError, TypeError):
-        return False
-
-
-class _BatchLoss(nn.Module):
-    """`model.batch_loss` as a module's forward, the call DistributedDataParallel hooks into, so the
-    trainer can average gradients without knowing which model it holds."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: tuple[torch.Tensor, ...], state: Any) -> tuple[torch.Tensor, int, Any]:
-        return self.model.batch_loss(batch, state)
-
-
-class _RowShare:
-    """This process's share of a batch source: rows `world.rows(B)` of every tensor of every batch."""
-
-    def __init__(self, batches: Any, world: World) -> None:
-        self.source, self.world = batches, world
-        if hasattr(batches, "batch_size"):
-            world.rows(batches.batch_size)  # a batch size that does not split fails now, not at step 1
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    @property
-    def carries_state(self) -> bool:
-        return self.source.carries_state
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-        for batch in self.source.batches(epoch, start):
-            rows = self.world.rows(batch[0].shape[0])
-            yield tuple(part[rows] for part in batch)

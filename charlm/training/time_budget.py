@@ -1,0 +1,66 @@
+"""Fitting the learning-rate schedule to --max-time: the steps it runs over are the steps done and
+as many as the time left holds, measured as the run trains.
+
+It knows the run's position (`RunState`), its settings and the processes training together; it
+knows nothing about models, batches or files.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from charlm.training.optimization import TrainConfig
+
+PLAN_AFTER = 0.02  # of --max-time: the throughput is measured this long before the schedule is fitted
+PLAN_WINDOW = 6  # flushes: the throughput that plans a --max-time run is that of the last few
+
+
+class TimeBudget:
+    """The plan of a --max-time run, kept in `state.planned_steps`. `clock` is the trainer's."""
+
+    def __init__(self, config: TrainConfig, state: Any, world: Any, batches_per_epoch: int, started: float,
+                 clock: Callable[[], float]) -> None:
+        self.config, self.state, self.world, self.batches_per_epoch = config, state, world, batches_per_epoch
+        self.started, self.clock = started, clock
+        self.evaluating = [0.0, 0]  # seconds spent in evaluations by this process, and how many
+        # (time, step, seconds spent evaluating so far) at recent flushes
+        self.recent = collections.deque([(clock(), state.step, 0.0)], maxlen=PLAN_WINDOW)
+
+    def evaluated(self, seconds: float) -> None:
+        """An evaluation took `seconds`: left out of the training rate, and set aside for those to come."""
+        self.evaluating[0] += seconds
+        self.evaluating[1] += 1
+
+    def plan(self) -> None:
+        """With --max-time, fit the schedule to the time: the steps it runs over are the steps done
+        and as many as the time left holds, at the training rate of the last PLAN_WINDOW flushes
+        (time spent evaluating left out) with the evaluations still to come (each as long as those
+        so far, the stop's one included) set aside; no more than --epochs (and --max-steps) allow.
+        Planned first after PLAN_AFTER of the budget, then again at every flush, so a machine that
+        slows down (another job on it) still ends its cosine at the floor when the time is up.
+        Every process takes the same plan (the mean of theirs); the run state keeps it, so a
+        resume goes on with it."""
+        config, state = self.config, self.state
+        if config.max_time is None or config.lr_decay_steps is not None:  # no time limit, or a length told
+            return
+        now = self.clock()
+        evaluating, evaluations = self.evaluating
+        measured_at, measured_step, measured_evaluating = self.recent[0]
+        self.recent.append((now, state.step, evaluating))
+        training_seconds = (now - measured_at) - (evaluating - measured_evaluating)
+        if now - self.started < PLAN_AFTER * config.max_time or state.step <= measured_step or training_seconds <= 0:
+            return
+        seconds_per_step = training_seconds / (state.step - measured_step)
+        per_evaluation = evaluating / evaluations if evaluations else 0.0
+        every = config.eval_every or self.batches_per_epoch  # steps between evaluations
+        left = max(config.max_time - (now - self.started) - per_evaluation, 0.0)  # the stop's evaluation set aside
+        fits = state.step + left / (seconds_per_step + per_evaluation / every)
+        cap = config.epochs * self.batches_per_epoch
+        if config.max_steps is not None:
+            cap = min(cap, config.max_steps)
+        planned = float(self.world.mean(torch.tensor(min(fits, cap), dtype=torch.float64)))
+        state.planned_steps = max(int(planned), state.step)
