@@ -1,12 +1,66 @@
 """charlm: character-level language models and string-to-string models on recurrent networks.
 
-Pipeline, one module each: text (tokenizers, Vocab) -> data (ids, batches) -> model / cells /
-kernels -> trainer -> checkpoint -> generate -> cli. Importing the package imports no torch: the
-Python API (`charlm.train`, `charlm.load`, `charlm.stats`; `charlm.api`) is imported when first used.
-
     import charlm
     run = charlm.train("corpora/timemachine.txt", preprocess="d2l", max_time=120)
     print(charlm.load(run.checkpoint).generate("time ", length=200, seed=1))
+
+Importing the package imports no torch: the Python API (`charlm.train`, `charlm.load`,
+`charlm.stats`; `charlm.api`) is imported when first used. The tree is the pipeline, upstream
+first; a module imports only from those above it (tests/test_layout.py keeps it so):
+
+    errors                   the errors a user can cause, each shown as one line
+    presets                  the choices and the default values, by task and architecture
+    settings                 every setting declared once: type, default, bounds, help, commands
+    models.registry          the architectures by task and name (the settings' choices)
+    text.tokens              files read in chunks, preprocessing, tokenizers, the Vocab
+    text.corpus              the files of a corpus found in folders, read as one stream of documents
+    text.pairs               source<TAB>target files, their split and vocabs
+    runtime.device           the device, CPU threads, seeds and autocast
+    runtime.files            files written atomically, temporaries, a run's lock
+    runtime.processes        stop signals, and the processes of a torchrun (World)
+    runtime.measured         choices measured on this machine (bf16, the recurrent path), kept
+    checkpoints.files        the safetensors format: headers checked, never pickle
+    checkpoints.metadata     a checkpoint's metadata typed: one writer, one reader
+    data.ids                 tokens -> a tensor of ids (Corpus), and the one way to count tokens
+    data.cache               the token cache
+    data.loading             DataConfig, and a corpus loaded as ids through the cache
+    data.batches             ids -> batches for language models and pairs
+    models.state             the states a model carries between batches and steps
+    models.protocol          the model contract (a Protocol) and its hooks' defaults
+    models.cells             the recurrent cells from their equations (the lessons')
+    models.kernels           fast CPU forward and backward for torch's recurrent layers
+    models.recurrent_layers  which path runs a recurrent layer, exactly and fastest
+    models.recurrent         the recurrent language model (RNN, GRU, LSTM)
+    models.recurrent_stepper its single steps for generation, in fp32 or bf16
+    models.transformer       the causal transformer, its key/value cache and its stepper
+    models.seq2seq           the pair models: the lessons' tagger, the encoder-decoder
+    checkpoints.loading      models rebuilt from checkpoints; a folder's newest
+    generation.request       one generation request, frozen, from any door to the sampler
+    generation.sampling      sampling text: the prefix pass, steps, filters, the printed pieces
+    generation.translation   greedy and beam search for pair models
+    evaluation.scores        exact match, character error rate, BLEU
+    evaluation.reports       the loss, perplexity and bits per token; a checkpoint's scores on a file
+    training.optimization    TrainConfig, the optimizer, the learning rate of each step, --ema
+    training.time_budget     the schedule fitted to --max-time
+    training.run_files       a run's files: names, lock, what may be replaced, the metrics file
+    training.resume          the resume file, written and checked whole
+    training.progress        the progress bar or lines
+    training.sharing         torchrun's share of each batch
+    training.trainer         the loop
+    training.setup           a run assembled from a corpus and settings (data, model, metadata)
+    training.launch          settings -> a trained run, for the CLI and the API alike
+    plot                     loss curves and attention maps (matplotlib)
+    api                      the Python API: train, load, stats, TextModel, PairModel
+    serve.fields             a request body's fields read once, with their bounds
+    serve.batcher            generations of one model stepped together as one batch
+    serve.streaming          text from the batcher's thread to a request, as server-sent events
+    serve.catalog            the models a server serves, by name
+    serve.app                the HTTP API and the playground (Starlette)
+    serve.server             the server on a socket (uvicorn)
+    cli                      the charlm command: the group, shared options, printing
+    cli.train, cli.generate, cli.translate, cli.evaluate, cli.inspect, cli.plot, cli.serve
+                             one module per command
+    __main__                 python -m charlm
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_latest_finds_the_newest_model_of_a_task(tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    from charlm.runtime import device as runtime
+    from charlm.runtime import files as runtime
 
     path = tmp_path / "f.bin"
     runtime.atomic_write(path, b"old")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from charlm.errors import CharlmError
-from charlm.runtime.device import World
+from charlm.runtime.processes import World
 from tests.conftest import ROOT, TINY_MODELS, run_cli
 
 # No dropout: the processes draw their own masks, so only a dropout-free run can match exactly.

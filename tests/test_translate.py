@@ -12,7 +12,8 @@ from charlm.evaluation import scores
 from charlm.errors import CharlmError, MissingExtra
 from charlm.text.pairs import EOS_INDEX, PAD_INDEX, Pair, pair_vocabs
 from charlm.models.seq2seq import Seq2Seq, Seq2SeqConfig, Tagger, TaggerConfig, teacher_forcing
-from charlm.generation.translation import attention_weights, beam_search, evaluate_pairs, greedy, log_probs, translate
+from charlm.generation.translation import attention_weights, beam_search, greedy, log_probs, translate
+from charlm.evaluation.reports import evaluate_pairs
 
 CHARACTERS = [4, 5]  # the tiny target vocab: <unk> <pad> <bos> <eos> and two characters
 MAX_LENGTH = 4

@@ -34,7 +34,7 @@ import safetensors.torch
 import torch
 
 from charlm.errors import CheckpointError
-from charlm.runtime.device import atomic_path
+from charlm.runtime.files import atomic_path
 
 FORMAT_VERSION = 1
 METADATA_KEY = "charlm"

@@ -1,14 +1,11 @@
-"""Data: a corpus as a compact tensor of token ids, its train/validation split, and batch iterators.
+"""Token ids: a corpus as a compact tensor of ids (`Corpus`, with its train/validation split), made
+from a stream of tokens in one pass into a preallocated tensor of the smallest dtype that holds the
+vocab (`encode_stream`), and the one way charlm counts tokens (`count`: characters through their
+code points, summed in C), which training's vocab and `charlm stats` share.
 
-Reading and tokenizing text is `charlm.text.tokens`'s job; this module turns token streams into ids (two
-streaming passes: count, then encode into a preallocated tensor of the smallest dtype that holds
-the vocab), keeps those ids in a cache folder for the next run (`TokenCache`), and cuts the ids
-into batches. It knows nothing about models or training.
-
-Batch layout for both language-model iterators, as in d2l: `inputs` and `targets` are (B, T) and
-`targets[b, t] == inputs[b, t + 1]` in the corpus. Pair batches (`PairBatches`, read by
-`charlm.text.pairs`) are (source (B, S), target (B, T)), right-padded, with no <bos> / <eos>: adding
-them is each model's business.
+Reading and tokenizing text is `charlm.text`'s job; loading a corpus through the cache is
+`charlm.data.loading`'s, cutting ids into batches `charlm.data.batches`'. It knows nothing about
+models or training.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ the scores of a trained model on a file, as `charlm eval` reports them.
 `evaluate` serves the trainer's evaluations and `charlm eval` alike: any model that keeps the
 `batch_loss(batch, state)` contract, its state carried from batch to batch whatever it holds; it
 knows nothing about files or how batches are made. `evaluate_text` and `evaluate_translator` do:
-they read a file with a model's vocab and return a report (a dict). Showing a report is the CLI's.
+they read a file with a model's vocab and return a report (a dict); `evaluate_pairs` scores a pair
+model's translations (`charlm.evaluation.scores`). Showing a report is the CLI's.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ import torch
 from torch import nn
 
 from charlm.checkpoints import loading as checkpoint
-from charlm.text.corpus import FoundCorpus
+from charlm.checkpoints.metadata import Metadata
 from charlm.data.batches import lm_eval_batches
 from charlm.data.loading import load_corpus
-from charlm.errors import CheckpointError, UsageError
-from charlm.checkpoints.metadata import Metadata
-from charlm.text.pairs import Pair, split_pairs
+from charlm.errors import CheckpointError, MissingExtra, UsageError
+from charlm.evaluation import scores
+from charlm.generation.translation import translate
 from charlm.presets import PAIRS
 from charlm.runtime.device import autocast, cpu_threads, pick_device
+from charlm.text.corpus import FoundCorpus
+from charlm.text.pairs import Pair, split_pairs
 from charlm.text.tokens import Vocab
-from charlm.generation.translation import evaluate_pairs
 
 
 @torch.no_grad()
@@ -83,7 +85,7 @@ def evaluate_translator(
     path: str, pairs: Sequence[Pair], device: str = "auto", held_out: bool = False, beam: int = 1,
     length_penalty: float = 0.0, max_length: int | None = None,
 ) -> dict[str, Any]:
-    """Scores of the translation checkpoint at `path` on `pairs` (`charlm.generation.translation.evaluate_pairs`),
+    """Scores of the translation checkpoint at `path` on `pairs` (`charlm.evaluation.reports.evaluate_pairs`),
     or with `held_out` on the part of them its training held out (split again with the same
     fraction and seed)."""
     model, meta, source_vocab, target_vocab = checkpoint.load_translator(path, pick_device(device))
@@ -98,3 +100,29 @@ def evaluate_translator(
             raise UsageError(f"{path} was trained with nothing held out of this file")
     with cpu_threads(PAIRS["threads"]):
         return evaluate_pairs(model, pairs, source_vocab, target_vocab, beam, max_length, length_penalty)
+
+
+def evaluate_pairs(
+    model: nn.Module, pairs: Sequence[Pair], source_vocab: Vocab, target_vocab: Vocab, beam_size: int = 1,
+    max_length: int | None = None, length_penalty: float = 0.0,
+) -> dict[str, Any]:
+    """Translate every distinct source of `pairs` once and score it against all of its targets:
+    exact match and character error rate, and corpus BLEU when the targets are sentences.
+    Characters the model never saw count as <unk>."""
+    references: dict[str, list[str]] = {}
+    for pair in pairs:
+        references.setdefault(pair.source, []).append(pair.target)
+    sources, refs = list(references), list(references.values())
+    hypotheses = translate(model, sources, source_vocab, target_vocab, beam_size, max_length, length_penalty, "unk")
+    report: dict[str, Any] = {
+        "pairs": len(pairs), "sources": len(sources),
+        "unknown_characters": sum(character not in source_vocab for source in sources for character in source),
+        "exact_match": scores.exact_match(hypotheses, refs),
+        "cer": scores.character_error_rate(hypotheses, refs), "bleu": None,
+    }
+    if scores.are_sentences(refs):
+        try:
+            report["bleu"] = scores.corpus_bleu(hypotheses, refs)
+        except MissingExtra as error:
+            report["note"] = str(error)
+    return report

@@ -2,8 +2,7 @@
 
 `greedy` and `beam_search` decode with the models' `encode` / `decode_step` contract and never ask
 which model they hold; `translate` turns text into ids (unknown characters under the generator's
-policy, `charlm.generation.sampling.encode_prefix`), batches it and turns ids back into text;
-`evaluate_pairs` scores the translations of a pair file (`charlm.evaluation.scores`).
+policy, `charlm.generation.sampling.encode_prefix`), batches it and turns ids back into text. Scoring translations is `charlm.evaluation`'s.
 
 Decoding never produces <unk>, <pad> or <bos>, and stops at <eos> or after `max_length`
 characters (by default twice the source's length plus 10). It knows nothing about files or the CLI.
@@ -13,17 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from charlm.evaluation import scores
 from charlm.data.batches import pad
-from charlm.errors import CharlmError, MissingExtra
+from charlm.errors import CharlmError
 from charlm.generation.sampling import encode_prefix
-from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX, UNK_INDEX, Pair
 from charlm.models.seq2seq import teacher_forcing
+from charlm.text.pairs import BOS_INDEX, EOS_INDEX, PAD_INDEX, UNK_INDEX
 from charlm.text.tokens import Vocab
 
 BANNED = (UNK_INDEX, PAD_INDEX, BOS_INDEX)
@@ -164,29 +161,3 @@ def attention_weights(model: nn.Module, source_ids: list[int], output_ids: list[
     inputs, _ = teacher_forcing(torch.tensor([output_ids + [PAD_INDEX]], device=device))
     _, weights = model(source, inputs[:, :-1])  # (1, T + 1, S)
     return weights[0].cpu()
-
-
-def evaluate_pairs(
-    model: nn.Module, pairs: Sequence[Pair], source_vocab: Vocab, target_vocab: Vocab, beam_size: int = 1,
-    max_length: int | None = None, length_penalty: float = 0.0,
-) -> dict[str, Any]:
-    """Translate every distinct source of `pairs` once and score it against all of its targets:
-    exact match and character error rate, and corpus BLEU when the targets are sentences.
-    Characters the model never saw count as <unk>."""
-    references: dict[str, list[str]] = {}
-    for pair in pairs:
-        references.setdefault(pair.source, []).append(pair.target)
-    sources, refs = list(references), list(references.values())
-    hypotheses = translate(model, sources, source_vocab, target_vocab, beam_size, max_length, length_penalty, "unk")
-    report: dict[str, Any] = {
-        "pairs": len(pairs), "sources": len(sources),
-        "unknown_characters": sum(character not in source_vocab for source in sources for character in source),
-        "exact_match": scores.exact_match(hypotheses, refs),
-        "cer": scores.character_error_rate(hypotheses, refs), "bleu": None,
-    }
-    if scores.are_sentences(refs):
-        try:
-            report["bleu"] = scores.corpus_bleu(hypotheses, refs)
-        except MissingExtra as error:
-            report["note"] = str(error)
-    return report

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from charlm.runtime.device import atomic_write
+from charlm.runtime.files import atomic_write
 
 MIN_STEP_SECONDS = 0.02  # an fp32 step shorter than this is not worth measuring
 LOSS_TOLERANCE = 0.01  # relative: bf16's loss on the measured batch against fp32's

@@ -1,4 +1,4 @@
-"""Text: reading a UTF-8 corpus, preprocessing it, splitting it into tokens, and the `Vocab`.
+"""Tokens: reading a UTF-8 file in chunks, preprocessing it, splitting it into tokens, and the `Vocab`.
 
 Everything here is standard library only and works on streams of text chunks, so a corpus never
 has to be held as one Python string or a list of token strings. Turning tokens into a tensor of ids

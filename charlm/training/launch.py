@@ -64,7 +64,8 @@ def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], s
     """Train on `corpus` with `options` (every setting of `DEFAULTS`, by name; `given` names those the
     user set): fill in the defaults, check the settings, train, and return what came of it. The
     notes, and unless `quiet` the run's description, go to `say` as lines."""
-    from charlm.runtime.device import cpu_threads, distributed
+    from charlm.runtime.device import cpu_threads
+    from charlm.runtime.processes import distributed
 
     options = dict(options)
     out, resume, overwrite, quiet = (options.pop(name) for name in ("out", "resume", "overwrite", "quiet"))

@@ -1,4 +1,4 @@
-"""Recipe: how a model is trained, as settings (`TrainConfig`), and the things those settings
+"""Optimization: how a model is trained, as settings (`TrainConfig`), and the things those settings
 make: the optimizer, the learning rate of each step, and the average of the weights that is
 evaluated and kept (`WeightAverage`, with --ema).
 

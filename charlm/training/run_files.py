@@ -60,7 +60,7 @@ def run_key(out: str | os.PathLike) -> str:
 def locked_run(out: str | os.PathLike) -> Iterator[None]:
     """Hold the run's lock for the block (see `runtime.exclusive_lock`), keyed on the run itself.
     A non-empty file where the lock goes is someone else's: refused, never truncated or removed."""
-    from charlm.runtime.device import exclusive_lock
+    from charlm.runtime.files import exclusive_lock
 
     key = run_key(out)
     if os.path.lexists(key) and (not os.path.isfile(key) or os.path.getsize(key) > 0):
@@ -73,7 +73,7 @@ def locked_run(out: str | os.PathLike) -> Iterator[None]:
 def check_creatable(out: str | os.PathLike) -> None:
     """Fail now, before any training, if a file of the run or one of its temporaries cannot be
     created: a name longer than the file system allows, or a folder that cannot be written."""
-    from charlm.runtime.device import temporary_names
+    from charlm.runtime.files import temporary_names
 
     paths = run_paths(out)
     stem = os.path.basename(paths["lock"])[: -len(".lock")]
@@ -218,7 +218,7 @@ class MetricsFile:
     def truncate(self, step: int, stop_evaluated: bool) -> None:
         """Keep the records a run resumed at `step` has made: drop those from after it (a run killed
         before its next save), a stop's evaluation at it, and any line cut short by a kill."""
-        from charlm.runtime.device import atomic_write
+        from charlm.runtime.files import atomic_write
 
         if not os.path.exists(self.path):
             return

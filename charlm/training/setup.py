@@ -1,4 +1,4 @@
-"""Runs: a training run assembled from a corpus and the user's settings, for each task: the data and
+"""Setting up a run: a training run assembled from a corpus and the user's settings, for each task: the data and
 its split, the batches, the model (its initial weights seeded, or a trained model's) and the
 metadata its checkpoint carries.
 
@@ -39,7 +39,8 @@ from charlm.checkpoints.metadata import LanguageModelMetadata, Metadata, PairMod
 from charlm.text.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
 from charlm.presets import LM, record
 from charlm.training.optimization import TrainConfig
-from charlm.runtime.device import World, seed_everything
+from charlm.runtime.processes import World
+from charlm.runtime.device import seed_everything
 from charlm.text.tokens import Vocab
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from charlm.runtime.device import World
+from charlm.runtime.processes import World
 
 
 class BatchLoss(nn.Module):

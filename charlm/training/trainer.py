@@ -41,7 +41,8 @@ from charlm.errors import CharlmError, CheckpointError, TrainingDiverged, Traini
 from charlm.evaluation.reports import evaluate, loss_report
 from charlm.models.state import map_state
 from charlm.presets import record
-from charlm.runtime.device import StopSignals, World, autocast, rng_states, seed_everything, set_rng_states
+from charlm.runtime.processes import StopSignals, World
+from charlm.runtime.device import autocast, rng_states, seed_everything, set_rng_states
 from charlm.runtime.measured import Decisions, choose_training_setup
 from charlm.training.time_budget import TimeBudget
 from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer
@@ -63,7 +64,7 @@ class Trainer:
     `batches(epoch, start)` yielding tuples of tensors whose first is (B, ...), and
     `carries_state`. The model keeps the `batch_loss(batch, state)` contract, and where the batches
     carry state has `init_state(B)`, the zero state of B rows, and `state_class` (see
-    `charlm.models.state`). `world` is the processes training together (see `charlm.runtime.device.distributed`);
+    `charlm.models.state`). `world` is the processes training together (see `charlm.runtime.processes.distributed`);
     by default this one alone. `inputs` are the files the run reads, which it never writes over."""
 
     def __init__(
