@@ -6,7 +6,7 @@
 
 Importing the package imports no torch: the Python API (`charlm.train`, `charlm.load`,
 `charlm.stats`; `charlm.api`) is imported when first used. The tree is the pipeline, upstream
-first; a module imports only from those above it (tests/test_layout.py keeps it so):
+first; a module imports only from those above it (tests/guarantees/test_layout.py keeps it so):
 
     errors                   the errors a user can cause, each shown as one line
     presets                  the choices and the default values, by task and architecture

@@ -21,7 +21,7 @@ from charlm.data.ids import content_digest
 from charlm.data.loading import load_corpus
 from charlm.training.run_files import locked_run
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
-from tests.test_guarantees import WRITER, fails, finish, start, train, wait_for
+from tests.guarantees.test_guarantees import WRITER, fails, finish, start, train, wait_for
 
 
 def files_in(folder: str | Path = ".") -> dict[str, bytes]:

@@ -31,7 +31,7 @@ pytest.importorskip("starlette", reason="charlm[serve] is not installed")
 from charlm.serve.app import create_app  # noqa: E402
 from charlm.serve.catalog import load_catalog  # noqa: E402
 from charlm.serve.server import running  # noqa: E402
-from tests.test_serve import models, slow_steps  # noqa: E402, F401  (the fixture, and slowing its steps)
+from tests.serve.test_serve import models, slow_steps  # noqa: E402, F401  (the fixture, and slowing its steps)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The CLI end to end, through click's CliRunner, on tiny models and corpora. What bad input does
-is in tests/test_guarantees.py."""
+is in tests/guarantees/test_guarantees.py."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_every_variant_trains_through_the_cli(runner, tiny_corpus, cell, scratch
 def test_train_generate_eval_info_round_trip(runner, tiny_corpus):
     train_tiny(runner, tiny_corpus, "--out", "runs/t.safetensors", "--max-steps", "20", "--eval-every", "10")
     generate = ["generate", "--checkpoint", "runs/t.safetensors", "--prefix", "the ", "--length", "40", "--seed", "3"]
-    first = run_cli(runner, *generate)  # the same again: tests/test_guarantees.py
+    first = run_cli(runner, *generate)  # the same again: tests/guarantees/test_guarantees.py
     assert first.stdout.startswith("the ") and len(first.stdout) == len("the ") + 40 + 1
     many = run_cli(runner, *generate, "--num-samples", "3")
     assert len([line for line in many.stdout.split("\n") if line.startswith("the ")]) == 3

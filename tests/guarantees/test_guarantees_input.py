@@ -1,7 +1,7 @@
 """What charlm guarantees about a hostile user's files and streams: corpora that are not plain
 files or change while read, stdin that is endless, not UTF-8 or Windows-made, flags past every
 sensible size, and text from a checkpoint that would drive a terminal. One test per guarantee, in
-the style of tests/test_guarantees.py (whose `fails` they share)."""
+the style of tests/guarantees/test_guarantees.py (whose `fails` they share)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from charlm.checkpoints import files as checkpoint
 from charlm.cli import cli
 from charlm.text.tokens import Vocab
 from tests.conftest import ROOT, TINY_MODEL, TINY_TEXT, run_cli
-from tests.test_guarantees import fails, model_file, train  # noqa: F401 (model_file: a fixture)
+from tests.guarantees.test_guarantees import fails, model_file, train  # noqa: F401 (model_file: a fixture)
 
 TINY_SEQ2SEQ = ("--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4", "--quiet", "--epochs", "1")
 PAIRS_TEXT = "".join(f"{word}\t{word[::-1]}\n" for word in ["abc", "bca", "cab", "aab", "bba", "cca", "ab", "ba"])

@@ -18,7 +18,7 @@ from charlm.checkpoints import files as checkpoint
 
 from charlm.checkpoints import loading
 from tests.conftest import ROOT, TINY_MODEL, run_cli
-from tests.test_guarantees import each_loading_command, fails, rewrite, train
+from tests.guarantees.test_guarantees import each_loading_command, fails, rewrite, train
 
 OUT, RESUME, METRICS = "r/m.safetensors", "r/m.resume.safetensors", "r/m.metrics.jsonl"
 NAN, INF = float("nan"), float("inf")

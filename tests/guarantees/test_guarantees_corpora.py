@@ -1,6 +1,6 @@
 """What charlm guarantees about a user's own text: folders and several files as one corpus, and
 fine-tuning a trained model on new text. One test per guarantee, in the style of
-tests/test_guarantees.py (whose `fails` and `train` they share)."""
+tests/guarantees/test_guarantees.py (whose `fails` and `train` they share)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from charlm.text.corpus import file_digest
 from charlm.data.loading import load_corpus
 from charlm.text.tokens import CHUNK_BYTES
 from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
-from tests.test_guarantees import fails, train
+from tests.guarantees.test_guarantees import fails, train
 
 FINE = ("--batch-size", "4", "--seq-len", "8", "--quiet")  # fine-tuning takes its sizes from its checkpoint
 OTHER_TEXT = "a machine for travelling through time said the time traveller to his guests at dinner\n" * 8

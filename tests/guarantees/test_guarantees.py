@@ -162,7 +162,7 @@ def test_missing_path(runner, model_file, command, message):
     (["train", "tiny.txt", "--out", "folder"], "is a directory"),
 ])
 def test_a_directory(runner, model_file, command, message):
-    """A folder is a corpus (tests/test_guarantees_corpora.py): one with no text file in it (here
+    """A folder is a corpus (tests/guarantees/test_guarantees_corpora.py): one with no text file in it (here
     a binary file and a hidden one) is one line naming what it skipped. A folder is never a
     checkpoint, nor an --out."""
     os.mkdir("folder")

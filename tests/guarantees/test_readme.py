@@ -40,10 +40,10 @@ def test_readme_lists_every_guarantee():
     readme = README.read_text()
     section = readme[readme.index("## What charlm guarantees") :].split("\n## ")[0]
     missing = []
-    files = sorted((ROOT / "tests").glob("test_guarantees*.py"))
+    files = sorted((ROOT / "tests" / "guarantees").glob("test_guarantees*.py"))
     for path in files:
         rows = re.findall(r"^def (test_\w+)", path.read_text(), re.MULTILINE)
         assert rows, path
         missing += [row for row in rows if f"`{row}`" not in section]
-        assert f"tests/{path.name}" in section, path.name
+        assert f"tests/guarantees/{path.name}" in section, path.name
     assert len(files) >= 2 and missing == []
