@@ -10,7 +10,7 @@ the recurrent models and the transformer offer a fast `stepper`, the transformer
 `parameter_groups`, the recurrent models a choice of `fast_path`.
 
 What the contract is not for: data, checkpoints (the config is a dataclass, rebuilt from the
-metadata by `charlm.checkpoints.files`), sampling strategies, devices or precision policy. A model does
+metadata by `charlm.checkpoints.loading`), sampling strategies, devices or precision policy. A model does
 arithmetic on tensors and says what it is; what runs it is the caller's.
 """
 

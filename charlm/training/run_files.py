@@ -13,7 +13,7 @@ not a charlm file of that kind, or that is an input of the command (the corpus),
 without --overwrite. The lock is keyed on the run (its folder's real path and its stem), not on the
 spelling of --out, so `--out runs/x` and `--out ./runs/x.safetensors` are the same run.
 
-Standard library only at import (plot names metrics files without torch); `charlm.runtime.device` (locks,
+Standard library only at import (plot names metrics files without torch); `charlm.runtime.files` (locks,
 temporaries) and `charlm.checkpoints.files` (headers) are imported when a run's files are checked.
 """
 

@@ -482,7 +482,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, ki
 
 WRITER = """
 import sys, torch
-from charlm import checkpoint
+from charlm.checkpoints import files as checkpoint
 for version in range(1, 10**6):
     checkpoint.save("m.safetensors", {"w": torch.full((1 << 23,), float(version))}, {"task": "lm", "version": version})
 """
