@@ -33,6 +33,7 @@ from charlm.settings import GENERATE, STATS, TRAIN, Setting, for_command, parame
 
 if TYPE_CHECKING:
     from charlm.generation.request import Request
+    from charlm.text.corpus import FoundCorpus
 
 PathLike = str | os.PathLike
 
@@ -249,14 +250,17 @@ class TextModel:
         generator.stream_text(self.model, self.vocab, self.meta.tokens, prefix_ids, request.length,
                               request.sampling, request.num_samples, request.seed, on_text=on_text, precision=chosen)
 
-    def evaluate(self, text_or_path: str | os.PathLike | Sequence[PathLike], encoding: str = "utf-8",
+    def evaluate(self, text_or_path: str | os.PathLike | Sequence[PathLike] | FoundCorpus, encoding: str = "utf-8",
                  include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict[str, Any]:
         """Loss (nats per token), perplexity ("ppl"), bits per token ("bpc"), the tokens predicted
         and how many the vocab lacks, as `charlm eval --json` reports them. A `Path`, a list of
-        paths, or a str naming a file or folder is read as `charlm eval` reads it; any other str
-        is the text itself."""
-        from charlm.text.corpus import find_corpus
+        paths, or a str naming a file or folder is read as `charlm eval` reads it (the files
+        `charlm.text.corpus.find_corpus` found, too); any other str is the text itself."""
         from charlm.evaluation.reports import evaluate_text
+        from charlm.text.corpus import FoundCorpus, find_corpus
+
+        if isinstance(text_or_path, FoundCorpus):
+            return evaluate_text(self.model, self.meta, self.vocab, text_or_path, encoding)
 
         if isinstance(text_or_path, str) and not _names_a_path(text_or_path):
             with tempfile.TemporaryDirectory() as folder:
@@ -327,15 +331,16 @@ class PairModel:
                                           length_penalty, unknown)
         return outputs[0] if isinstance(texts, str) else outputs
 
-    def attention(self, text: str, unknown: str = "error") -> dict[str, Any]:
+    def attention(self, text: str, unknown: str = "error", output: str | None = None) -> dict[str, Any]:
         """What `charlm translate --attention-plot` draws for `text`: "weights", a tensor
         (output characters + 1, source characters) whose rows sum to 1, with the "source" and
-        "output" characters (the output's last is "<eos>") that label it."""
-        from charlm.generation import translation as translate
+        "output" characters (the output's last is "<eos>") that label it. The output weighed is
+        `output`, a translation already made (by beam search, say), or else the greedy one."""
         from charlm.errors import UsageError
+        from charlm.generation import translation as translate
         from charlm.generation.sampling import encode_prefix
 
-        output = self.translate(text, unknown=unknown)
+        output = self.translate(text, unknown=unknown) if output is None else output
         source_ids = encode_prefix(text, self.source_vocab, unknown=unknown, what="input")
         if not source_ids:
             raise UsageError("nothing to plot: the input is empty")

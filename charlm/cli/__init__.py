@@ -257,14 +257,6 @@ def checkpoint_or_latest(path: str | None, task: str) -> str:
     return found
 
 
-def say_skipped(path: Path, skipped: list[int]) -> None:
-    """The malformed lines of a pair file left out (--skip-bad-lines), on stderr."""
-    from charlm.text.pairs import skipped_message
-
-    if line := skipped_message(path, skipped):
-        click.echo(line, err=True)
-
-
 def best_loss(training: dict) -> str | None:
     """The best loss of a training summary as shown: "best val loss L (ppl P)", or "best train
     loss ..." for a run without a validation split; None if it holds no such number (metadata is

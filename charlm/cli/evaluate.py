@@ -1,6 +1,7 @@
 """`charlm eval`: the scores of a checkpoint on a file, text or pairs, as a line or as JSON.
 
-Scoring is `charlm.evaluation.reports`'s; this module picks the checkpoint and prints the report.
+Scoring is the Python API's (`TextModel.evaluate`, `PairModel.evaluate`), as for a program; this
+module picks the checkpoint and prints the report.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import click
 
 from charlm.cli import (
     CHECKPOINT_DIR, checkpoint_or_latest, corpus_options, decoding_options, device_option, encoding_option, options,
-    report_pairs, say_files, say_skipped,
+    report_pairs, say_files,
 )
 from charlm.settings import TRAIN
 
@@ -50,16 +51,15 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
     else:
         task = "translate" if not several and looks_like_pairs(file[0], encoding) else "lm"
     path = checkpoint_or_latest(checkpoint, task)
-    if task == "translate":
-        from charlm.evaluation.reports import evaluate_translator
-        from charlm.text.pairs import read_pairs
+    from charlm.api import PairModel, TextModel
+    from charlm.runtime.device import pick_device
 
+    if task == "translate":
         if several:
             raise click.UsageError("a translation model is scored on the pairs of one file; give one "
                                    "source<TAB>target file")
-        pairs, skipped = read_pairs(file[0], encoding, skip_bad_lines)
-        say_skipped(file[0], skipped)
-        report = evaluate_translator(path, pairs, device, held_out, beam, length_penalty, max_length)
+        report = PairModel(path, pick_device(device)).evaluate(file[0], held_out, beam, length_penalty, max_length,
+                                                               skip_bad_lines, encoding)
         if as_json:
             click.echo(json.dumps(report))
         else:
@@ -67,15 +67,10 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
         return
     if held_out:
         raise click.UsageError("--held-out is for translation models")
-    from charlm.checkpoints.loading import load_model
-    from charlm.evaluation.reports import evaluate_text
-    from charlm.runtime.device import pick_device
-
     from charlm.text.corpus import find_corpus
 
     found = find_corpus(file, encoding, include, exclude)
-    model, meta, vocab = load_model(path, "lm", pick_device(device))
-    report = evaluate_text(model, meta, vocab, found, encoding)
+    report = TextModel(path, pick_device(device)).evaluate(found, encoding)
     say_files(found)
     if report["unknown_tokens"] and not as_json:
         click.echo(f"note: {report['unknown_tokens']:,} tokens of {found.shown} are not in the "

@@ -1,6 +1,7 @@
 """`charlm translate`: each word given, or each line of stdin as it comes, through a translation model.
 
-Decoding is `charlm.generation.translation`'s; this module reads stdin (`stdin_lines`) and writes one line per input.
+Translating is `charlm.PairModel`'s, as for a program; this module reads stdin (`stdin_lines`) and
+writes one line per input.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 import click
 
 from charlm.cli import CHECKPOINT_DIR, checkpoint_or_latest, decoding_options, device_option, unknown_option, write
-from charlm.presets import PAIRS
 
 
 @click.command("translate")
@@ -36,9 +36,8 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
     charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --beam 5 "I'm cold."
     charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --attention-plot a.png "Go away."
     """
-    from charlm.generation import translation as translate
-    from charlm.checkpoints.loading import load_translator
-    from charlm.runtime.device import cpu_threads, pick_device
+    from charlm.api import PairModel
+    from charlm.runtime.device import pick_device
 
     texts = list(words) or None  # None: each line of stdin, translated as it comes
     if attention_plot:
@@ -46,30 +45,23 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
         if len(texts) != 1:
             got = len(texts) if words else "more than one line" if texts else "no line"
             raise click.UsageError(f"--attention-plot draws one input; got {got}")
-    path = checkpoint_or_latest(checkpoint, "translate")
-    model, _, source_vocab, target_vocab = load_translator(path, pick_device(device))
+    model = PairModel(checkpoint_or_latest(checkpoint, "translate"), pick_device(device))
 
     def translated(inputs: list[str]) -> list[str]:
-        return translate.translate(model, inputs, source_vocab, target_vocab, beam, max_length, length_penalty,
-                                   unknown)
+        return model.translate(inputs, beam, max_length, length_penalty, unknown)
 
-    with cpu_threads(PAIRS["threads"]):
-        if texts is None:  # a line's answer is out before the next line is read: `yes man |` works
-            for line in stdin_lines(unknown):
-                write(translated([line])[0], keep="", end="\n")
-            return
-        outputs = translated(texts)  # in batches
+    if texts is None:  # a line's answer is out before the next line is read: `yes man |` works
+        for line in stdin_lines(unknown):
+            write(translated([line])[0], keep="", end="\n")
+        return
+    outputs = translated(texts)  # in batches
     for output in outputs:
         write(output, keep="", end="\n")
     if attention_plot:
-        from charlm.generation.sampling import encode_prefix
         from charlm.plot import plot_attention
 
-        source_ids = encode_prefix(texts[0], source_vocab, unknown=unknown, what="input")
-        if not source_ids:
-            raise click.UsageError("nothing to plot: the input is empty")
-        weights = translate.attention_weights(model, source_ids, target_vocab.encode(outputs[0]))
-        plot_attention(weights, source_vocab.decode(source_ids), [*outputs[0], "<eos>"], attention_plot)
+        found = model.attention(texts[0], unknown, output=outputs[0])
+        plot_attention(found["weights"], found["source"], found["output"], attention_plot)
         click.echo(f"attention weights drawn in {attention_plot}", err=True)
 
 
