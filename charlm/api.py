@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from charlm.training.launch import DEFAULTS, launch
 from charlm.presets import PAIRS
-from charlm.settings import GENERATE, STATS, TRAIN, Setting, for_command, parameters
+from charlm.settings import GENERATE, STATS, TRAIN, TRANSLATE, Setting, for_command, parameters
 
 if TYPE_CHECKING:
     from charlm.generation.request import Request
@@ -321,10 +321,14 @@ class PairModel:
                   length_penalty: float = 0.0, unknown: str = "error") -> list[str] | str:
         """The outputs `charlm translate` prints for `texts`, one per input (a str for a str).
         `beam` > 1 is beam search; `max_length` stops an output (default: twice the input's length
-        + 10); `unknown` is what to do with characters the model never saw: "error", "skip", "unk"."""
+        + 10); `unknown` is what to do with characters the model never saw: "error", "skip", "unk".
+        The keywords are `charlm translate`'s flags (`charlm.settings.TRANSLATE`), checked by them."""
         from charlm.generation import translation as translate
         from charlm.runtime.device import cpu_threads
 
+        beam, max_length, length_penalty, unknown = (
+            TRANSLATE[name].check(value, name) for name, value in
+            (("beam", beam), ("max_length", max_length), ("length_penalty", length_penalty), ("unknown", unknown)))
         inputs = [texts] if isinstance(texts, str) else list(texts)
         with cpu_threads(PAIRS["threads"]):
             outputs = translate.translate(self.model, inputs, self.source_vocab, self.target_vocab, beam, max_length,
@@ -340,6 +344,7 @@ class PairModel:
         from charlm.generation import translation as translate
         from charlm.generation.sampling import encode_prefix
 
+        TRANSLATE["unknown"].check(unknown, "unknown")
         output = self.translate(text, unknown=unknown) if output is None else output
         source_ids = encode_prefix(text, self.source_vocab, unknown=unknown, what="input")
         if not source_ids:
@@ -359,3 +364,11 @@ class PairModel:
         if line := skipped_message(pairs_path, skipped):
             _say(line)
         return evaluate_translator(self.path, pairs, self.device.type, held_out, beam, length_penalty, max_length)
+
+
+# `translate` takes `charlm translate`'s decoding options, as their rows declare them.
+PairModel.translate.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("texts", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str | Sequence[str]"),
+     *parameters(for_command(TRANSLATE, "translate"))],
+    return_annotation="list[str] | str")

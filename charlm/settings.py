@@ -18,7 +18,7 @@ import math
 import re
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from charlm import presets
@@ -180,13 +180,6 @@ def for_command(rows: dict[str, Setting], command: str) -> list[Setting]:
     return [row for row in rows.values() if command in row.commands]
 
 
-def check_all(rows: dict[str, Setting], values: dict[str, Any], said: Callable[[Setting], str] | None = None,
-              ) -> dict[str, Any]:
-    """`values` checked by their rows (each named by `said(row)`, the flag by default)."""
-    return {name: rows[name].check(value, said(rows[name]) if said else None) if name in rows else value
-            for name, value in values.items()}
-
-
 KEYWORD_TYPES = {int: "int", float: "float", str: "str", bool: "bool", os.PathLike: "PathLike",
                  tuple: "Sequence[str]"}
 
@@ -196,6 +189,21 @@ def annotation(row: Setting) -> str:
     shown = KEYWORD_TYPES.get(row.kind, row.kind.__name__)
     return f"{shown} | None" if row.default is None else shown
 
+
+
+def said_by(row: Setting, door: str) -> str:
+    """How a door names a setting, for `Setting.check`: "flag" as the CLI does (--top-p),
+    "keyword" as the Python API does (top_p), "field" as a JSON body does (top_p)."""
+    return {"flag": row.option, "keyword": row.argument, "field": row.name}[door]
+
+
+def parameters(rows: Iterable[Setting], keyword_only: bool = False) -> list[Any]:
+    """The rows as a signature's parameters (`inspect.Parameter`s), what help() and a notebook's
+    completion show: each keyword with its default and `annotation`."""
+    import inspect
+
+    kind = inspect.Parameter.KEYWORD_ONLY if keyword_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return [inspect.Parameter(row.argument, kind, default=row.default, annotation=annotation(row)) for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +356,11 @@ STATS = table(
 )
 
 
+# What to do with characters a model never saw: generation's prefix, translation's inputs.
+UNKNOWN = Setting("unknown", str, "error", "What to do with characters the model never saw: stop with an error, drop "
+                  "them, or map them to <unk>.", choices=UNKNOWN_POLICIES)
+
+
 # ---------------------------------------------------------------------------------------------
 # Generation: `charlm generate`'s flags, `TextModel.generate`'s keywords, the fields of a request
 # to the server ("http"), and the fields of `charlm.generation.request.Request`.
@@ -364,8 +377,7 @@ GENERATE = table(
     Setting("greedy", bool, False, "Always take the likeliest token.", ("generate", "http")),
     Setting("seed", int, None, "Same seed, same text (on this machine, in this precision).", ("generate", "http")),
     Setting("num_samples", int, 1, "Samples at once.", ("generate", "http"), low=1),
-    Setting("unknown", str, "error", "What to do with characters the model never saw: stop with an error, drop them, "
-            "or map them to <unk>.", ("generate", "http"), choices=UNKNOWN_POLICIES),
+    replace(UNKNOWN, commands=("generate", "http")),
     Setting("precision", str, "auto", "Of the steps' matrix products. auto: bf16 where this machine has bf16 matrix "
             "units and a step measures faster in it at --num-samples rows with the same next-token odds (kept beside "
             "the checkpoint), else fp32. fp32 gives the same text for a seed at any --num-samples.", ("generate",),
@@ -373,16 +385,16 @@ GENERATE = table(
 )
 
 
-def said_by(row: Setting, door: str) -> str:
-    """How a door names a setting, for `Setting.check`: "flag" as the CLI does (--top-p),
-    "keyword" as the Python API does (top_p), "field" as a JSON body does (top_p)."""
-    return {"flag": row.option, "keyword": row.argument, "field": row.name}[door]
+# ---------------------------------------------------------------------------------------------
+# Translation: `charlm translate`'s and `charlm eval`'s decoding flags, `PairModel.translate`'s
+# keywords, the fields of a request to /v1/translate ("http").
 
-
-def parameters(rows: Iterable[Setting], keyword_only: bool = False) -> list[Any]:
-    """The rows as a signature's parameters (`inspect.Parameter`s), what help() and a notebook's
-    completion show: each keyword with its default and `annotation`."""
-    import inspect
-
-    kind = inspect.Parameter.KEYWORD_ONLY if keyword_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
-    return [inspect.Parameter(row.argument, kind, default=row.default, annotation=annotation(row)) for row in rows]
+TRANSLATE = table(
+    Setting("beam", int, 1, "Beam search keeping this many candidates (1: greedy).", ("translate", "eval", "http"),
+            low=1),
+    Setting("max_length", int, None, "Stop an output at this many characters.", ("translate", "eval", "http"), low=1,
+            shown_default="twice the input's length + 10"),
+    Setting("length_penalty", float, 0.0, "Beam search ranks finished outputs by log-probability / length ** this "
+            "(0: total log-probability; 1: per character).", ("translate", "eval", "http"), low=0),
+    replace(UNKNOWN, commands=("translate", "http")),
+)

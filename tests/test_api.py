@@ -4,7 +4,9 @@ equal to the command it stands for, run through CliRunner with the same options.
 from __future__ import annotations
 
 import json
+import inspect
 import pydoc
+import re
 import subprocess
 import sys
 
@@ -189,3 +191,29 @@ def test_in_notebook_asks_ipython_as_tqdm_does(monkeypatch):
     assert not in_notebook()
     fake.shell = Shell({"IPKernelApp": {}})
     assert in_notebook()
+
+
+def test_translations_options_are_one_declaration_for_the_command_the_api_and_the_server(runner):
+    """`charlm translate`'s decoding flags, `PairModel.translate`'s keywords and /v1/translate's
+    fields are the rows of `settings.TRANSLATE`: the same names, defaults and bounds, a bad value
+    refused once in each door's own terms."""
+    from charlm.cli.translate import translate_command
+    from charlm.settings import TRANSLATE, SettingError, for_command
+    from tests.fixtures.make_checkpoints import FOLDER
+
+    rows = for_command(TRANSLATE, "translate")
+    keywords = [(name, parameter.default) for name, parameter in
+                inspect.signature(charlm.PairModel.translate).parameters.items() if name not in ("self", "texts")]
+    assert keywords == [(row.name, row.default) for row in rows]
+    flags = {param.name: param.default for param in translate_command.params}
+    assert all(flags[row.name] == row.default for row in rows)
+    model = charlm.load(FOLDER / "seq2seq.safetensors")
+    assert model.translate("man", 1, None, 0.0, "skip") == model.translate("man", unknown="skip")
+    for keyword, value, message in [("beam", 0, "beam must be at least 1, got 0"),
+                                    ("length_penalty", -1.0, "length_penalty must be at least 0, got -1.0"),
+                                    ("unknown", "drop", "unknown must be one of error, skip, unk, got 'drop'")]:
+        with pytest.raises(SettingError, match=re.escape(message)):
+            model.translate("man", **{keyword: value})
+    printed = run_cli(runner, "translate", "--checkpoint", str(FOLDER / "seq2seq.safetensors"), "--beam", "0", "man",
+                      ok=False)
+    assert printed.exit_code == 2 and "'--beam'" in printed.stderr

@@ -26,8 +26,8 @@ from typing import Any
 
 import click
 
-from charlm.presets import CHECKPOINT_DIR, UNKNOWN_POLICIES
-from charlm.settings import MAX_THREADS, TRAIN, Setting, for_command  # noqa: F401 (MAX_THREADS: serve's --threads)
+from charlm.presets import CHECKPOINT_DIR
+from charlm.settings import MAX_THREADS, TRAIN, TRANSLATE, Setting, for_command  # noqa: F401 (MAX_THREADS: serve's --threads)
 
 
 class CharlmGroup(click.Group):
@@ -208,10 +208,8 @@ def _click_type(row: Setting) -> Any:
     return {int: int, float: float}.get(row.kind)
 
 
-unknown_option = click.option(
-    "--unknown", type=click.Choice(UNKNOWN_POLICIES), default="error", show_default=True,
-    help="What to do with characters the model never saw: stop with an error, drop them, or map them to <unk>.")
 device_option = options([TRAIN["device"]])
+decoding_options = options(TRANSLATE, "eval")  # --beam, --max-length, --length-penalty: translate and eval
 encoding_option = options([TRAIN["encoding"]])
 corpus_options = options([TRAIN["include"], TRAIN["exclude"]])  # which files of a folder train, stats and eval read
 
@@ -221,22 +219,6 @@ def say_files(found: Any) -> None:
     skipped, on stderr; nothing for a corpus of files named one by one."""
     if line := found.summary():
         click.echo(f"note: {escaped(line)}", err=True)
-
-
-def decoding_options(function: Any) -> Any:
-    """--beam, --length-penalty and --max-length, shared by translate and eval."""
-    options = [
-        click.option("--beam", type=positive, default=1, show_default=True,
-                     help="Beam search keeping this many candidates (1: greedy)."),
-        click.option("--length-penalty", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                     help="Beam search ranks finished outputs by log-probability / length ** this "
-                          "(0: total log-probability; 1: per character)."),
-        click.option("--max-length", type=positive, default=None,
-                     help="Stop an output at this many characters [default: twice the input's length + 10]."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
 
 
 # ---------------------------------------------------------------------------------------------

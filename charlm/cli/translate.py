@@ -13,17 +13,17 @@ from pathlib import Path
 
 import click
 
-from charlm.cli import CHECKPOINT_DIR, checkpoint_or_latest, decoding_options, device_option, unknown_option, write
+from charlm.cli import CHECKPOINT_DIR, checkpoint_or_latest, device_option, options, write
+from charlm.settings import TRANSLATE
 
 
 @click.command("translate")
 @click.argument("words", nargs=-1)
 @click.option("--checkpoint", type=click.Path(path_type=str), default=None,
               help=f"A translation checkpoint [default: the newest in {CHECKPOINT_DIR}/].")
-@decoding_options
+@options(TRANSLATE, "translate")
 @click.option("--attention-plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Draw the attention weights of the one input as a heat map to this PNG (needs charlm[plot]).")
-@unknown_option
 @device_option
 def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int, length_penalty: float,
                       max_length: int | None, attention_plot: Path | None, unknown: str, device: str) -> None:

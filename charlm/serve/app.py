@@ -42,12 +42,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from charlm.errors import CharlmError
 from charlm.generation.request import Request as GenerationRequest
 from charlm.generation.sampling import encode_prefix
-from charlm.presets import UNKNOWN_POLICIES
 from charlm.serve.batcher import Batcher, Generation, Stopped
 from charlm.serve.catalog import Served, json_safe
 from charlm.serve.fields import Fields, Limits, RequestError, Slots, shown
 from charlm.serve.streaming import EventStream, Pieces, event, until_disconnected
-from charlm.settings import GENERATE, for_command
+from charlm.settings import GENERATE, TRANSLATE, for_command
 
 log = logging.getLogger("charlm.serve")
 
@@ -117,7 +116,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 
 HTTP_ROWS = for_command(GENERATE, "http")  # a request's own fields: the model's and stream around them
 GENERATE_FIELDS = ("model", *(row.name for row in HTTP_ROWS), "stream")
-TRANSLATE_FIELDS = ("model", "inputs", "beam", "max_length", "length_penalty", "unknown")
+TRANSLATE_ROWS = for_command(TRANSLATE, "http")  # beam, max_length, length_penalty, unknown
+TRANSLATE_FIELDS = ("model", "inputs", *(row.name for row in TRANSLATE_ROWS))
 ATTENTION_FIELDS = ("model", "input", "unknown")
 
 
@@ -234,12 +234,8 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         fields = Fields(await read_json(request, limits.body_bytes), TRANSLATE_FIELDS)
         served = pick(fields.text("model", None, 200), "translate")
         inputs = fields.texts("inputs", limits.inputs, limits.input_chars)
-        beam = fields.integer("beam", 1, 1, limits.beam)
-        max_length = fields.integer("max_length", None, 1, limits.max_length)  # None: each input's default
-        length_penalty = fields.number("length_penalty", 0.0, 0)
-        unknown = fields.choice("unknown", "error", UNKNOWN_POLICIES)
-        outputs = await in_worker(served, lambda: served.model.translate(inputs, beam, max_length, length_penalty,
-                                                                          unknown))
+        asked = {row.name: fields.setting(row, *limits.bounds(row.name)) for row in TRANSLATE_ROWS}
+        outputs = await in_worker(served, lambda: served.model.translate(inputs, *asked.values()))  # in the rows' order
         return Json({"model": served.name, "outputs": outputs})
 
     async def attention(request: Request) -> Response:
@@ -248,7 +244,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         text = fields.text("input", None, limits.input_chars)
         if text is None:
             raise RequestError("input must be a string, got null")
-        unknown = fields.choice("unknown", "error", UNKNOWN_POLICIES)
+        unknown = fields.setting(TRANSLATE["unknown"])
         found = await in_worker(served, lambda: served.model.attention(text, unknown))
         return Json({"model": served.name, "source": found["source"], "output": found["output"],
                      "weights": found["weights"].tolist()})

@@ -32,9 +32,11 @@ class Limits:
     in_flight: int = 64             # generations and translations running at once; then 429
 
     def bounds(self, name: str) -> tuple[int | None, int | None]:
-        """The server's own (low, high) on a field of a generation, beside its row's (None: the row's)."""
+        """The server's own (low, high) on a field of a generation or translation, beside its row's
+        (None: the row's)."""
         return {"prefix": (None, self.prefix_chars), "length": (None, self.length),
-                "num_samples": (None, self.num_samples), "seed": SEED_RANGE}.get(name, (None, None))
+                "num_samples": (None, self.num_samples), "seed": SEED_RANGE, "beam": (None, self.beam),
+                "max_length": (None, self.max_length)}.get(name, (None, None))
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # the seeds torch takes
