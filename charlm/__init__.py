@@ -10,8 +10,11 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
 
     errors                   the errors a user can cause, each shown as one line
     presets                  the choices and the default values, by task and architecture
-    settings                 every setting declared once: type, default, bounds, help, commands
+    settings                 every setting declared once, as rows; the tables by name
+    settings.rows            what a row is: type, default, bounds in words, help, commands; its check
     models.registry          the architectures by task and name (the settings' choices)
+    settings.training        the rows of charlm train, stats and what they share
+    settings.generation      the rows of generate, translate and serve, and of the server's requests
     text.tokens              files read in chunks, preprocessing, tokenizers, the Vocab
     text.corpus              the files of a corpus found in folders, read as one stream of documents
     text.pairs               source<TAB>target files, their split and vocabs

@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from charlm.presets import CHECKPOINT_DIR
-from charlm.settings import MAX_THREADS, TRAIN, TRANSLATE, Setting, for_command  # noqa: F401 (MAX_THREADS: serve's --threads)
+from charlm.settings import TRAIN, TRANSLATE, Setting, for_command
 
 
 class CharlmGroup(click.Group):

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import click
 
-from charlm.cli import MAX_THREADS, device_option
-from charlm.presets import PRECISIONS
+from charlm.cli import device_option, options
+from charlm.settings import SERVE
 
 
 @click.command()
 @click.argument("checkpoints", nargs=-1, type=click.Path(path_type=str))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="The address to listen on; anything but a loopback address is reachable from other machines.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="The port to listen on (0: a free one).")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
-              help="CPU threads for torch per language model: a batch's step is small, and on a small or shared "
-                   "machine one thread is fastest.")
+@options(SERVE, "serve")
 @device_option
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="Of the generation steps' matrix products. auto: bf16 where this machine has bf16 matrix units and "
-                   "a step measures faster in it both for one request and for a full batch, with the same next-token "
-                   "odds, else fp32 (the text of `charlm generate --precision fp32`).")
 def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, device: str, precision: str) -> None:
     """Serve CHECKPOINTS (files or folders; default: every model in checkpoints/) behind an HTTP
     API and a playground page; needs charlm[serve].

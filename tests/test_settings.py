@@ -122,3 +122,19 @@ def test_help_imports_no_torch():
             "result = CliRunner().invoke(cli, ['train', '--help']); assert result.exit_code == 0, result.output; "
             "assert '--lr-decay-steps' in result.output; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_command_takes_its_flags_from_rows():
+    """Beside train and stats: generate, translate, eval and serve declare no flag that is a
+    setting by hand; each such flag is its row's, with the row's default."""
+    from charlm.cli import cli
+    from charlm.settings import GENERATE, SERVE, TRANSLATE
+
+    for name, rows in [("generate", GENERATE), ("translate", TRANSLATE), ("eval", TRANSLATE), ("serve", SERVE)]:
+        params = {param.name: param for param in cli.commands[name].params}
+        for row in for_command(rows, name):
+            assert params[row.name].opts[0] == row.option and params[row.name].default == row.default, (name, row.name)
+    assert cli.commands["serve"].params and all(
+        param.name in {*SERVE, "checkpoints", "device"} for param in cli.commands["serve"].params)
+    fails = CliRunner().invoke(cli, ["serve", "--port", "70000"])
+    assert fails.exit_code == 2 and "--port" in fails.output

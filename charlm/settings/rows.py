@@ -1,0 +1,201 @@
+"""Rows: what a setting is. A `Setting` is a row: its name (the Python keyword and the JSON field), its type, its default,
+its bounds in words, its help, and the commands that take it. From the rows come the click options
+(`charlm.cli.options`), the Python API's signatures and `help()`, the HTTP request fields of
+generation, and the checks: `Setting.check(value, said)` refuses a value out of bounds with one
+line that names it as the caller named it (a flag, a keyword, a JSON field). A bound is checked
+here, once; click's own range types are made from the same bounds, so `--help` and the check
+never disagree.
+
+Standard library only: it knows nothing about what a setting does; the tables of rows are
+`charlm.settings.training`'s and `charlm.settings.generation`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from charlm.errors import CharlmError
+
+
+class SettingError(CharlmError):
+    """A value a setting refuses; `setting` is the row's name, `said` how the caller named it."""
+
+    def __init__(self, message: str, setting: str, said: str) -> None:
+        super().__init__(message)
+        self.setting, self.said = setting, said
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting. `kind` is int, float, str, bool, os.PathLike (a path) or tuple (repeatable
+    text); `default` None with `required` False means "not set" (a task's or an architecture's
+    default, or the feature off). Numbers are checked against `low` / `high` (open or closed) and
+    `finite`; `rule` says the bound in words, as the error shows it: "{said} must be {rule}, got
+    {value}". `choices` is a tuple, or a function read when a command runs (registered
+    architectures). `flag` is the command-line flag when it is not "--" + the name with dashes;
+    `keyword` the API keyword when it is not the name; `switch` makes a boolean whose default is
+    None a --name/--no-name pair. A training setting also says which task reads it (`only`) and
+    how it meets a model: a field of its config (`model_field`), fixed by a parent (`from_parent`)."""
+
+    name: str
+    kind: type
+    default: Any = None
+    help: str = ""
+    commands: tuple[str, ...] = ()
+    choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    finite: bool = False
+    rule: str = ""
+    flag: str | None = None
+    keyword: str | None = None
+    switch: bool = False
+    metavar: str | None = None
+    shown_default: str | None = None  # what --help shows as the default when it is not `default` itself
+    only: str | None = None  # the one task that reads it ("lm", "translate"): given for the other, an error
+    model_field: bool = False  # goes to the model's config by field name: an error for one without that field
+    from_parent: bool = False  # --init-from takes it from its checkpoint: given with it, an error
+    advice: str = ""  # what to do instead, after a refused number: "use {greedy} for argmax" ({name}: another setting)
+    path: str | None = None  # of a path: "file" or "folder" (given on as a `Path`); None: either (as given)
+
+    @property
+    def option(self) -> str:
+        """The command-line flag: --hidden-size for hidden_size."""
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def argument(self) -> str:
+        """The Python keyword: `model` for the setting `cell`."""
+        return self.keyword or self.name
+
+    def choice_list(self) -> tuple[str, ...]:
+        choices = self.choices() if callable(self.choices) else self.choices
+        return tuple(choices or ())
+
+    def check(self, value: Any, said: str | None = None) -> Any:
+        """`value` if this setting takes it, else a `SettingError` naming it as `said` (the flag by
+        default). None passes where the default is None (not set)."""
+        said = said or self.option
+        if value is None:
+            if self.default is None:
+                return None
+            raise SettingError(f"{said} must be given, got null", self.name, said)
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise SettingError(f"{said} must be true or false, got {_shown(value)}", self.name, said)
+            return value
+        if self.choices is not None:
+            choices = self.choice_list()
+            if value not in choices:
+                raise SettingError(f"{said} must be one of {', '.join(choices)}, got {_shown(value)}", self.name, said)
+            return value
+        if self.kind is int:
+            if type(value) is not int:  # bool is not a number of steps
+                raise SettingError(f"{said} must be a whole number, got {_shown(value)}", self.name, said)
+            self._check_bounds(value, said)
+            return value
+        if self.kind is float:
+            if type(value) not in (int, float):
+                raise SettingError(f"{said} must be a number, got {_shown(value)}", self.name, said)
+            self._check_bounds(value, said)
+            return float(value) if type(value) is int else value
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise SettingError(f"{said} must be a string, got {_shown(value)}", self.name, said)
+            return value
+        if self.kind is os.PathLike:
+            if not isinstance(value, (str, os.PathLike)):
+                raise SettingError(f"{said} must be a path, got {_shown(value)}", self.name, said)
+            return value
+        if self.kind is tuple:
+            if isinstance(value, str):
+                return (value,)
+            if not all(isinstance(item, str) for item in value):
+                raise SettingError(f"{said} must be strings, got {_shown(value)}", self.name, said)
+            return tuple(value)
+        return value
+
+    def in_bounds(self, value: float) -> bool:
+        """Whether a number is within `low` and `high` (NaN never is; infinity only without `finite`)."""
+        if math.isnan(value) or (self.finite and math.isinf(value)):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def _check_bounds(self, value: float, said: str) -> None:
+        if not self.in_bounds(value):
+            advice = ""
+            if self.advice:  # other settings it names ({greedy}) are named as `said` names this one
+                advice = " (" + re.sub(r"\{(\w+)\}", lambda match: "--" + match.group(1).replace("_", "-")
+                                       if said.startswith("--") else match.group(1), self.advice) + ")"
+            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {_shown(value)}{advice}",
+                               self.name, said)
+
+    def bounds_in_words(self) -> str:
+        """The bounds as the error says them when no `rule` is given: "from 1 to 64", "at least 0"."""
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        if self.low is not None:
+            return f"above {_number(self.low)}" if self.low_open else f"at least {_number(self.low)}"
+        if self.high is not None:
+            return f"below {_number(self.high)}" if self.high_open else f"at most {_number(self.high)}"
+        return "a finite number" if self.finite else "a number"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else str(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, float) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def table(*rows: Setting) -> dict[str, Setting]:
+    """Rows by name; a name twice is a mistake in the table."""
+    named: dict[str, Setting] = {}
+    for row in rows:
+        if row.name in named:
+            raise ValueError(f"setting {row.name!r} is declared twice")
+        named[row.name] = row
+    return named
+
+
+def for_command(rows: dict[str, Setting], command: str) -> list[Setting]:
+    """The rows a command takes, in the table's order."""
+    return [row for row in rows.values() if command in row.commands]
+
+
+KEYWORD_TYPES = {int: "int", float: "float", str: "str", bool: "bool", os.PathLike: "PathLike",
+                 tuple: "Sequence[str]"}
+
+
+def annotation(row: Setting) -> str:
+    """The type a signature shows for the row: "int | None" for a setting that may be unset."""
+    shown = KEYWORD_TYPES.get(row.kind, row.kind.__name__)
+    return f"{shown} | None" if row.default is None else shown
+
+
+
+def said_by(row: Setting, door: str) -> str:
+    """How a door names a setting, for `Setting.check`: "flag" as the CLI does (--top-p),
+    "keyword" as the Python API does (top_p), "field" as a JSON body does (top_p)."""
+    return {"flag": row.option, "keyword": row.argument, "field": row.name}[door]
+
+
+def parameters(rows: Iterable[Setting], keyword_only: bool = False) -> list[Any]:
+    """The rows as a signature's parameters (`inspect.Parameter`s), what help() and a notebook's
+    completion show: each keyword with its default and `annotation`."""
+    import inspect
+
+    kind = inspect.Parameter.KEYWORD_ONLY if keyword_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return [inspect.Parameter(row.argument, kind, default=row.default, annotation=annotation(row)) for row in rows]
