@@ -235,9 +235,13 @@ class TextModel:
 
         return read()
 
-    def sample(self, request: Request, on_text: Callable[[str], None]) -> None:
+    def sample(self, request: Request, on_text: Callable[[str], None]) -> int:
         """The text of `request` handed to `on_text` in pieces, as `charlm generate` prints it (it
-        calls this): the prefix, the new text, a line break after each sample; notes on stderr."""
+        calls this): the prefix, the new text, a line break after each sample; notes on stderr.
+        Returns the seed it used: the request's, or one drawn when it has none (the same request
+        with that seed gives the same text again)."""
+        import random
+
         from charlm.generation import sampling as generator
 
         prefix_ids = generator.encode_prefix(request.prefix, self.vocab, self.meta.tokens, self.meta.preprocess,
@@ -247,8 +251,10 @@ class TextModel:
         chosen, note = generator.choose_precision(self.model, request.num_samples, request.precision, self.path)
         if note:
             _say(note)
+        seed = request.seed if request.seed is not None else random.randrange(2**63)
         generator.stream_text(self.model, self.vocab, self.meta.tokens, prefix_ids, request.length,
-                              request.sampling, request.num_samples, request.seed, on_text=on_text, precision=chosen)
+                              request.sampling, request.num_samples, seed, on_text=on_text, precision=chosen)
+        return seed
 
     def evaluate(self, text_or_path: str | os.PathLike | Sequence[PathLike] | FoundCorpus, encoding: str = "utf-8",
                  include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from charlm.errors import CharlmError, MissingExtra
-from charlm.training.run_files import DRAWN, MetricsFile, metrics_of
+from charlm.training.run_files import MetricsFile, metrics_of
 
 INSTALL_HINT = "pip install 'charlm[plot]'"
 

@@ -32,4 +32,6 @@ def generate(checkpoint: str | None, device: str, **flags: Any) -> None:
     from charlm.runtime.device import pick_device
 
     request = Request.from_fields(flags, said="flag")
-    TextModel(checkpoint_or_latest(checkpoint, "lm"), pick_device(device)).sample(request, write)
+    seed = TextModel(checkpoint_or_latest(checkpoint, "lm"), pick_device(device)).sample(request, write)
+    if request.seed is None and request.length and not request.sampling.greedy:
+        click.echo(f"note: --seed {seed} writes this text again", err=True)

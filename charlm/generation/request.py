@@ -31,7 +31,8 @@ def _check(instance: Any, said: str) -> None:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How each next token is drawn: a division of the logits, top-k, top-p, or the likeliest.
+    """How each next token is drawn: a division of the logits, top-k, top-p, or the likeliest
+    (greedy; a temperature of 0 is made greedy).
     Frozen and hashable: the batcher draws the requests of equal `Sampling`s at once. Each field
     is a row of `charlm.settings.GENERATE` (its default, bounds and help), checked by the row when
     it is made; `said` names a refused value as its door does ("keyword", "flag", "field")."""
@@ -44,6 +45,9 @@ class Sampling:
 
     def __post_init__(self, said: str) -> None:
         _check(self, said)
+        if self.temperature == 0:  # greedy, as every generator reads it: equal to Sampling(greedy=True)
+            object.__setattr__(self, "temperature", GENERATE["temperature"].default)
+            object.__setattr__(self, "greedy", True)
 
 
 @dataclass(frozen=True)

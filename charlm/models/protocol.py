@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
-from torch import nn
 
 from charlm.models.recurrent_stepper import ban_vector
 

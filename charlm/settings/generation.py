@@ -24,8 +24,9 @@ UNKNOWN = Setting("unknown", str, "error", "What to do with characters the model
 GENERATE = table(
     Setting("prefix", str, "", "Text to start from (preprocessed like the corpus).", ("generate", "http")),
     Setting("length", int, 200, "Tokens to generate.", ("generate", "http"), low=0),
-    Setting("temperature", float, 1.0, "Divides the logits: below 1 sharper, above 1 flatter.", ("generate", "http"),
-            low=0, low_open=True, finite=True, rule="a positive number", advice="use {greedy} for argmax"),
+    Setting("temperature", float, 1.0, "Divides the logits: below 1 sharper, above 1 flatter; 0 always takes the "
+            "likeliest token, as greedy does (OpenAI's, llama.cpp's and Ollama's reading).", ("generate", "http"),
+            low=0, finite=True, rule="0 (greedy) or a positive number"),
     Setting("top_k", int, 0, "Sample among the k likeliest (0: all).", ("generate", "http"), low=0,
             rule="0 (off) or more"),
     Setting("top_p", float, 1.0, "Sample among the likeliest tokens that make up this much probability.",

@@ -13,7 +13,6 @@ Standard library only: it knows nothing about what a setting does; the tables of
 from __future__ import annotations
 
 import math
-import re
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -62,7 +61,6 @@ class Setting:
     only: str | None = None  # the one task that reads it ("lm", "translate"): given for the other, an error
     model_field: bool = False  # goes to the model's config by field name: an error for one without that field
     from_parent: bool = False  # --init-from takes it from its checkpoint: given with it, an error
-    advice: str = ""  # what to do instead, after a refused number: "use {greedy} for argmax" ({name}: another setting)
     path: str | None = None  # of a path: "file" or "folder" (given on as a `Path`); None: either (as given)
 
     @property
@@ -132,11 +130,7 @@ class Setting:
 
     def _check_bounds(self, value: float, said: str) -> None:
         if not self.in_bounds(value):
-            advice = ""
-            if self.advice:  # other settings it names ({greedy}) are named as `said` names this one
-                advice = " (" + re.sub(r"\{(\w+)\}", lambda match: "--" + match.group(1).replace("_", "-")
-                                       if said.startswith("--") else match.group(1), self.advice) + ")"
-            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {_shown(value)}{advice}",
+            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {_shown(value)}",
                                self.name, said)
 
     def bounds_in_words(self) -> str:

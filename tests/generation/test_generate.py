@@ -88,7 +88,7 @@ def test_unknown_prefix_characters_are_named_or_handled():
     assert encode_prefix("A, B", lower, preprocess="d2l") == lower.encode("a b")
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=0), dict(top_p=0), dict(top_k=-1)])
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_k=-1)])
 def test_bad_sampling_values_are_refused(kwargs):
     with pytest.raises(CharlmError):
         Sampling(**kwargs)

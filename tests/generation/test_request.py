@@ -50,8 +50,8 @@ def test_its_fields_are_the_generate_rows():
 
 
 BAD = [
-    ("temperature", 0, "{} must be a positive number, got 0 (use {greedy} for argmax)"),
-    ("temperature", float("inf"), "{} must be a positive number, got inf (use {greedy} for argmax)"),
+    ("temperature", -1, "{} must be 0 (greedy) or a positive number, got -1"),
+    ("temperature", float("inf"), "{} must be 0 (greedy) or a positive number, got inf"),
     ("top_k", -1, "{} must be 0 (off) or more, got -1"),
     ("top_p", 1.5, "{} must be in (0, 1], got 1.5"),
     ("top_p", float("nan"), "{} must be in (0, 1], got nan"),
@@ -72,14 +72,13 @@ def test_a_bad_value_is_refused_in_one_line_named_as_its_door_names_it(name, val
     said = {"flag": GENERATE[name].option, "keyword": name, "field": name}[door]
     with pytest.raises(SettingError) as raised:
         Request.from_fields({name: value}, said=door)
-    greedy = "--greedy" if door == "flag" else "greedy"  # the advice names another setting as the door does
-    assert str(raised.value) == message.format(said, greedy=greedy) and raised.value.said == said
+    assert str(raised.value) == message.format(said) and raised.value.said == said
     assert isinstance(raised.value, charlm.CharlmError)
 
 
 def test_the_cli_refuses_what_click_lets_through_naming_the_flag(runner, model_path):
     for flags, message in [(["--temperature", "inf"],
-                            "--temperature must be a positive number, got inf (use --greedy for argmax)"),
+                            "--temperature must be 0 (greedy) or a positive number, got inf"),
                            (["--top-p", "nan"], "--top-p must be in (0, 1], got nan")]:
         printed = run_cli(runner, "generate", "--checkpoint", model_path, *flags, ok=False)
         assert printed.exit_code == 1 and printed.stderr == f"charlm: error: {message}\n" and printed.stdout == ""
@@ -91,8 +90,8 @@ def test_the_api_refuses_naming_the_keyword(model_path):
         model.generate("the ", top_p=1.5)
     with pytest.raises(SettingError, match="^num_samples must be at least 1, got 0$"):
         model.generate("the ", num_samples=0)
-    with pytest.raises(SettingError, match=r"^temperature must be a positive number, got 0 \(use greedy for argmax\)$"):
-        model.stream("the ", temperature=0)  # at once, before the first piece is read
+    with pytest.raises(SettingError, match=r"^temperature must be 0 \(greedy\) or a positive number, got -1$"):
+        model.stream("the ", temperature=-1)  # at once, before the first piece is read
     with pytest.raises(TypeError, match="topp"):
         model.generate("the ", topp=0.9)
     with pytest.raises(TypeError, match="num_samples"):
@@ -117,3 +116,29 @@ def test_the_apis_keywords_are_charlm_generates_flags(model_path):
     assert [param.opts[0] for param in command.params if param.name in flags] == [row.option for row in rows]
     model = charlm.load(model_path)
     assert model.generate("the ", 10, 1.0, 0, 1.0, True) == model.generate("the ", length=10, greedy=True)
+
+
+def test_temperature_0_is_greedy_at_every_door(runner, model_path):
+    """OpenAI, llama.cpp and Ollama read temperature 0 as greedy; so do charlm generate, the API and
+    the server (one `Sampling`, equal to greedy's, so the batcher draws them together)."""
+    assert Sampling(temperature=0) == Sampling(greedy=True) and hash(Sampling(temperature=0)) == hash(Sampling(greedy=True))
+    model = charlm.load(model_path)
+    greedy = model.generate("the ", length=30, greedy=True)
+    assert model.generate("the ", length=30, temperature=0, seed=5) == greedy
+    printed = run_cli(runner, "generate", "--checkpoint", model_path, "--prefix", "the ", "--length", "30",
+                      "--temperature", "0")
+    assert printed.stdout == greedy + "\n" and "--seed" not in printed.stderr  # greedy needs no seed
+    # the server's door: tests/serve/test_serve.py::test_temperature_0_is_greedy
+
+
+def test_a_generation_without_a_seed_says_the_seed_that_writes_it_again(runner, model_path):
+    """Without --seed, charlm generate draws a seed and says it on stderr: that seed gives the same
+    text again; with one, it says nothing."""
+    import re
+
+    first = run_cli(runner, "generate", "--checkpoint", model_path, "--prefix", "the ", "--length", "40")
+    seed = re.search(r"^note: --seed (\d+) writes this text again$", first.stderr, re.MULTILINE)
+    assert seed, first.stderr
+    again = run_cli(runner, "generate", "--checkpoint", model_path, "--prefix", "the ", "--length", "40",
+                    "--seed", seed.group(1))
+    assert again.stdout == first.stdout and "writes this text again" not in again.stderr

@@ -211,7 +211,7 @@ def test_not_utf8_names_the_byte_offset(runner):
     (["train", "tiny.txt", "--embedding-size", str(10**14)], "out of memory"),
     (["train"], "Missing argument 'CORPUS...'"),
     (["generate", "--checkpoint", "{model}", "--top-p", "0"], "'--top-p'"),
-    (["generate", "--checkpoint", "{model}", "--temperature", "inf"], "--temperature must be a positive number"),
+    (["generate", "--checkpoint", "{model}", "--temperature", "inf"], "--temperature must be 0 (greedy) or a positive number"),
     (["generate", "--checkpoint", "{model}", "--length", "-1"], "'--length'"),
     (["generate", "--checkpoint", "{model}", "--length", str(10**14)], "out of memory"),
     (["generate", "--checkpoint", "{model}", "--num-samples", str(10**14)], "out of memory"),

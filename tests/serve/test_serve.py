@@ -318,7 +318,7 @@ def test_requests_that_differ_in_one_sampling_field_draw_their_own_text_when_bat
     ({"length": 2001}, "length must be from 0 to 2,000"),
     ({"num_samples": 0}, "num_samples must be from 1"),
     ({"num_samples": 33}, "num_samples must be from 1 to 32"),
-    ({"temperature": 0}, "temperature must be above 0"),
+    ({"temperature": -1}, "temperature must be at least 0"),
     ({"temperature": "hot"}, "temperature must be a number"),
     ({"top_k": -1}, "top_k must be from 0"),
     ({"top_k": 2.5}, "top_k must be a whole number"),
@@ -613,3 +613,10 @@ def test_serve_without_the_extra_names_it(runner, monkeypatch):
     printed = run_cli(runner, "serve", ok=False)
     assert printed.exit_code == 1
     assert printed.stderr == "charlm: error: charlm serve needs uvicorn, an optional extra: pip install 'charlm[serve]'\n"
+
+
+def test_temperature_0_is_greedy(client, catalog):
+    """As at the other doors (tests/generation/test_request.py): temperature 0 is greedy's text."""
+    greedy = catalog["tiny"].model.generate("the ", length=30, greedy=True, precision="fp32")
+    answer = post(client, "/v1/generate", {"model": "tiny", "prefix": "the ", "length": 30, "temperature": 0})
+    assert answer.status_code == 200 and answer.json()["samples"] == [greedy]
