@@ -14,6 +14,12 @@ from tqdm import tqdm
 LINE_SECONDS = 30.0  # between progress lines when stderr is not a terminal
 
 
+def tokens_per_second(tokens: int, elapsed: float) -> float:
+    """The one training speed charlm shows (the bar, the progress lines, the evaluation lines and
+    the metrics file): the tokens trained on so far over the run's time so far, evaluations in."""
+    return tokens / max(elapsed, 1e-9)
+
+
 class Progress:
     """Training progress where it runs: in a Jupyter notebook its own bar (`tqdm.auto`'s); on a
     terminal tqdm's bar on stderr; elsewhere (a log file, a pipe) a plain line on stderr every

@@ -46,7 +46,7 @@ from charlm.runtime.device import autocast, rng_states, seed_everything, set_rng
 from charlm.runtime.measured import Decisions, choose_training_setup
 from charlm.training.time_budget import TimeBudget
 from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer
-from charlm.training.progress import Progress
+from charlm.training.progress import Progress, tokens_per_second
 from charlm.training.resume import RunState, read_resume, write_resume
 from charlm.training.run_files import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
 from charlm.training.sharing import BatchLoss, RowShare
@@ -142,7 +142,6 @@ class Trainer:
         if config.max_steps is not None:
             total = min(total, config.max_steps)
         bar = Progress(total, state.step, self.progress)
-        last_log, last_tokens = clock(), state.tokens
         self.model.train()
         keyboard = False  # a KeyboardInterrupt raised in the loop (a notebook's, a program's)
         try:
@@ -164,9 +163,8 @@ class Trainer:
                             value, count = self._flush()
                             self.budget.plan()
                             now = clock()
-                            rate = (state.tokens - last_tokens) / max(now - last_log, 1e-9)
+                            rate = tokens_per_second(state.tokens, now - started)  # as the metrics say it
                             bar.update(state.step, value / count, rate, self.optimizer.param_groups[0]["lr"], now - started)
-                            last_log, last_tokens = now, state.tokens
                         # 3. evaluation every --eval-every steps: metrics, best model, resume file
                         if due:
                             self._evaluate(started)
@@ -309,7 +307,7 @@ class Trainer:
             "step": state.step, "epoch": state.epoch + state.batch_index / max(len(self.batches), 1),
             "tokens": state.tokens, "train_loss": train_loss,
             "val_loss": val_loss, "val_ppl": None, "val_bpc": None,
-            "tokens_per_sec": state.tokens / max(state.elapsed, 1e-9), "elapsed_s": state.elapsed,
+            "tokens_per_sec": tokens_per_second(state.tokens, state.elapsed), "elapsed_s": state.elapsed,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         if val_loss is not None:

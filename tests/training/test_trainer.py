@@ -204,3 +204,29 @@ def test_lr_decay_steps_fixes_the_schedules_length_and_a_stopped_run_resumes_on_
     run_cli(runner, "train", tiny_corpus, *flags, "--max-steps", "10", "--out", "part.safetensors")
     run_cli(runner, "train", tiny_corpus, *flags, "--max-steps", "25", "--out", "part.safetensors", "--resume")
     assert Path("part.safetensors").read_bytes() == Path("whole.safetensors").read_bytes()
+
+
+def test_one_tokens_per_second_on_the_progress_lines_and_in_the_metrics(runner, tiny_corpus, step_clock, monkeypatch):
+    """The progress lines (a log, not a terminal) and the metrics file say the same tokens/s for the
+    same step: tokens so far over the run's time so far, also just after an evaluation that took time."""
+    import re
+
+    from charlm.training import progress, trainer
+
+    clock = step_clock(lambda step: 0.01)
+    evaluate = trainer.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        clock.now += 0.5
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", slow_evaluate)
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    result = run_cli(runner, "train", tiny_corpus, *TINY_MODEL[:-1], "--max-steps", "40", "--eval-every", "20")
+    shown = {int(step): float(rate.replace(",", "")) for step, rate in
+             re.findall(r"^step (\d+)/\d+ .* ([\d,]+) tok/s", result.stderr, re.MULTILINE)}
+    recorded = {record["step"]: record["tokens_per_sec"] for record in lr_records()}
+    assert {20, 40} <= set(shown) & set(recorded)
+    for step in (20, 40):
+        assert shown[step] == pytest.approx(recorded[step], abs=1)
