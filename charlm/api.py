@@ -199,7 +199,8 @@ class TextModel:
 
     def stream(self, *args: Any, **keywords: Any) -> Iterator[str]:
         """The text of `generate` (one sample) in pieces, each as soon as it is made: the prefix,
-        then the new text a few tokens at a time, then "\\n". A bad prefix raises here, at once."""
+        then the new text a few tokens at a time; `"".join(model.stream(...)) == model.generate(...)`.
+        A bad prefix raises here, at once."""
         from charlm.generation.sampling import encode_prefix
 
         request = _request(self.stream, args, keywords)
@@ -225,10 +226,13 @@ class TextModel:
             worker = threading.Thread(target=work, daemon=True)
             worker.start()
             try:
+                held = None  # the last piece is `sample`'s closing line break, which `generate` leaves out too
                 while (piece := pieces.get()) is not done:
                     if isinstance(piece, BaseException):
                         raise piece
-                    yield piece
+                    if held is not None:
+                        yield held
+                    held = piece
             finally:
                 stopped.set()
                 worker.join()

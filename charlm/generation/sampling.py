@@ -182,14 +182,16 @@ def choose_precision(model: nn.Module, rows: int | tuple[int, ...], precision: s
     """The precision of the steps that generate batches of `rows` rows: as told, or for "auto"
     bf16 where it measures faster here and its next-token distributions hold
     (`charlm.runtime.measured.choose_generation_precision`), the decision kept beside the `checkpoint`.
-    Also a note for the user where bf16 was chosen by measuring (its text is then another than
-    fp32's for the same seed), else None."""
+    Also a note for the user where bf16 was chosen by measuring just now (its text is then another
+    than fp32's for the same seed; said once, not at every later run that reads the decision), else
+    None."""
     from charlm.data.cache import default_cache_dir
     from charlm.runtime.measured import Decisions, choose_generation_precision
 
     folder = default_cache_dir(checkpoint) if checkpoint is not None else None
-    chosen, why = choose_generation_precision(model, rows, Decisions(folder), precision)
-    if chosen == "bf16" and why is not None:
+    decisions = Decisions(folder)
+    chosen, why = choose_generation_precision(model, rows, decisions, precision)
+    if chosen == "bf16" and why is not None and decisions.measured:
         return chosen, f"note: generating in bf16: {why}; --precision fp32 for fp32's text"
     return chosen, None
 

@@ -65,10 +65,12 @@ def bf16_capable() -> bool:
 
 
 class Decisions:
-    """The decisions kept in `folder/tuning.json` (none kept when `folder` is None)."""
+    """The decisions kept in `folder/tuning.json` (none kept when `folder` is None); `measured`
+    says whether one was measured, not read, through this object."""
 
     def __init__(self, folder: str | os.PathLike | None) -> None:
         self.path = os.path.join(os.fspath(folder), FILE) if folder is not None else None
+        self.measured = False
 
     def _read(self) -> dict[str, Any]:
         if self.path is None or not os.path.isfile(self.path) or os.path.getsize(self.path) > MAX_FILE_BYTES:
@@ -84,6 +86,7 @@ class Decisions:
         return self._read().get(key)
 
     def put(self, key: str, value: Any) -> None:
+        self.measured = True
         if self.path is None:
             return
         found = self._read()

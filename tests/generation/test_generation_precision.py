@@ -189,3 +189,13 @@ def test_generate_in_bf16_equals_stepping_the_bf16_stepper_by_hand():
         ids.append(int(logits.argmax(-1)))
         logits, state = step(torch.tensor(ids[-1:]), state)
     assert made[0].tolist() == ids
+
+
+def test_the_bf16_note_is_said_once_when_measured_not_at_every_generate(runner, trained, capable, monkeypatch):
+    """The next generate reads the kept decision: the same bf16 text, no second probe, no note."""
+    monkeypatch.setattr(tuning, "MIN_GENERATION_WORK", 0)
+    calls = fake_probe(monkeypatch, {3: (2e-3, 1e-3)})
+    first = run_cli(runner, "generate", "--checkpoint", trained, "--num-samples", "3", "--seed", "1")
+    second = run_cli(runner, "generate", "--checkpoint", trained, "--num-samples", "3", "--seed", "1")
+    assert "note: generating in bf16" in first.stderr and "generating in bf16" not in second.stderr
+    assert second.stdout == first.stdout and calls == [3]
