@@ -53,7 +53,8 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     training.setup           a run assembled from a corpus and settings (data, model, metadata)
     training.launch          settings -> a trained run, for the CLI and the API alike
     plot                     loss curves and attention maps (matplotlib)
-    api                      the Python API: train, load, stats, TextModel, PairModel
+    trained                  trained models for a program: TextModel, PairModel
+    api                      the Python API: train, load, stats
     serve.fields             a request body's fields read once, with their bounds
     serve.batcher            generations of one model stepped together as one batch
     serve.streaming          text from the batcher's thread to a request, as server-sent events

@@ -48,6 +48,9 @@ class CharlmGroup(click.Group):
         if getattr(sys.stdout, "errors", None) == "strict":
             with contextlib.suppress(AttributeError, ValueError):
                 sys.stdout.reconfigure(errors="backslashreplace")
+        from charlm.settings.rows import DOOR
+
+        door = DOOR.set("flag")  # the library's errors name settings by their flags here
         try:
             return super().invoke(ctx)
         except BrokenPipeError:  # stdout's reader has gone (`| head`): click ends quietly, as `cat` does
@@ -71,6 +74,8 @@ class CharlmGroup(click.Group):
             size = f" ({int(wanted.group(1)):,} bytes asked for)" if wanted else ""
             fail(f"out of memory{size}; use smaller sizes: --hidden-size, --embedding-size, --batch-size, --length, "
                  "--num-samples")
+        finally:
+            DOOR.reset(door)
 
 
 @click.group(cls=CharlmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

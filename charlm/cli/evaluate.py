@@ -51,7 +51,7 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
     else:
         task = "translate" if not several and looks_like_pairs(file[0], encoding) else "lm"
     path = checkpoint_or_latest(checkpoint, task)
-    from charlm.api import PairModel, TextModel
+    from charlm.trained import PairModel, TextModel
     from charlm.runtime.device import pick_device
 
     if task == "translate":

@@ -1,7 +1,7 @@
 """`charlm generate`: text sampled from a language model, streamed to stdout.
 
 Its flags are the rows of `charlm.settings.GENERATE`; the request they make is sampled by
-`charlm.api.TextModel`, as `charlm.load(...).generate` samples it. This module only writes the
+`charlm.trained.TextModel`, as `charlm.load(...).generate` samples it. This module only writes the
 text (escaped on a terminal, by `charlm.cli.write`).
 """
 
@@ -27,7 +27,7 @@ def generate(checkpoint: str | None, device: str, **flags: Any) -> None:
     charlm generate --prefix "time "
     charlm generate --checkpoint checkpoints/timemachine.safetensors --top-p 0.9 --seed 1
     """
-    from charlm.api import TextModel
+    from charlm.trained import TextModel
     from charlm.generation.request import Request
     from charlm.runtime.device import pick_device
 

@@ -36,7 +36,7 @@ def translate_command(words: tuple[str, ...], checkpoint: str | None, beam: int,
     charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --beam 5 "I'm cold."
     charlm translate --checkpoint checkpoints/fra-eng-20k.safetensors --attention-plot a.png "Go away."
     """
-    from charlm.api import PairModel
+    from charlm.trained import PairModel
     from charlm.runtime.device import pick_device
 
     texts = list(words) or None  # None: each line of stdin, translated as it comes

@@ -47,6 +47,7 @@ from charlm.serve.catalog import Served, json_safe
 from charlm.serve.fields import Fields, Limits, RequestError, Slots, shown
 from charlm.serve.streaming import EventStream, Pieces, event, until_disconnected
 from charlm.settings import GENERATE, TRANSLATE, for_command
+from charlm.settings.rows import DOOR, in_terms
 
 log = logging.getLogger("charlm.serve")
 
@@ -254,8 +255,12 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         slots.take()
         try:
             def locked() -> Any:
-                with translating[served.name]:
-                    return work()
+                door = DOOR.set("field")  # the API's errors name a request's fields
+                try:
+                    with translating[served.name]:
+                        return work()
+                finally:
+                    DOOR.reset(door)
             return await run_in_threadpool(locked)
         finally:
             slots.give_back()
@@ -273,8 +278,8 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
     async def refused(request: Request, problem: RequestError) -> Response:
         return error(str(problem), problem.status)
 
-    async def user_error(request: Request, problem: CharlmError) -> Response:
-        return error(str(problem), 400)
+    async def user_error(request: Request, problem: CharlmError) -> Response:  # the settings named as fields
+        return error(in_terms(str(problem), "field", [*GENERATE.values(), *TRANSLATE.values()]), 400)
 
     async def http_error(request: Request, problem: HTTPException) -> Response:
         message = {404: f"no such path: {request.url.path}", 405: f"{request.method} is not allowed here"}

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from charlm.api import PairModel, TextModel, load
+from charlm.trained import PairModel, TextModel
+from charlm.api import load
 from charlm.checkpoints.loading import model_checkpoints
 from charlm.checkpoints.files import read_metadata
 from charlm.errors import CharlmError

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,3 +194,43 @@ def parameters(rows: Iterable[Setting], keyword_only: bool = False) -> list[Any]
 
     kind = inspect.Parameter.KEYWORD_ONLY if keyword_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
     return [inspect.Parameter(row.argument, kind, default=row.default, annotation=annotation(row)) for row in rows]
+
+
+# Who is calling: "keyword" (a program, the default), "flag" (the command line sets it for its
+# command), "field" (the server, for a request's work). Errors worded with flags are shown in its terms.
+DOOR: ContextVar[str] = ContextVar("charlm_door", default="keyword")
+
+
+def in_callers_terms(message: str, rows: Iterable[Setting]) -> str:
+    """`message` as the caller of now (`DOOR`) names settings: unchanged for the command line."""
+    door = DOOR.get()
+    return message if door == "flag" else in_terms(message, door, rows)
+
+
+def in_terms(message: str, door: str, rows: Iterable[Setting]) -> str:
+    """`message`, worded with command-line flags as charlm's errors are, with each flag of `rows`
+    named as `door` names it: for a program ("keyword") `resume=True`, `unknown="skip"`, `lr`; for
+    a JSON body ("field") `"resume": true`, `"unknown": "skip"`, `lr`. Other words stay as they are."""
+    import re
+
+    flags: dict[str, tuple[Setting, bool]] = {}
+    for row in rows:
+        flags[row.option] = (row, True)
+        if row.switch:
+            flags["--no-" + row.option[2:]] = (row, False)
+
+    def named(match: re.Match) -> str:
+        found = flags.get(match.group(1))
+        if found is None:
+            return match.group(0)
+        row, on = found
+        name = row.argument if door == "keyword" else row.name
+        value = match.group(2)
+        if row.kind is bool:
+            shown = str(on) if door == "keyword" else str(on).lower()
+            return (f"{name}={shown}" if door == "keyword" else f'"{name}": {shown}') + (f" {value}" if value else "")
+        if value is not None and value in row.choice_list():
+            return f'{name}="{value}"' if door == "keyword" else f'"{name}": "{value}"'
+        return name + (f" {value}" if value else "")
+
+    return re.sub(r"(--[a-z][a-z0-9-]*)(?: ([A-Za-z0-9_.]+))?", named, message)

@@ -11,7 +11,7 @@ from dataclasses import FrozenInstanceError, fields, replace
 import pytest
 
 import charlm
-from charlm.api import TextModel
+from charlm.trained import TextModel
 from charlm.generation.request import Request, Sampling
 from charlm.settings import GENERATE, SettingError, for_command
 from tests.conftest import TINY_TEXT, run_cli

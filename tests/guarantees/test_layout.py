@@ -28,6 +28,7 @@ LAYERS = [
     ("charlm.evaluation",),                                   # loss, perplexity, translation scores
     ("charlm.training",),                                     # settings -> a trained run
     ("charlm.plot",),
+    ("charlm.trained",),                                      # trained models for a program
     ("charlm.api", "charlm"),                                 # the Python API (charlm/__init__ reaches it lazily)
     ("charlm.serve",),
     ("charlm.cli", "charlm.__main__"),

@@ -620,3 +620,11 @@ def test_temperature_0_is_greedy(client, catalog):
     greedy = catalog["tiny"].model.generate("the ", length=30, greedy=True, precision="fp32")
     answer = post(client, "/v1/generate", {"model": "tiny", "prefix": "the ", "length": 30, "temperature": 0})
     assert answer.status_code == 200 and answer.json()["samples"] == [greedy]
+
+
+@pytest.mark.parametrize(("path", "body"), [("/v1/generate", {"prefix": "QQ", "length": 5}),
+                                            ("/v1/translate", {"inputs": ["xyz"]})])
+def test_an_error_names_the_json_fields_not_the_flags(client, path, body):
+    """What the command line says with --unknown skip, the server says with the field it takes."""
+    error = post(client, path, body).json()["error"]
+    assert '"unknown": "skip"' in error and '"unknown": "unk"' in error and "--" not in error

@@ -1,0 +1,289 @@
+"""Trained models for a program: a language model (`TextModel`: generate, stream, evaluate, info)
+and a model of pairs (`PairModel`: translate, attention, evaluate, info), as `charlm.load` gives
+them and as `charlm generate`, `translate` and `eval` use them.
+
+Their keywords are the commands' flags, underscored, from `charlm.settings`' rows; a mistake raises
+`charlm.CharlmError` naming the setting as its caller does (`settings.rows.DOOR`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import queue
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from charlm.presets import PAIRS
+from charlm.errors import CharlmError
+from charlm.settings import GENERATE, TRAIN, TRANSLATE, Setting, for_command, parameters
+from charlm.settings.rows import in_callers_terms
+
+if TYPE_CHECKING:
+    from charlm.generation.request import Request
+    from charlm.text.corpus import FoundCorpus
+
+PathLike = str | os.PathLike
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def callers_terms(*tables: dict[str, Setting]) -> Callable[[Any], Any]:
+    """A function whose errors, worded with charlm's flags, name the settings as its caller does
+    (`settings.rows.DOOR`: a keyword for a program, a JSON field for the server, the flag for the
+    command line, which calls these functions too)."""
+    rows = [row for table in tables for row in table.values()]
+
+    def wrap(function: Any) -> Any:
+        @functools.wraps(function)
+        def call(*args: Any, **keywords: Any) -> Any:
+            try:
+                return function(*args, **keywords)
+            except CharlmError as error:
+                error.args = (in_callers_terms(str(error), rows), *error.args[1:])
+                raise
+
+        return call
+
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def paths(corpus: PathLike | Sequence[PathLike]) -> tuple[Path, ...]:
+    return (Path(corpus),) if isinstance(corpus, (str, os.PathLike)) else tuple(Path(path) for path in corpus)
+
+
+class TextModel:
+    """A trained language model: `generate`, `stream`, `evaluate` and `info`, as the commands
+    `charlm generate`, `charlm eval` and `charlm info` do."""
+
+    def __init__(self, path: str, device: Any) -> None:
+        from charlm.checkpoints.loading import load_model
+
+        self.path = path
+        self.model, self.meta, self.vocab = load_model(path, "lm", device)
+
+    def __repr__(self) -> str:
+        return f"TextModel({self.path!r})"
+
+    def info(self) -> dict[str, Any]:
+        """The checkpoint's metadata, as `charlm info --json` prints it."""
+        from charlm.checkpoints.metadata import write
+
+        return write(self.meta)
+
+    @callers_terms(GENERATE)
+    def generate(self, *args: Any, **keywords: Any) -> str | list[str]:
+        """The text `charlm generate` prints with these options (the prefix, then `length` new
+        tokens), without its final line break; a list of them for `num_samples` > 1. The keywords
+        are `charlm generate`'s flags, underscored, with the same defaults (`charlm generate --help`
+        says what each does); `precision` "auto" is bf16 where it measures faster here."""
+        request = _request(self.generate, args, keywords)
+        pieces: list[str] = []
+        self.sample(request, pieces.append)
+        if request.num_samples == 1:
+            return "".join(pieces).removesuffix("\n")
+        return [piece.removeprefix("\n").removesuffix("\n") for piece in pieces]
+
+    @callers_terms(GENERATE)
+    def stream(self, *args: Any, **keywords: Any) -> Iterator[str]:
+        """The text of `generate` (one sample) in pieces, each as soon as it is made: the prefix,
+        then the new text a few tokens at a time; `"".join(model.stream(...)) == model.generate(...)`.
+        A bad prefix raises here, at once."""
+        from charlm.generation.sampling import encode_prefix
+
+        request = _request(self.stream, args, keywords)
+        encode_prefix(request.prefix, self.vocab, self.meta.tokens, self.meta.preprocess, request.unknown)
+        pieces: queue.Queue = queue.Queue()
+        done, stopped = object(), threading.Event()
+
+        def put(piece: str) -> None:
+            if stopped.is_set():  # the reader has gone: stop sampling
+                raise _Stopped
+            pieces.put(piece)
+
+        def work() -> None:
+            try:
+                self.sample(request, put)
+            except _Stopped:
+                pass
+            except BaseException as error:  # handed to the reader
+                pieces.put(error)
+            pieces.put(done)
+
+        def read() -> Iterator[str]:
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            try:
+                held = None  # the last piece is `sample`'s closing line break, which `generate` leaves out too
+                while (piece := pieces.get()) is not done:
+                    if isinstance(piece, CharlmError):  # named as the caller names settings, as at once
+                        piece.args = (in_callers_terms(str(piece), GENERATE.values()), *piece.args[1:])
+                    if isinstance(piece, BaseException):
+                        raise piece
+                    if held is not None:
+                        yield held
+                    held = piece
+            finally:
+                stopped.set()
+                worker.join()
+
+        return read()
+
+    def sample(self, request: Request, on_text: Callable[[str], None]) -> int:
+        """The text of `request` handed to `on_text` in pieces, as `charlm generate` prints it (it
+        calls this): the prefix, the new text, a line break after each sample; notes on stderr.
+        Returns the seed it used: the request's, or one drawn when it has none (the same request
+        with that seed gives the same text again)."""
+        import random
+
+        from charlm.generation import sampling as generator
+
+        prefix_ids = generator.encode_prefix(request.prefix, self.vocab, self.meta.tokens, self.meta.preprocess,
+                                             request.unknown)
+        if request.prefix and not prefix_ids and request.unknown == "skip":
+            say("note: every character of the prefix was unknown and skipped: generating without one")
+        chosen, note = generator.choose_precision(self.model, request.num_samples, request.precision, self.path)
+        if note:
+            say(note)
+        seed = request.seed if request.seed is not None else random.randrange(2**63)
+        generator.stream_text(self.model, self.vocab, self.meta.tokens, prefix_ids, request.length,
+                              request.sampling, request.num_samples, seed, on_text=on_text, precision=chosen)
+        return seed
+
+    @callers_terms(TRAIN)
+    def evaluate(self, text_or_path: str | os.PathLike | Sequence[PathLike] | FoundCorpus, encoding: str = "utf-8",
+                 include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict[str, Any]:
+        """Loss (nats per token), perplexity ("ppl"), bits per token ("bpc"), the tokens predicted
+        and how many the vocab lacks, as `charlm eval --json` reports them. A `Path`, a list of
+        paths, or a str naming a file or folder is read as `charlm eval` reads it (the files
+        `charlm.text.corpus.find_corpus` found, too); any other str is the text itself."""
+        from charlm.evaluation.reports import evaluate_text
+        from charlm.text.corpus import FoundCorpus, find_corpus
+
+        if isinstance(text_or_path, FoundCorpus):
+            return evaluate_text(self.model, self.meta, self.vocab, text_or_path, encoding)
+
+        if isinstance(text_or_path, str) and not _names_a_path(text_or_path):
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "text.txt"
+                path.write_text(text_or_path, encoding="utf-8")
+                return evaluate_text(self.model, self.meta, self.vocab, path, "utf-8")
+        found = find_corpus(paths(text_or_path), encoding, tuple(include), tuple(exclude))
+        return evaluate_text(self.model, self.meta, self.vocab, found, encoding)
+
+
+# `generate` and `stream` take `charlm generate`'s options, as its rows declare them (`stream`: one sample).
+_GENERATE_ROWS = for_command(GENERATE, "generate")
+TextModel.generate.__signature__ = inspect.Signature(  # what help() and a notebook's completion show
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *parameters(_GENERATE_ROWS)],
+    return_annotation="str | list[str]")
+TextModel.stream.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     *parameters(row for row in _GENERATE_ROWS if row.name != "num_samples")],
+    return_annotation="Iterator[str]")
+
+
+def _request(method: Any, args: tuple, keywords: dict[str, Any]) -> Request:
+    """The `Request` of a call to `TextModel.generate` or `.stream` (`method`, bound), checked, a
+    value named by its keyword; a keyword neither takes is a TypeError, as Python's own."""
+    from charlm.generation.request import Request
+
+    return Request.from_fields(inspect.signature(method).bind(*args, **keywords).arguments, said="keyword")
+
+
+class _Stopped(Exception):
+    """A stream's reader stopped reading."""
+
+
+def _names_a_path(text: str) -> bool:
+    return "\n" not in text and len(text) < 4096 and os.path.exists(text)
+
+
+class PairModel:
+    """A trained model of source<TAB>target pairs (seq2seq or the lessons' tagger): `translate`,
+    `attention`, `evaluate` and `info`, as `charlm translate`, `charlm eval` and `charlm info` do."""
+
+    def __init__(self, path: str, device: Any) -> None:
+        from charlm.checkpoints.loading import load_translator
+
+        self.path, self.device = path, device
+        self.model, self.meta, self.source_vocab, self.target_vocab = load_translator(path, device)
+
+    def __repr__(self) -> str:
+        return f"PairModel({self.path!r})"
+
+    def info(self) -> dict[str, Any]:
+        """The checkpoint's metadata, as `charlm info --json` prints it."""
+        from charlm.checkpoints.metadata import write
+
+        return write(self.meta)
+
+    @callers_terms(TRANSLATE)
+    def translate(self, texts: str | Sequence[str], beam: int = 1, max_length: int | None = None,
+                  length_penalty: float = 0.0, unknown: str = "error") -> list[str] | str:
+        """The outputs `charlm translate` prints for `texts`, one per input (a str for a str).
+        `beam` > 1 is beam search; `max_length` stops an output (default: twice the input's length
+        + 10); `unknown` is what to do with characters the model never saw: "error", "skip", "unk".
+        The keywords are `charlm translate`'s flags (`charlm.settings.TRANSLATE`), checked by them."""
+        from charlm.generation import translation as translate
+        from charlm.runtime.device import cpu_threads
+
+        beam, max_length, length_penalty, unknown = (
+            TRANSLATE[name].check(value, name) for name, value in
+            (("beam", beam), ("max_length", max_length), ("length_penalty", length_penalty), ("unknown", unknown)))
+        inputs = [texts] if isinstance(texts, str) else list(texts)
+        with cpu_threads(PAIRS["threads"]):
+            outputs = translate.translate(self.model, inputs, self.source_vocab, self.target_vocab, beam, max_length,
+                                          length_penalty, unknown)
+        return outputs[0] if isinstance(texts, str) else outputs
+
+    @callers_terms(TRANSLATE)
+    def attention(self, text: str, unknown: str = "error", output: str | None = None) -> dict[str, Any]:
+        """What `charlm translate --attention-plot` draws for `text`: "weights", a tensor
+        (output characters + 1, source characters) whose rows sum to 1, with the "source" and
+        "output" characters (the output's last is "<eos>") that label it. The output weighed is
+        `output`, a translation already made (by beam search, say), or else the greedy one."""
+        from charlm.errors import UsageError
+        from charlm.generation import translation as translate
+        from charlm.generation.sampling import encode_prefix
+
+        TRANSLATE["unknown"].check(unknown, "unknown")
+        output = self.translate(text, unknown=unknown) if output is None else output
+        source_ids = encode_prefix(text, self.source_vocab, unknown=unknown, what="input")
+        if not source_ids:
+            raise UsageError("nothing to plot: the input is empty")
+        weights = translate.attention_weights(self.model, source_ids, self.target_vocab.encode(output))
+        return {"weights": weights, "source": self.source_vocab.decode(source_ids), "output": [*output, "<eos>"]}
+
+    @callers_terms(TRAIN, TRANSLATE)
+    def evaluate(self, pairs_path: PathLike, held_out: bool = False, beam: int = 1, length_penalty: float = 0.0,
+                 max_length: int | None = None, skip_bad_lines: bool = False,
+                 encoding: str = "utf-8") -> dict[str, Any]:
+        """Exact match, character error rate and BLEU on the pairs of a file (with `held_out`,
+        those its training held out), as `charlm eval --json` reports them."""
+        from charlm.evaluation.reports import evaluate_translator
+        from charlm.text.pairs import read_pairs, skipped_message
+
+        pairs, skipped = read_pairs(Path(pairs_path), encoding, skip_bad_lines)
+        if line := skipped_message(pairs_path, skipped):
+            say(line)
+        return evaluate_translator(self.path, pairs, self.device.type, held_out, beam, length_penalty, max_length)
+
+
+# `translate` takes `charlm translate`'s decoding options, as their rows declare them.
+PairModel.translate.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("texts", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str | Sequence[str]"),
+     *parameters(for_command(TRANSLATE, "translate"))],
+    return_annotation="list[str] | str")
