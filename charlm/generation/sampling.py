@@ -245,3 +245,16 @@ def stream_text(
     made = generate(model, context, length, sampling, num_samples, seed, banned=banned, precision=precision)
     for index, sample in enumerate(made.tolist()):
         on_text(("\n" if index else "") + shown + tokenizer.join(vocab.decode(sample)) + "\n")
+
+
+def sample_text(model: nn.Module, vocab: Vocab, tokens: str, length: int, seed: int) -> str:
+    """A short sample of what `model` writes now, from its start token (nothing shown before it),
+    drawn with `seed` (the same draws at each call, so that what changes is the model), in fp32:
+    what training shows at each evaluation. It leaves the model in the mode it found it, and
+    torch's global random state as it was."""
+    was_training = model.training
+    try:
+        made = generate(model, start_ids(vocab), length, Sampling(), 1, seed, banned=special_ids(vocab))
+    finally:
+        model.train(was_training)
+    return Tokenizer(tokens).join(vocab.decode(made[0].tolist()))

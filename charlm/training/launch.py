@@ -192,7 +192,7 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         say(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}")
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
-                      resume_meta=run.resume_meta).run(resume, overwrite)
+                      resume_meta=run.resume_meta, sample=run.sample).run(resume, overwrite)
     return Launched(out, summary, train_config, run, not quiet)
 
 

@@ -16,6 +16,7 @@ trainer's.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -42,6 +43,9 @@ from charlm.training.optimization import TrainConfig
 from charlm.runtime.processes import World
 from charlm.runtime.device import seed_everything
 from charlm.text.tokens import Vocab
+from charlm.generation.sampling import sample_text
+
+SAMPLE_TOKENS = {"char": 60, "word": 12}  # a sample shown at each evaluation: about a line of text
 
 
 
@@ -69,6 +73,7 @@ class Run:
     train_config: TrainConfig | None = None  # the settings as changed to fit the data, if they were
     notes: list[str] = field(default_factory=list)  # what the user should know about the run
     resume_meta: dict[str, Any] = field(default_factory=dict)  # what the resume file alone records
+    sample: Callable[[nn.Module], str] | None = None  # text only: what the model writes now, shown as it trains
 
 
 @dataclass
@@ -155,8 +160,10 @@ def language_model_run(
     val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab)) if len(val_ids) >= 2 else None
     resume_meta = single_file_record(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus, data.sha256) \
         if data.sha256 is not None else {}
+    sample = functools.partial(sample_text, vocab=data.vocab, tokens=data_config.tokens, seed=train_config.seed,
+                               length=SAMPLE_TOKENS[data_config.tokens])
     return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes,
-               resume_meta=resume_meta)
+               resume_meta=resume_meta, sample=sample)
 
 
 def corpus_record(corpus: str | os.PathLike | FoundCorpus) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Trainer: fits any model that keeps the `loss_sum, count, state = model.batch_loss(batch, state)` contract.
 
 It owns the loop (optimizer, learning-rate schedule, clipping, stopping by epochs / steps / time),
-when to evaluate and what to keep (the metrics line, the best model), signals and divergence. The
-loss itself is `charlm.evaluation.reports`'s, the run state and its resume file `charlm.training.resume`'s, the
-run's file names and locks `charlm.training.run_files`'. It never asks which cell or architecture it holds,
-nor what a carried state holds, and it knows nothing about the CLI.
+when to evaluate and what to keep (the metrics line, the best model, a sample), signals and
+divergence. The loss is `charlm.evaluation.reports`'s, the resume file `charlm.training.resume`'s,
+the --max-time plan `charlm.training.time_budget`'s and the run's files `charlm.training.run_files`'.
+It never asks which architecture or state it holds, and it knows nothing about the CLI.
 
 Under torchrun (a `World` of N processes) it trains with DistributedDataParallel: each process
 takes rows [rank*B/N, (rank+1)*B/N) of every batch (B stays the batch size of all processes
@@ -12,14 +12,12 @@ together, and a sequential iterator's hidden state is carried per process, for i
 gradients are averaged, and rank 0 alone writes files and shows progress. With equal rows per
 process the result equals one process training on the whole batch. Every process evaluates (the
 same weights on the same data give the same number), so all take the same decisions.
-It writes a run's files (`charlm.training.run_files` names them): the best model by validation loss
-(or the last one evaluated, with keep="last"), the latest full training state, one metrics line per
-evaluation. Fitting the schedule to --max-time is `charlm.training.time_budget`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -71,12 +69,13 @@ class Trainer:
         self, model: nn.Module, train_batches: Any, val_batches: Callable[[], Iterable] | None,
         config: TrainConfig, out: str | os.PathLike, meta: Metadata | dict[str, Any], progress: bool = True,
         world: World = World(), inputs: Sequence[str | os.PathLike] = (), tuning_dir: str | None = None,
-        resume_meta: dict[str, Any] | None = None,
+        resume_meta: dict[str, Any] | None = None, sample: Callable[[nn.Module], str] | None = None,
     ) -> None:
         self.config, self.meta, self.world = config, read(meta), world
         self.inputs = list(inputs)
         self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.runtime.measured`)
         self.resume_meta = resume_meta or {}  # what the resume file carries beyond `meta` (its corpus's identity)
+        self.sample = sample  # what the model writes now, shown after each evaluation's line
         self.precision = config.precision  # "auto" on a CPU becomes what `_choose_setup` measures
         self.progress = progress and world.is_main
         self.paths = run_paths(out)
@@ -330,6 +329,9 @@ class Trainer:
             tqdm.write(file=sys.stderr, s=f"step {state.step}  epoch {record['epoch']:.2f}  train loss "
                        f"{train_loss if train_loss is None else round(train_loss, 4)}  {shown}  "
                        f"{record['tokens_per_sec']:,.0f} tok/s")
+            if self.sample is not None:  # seeded alike each time: what changes is the model
+                with self._evaluated_weights():
+                    tqdm.write(file=sys.stderr, s=f"  sample: {json.dumps(self.sample(self.model), ensure_ascii=False)}")
         self.budget.evaluated(clock() - began)
 
     def _evaluated_weights(self) -> contextlib.AbstractContextManager:

@@ -230,3 +230,19 @@ def test_one_tokens_per_second_on_the_progress_lines_and_in_the_metrics(runner, 
     assert {20, 40} <= set(shown) & set(recorded)
     for step in (20, 40):
         assert shown[step] == pytest.approx(recorded[step], abs=1)
+
+
+def test_a_sample_as_it_trains_changes_nothing_it_trains(runner, tiny_corpus):
+    """After each evaluation's line, a short sample of what the model writes now (seeded alike each
+    time, one line); --quiet shows none. Showing it leaves the run as it was, byte for byte."""
+    import json as json_module
+
+    shown = run_cli(runner, "train", tiny_corpus, *TINY_MODEL[:-1], "--max-steps", "20", "--eval-every", "10",
+                    "--out", "shown/m.safetensors")
+    samples = [line for line in shown.stderr.splitlines() if line.startswith("  sample: ")]
+    assert len(samples) == 2 and all(json_module.loads(line[len("  sample: "):]) for line in samples)
+    quiet = run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "20", "--eval-every", "10",
+                    "--out", "quiet/m.safetensors")
+    assert "sample:" not in quiet.stderr
+    assert open("shown/m.safetensors", "rb").read() == open("quiet/m.safetensors", "rb").read()
+    assert lr_records("shown/m.metrics.jsonl")[-1]["train_loss"] == lr_records("quiet/m.metrics.jsonl")[-1]["train_loss"]
