@@ -47,7 +47,8 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     training.time_budget     the schedule fitted to --max-time
     training.run_files       a run's files: names, lock, what may be replaced, the metrics file
     training.resume          the resume file, written and checked whole
-    training.progress        the progress bar or lines
+    training.progress        the progress bar or lines, an evaluation's line and sample
+    training.watch           the held-out loss watched: over-fitting named, --early-stop
     training.sharing         torchrun's share of each batch
     training.trainer         the loop
     training.setup           a run assembled from a corpus and settings (data, model, metadata)

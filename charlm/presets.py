@@ -45,6 +45,7 @@ COMMON: dict[str, Any] = {
     "max_vocab": None, "seq_len": 35, "batch_size": 32, "iterator": "sequential", "optimizer": "adamw",
     "min_lr_ratio": 0.1, "warmup_steps": 0, "lr_decay_steps": None, "weight_decay": 0.0, "clip": 1.0, "max_steps": None, "max_time": None,
     "val_fraction": 0.1, "eval_every": None, "seed": 0, "device": "auto", "precision": "auto",
+    "early_stop": None,  # stop after this many evaluations without a better held-out loss; None: off
     "ema": 0.0,  # evaluate and keep an exponential moving average of the weights (this decay); 0: the weights
 }
 LM = {**COMMON, **PRESETS["lm"]}

@@ -45,8 +45,9 @@ def train(ctx: click.Context, corpus: tuple[Path, ...], **settings: Any) -> None
     done = launch(corpus, settings, given, lambda line: click.echo(line, err=True))
     if done.shown:
         shown = best_loss(done.summary) or "done"
-        if done.train_config.keep == "last":
-            shown += f" at step {done.summary['best_step']}; saved the last model"
+        if done.summary.get("best_step") is not None:  # the step of the model kept, or of the best with keep last
+            shown += f" at step {done.summary['best_step']}" + ("; saved the last model" if
+                                                                done.train_config.keep == "last" else "")
         click.echo(f"saved {done.out}: {done.summary['steps']} steps, {shown}", err=True)
         if done.run.held_out:
             from charlm.evaluation.reports import evaluate_translator

@@ -118,6 +118,9 @@ TRAIN = table(
             finite=True, rule="0 (off) or a finite number"),
     Setting("epochs", int, None, _per_task("epochs"), ("train",), low=1),
     Setting("max_steps", int, _COMMON["max_steps"], "Stop after this many optimizer steps.", ("train",), low=1),
+    Setting("early_stop", int, _COMMON["early_stop"], "Stop once the held-out loss has not improved for this many "
+            "evaluations (the model kept is the best's): a small text over-fits long before its epochs end.",
+            ("train",), low=1, metavar="EVALUATIONS"),
     Setting("max_time", float, _COMMON["max_time"], "Stop after this many seconds.", ("train",), low=0, low_open=True,
             rule="positive"),
     Setting("val_fraction", float, _COMMON["val_fraction"], "Held out for validation: the last part of a text (of "

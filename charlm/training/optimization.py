@@ -50,6 +50,8 @@ class TrainConfig:
     keep: str = LM["keep"]  # the model checkpoint: the best by validation loss, or the last evaluated
     # evaluate (and keep) a moving average of the weights of this decay; 0: off
     ema: float = field(default=LM["ema"], metadata=RECORDED_WHEN_SET)
+    # stop after this many evaluations without a better held-out loss; None: off
+    early_stop: int | None = field(default=LM["early_stop"], metadata=RECORDED_WHEN_SET)
 
     def __post_init__(self) -> None:
         for item in fields(self):  # each by its row of `charlm.settings.TRAIN`; an error names the flag

@@ -5,13 +5,28 @@ LINE_SECONDS. It knows nothing about what is trained.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from typing import Any
 
 from tqdm import tqdm
 
 
 LINE_SECONDS = 30.0  # between progress lines when stderr is not a terminal
+
+
+def show_evaluation(record: dict[str, Any], sample: str | None = None, note: str | None = None) -> None:
+    """An evaluation's line (a metrics record's step, epoch, losses and speed), then the `sample` of
+    what the model writes now, quoted as JSON on one line, and a `note`, on stderr past the bar."""
+    val_loss, train_loss = record["val_loss"], record["train_loss"]
+    shown = f"val loss {val_loss:.4f}, ppl {record['val_ppl']:.2f}" if val_loss is not None else "no validation split"
+    tqdm.write(file=sys.stderr, s=f"step {record['step']}  epoch {record['epoch']:.2f}  train loss "
+               f"{train_loss if train_loss is None else round(train_loss, 4)}  {shown}  "
+               f"{record['tokens_per_sec']:,.0f} tok/s")
+    for line in (f"  sample: {json.dumps(sample, ensure_ascii=False)}" if sample is not None else None, note):
+        if line:
+            tqdm.write(file=sys.stderr, s=line)
 
 
 def tokens_per_second(tokens: int, elapsed: float) -> float:

@@ -127,7 +127,7 @@ def language_model_run(
     notes = [line] if isinstance(corpus, FoundCorpus) and (line := corpus.summary()) else []
     try:
         batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
-    except CorpusError as error:
+    except CorpusError:
         if train_config.val_fraction < 0.5 or len(data.ids) < 2 * train_config.seq_len + 2:
             raise
         raise CorpusError(f"--val-fraction {train_config.val_fraction} holds out all but {len(train_ids):,} of the "

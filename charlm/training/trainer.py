@@ -17,7 +17,6 @@ same weights on the same data give the same number), so all take the same decisi
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -43,8 +42,9 @@ from charlm.runtime.processes import StopSignals, World
 from charlm.runtime.device import autocast, rng_states, seed_everything, set_rng_states
 from charlm.runtime.measured import Decisions, choose_training_setup
 from charlm.training.time_budget import TimeBudget
+from charlm.training.watch import LossWatch
 from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer
-from charlm.training.progress import Progress, tokens_per_second
+from charlm.training.progress import Progress, show_evaluation, tokens_per_second
 from charlm.training.resume import RunState, read_resume, write_resume
 from charlm.training.run_files import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
 from charlm.training.sharing import BatchLoss, RowShare
@@ -137,6 +137,7 @@ class Trainer:
         started = clock() - state.elapsed
         per_epoch = len(self.batches)
         self.budget = TimeBudget(config, state, self.world, per_epoch, started, clock)
+        self.watch = LossWatch(self.metrics.read(), config.early_stop)  # the evaluations so far, a resume's too
         total = config.epochs * per_epoch
         if config.max_steps is not None:
             total = min(total, config.max_steps)
@@ -250,6 +251,7 @@ class Trainer:
             self.signals.received is not None
             or (config.max_steps is not None and self.run_state.step >= config.max_steps)
             or (config.max_time is not None and clock() - started >= config.max_time)
+            or self.watch.exhausted()  # --early-stop: no better held-out loss for that many evaluations
         )
 
     def _stop_now(self, started: float, agree: bool = True) -> bool:
@@ -318,6 +320,7 @@ class Trainer:
         improved = state.best_val_loss is None or (score is not None and score < state.best_val_loss)
         if improved:
             state.best_val_loss, state.best_step = score, state.step
+        note = self.watch.add(val_loss, train_loss, state.best_step)
         if (improved or self.config.keep == "last") and self.world.is_main:
             with self._evaluated_weights():
                 checkpoint.save(self.paths["model"], loading.model_tensors(self.model), write(self._meta("model")))
@@ -325,13 +328,10 @@ class Trainer:
             state.loss_sum, state.loss_count = 0.0, 0
             self.save_resume()
         if self.progress:
-            shown = f"val loss {val_loss:.4f}, ppl {record['val_ppl']:.2f}" if val_loss is not None else "no validation split"
-            tqdm.write(file=sys.stderr, s=f"step {state.step}  epoch {record['epoch']:.2f}  train loss "
-                       f"{train_loss if train_loss is None else round(train_loss, 4)}  {shown}  "
-                       f"{record['tokens_per_sec']:,.0f} tok/s")
-            if self.sample is not None:  # seeded alike each time: what changes is the model
-                with self._evaluated_weights():
-                    tqdm.write(file=sys.stderr, s=f"  sample: {json.dumps(self.sample(self.model), ensure_ascii=False)}")
+            with self._evaluated_weights():  # what the model writes now, seeded alike each time
+                sample = self.sample(self.model) if self.sample is not None else None
+            stopping = self.watch.exhausted() and f"no better held-out loss in {self.config.early_stop} evaluations"
+            show_evaluation(record, sample, note or (stopping and f"note: stopping early: {stopping} (--early-stop)"))
         self.budget.evaluated(clock() - began)
 
     def _evaluated_weights(self) -> contextlib.AbstractContextManager:
@@ -352,11 +352,9 @@ class Trainer:
     # -- the resume file -------------------------------------------------------------------------
 
     def save_resume(self, stop_evaluated: bool = False, best: RunState | None = None) -> None:
-        """Write the full training state (see `charlm.training.resume`). `stop_evaluated`: the last
-        metrics line is a stop's evaluation, which --resume drops; `best` is then the run state
-        before it, whose best model is the one to go on from. With several processes every one
-        calls this: rank 0 writes every process's RNG states, the carried state of the whole batch
-        (rows joined in rank order) and the mean loss sum."""
+        """Write the full training state (`charlm.training.resume`). `stop_evaluated`: the last metrics line
+        is a stop's evaluation, which --resume drops, and `best` the run state before it. Every process
+        calls this: rank 0 writes all RNG states, the whole batch's carried state and the mean loss sum."""
         shares = self.world.gather((rng_states(), map_state(torch.Tensor.cpu, self.carried)))
         running_loss = self.world.mean(self.running_loss)
         self.saved_step = self.run_state.step

@@ -246,3 +246,49 @@ def test_a_sample_as_it_trains_changes_nothing_it_trains(runner, tiny_corpus):
     assert "sample:" not in quiet.stderr
     assert open("shown/m.safetensors", "rb").read() == open("quiet/m.safetensors", "rb").read()
     assert lr_records("shown/m.metrics.jsonl")[-1]["train_loss"] == lr_records("quiet/m.metrics.jsonl")[-1]["train_loss"]
+
+
+def test_the_watch_names_over_fitting_once_and_counts_evaluations_since_the_best():
+    from charlm.training.watch import LossWatch
+
+    watch = LossWatch([{"val_loss": 3.0, "train_loss": 3.1}], patience=2)
+    assert watch.add(2.0, 2.5, 20) is None and not watch.exhausted()
+    assert watch.add(2.1, 2.2, 20) is None and not watch.exhausted()
+    assert watch.add(2.2, 2.0, 20) is None and watch.exhausted()  # two evaluations since the best
+    note = watch.add(2.3, 1.8, 20)  # the third rise in a row, the training loss falling
+    assert note is not None and "over-fitting" in note and "step 20's" in note and "--early-stop 3" in note
+    assert watch.add(2.4, 1.7, 20) is None  # said once
+    rising_train = LossWatch([], None)
+    for val, train in [(2.0, 2.0), (2.1, 2.1), (2.2, 2.2), (2.3, 2.3)]:
+        assert rising_train.add(val, train, 10) is None  # both rising: not over-fitting, and no patience
+    assert not rising_train.exhausted()
+
+
+def test_over_fitting_is_named_and_early_stop_stops_there(runner, tiny_corpus, monkeypatch):
+    """A held-out loss that rises three evaluations in a row while the training loss falls is named
+    on stderr, once; --early-stop N stops after N evaluations without a better one; the last line
+    says which step the kept model is from."""
+    from charlm.training import trainer
+
+    held = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    monkeypatch.setattr(trainer, "evaluate", lambda *args, **kwargs: next(held))
+    monkeypatch.setattr(trainer.LossWatch, "add", _falling_training_loss(trainer.LossWatch.add))
+    ran = run_cli(runner, "train", tiny_corpus, *TINY_MODEL[:-1], "--max-steps", "60", "--eval-every", "10")
+    assert ran.stderr.count("over-fitting") == 1 and "the model kept is step 20's" in ran.stderr
+    assert ran.stderr.strip().splitlines()[-1].endswith("at step 20")
+    held = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    stopped = run_cli(runner, "train", tiny_corpus, *TINY_MODEL[:-1], "--max-steps", "60", "--eval-every", "10",
+                      "--early-stop", "2", "--overwrite")
+    assert "note: stopping early: no better held-out loss in 2 evaluations (--early-stop)" in stopped.stderr
+    assert [record["step"] for record in lr_records()] == [10, 20, 30, 40]
+    assert stopped.stderr.strip().splitlines()[-1].startswith("saved checkpoints/tiny.safetensors: 40 steps")
+
+
+def _falling_training_loss(add):
+    """`LossWatch.add` seeing a training loss that falls at each evaluation, whatever the tiny run's is."""
+    losses = iter(range(100, 0, -1))
+
+    def falling(self, val_loss, train_loss, best_step):
+        return add(self, val_loss, float(next(losses)), best_step)
+
+    return falling
