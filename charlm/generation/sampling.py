@@ -247,14 +247,17 @@ def stream_text(
         on_text(("\n" if index else "") + shown + tokenizer.join(vocab.decode(sample)) + "\n")
 
 
-def sample_text(model: nn.Module, vocab: Vocab, tokens: str, length: int, seed: int) -> str:
-    """A short sample of what `model` writes now, from its start token (nothing shown before it),
-    drawn with `seed` (the same draws at each call, so that what changes is the model), in fp32:
-    what training shows at each evaluation. It leaves the model in the mode it found it, and
-    torch's global random state as it was."""
+def sample_text(model: nn.Module, vocab: Vocab, tokens: str, length: int, seed: int,
+                context: Sequence[int] = ()) -> str:
+    """A short sample of what `model` writes now after `context` (ids, not shown; the start token
+    without one), drawn with `seed` (the same draws at each call, so that what changes is the
+    model), in fp32: what training shows at each evaluation. A model trained with its state carried
+    along the text writes from a warmed-up state as it reads; from a bare start token it babbles
+    for longer. It leaves the model in the mode it found it, and torch's global random state as it was."""
     was_training = model.training
     try:
-        made = generate(model, start_ids(vocab), length, Sampling(), 1, seed, banned=special_ids(vocab))
+        made = generate(model, list(context) or start_ids(vocab), length, Sampling(), 1, seed,
+                        banned=special_ids(vocab))
     finally:
         model.train(was_training)
     return Tokenizer(tokens).join(vocab.decode(made[0].tolist()))

@@ -46,6 +46,7 @@ from charlm.text.tokens import Vocab
 from charlm.generation.sampling import sample_text
 
 SAMPLE_TOKENS = {"char": 60, "word": 12}  # a sample shown at each evaluation: about a line of text
+SAMPLE_CONTEXT = 64  # tokens of the training text the sample continues (not shown): a warmed-up state
 
 
 
@@ -161,7 +162,8 @@ def language_model_run(
     resume_meta = single_file_record(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus, data.sha256) \
         if data.sha256 is not None else {}
     sample = functools.partial(sample_text, vocab=data.vocab, tokens=data_config.tokens, seed=train_config.seed,
-                               length=SAMPLE_TOKENS[data_config.tokens])
+                               length=SAMPLE_TOKENS[data_config.tokens],
+                               context=train_ids[:SAMPLE_CONTEXT].tolist())  # the text's start, as it trains
     return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes,
                resume_meta=resume_meta, sample=sample)
 
