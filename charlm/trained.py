@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from charlm.presets import PAIRS
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, UsageError
 from charlm.settings import GENERATE, TRAIN, TRANSLATE, Setting, for_command, parameters
 from charlm.settings.rows import in_callers_terms
 
@@ -163,24 +163,29 @@ class TextModel:
 
     @callers_terms(TRAIN)
     def evaluate(self, text_or_path: str | os.PathLike | Sequence[PathLike] | FoundCorpus, encoding: str = "utf-8",
-                 include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict[str, Any]:
+                 include: Sequence[str] = (), exclude: Sequence[str] = (), held_out: bool = False) -> dict[str, Any]:
         """Loss (nats per token), perplexity ("ppl"), bits per token ("bpc"), the tokens predicted
         and how many the vocab lacks, as `charlm eval --json` reports them. A `Path`, a list of
         paths, or a str naming a file or folder is read as `charlm eval` reads it (the files
-        `charlm.text.corpus.find_corpus` found, too); any other str is the text itself."""
+        `charlm.text.corpus.find_corpus` found, too); any other str is the text itself. With
+        `held_out`, only the part of its own corpus the run held out (another corpus is refused)."""
         from charlm.evaluation.reports import evaluate_text
         from charlm.text.corpus import FoundCorpus, find_corpus
+        from charlm.training.resume import recorded_corpus_file
 
+        kept = recorded_corpus_file(self.path) if held_out else None
+        scored = functools.partial(evaluate_text, self.model, self.meta, self.vocab,
+                                   held_out=self.path if held_out else None, resumed_file=kept)
         if isinstance(text_or_path, FoundCorpus):
-            return evaluate_text(self.model, self.meta, self.vocab, text_or_path, encoding)
-
+            return scored(text_or_path, encoding)
         if isinstance(text_or_path, str) and not _names_a_path(text_or_path):
+            if held_out:
+                raise UsageError("held_out scores the run's own corpus; give its path, not a text")
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "text.txt"
                 path.write_text(text_or_path, encoding="utf-8")
-                return evaluate_text(self.model, self.meta, self.vocab, path, "utf-8")
-        found = find_corpus(paths(text_or_path), encoding, tuple(include), tuple(exclude))
-        return evaluate_text(self.model, self.meta, self.vocab, found, encoding)
+                return scored(path, "utf-8")
+        return scored(find_corpus(paths(text_or_path), encoding, tuple(include), tuple(exclude)), encoding)
 
 
 # `generate` and `stream` take `charlm generate`'s options, as its rows declare them (`stream`: one sample).
@@ -278,7 +283,8 @@ class PairModel:
         pairs, skipped = read_pairs(Path(pairs_path), encoding, skip_bad_lines)
         if line := skipped_message(pairs_path, skipped):
             say(line)
-        return evaluate_translator(self.path, pairs, self.device.type, held_out, beam, length_penalty, max_length)
+        return evaluate_translator(self.path, pairs, self.device.type, held_out, beam, length_penalty, max_length,
+                                   source=pairs_path)
 
 
 # `translate` takes `charlm translate`'s decoding options, as their rows declare them.

@@ -26,7 +26,8 @@ from charlm.settings import TRAIN
 @encoding_option
 @corpus_options
 @decoding_options
-@click.option("--held-out", is_flag=True, help="Pairs: score only the pairs of FILE held out when the model was trained on it.")
+@click.option("--held-out", is_flag=True, help="Score only the part of FILE its run held out (the same split; FILE "
+              "must be the run's own corpus: another is refused).")
 @options([TRAIN["skip_bad_lines"]])
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -65,12 +66,10 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
         else:
             report_pairs(report)
         return
-    if held_out:
-        raise click.UsageError("--held-out is for translation models")
     from charlm.text.corpus import find_corpus
 
     found = find_corpus(file, encoding, include, exclude)
-    report = TextModel(path, pick_device(device)).evaluate(found, encoding)
+    report = TextModel(path, pick_device(device)).evaluate(found, encoding, held_out=held_out)
     say_files(found)
     if report["unknown_tokens"] and not as_json:
         click.echo(f"note: {report['unknown_tokens']:,} tokens of {found.shown} are not in the "

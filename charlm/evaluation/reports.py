@@ -67,28 +67,66 @@ def perplexity(loss: float) -> float:
 
 def evaluate_text(
     model: nn.Module, meta: Metadata, vocab: Vocab, path: str | os.PathLike | FoundCorpus,
-    encoding: str = "utf-8",
+    encoding: str = "utf-8", held_out: str | None = None, resumed_file: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """How well a language model (with its checkpoint's `meta` and `vocab`) predicts the text at
     `path` (or of the files `charlm.text.corpus.find_corpus` found), read as its corpus was: the tokens
-    predicted, how many of them the vocab lacks (they count as `<unk>`), and `loss_report`. Writes
-    no token cache."""
+    predicted, how many of them the vocab lacks (they count as `<unk>`), and `loss_report`. With
+    `held_out` (the checkpoint's path) only the part its run held out, split as the run split it,
+    after checking that this is the run's corpus (`resumed_file`: what the run's resume file records
+    of a one-file corpus, if it is there). Writes no token cache."""
     data = load_corpus(path, meta.tokens, meta.preprocess, encoding, vocab=vocab, cache_dir=None)
-    if len(data.ids) < 2:
-        raise UsageError(f"{path.shown if isinstance(path, FoundCorpus) else path} has fewer than 2 tokens; nothing to predict")
-    unknown = int((data.ids == vocab.unk_index).sum())
-    batches = lm_eval_batches(data.ids, vocab_size=len(vocab))  # logits within a budget, whatever the vocab
-    return {"tokens": len(data.ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate(model, batches()))}
+    shown = path.shown if isinstance(path, FoundCorpus) else os.fspath(path)
+    ids = data.ids if held_out is None else data.split(_held_out_fraction(meta, held_out))[1]
+    if held_out is not None:
+        _check_its_corpus(meta, held_out, path, data.sha256, shown, resumed_file)
+    if len(ids) < 2:
+        raise UsageError(f"{shown} has fewer than 2 tokens{' held out' if held_out else ''}; nothing to predict")
+    unknown = int((ids == vocab.unk_index).sum())
+    batches = lm_eval_batches(ids, vocab_size=len(vocab))  # logits within a budget, whatever the vocab
+    return {"tokens": len(ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate(model, batches()))}
+
+
+def _held_out_fraction(meta: Metadata, path: str) -> float:
+    """The --val-fraction the run at `path` held out with (the default where it recorded none)."""
+    train = None if meta.damaged("train") else meta.train or {}  # missing: the defaults; damaged: refused
+    fraction = train.get("val_fraction", 0.1) if train is not None else None
+    if not (type(fraction) in (int, float) and 0 <= fraction < 1):  # metadata is data
+        raise CheckpointError(f"{path}: damaged training settings (val_fraction) in charlm metadata; "
+                              "score the whole corpus without --held-out")
+    return fraction
+
+
+def _check_its_corpus(meta: Metadata, path: str, corpus: Any, sha256: str | None, shown: str,
+                      kept: dict[str, Any] | None) -> None:
+    """Refuse a corpus that is not the one the run at `path` was trained on: of several files, by
+    their sizes and SHA-256 (the checkpoint records them); of one, by its name and, where the run's
+    resume file is beside it, by its SHA-256."""
+    several = isinstance(corpus, FoundCorpus) and not corpus.single
+    recorded = meta.corpus_files
+    if several or recorded is not None:
+        found = sorted((file["size"], file["sha256"]) for file in corpus.identity()) if several else None
+        if not recorded or found != sorted((file.get("size"), file.get("sha256")) for file in recorded):
+            raise UsageError(f"{shown} is not the corpus {path} was trained on (its files' sizes and SHA-256 are "
+                             "not those the checkpoint records); --held-out scores the run's own corpus")
+        return
+    name = os.path.basename(corpus.roots[0] if isinstance(corpus, FoundCorpus) else os.fspath(corpus))
+    if name != meta.corpus or (kept is not None and sha256 is not None and kept.get("sha256") != sha256):
+        raise UsageError(f"{shown} is not the corpus {path} was trained on ({meta.corpus}"
+                         f"{', as its resume file records it' if kept else ''}); --held-out scores the run's own corpus")
 
 
 def evaluate_translator(
     path: str, pairs: Sequence[Pair], device: str = "auto", held_out: bool = False, beam: int = 1,
-    length_penalty: float = 0.0, max_length: int | None = None,
+    length_penalty: float = 0.0, max_length: int | None = None, source: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Scores of the translation checkpoint at `path` on `pairs` (`charlm.evaluation.reports.evaluate_pairs`),
     or with `held_out` on the part of them its training held out (split again with the same
     fraction and seed)."""
     model, meta, source_vocab, target_vocab = checkpoint.load_translator(path, pick_device(device))
+    if held_out and source is not None and os.path.basename(os.fspath(source)) != meta.corpus:
+        raise UsageError(f"{source} is not the file {path} was trained on ({meta.corpus}); --held-out scores the "
+                         "pairs of the run's own file")
     if held_out:
         train = None if meta.damaged("train") else meta.train or {}  # missing: the defaults; damaged: refused
         fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if train is not None else (None, None)

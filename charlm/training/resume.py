@@ -174,6 +174,19 @@ def _check_same_run(path: str, saved: dict[str, Any], meta: Metadata, train_conf
                           "resume with the same flags and corpus")
 
 
+def recorded_corpus_file(checkpoint_path: str | os.PathLike) -> dict[str, Any] | None:
+    """What the resume file beside a one-file run's checkpoint records of its file (name, size,
+    SHA-256), or None where there is no such record."""
+    from charlm.training.run_files import run_paths
+
+    path = run_paths(checkpoint_path)["resume"]
+    try:
+        kept = read(checkpoint.read_metadata(path)).corpus_file if os.path.isfile(path) else None
+    except CharlmError:
+        return None
+    return kept if isinstance(kept, dict) else None
+
+
 def check_corpus(
     path: str | os.PathLike, meta: Metadata | dict[str, Any], allow_changed: bool = False
 ) -> str | None:
