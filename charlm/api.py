@@ -27,6 +27,7 @@ from charlm.settings import STATS, TRAIN, Setting, for_command, parameters
 from charlm.trained import PairModel, PathLike, TextModel, callers_terms, paths, say
 from charlm.training.launch import DEFAULTS, launch
 
+
 @dataclass
 class Run:
     """A finished training run: its checkpoint, the best validation loss (None for a run without a

@@ -15,7 +15,7 @@ import queue
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,12 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def in_callers_words(error: CharlmError, rows: Iterable[Setting]) -> CharlmError:
+    """`error`, its message worded with flags, naming the settings of `rows` as the caller does."""
+    error.args = (in_callers_terms(str(error), rows), *error.args[1:])
+    return error
+
+
 def callers_terms(*tables: dict[str, Setting]) -> Callable[[Any], Any]:
     """A function whose errors, worded with charlm's flags, name the settings as its caller does
     (`settings.rows.DOOR`: a keyword for a program, a JSON field for the server, the flag for the
@@ -47,16 +53,11 @@ def callers_terms(*tables: dict[str, Setting]) -> Callable[[Any], Any]:
             try:
                 return function(*args, **keywords)
             except CharlmError as error:
-                error.args = (in_callers_terms(str(error), rows), *error.args[1:])
-                raise
+                raise in_callers_words(error, rows)
 
         return call
 
     return wrap
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
 
 
 def paths(corpus: PathLike | Sequence[PathLike]) -> tuple[Path, ...]:
@@ -128,7 +129,7 @@ class TextModel:
                 held = None  # the last piece is `sample`'s closing line break, which `generate` leaves out too
                 while (piece := pieces.get()) is not done:
                     if isinstance(piece, CharlmError):  # named as the caller names settings, as at once
-                        piece.args = (in_callers_terms(str(piece), GENERATE.values()), *piece.args[1:])
+                        raise in_callers_words(piece, GENERATE.values())
                     if isinstance(piece, BaseException):
                         raise piece
                     if held is not None:
@@ -259,7 +260,6 @@ class PairModel:
         (output characters + 1, source characters) whose rows sum to 1, with the "source" and
         "output" characters (the output's last is "<eos>") that label it. The output weighed is
         `output`, a translation already made (by beam search, say), or else the greedy one."""
-        from charlm.errors import UsageError
         from charlm.generation import translation as translate
         from charlm.generation.sampling import encode_prefix
 
@@ -277,14 +277,14 @@ class PairModel:
                  encoding: str = "utf-8") -> dict[str, Any]:
         """Exact match, character error rate and BLEU on the pairs of a file (with `held_out`,
         those its training held out), as `charlm eval --json` reports them."""
-        from charlm.evaluation.reports import evaluate_translator
+        from charlm.evaluation.reports import score_translator
         from charlm.text.pairs import read_pairs, skipped_message
 
         pairs, skipped = read_pairs(Path(pairs_path), encoding, skip_bad_lines)
         if line := skipped_message(pairs_path, skipped):
             say(line)
-        return evaluate_translator(self.path, pairs, self.device.type, held_out, beam, length_penalty, max_length,
-                                   source=pairs_path)
+        return score_translator(self.model, self.meta, self.source_vocab, self.target_vocab, self.path, pairs,
+                                held_out, beam, length_penalty, max_length, pairs_path)
 
 
 # `translate` takes `charlm translate`'s decoding options, as their rows declare them.

@@ -77,7 +77,7 @@ def evaluate_text(
     of a one-file corpus, if it is there). Writes no token cache."""
     data = load_corpus(path, meta.tokens, meta.preprocess, encoding, vocab=vocab, cache_dir=None)
     shown = path.shown if isinstance(path, FoundCorpus) else os.fspath(path)
-    ids = data.ids if held_out is None else data.split(_held_out_fraction(meta, held_out))[1]
+    ids = data.ids if held_out is None else data.split(_recorded_split(meta, held_out)[0])[1]
     if held_out is not None:
         _check_its_corpus(meta, held_out, path, data.sha256, shown, resumed_file)
     if len(ids) < 2:
@@ -87,14 +87,15 @@ def evaluate_text(
     return {"tokens": len(ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate(model, batches()))}
 
 
-def _held_out_fraction(meta: Metadata, path: str) -> float:
-    """The --val-fraction the run at `path` held out with (the default where it recorded none)."""
+def _recorded_split(meta: Metadata, path: str) -> tuple[float, int]:
+    """The --val-fraction and --seed the run at `path` split its data with (the defaults where it
+    recorded none): `--held-out` splits again with them."""
     train = None if meta.damaged("train") else meta.train or {}  # missing: the defaults; damaged: refused
-    fraction = train.get("val_fraction", 0.1) if train is not None else None
-    if not (type(fraction) in (int, float) and 0 <= fraction < 1):  # metadata is data
-        raise CheckpointError(f"{path}: damaged training settings (val_fraction) in charlm metadata; "
-                              "score the whole corpus without --held-out")
-    return fraction
+    fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if train is not None else (None, None)
+    if not (type(fraction) in (int, float) and 0 <= fraction < 1 and type(seed) is int):  # metadata is data
+        raise CheckpointError(f"{path}: damaged training settings (val_fraction, seed) in charlm metadata; "
+                              "score the whole file without --held-out")
+    return fraction, seed
 
 
 def _check_its_corpus(meta: Metadata, path: str, corpus: Any, sha256: str | None, shown: str,
@@ -120,20 +121,25 @@ def evaluate_translator(
     path: str, pairs: Sequence[Pair], device: str = "auto", held_out: bool = False, beam: int = 1,
     length_penalty: float = 0.0, max_length: int | None = None, source: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Scores of the translation checkpoint at `path` on `pairs` (`charlm.evaluation.reports.evaluate_pairs`),
-    or with `held_out` on the part of them its training held out (split again with the same
-    fraction and seed)."""
+    """Scores of the translation checkpoint at `path` on `pairs`: `score_translator`'s."""
     model, meta, source_vocab, target_vocab = checkpoint.load_translator(path, pick_device(device))
+    return score_translator(model, meta, source_vocab, target_vocab, path, pairs, held_out, beam, length_penalty,
+                            max_length, source)
+
+
+def score_translator(
+    model: nn.Module, meta: Metadata, source_vocab: Vocab, target_vocab: Vocab, path: str, pairs: Sequence[Pair],
+    held_out: bool = False, beam: int = 1, length_penalty: float = 0.0, max_length: int | None = None,
+    source: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Scores of a loaded translation model (its checkpoint at `path`) on `pairs`
+    (`evaluate_pairs`), or with `held_out` on the part of them its training held out (split again
+    with the same fraction and seed; `source`, the pairs' file, must be the run's)."""
     if held_out and source is not None and os.path.basename(os.fspath(source)) != meta.corpus:
         raise UsageError(f"{source} is not the file {path} was trained on ({meta.corpus}); --held-out scores the "
                          "pairs of the run's own file")
     if held_out:
-        train = None if meta.damaged("train") else meta.train or {}  # missing: the defaults; damaged: refused
-        fraction, seed = (train.get("val_fraction", 0.1), train.get("seed", 0)) if train is not None else (None, None)
-        if not (type(fraction) in (int, float) and 0 <= fraction < 1 and type(seed) is int):  # metadata is data
-            raise CheckpointError(f"{path}: damaged training settings (val_fraction, seed) in charlm metadata; "
-                                  "score the whole file without --held-out")
-        pairs = split_pairs(pairs, fraction, seed)[1]
+        pairs = split_pairs(pairs, *_recorded_split(meta, path))[1]
         if not pairs:
             raise UsageError(f"{path} was trained with nothing held out of this file")
     with cpu_threads(PAIRS["threads"]):

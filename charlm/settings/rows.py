@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ class SettingError(CharlmError):
 @dataclass(frozen=True)
 class Setting:
     """One setting. `kind` is int, float, str, bool, os.PathLike (a path) or tuple (repeatable
-    text); `default` None with `required` False means "not set" (a task's or an architecture's
-    default, or the feature off). Numbers are checked against `low` / `high` (open or closed) and
+    text); `default` None means "not set" (a task's or an architecture's default, or the feature
+    off). Numbers are checked against `low` / `high` (open or closed) and
     `finite`; `rule` says the bound in words, as the error shows it: "{said} must be {rule}, got
     {value}". `choices` is a tuple, or a function read when a command runs (registered
     architectures). `flag` is the command-line flag when it is not "--" + the name with dashes;
@@ -180,7 +181,6 @@ def annotation(row: Setting) -> str:
     return f"{shown} | None" if row.default is None else shown
 
 
-
 def said_by(row: Setting, door: str) -> str:
     """How a door names a setting, for `Setting.check`: "flag" as the CLI does (--top-p),
     "keyword" as the Python API does (top_p), "field" as a JSON body does (top_p)."""
@@ -211,8 +211,6 @@ def in_terms(message: str, door: str, rows: Iterable[Setting]) -> str:
     """`message`, worded with command-line flags as charlm's errors are, with each flag of `rows`
     named as `door` names it: for a program ("keyword") `resume=True`, `unknown="skip"`, `lr`; for
     a JSON body ("field") `"resume": true`, `"unknown": "skip"`, `lr`. Other words stay as they are."""
-    import re
-
     flags: dict[str, tuple[Setting, bool]] = {}
     for row in rows:
         flags[row.option] = (row, True)
@@ -224,7 +222,7 @@ def in_terms(message: str, door: str, rows: Iterable[Setting]) -> str:
         if found is None:
             return match.group(0)
         row, on = found
-        name = row.argument if door == "keyword" else row.name
+        name = said_by(row, door)
         value = match.group(2)
         if row.kind is bool:
             shown = str(on) if door == "keyword" else str(on).lower()

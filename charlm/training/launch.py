@@ -4,8 +4,8 @@ keyword argument of the same name mean the same thing, with the same defaults an
 `launch` fills the settings a caller left out (the task's defaults, then the architecture's, under
 those given), checks that they go together (which task reads a setting, what a model's config
 takes: the rows of `charlm.settings.TRAIN` say) and trains. A setting is named as its row
-(`cell` is `--model`), and errors name the flag. Showing the progress and the final line is left to the caller; nothing here knows
-about click or notebooks.
+(`cell` is `--model`), and errors name the flag (the Python API renames them). Showing the progress
+and the final line is left to the caller; nothing here knows about click or notebooks.
 """
 
 from __future__ import annotations
