@@ -44,7 +44,8 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     evaluation.scores        exact match, character error rate, BLEU
     evaluation.reports       the loss, perplexity and bits per token; a checkpoint's scores on a file
     training.optimization    TrainConfig, the optimizer, the learning rate of each step, --ema
-    training.time_budget     the schedule fitted to --max-time
+    training.recipe          the settings left out, fitted to the text's size and --max-time
+    training.time_budget     the schedule fitted to --max-time, and how often a run evaluates
     training.run_files       a run's files: names, lock, what may be replaced, the metrics file
     training.resume          the resume file, written and checked whole
     training.progress        the progress bar or lines, an evaluation's line and sample

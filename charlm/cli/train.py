@@ -6,6 +6,8 @@ checks them and trains, as it does for `charlm.train`, and prints what the run s
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ def train(ctx: click.Context, corpus: tuple[Path, ...], **settings: Any) -> None
         if done.summary.get("best_step") is not None:  # the step of the model kept, or of the best with keep last
             shown += f" at step {done.summary['best_step']}" + ("; saved the last model" if
                                                                 done.train_config.keep == "last" else "")
+        if done.summary.get("held_out_loss") is not None:
+            loss = done.summary["held_out_loss"]
+            shown += f"; on the whole held-out split val loss {loss:.4f} (ppl {math.exp(min(loss, 700)):.2f})"
         click.echo(f"saved {done.out}: {done.summary['steps']} steps, {shown}", err=True)
         if done.run.held_out:
             from charlm.evaluation.reports import evaluate_translator

@@ -97,13 +97,15 @@ class BatchIterator:
 
 
 def eval_batches(
-    ids: torch.Tensor, batch_size: int, seq_len: int, max_positions: int | None = None
+    ids: torch.Tensor, batch_size: int, seq_len: int, max_positions: int | None = None, positions: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every position of `ids` predicted exactly once, with no offset or shuffling: the ids are cut
     into at most `batch_size` equal rows of at least `seq_len` walked T at a time (carry the state
     between batches), then the few left over, which continue the last row, come as one (1, r)
     batch: keep the last row of the state for it. T is `seq_len`, or less where a batch would hold
-    more than `max_positions` (rows x T) positions; how many steps a batch walks changes no result."""
+    more than `max_positions` (rows x T) positions; how many steps a batch walks changes no result.
+    With `positions`, about that many only: the start of each row (a part of every stretch of
+    `ids`, not only its first), and none of the few left over."""
     num_targets = len(ids) - 1
     rows = max(min(batch_size, num_targets // max(seq_len, 1)), 1)
     steps = max(seq_len, 1)
@@ -113,9 +115,11 @@ def eval_batches(
     row_len = num_targets // rows
     inputs = ids[: rows * row_len].view(rows, row_len)
     targets = ids[1 : rows * row_len + 1].view(rows, row_len)
-    for start in range(0, row_len, steps):
-        yield inputs[:, start : start + steps].long(), targets[:, start : start + steps].long()
-    if rows * row_len < num_targets:
+    walked = row_len if positions is None else min(row_len, max(positions // rows, 1))
+    for start in range(0, walked, steps):
+        end = min(start + steps, walked)
+        yield inputs[:, start:end].long(), targets[:, start:end].long()
+    if rows * row_len < num_targets and walked == row_len:
         yield ids[None, rows * row_len : num_targets].long(), ids[None, rows * row_len + 1 :].long()
 
 
@@ -125,13 +129,14 @@ EVAL_LOGITS_BYTES = 256 << 20
 
 
 def lm_eval_batches(
-    ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256, vocab_size: int | None = None
+    ids: torch.Tensor, batch_size: int = 32, seq_len: int = 256, vocab_size: int | None = None,
+    positions: int | None = None,
 ) -> Callable[[], Iterator]:
     """Validation batches of a language model, as a function the trainer calls at each evaluation:
-    every position of `ids` once, in rows of at least 256 steps; with `vocab_size`, in batches
-    whose logits stay within `EVAL_LOGITS_BYTES`."""
+    every position of `ids` once (or about `positions` of them, spread over `ids`), in rows of at
+    least 256 steps; with `vocab_size`, in batches whose logits stay within `EVAL_LOGITS_BYTES`."""
     most = EVAL_LOGITS_BYTES // (4 * vocab_size) if vocab_size else None
-    return lambda: eval_batches(ids, batch_size, max(seq_len, 256), most)
+    return lambda: eval_batches(ids, batch_size, max(seq_len, 256), most, positions)
 
 
 def encode_pairs(pairs: Iterable, source_vocab: Vocab, target_vocab: Vocab) -> list[EncodedPair]:

@@ -89,7 +89,7 @@ def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], s
         _check_fields(architecture, options["model_settings"], f"the model of {parent.path}")
     with distributed(options["device"]) as world, cpu_threads(options["threads"]):  # alone, or under torchrun
         return _train(task, architecture.name, corpus, out, resume, overwrite, quiet or not world.is_main, options,
-                      world, say, parent)
+                      world, say, parent, given)
 
 
 def _cache_dir(text: Path, cache_dir: Path | None, no_cache: bool) -> str | None:
@@ -147,15 +147,17 @@ def _check_fields(architecture: registry.Architecture, names: Any, named: str) -
 
 def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | None, resume: bool, overwrite: bool,
            quiet: bool, options: dict[str, Any], world: Any, say: Callable[[str], None],
-           parent: Any = None) -> Launched:
+           parent: Any = None, given: set[str] = frozenset()) -> Launched:
     from charlm.data.loading import DataConfig
     from charlm.text.pairs import skipped_message
     from charlm.training.optimization import TrainConfig
     from charlm.training.setup import language_model_run, translation_run
     from charlm.training.trainer import Trainer
 
-    train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
     out = out or default_out(corpus)
+    if resume and task == "lm" and parent is None:  # the run goes on as it began, with what the recipe chose then
+        given = given | _as_recorded(out, options, given)
+    train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
     if world.is_main:  # before reading the corpus, which can take minutes; the trainer checks again
         from charlm.training.run_files import check_creatable
 
@@ -170,7 +172,8 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
             run = language_model_run(found, data_config, train_config, model_settings=options["model_settings"],
                                      world=world, parent=parent)
         else:
-            run = language_model_run(found, data_config, train_config, architecture, options, world)
+            run = language_model_run(found, data_config, train_config, architecture, options, world,
+                                     given=frozenset(given))
         inputs = [file.path for file in found.files] + ([parent.path] if parent is not None else [])
     else:
         run = translation_run(corpus[0], data_config, train_config, architecture, options,
@@ -187,13 +190,54 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         for note in run.notes:
             say(f"note: {note}")
     if not quiet:
+        if run.recipe:
+            say(f"recipe: {run.recipe}")
         if line := skipped_message(corpus[0], run.skipped):
             say(line)
         say(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}")
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
                       resume_meta=run.resume_meta, sample=run.sample).run(resume, overwrite)
+    if getattr(run, "report", None) is not None and world.is_main and summary.get("best_val_loss") is not None:
+        summary.update(_report(out, run, options["device"], quiet, say))
     return Launched(out, summary, train_config, run, not quiet)
+
+
+def _report(out: Path, run: Any, device: str, quiet: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """The kept model's loss on the whole held-out split, where the evaluations as it trained
+    scored a part of it (`charlm.training.setup.EVAL_POSITIONS`)."""
+    from charlm.checkpoints.loading import load_model
+    from charlm.evaluation.reports import evaluate
+    from charlm.runtime.device import pick_device
+    from charlm.training.setup import EVAL_POSITIONS
+
+    if not quiet:
+        say(f"scoring the kept model on all {run.held_out_tokens:,} held-out tokens (the evaluations as it trained "
+            f"scored about {EVAL_POSITIONS:,} of them)")
+    model, _, _ = load_model(out, "lm", pick_device(device))
+    return {"held_out_loss": evaluate(model, run.report())}
+
+
+def _as_recorded(out: Path, options: dict[str, Any], given: set[str]) -> set[str]:
+    """The settings a recipe may choose and the user did not give, as the run at `out` recorded
+    them in its resume file, put in `options`; returns their names (none without such a file:
+    the trainer says so)."""
+    from charlm.checkpoints.files import read_metadata
+    from charlm.checkpoints.metadata import read
+    from charlm.training import recipe
+    from charlm.training.optimization import TrainConfig
+    from charlm.training.run_files import run_paths
+
+    path = run_paths(out)["resume"]
+    if not os.path.exists(path):
+        return set()
+    saved = read(read_metadata(path))
+    recorded = {**(saved.model or {}), **(saved.train or {})}
+    taken = set(recipe.NAMES) - given
+    for name in taken:  # one recorded only when set holds its default
+        field = TrainConfig.__dataclass_fields__.get(name)
+        options[name] = recorded.get(name, field.default if field is not None else LM.get(name))
+    return taken
 
 
 def _task_of(corpus: tuple[Path, ...], task: str, encoding: str, fine_tuning: bool = False) -> str:

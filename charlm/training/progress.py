@@ -54,7 +54,11 @@ class Progress:
                             dynamic_ncols=True, leave=False, file=sys.stderr)
         self.last_line = time.perf_counter()
 
-    def update(self, step: int, loss: float, tokens_per_second: float, lr: float, elapsed: float) -> None:
+    def update(self, step: int, loss: float, tokens_per_second: float, lr: float, elapsed: float,
+               total: int | None = None) -> None:
+        """The run is at `step`; `total`, when given, is the steps it now plans (--max-time's)."""
+        if total and total != self.total:
+            self.total = self.bar.total = total
         if self.lines and time.perf_counter() - self.last_line >= LINE_SECONDS:
             print(f"step {step}/{self.total}  loss {loss:.3f}  lr {lr:.3g}  {tokens_per_second:,.0f} tok/s  "
                   f"{elapsed:.0f} s", file=sys.stderr, flush=True)

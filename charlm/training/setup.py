@@ -39,6 +39,7 @@ from charlm.errors import CharlmError, CheckpointError, CorpusError
 from charlm.checkpoints.metadata import LanguageModelMetadata, Metadata, PairModelMetadata, read
 from charlm.text.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
 from charlm.presets import LM, record
+from charlm.training import recipe
 from charlm.training.optimization import TrainConfig
 from charlm.runtime.processes import World
 from charlm.runtime.device import seed_everything
@@ -47,6 +48,10 @@ from charlm.generation.sampling import sample_text
 
 SAMPLE_TOKENS = {"char": 60, "word": 12}  # a sample shown at each evaluation: about a line of text
 SAMPLE_CONTEXT = 64  # tokens of the training text the sample continues (not shown): a warmed-up state
+# Held-out tokens an evaluation as a text model trains scores, at most (about): a part of every
+# stretch of a long split, so that evaluating costs a bounded share of the run on any corpus size
+# (The Time Machine's 17,898 are all scored). The kept model is scored on the whole split at the end.
+EVAL_POSITIONS = 32 * 1024
 
 
 
@@ -75,6 +80,10 @@ class Run:
     notes: list[str] = field(default_factory=list)  # what the user should know about the run
     resume_meta: dict[str, Any] = field(default_factory=dict)  # what the resume file alone records
     sample: Callable[[nn.Module], str] | None = None  # text only: what the model writes now, shown as it trains
+    # text only: the whole held-out split, where the evaluations as it trains see EVAL_POSITIONS of it
+    report: Callable | None = None
+    held_out_tokens: int = 0
+    recipe: str | None = None  # text only: the settings `charlm.training.recipe` chose, in a line
 
 
 @dataclass
@@ -107,13 +116,15 @@ def load_parent(path: str | os.PathLike) -> Parent:
 def language_model_run(
     corpus: str | os.PathLike | FoundCorpus, data_config: DataConfig, train_config: TrainConfig,
     architecture: str | None = None, model_settings: dict[str, Any] | None = None, world: World = World(),
-    parent: Parent | None = None,
+    parent: Parent | None = None, given: set[str] | frozenset[str] | None = None,
 ) -> Run:
     """A language model of a text, held out as `Corpus.split` says. A training split too short for
     the batch size trains on fewer rows (said in a note). With a `parent` the model is the
     parent's, its weights, architecture, vocab and text settings (`model_settings` may change only
     what leaves the weights as they are, such as dropout); the tokens the new text has and its
-    vocab lacks follow `data_config.unknown` (with "extend", their rows start as this seed's)."""
+    vocab lacks follow `data_config.unknown` (with "extend", their rows start as this seed's).
+    With `given` (the settings the user set), those left out follow `charlm.training.recipe`, fitted
+    to the number of training tokens and --max-time (said in a note); a fine-tuned model keeps its own."""
     model_settings = dict(model_settings or {})
     vocab = None
     if parent is not None:
@@ -126,6 +137,14 @@ def language_model_run(
                            unknown=data_config.unknown if parent is not None else "unk")
     train_ids, val_ids = data.split(train_config.val_fraction)
     notes = [line] if isinstance(corpus, FoundCorpus) and (line := corpus.summary()) else []
+    architecture, chose = architecture or LM["cell"], None
+    if given is not None and parent is None:
+        chosen = recipe.choose(len(train_ids), train_config.max_time, given, architecture,
+                               model_settings.get("embedding_size"))
+        train_config = replace(train_config, **{name: value for name, value in chosen.settings.items()
+                                                if name in TrainConfig.__dataclass_fields__})
+        model_settings.update(chosen.settings)
+        chose = chosen.line
     try:
         batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
     except CorpusError:
@@ -137,7 +156,7 @@ def language_model_run(
         notes.append(f"the training split has {len(train_ids):,} tokens, too few for batches of "
                      f"{train_config.batch_size} x {train_config.seq_len}: using --batch-size {batch_size}")
         train_config = replace(train_config, batch_size=batch_size)
-    entry = registry.get("lm", architecture or LM["cell"])
+    entry = registry.get("lm", architecture)
     model_class, config = model_config(entry, model_settings, vocab_size=len(data.vocab))
     seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
     model = model_class(config)
@@ -158,14 +177,19 @@ def language_model_run(
                    + (f", from {parent.path}" if parent is not None else ""))
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
-    val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab)) if len(val_ids) >= 2 else None
+    val_batches = report = None
+    if len(val_ids) >= 2:  # evaluations as it trains see a bounded part of a long held-out split; the report all
+        val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab),
+                                      EVAL_POSITIONS if len(val_ids) > 2 * EVAL_POSITIONS else None)
+        if len(val_ids) > 2 * EVAL_POSITIONS:
+            report = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab))
     resume_meta = single_file_record(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus, data.sha256) \
         if data.sha256 is not None else {}
     sample = functools.partial(sample_text, vocab=data.vocab, tokens=data_config.tokens, seed=train_config.seed,
                                length=SAMPLE_TOKENS[data_config.tokens],
                                context=train_ids[:SAMPLE_CONTEXT].tolist())  # the text's start, as it trains
     return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes,
-               resume_meta=resume_meta, sample=sample)
+               resume_meta=resume_meta, sample=sample, report=report, held_out_tokens=len(val_ids), recipe=chose)
 
 
 def corpus_record(corpus: str | os.PathLike | FoundCorpus) -> dict[str, Any]:

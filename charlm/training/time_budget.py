@@ -8,6 +8,7 @@ knows nothing about models, batches or files.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from charlm.training.optimization import TrainConfig
 
 PLAN_AFTER = 0.02  # of --max-time: the throughput is measured this long before the schedule is fitted
 PLAN_WINDOW = 6  # flushes: the throughput that plans a --max-time run is that of the last few
+EVALUATIONS = 20  # without --eval-every, a run evaluates about this many times, whatever its epochs
 
 
 class TimeBudget:
@@ -29,6 +31,19 @@ class TimeBudget:
         self.evaluating = [0.0, 0]  # seconds spent in evaluations by this process, and how many
         # (time, step, seconds spent evaluating so far) at recent flushes
         self.recent = collections.deque([(clock(), state.step, 0.0)], maxlen=PLAN_WINDOW)
+
+    def every(self) -> int:
+        """The steps between evaluations: --eval-every's, or the run's planned steps (those
+        --max-time allows once measured, else --epochs', no more than --max-steps) over
+        EVALUATIONS, so that a run of a few kilobytes for hundreds of epochs and one of a large
+        text that never ends an epoch both show and keep about as many evaluations."""
+        config = self.config
+        if config.eval_every is not None:
+            return config.eval_every
+        planned = self.state.planned_steps or config.lr_decay_steps or config.epochs * self.batches_per_epoch
+        if config.max_steps is not None:
+            planned = min(planned, config.max_steps)
+        return max(1, math.ceil(planned / EVALUATIONS))
 
     def evaluated(self, seconds: float) -> None:
         """An evaluation took `seconds`: left out of the training rate, and set aside for those to come."""
@@ -56,7 +71,7 @@ class TimeBudget:
             return
         seconds_per_step = training_seconds / (state.step - measured_step)
         per_evaluation = evaluating / evaluations if evaluations else 0.0
-        every = config.eval_every or self.batches_per_epoch  # steps between evaluations
+        every = self.every()  # steps between evaluations
         left = max(config.max_time - (now - self.started) - per_evaluation, 0.0)  # the stop's evaluation set aside
         fits = state.step + left / (seconds_per_step + per_evaluation / every)
         cap = config.epochs * self.batches_per_epoch

@@ -137,11 +137,13 @@ class Trainer:
         started = clock() - state.elapsed
         per_epoch = len(self.batches)
         self.budget = TimeBudget(config, state, self.world, per_epoch, started, clock)
-        self.watch = LossWatch(self.metrics.read(), config.early_stop)  # the evaluations so far, a resume's too
+        records = self.metrics.read()
+        self.watch = LossWatch(records, config.early_stop)  # the evaluations so far, a resume's too
+        self.evaluated_at = records[-1]["step"] if records else state.step  # the step of the last evaluation
         total = config.epochs * per_epoch
         if config.max_steps is not None:
             total = min(total, config.max_steps)
-        bar = Progress(total, state.step, self.progress)
+        bar = Progress(state.planned_steps or total, state.step, self.progress)
         self.model.train()
         keyboard = False  # a KeyboardInterrupt raised in the loop (a notebook's, a program's)
         try:
@@ -157,24 +159,23 @@ class Trainer:
                         # 2. every LOG_EVERY steps (and before an evaluation) the loss comes to the host:
                         # at steps fixed by the schedule alone, never at a stop, so that a resumed run
                         # sums the same losses in the same groups as an unbroken one
-                        due = config.eval_every is not None and state.step % config.eval_every == 0
+                        due = state.step - self.evaluated_at >= self.budget.every()
                         flush = state.step % LOG_EVERY == 0 or due or state.batch_index == per_epoch
                         if flush:
                             value, count = self._flush()
                             self.budget.plan()
                             now = clock()
                             rate = tokens_per_second(state.tokens, now - started)  # as the metrics say it
-                            bar.update(state.step, value / count, rate, self.optimizer.param_groups[0]["lr"], now - started)
+                            bar.update(state.step, value / count, rate, self.optimizer.param_groups[0]["lr"], now - started,
+                                       state.planned_steps)
                         # 3. evaluation every --eval-every steps: metrics, best model, resume file
                         if due:
                             self._evaluate(started)
                         # 4. a limit or a signal, agreed by every process
                         if self._stop_now(started, agree=flush):
                             break
-                    else:  # the epoch ran to its end: evaluate, unless --eval-every says when
+                    else:  # the epoch ran to its end
                         state.epoch, state.batch_index, self.carried = state.epoch + 1, 0, None
-                        if config.eval_every is None:
-                            self._evaluate(started)
                         continue
                     break
             except KeyboardInterrupt:
@@ -295,7 +296,7 @@ class Trainer:
         state. At a `stop` the training-loss sums and the resume state are left to the caller."""
         state = self.run_state
         began = clock()
-        state.elapsed = began - started
+        state.elapsed, self.evaluated_at = began - started, state.step
         val_loss = None
         if self.val_batches is not None:  # on every process (same weights, same number): same decisions
             with self._evaluated_weights():

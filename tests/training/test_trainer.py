@@ -43,7 +43,7 @@ class OnesBatches:
 
 @pytest.mark.parametrize(("keep", "saved_step"), [("best", 2), ("last", 6)])
 def test_the_model_file_holds_the_best_or_the_last_model(tmp_path, keep, saved_step):
-    config = TrainConfig(optimizer="sgd", lr=0.1, epochs=3, keep=keep, device="cpu")
+    config = TrainConfig(optimizer="sgd", lr=0.1, epochs=3, keep=keep, device="cpu", eval_every=2)
     out = tmp_path / "toy.safetensors"
     summary = Trainer(Toy(), OnesBatches(), lambda: [(torch.zeros(1),)], config, out, {"task": "toy"},
                       progress=False).run()
@@ -171,7 +171,7 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, tiny_corpus):
     text = log.read_text()
     assert "\r" not in text
     assert [line.split()[1] for line in text.splitlines() if line.startswith("step ") and "/" in line.split()[1]][:3] \
-        == ["10/30", "20/30", "30/30"]
+        == ["2/30", "4/30", "6/30"]  # at every evaluation (20 in a run) and every 10 steps
 
 
 def test_a_warmup_composes_with_max_time_and_still_ends_at_the_floor(runner, tiny_corpus, step_clock):
