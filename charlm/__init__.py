@@ -19,6 +19,7 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     text.corpus              the files of a corpus found in folders, read as one stream of documents
     text.pairs               source<TAB>target files, their split and vocabs
     runtime.device           the device, CPU threads, seeds and autocast
+    runtime.cores            the cores free now: affinity, quota, others' use; threads kept at them
     runtime.files            files written atomically, temporaries, a run's lock
     runtime.processes        stop signals, and the processes of a torchrun (World)
     runtime.measured         choices measured on this machine (bf16, the recurrent path), kept

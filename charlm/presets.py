@@ -11,6 +11,7 @@ Standard library only; it knows nothing about what the settings do.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -62,6 +63,23 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
                     "batch_size": 12, "iterator": "random", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1,
                     "warmup_steps": 100, "lr_schedule": "cosine"},
 }
+
+
+# The recipe (`charlm.training.recipe`): where the user does not set them, a text model's settings
+# follow its number of training tokens, by tier: (fewer training tokens than this, what the text
+# is called, the settings chosen for it, where they differ from the presets'). The moderate tier is the presets' own, measured on The Time Machine; the small one holds a
+# model a quarter of the size, regularised for the many passes a small text gets, in smaller
+# batches (more steps per pass) and stopping once the held-out loss has stopped improving.
+TIERS: tuple[tuple[float, str, dict[str, Any]], ...] = (
+    (100_000, "a small text", {"hidden_size": 256, "dropout": 0.5, "weight_drop": 0.3, "embedding_dropout": 0.1,
+                               "batch_size": 16, "early_stop": 5}),
+    (500_000, "a text of moderate size", {}),
+    (math.inf, "a large text", {"dropout": 0.1}),  # one pass or two in the time a run has: little to over-fit
+)
+MODEL_PART = ("hidden_size", "num_layers", "dropout", "weight_drop", "embedding_dropout", "batch_size")
+PASS_TOKENS = 1_600_000  # without --max-time, the epochs are about this many training tokens (10 of The Time Machine)
+MAX_EPOCHS = 300
+UNTIL_TIME = 1_000_000  # the epochs of a --max-time run: as many as the time allows
 
 
 def task_defaults(task: str) -> dict[str, Any]:

@@ -21,6 +21,15 @@ TINY_TEXT = (
 ) * 8
 
 
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What other programs do on the machine running the tests is not the tests' business: the
+    machine reads as unknown (every core free, nothing steered), unless a test says otherwise."""
+    from charlm.runtime import cores
+
+    monkeypatch.setattr(cores, "_machine_busy", lambda: None)
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.txt"

@@ -43,6 +43,9 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
     charlm eval --checkpoint checkpoints/notes.safetensors notes/ --include '*.md'
     charlm eval --checkpoint checkpoints/wordpairs.safetensors corpora/wordpairs.tsv --held-out
     """
+    from charlm.runtime.cores import CpuWatch, use_free_cores
+
+    watch = CpuWatch()  # what other programs use while this one loads: the threads a text is scored on
     from charlm.checkpoints.files import read_metadata
     from charlm.text.pairs import looks_like_pairs
 
@@ -69,7 +72,9 @@ def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, incl
     from charlm.text.corpus import find_corpus
 
     found = find_corpus(file, encoding, include, exclude)
-    report = TextModel(path, pick_device(device)).evaluate(found, encoding, held_out=held_out)
+    model = TextModel(path, pick_device(device))
+    use_free_cores(watch)
+    report = model.evaluate(found, encoding, held_out=held_out)
     say_files(found)
     if report["unknown_tokens"] and not as_json:
         click.echo(f"note: {report['unknown_tokens']:,} tokens of {found.shown} are not in the "

@@ -27,11 +27,16 @@ def generate(checkpoint: str | None, device: str, **flags: Any) -> None:
     charlm generate --prefix "time "
     charlm generate --checkpoint checkpoints/timemachine.safetensors --top-p 0.9 --seed 1
     """
+    from charlm.runtime.cores import CpuWatch, use_free_cores
+
+    watch = CpuWatch()  # what other programs use while this one loads: the threads it generates on
     from charlm.trained import TextModel
     from charlm.generation.request import Request
     from charlm.runtime.device import pick_device
 
     request = Request.from_fields(flags, said="flag")
-    seed = TextModel(checkpoint_or_latest(checkpoint, "lm"), pick_device(device)).sample(request, write)
+    model = TextModel(checkpoint_or_latest(checkpoint, "lm"), pick_device(device))
+    use_free_cores(watch)
+    seed = model.sample(request, write)
     if request.seed is None and request.length and not request.sampling.greedy:
         click.echo(f"note: --seed {seed} writes this text again", err=True)

@@ -53,7 +53,15 @@ def train(ctx: click.Context, corpus: tuple[Path, ...], **settings: Any) -> None
         if done.summary.get("held_out_loss") is not None:
             loss = done.summary["held_out_loss"]
             shown += f"; on the whole held-out split val loss {loss:.4f} (ppl {math.exp(min(loss, 700)):.2f})"
+        unigram = done.summary.get("unigram_loss")
+        if unigram is not None:
+            shown += f" (the text's character frequencies alone: ppl {math.exp(min(unigram, 700)):.2f})"
         click.echo(f"saved {done.out}: {done.summary['steps']} steps, {shown}", err=True)
+        kept = done.summary.get("held_out_loss", done.summary.get("best_val_loss"))
+        if unigram is not None and kept is not None and kept >= unigram:
+            click.echo("note: the model predicts the held-out text no better than its characters' frequencies: it has "
+                       "learnt little beyond which characters are common. Train longer (--max-time), on more text, "
+                       "or a smaller model (--hidden-size)", err=True)
         if done.run.held_out:
             from charlm.evaluation.reports import evaluate_translator
 

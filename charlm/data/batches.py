@@ -136,7 +136,12 @@ def lm_eval_batches(
     every position of `ids` once (or about `positions` of them, spread over `ids`), in rows of at
     least 256 steps; with `vocab_size`, in batches whose logits stay within `EVAL_LOGITS_BYTES`."""
     most = EVAL_LOGITS_BYTES // (4 * vocab_size) if vocab_size else None
-    return lambda: eval_batches(ids, batch_size, max(seq_len, 256), most, positions)
+
+    def batches() -> Iterator:
+        return eval_batches(ids, batch_size, max(seq_len, 256), most, positions)
+
+    batches.positions = min(len(ids) - 1, positions or len(ids))  # about the tokens an evaluation predicts
+    return batches
 
 
 def encode_pairs(pairs: Iterable, source_vocab: Vocab, target_vocab: Vocab) -> list[EncodedPair]:

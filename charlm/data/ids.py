@@ -159,6 +159,15 @@ def corpus_stats(found: FoundCorpus, encoding: str = "utf-8", tokens: str = "cha
 
 
 
+def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int) -> float:
+    """The held-out loss (nats per token predicted, as a language model's evaluation predicts
+    `val_ids[1:]`) of a table of the training split's token frequencies, add-one smoothed: what a
+    model must beat to have learnt more than which characters are common."""
+    counts = torch.bincount(train_ids.long(), minlength=vocab_size).double() + 1
+    log_probabilities = counts.log() - counts.sum().log()
+    return float(-log_probabilities[val_ids[1:].long()].mean())
+
+
 def content_digest(ids: torch.Tensor, vocab: Vocab) -> str:
     """SHA-256 of token ids (their dtype, count and bytes, read in place through numpy, which
     safetensors needs anyway) and of the vocab they index."""

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from charlm.checkpoints import loading as checkpoint
 from charlm.checkpoints.metadata import Metadata
@@ -31,19 +33,24 @@ from charlm.text.corpus import FoundCorpus
 from charlm.text.pairs import Pair, split_pairs
 from charlm.text.tokens import Vocab
 
+PROGRESS_AFTER = 3.0  # seconds: an evaluation that takes longer shows a bar
+
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device | None = None,
-    precision: str = "fp32",
+    precision: str = "fp32", shown: int | None = None,
 ) -> float:
     """Mean loss in nats per predicted token over `batches`, carrying the state from batch to
     batch (a batch with fewer rows continues the last rows). Uses no random numbers, so evaluating
-    never changes a training run's trajectory."""
+    never changes a training run's trajectory. With `shown` (the tokens the batches predict), a
+    bar on stderr once it has taken PROGRESS_AFTER seconds: a long evaluation shows progress."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
+    bar = None if shown is None else tqdm(total=shown, unit="tok", unit_scale=True, delay=PROGRESS_AFTER,
+                                          leave=False, file=sys.stderr, desc="scoring")
     with autocast(device, precision):
         for batch in batches:
             rows = batch[0].shape[0]
@@ -51,6 +58,10 @@ def evaluate(
                 state = state.rows(slice(-rows, None))
             loss, predicted, state = model.batch_loss(tuple(part.to(device) for part in batch), state)
             total, count = total + float(loss), count + int(predicted)
+            if bar is not None:
+                bar.update(int(predicted))
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     return total / max(count, 1)
 
@@ -84,7 +95,8 @@ def evaluate_text(
         raise UsageError(f"{shown} has fewer than 2 tokens{' held out' if held_out else ''}; nothing to predict")
     unknown = int((ids == vocab.unk_index).sum())
     batches = lm_eval_batches(ids, vocab_size=len(vocab))  # logits within a budget, whatever the vocab
-    return {"tokens": len(ids) - 1, "unknown_tokens": unknown, **loss_report(evaluate(model, batches()))}
+    return {"tokens": len(ids) - 1, "unknown_tokens": unknown,
+            **loss_report(evaluate(model, batches(), shown=len(ids) - 1))}
 
 
 def _recorded_split(meta: Metadata, path: str) -> tuple[float, int]:

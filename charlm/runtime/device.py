@@ -40,14 +40,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @contextlib.contextmanager
 def cpu_threads(count: int | None) -> Iterator[None]:
-    """Run the block with torch's intra-op CPU threads set to `count` (None: as they are), then
-    restore them. Small models, such as the pair models, run faster on one thread: on a small or
+    """Run the block with torch's intra-op CPU threads set to `count` (None: as they are, or as a
+    `charlm.runtime.cores.ThreadPilot` sets them), then restore them. Small models, such as the pair models, run faster on one thread: on a small or
     shared machine several threads mostly wait for each other around tiny matrix products."""
-    if count is None:
-        yield
-        return
     previous = torch.get_num_threads()
-    torch.set_num_threads(count)
+    if count is not None:
+        torch.set_num_threads(count)
     try:
         yield
     finally:

@@ -14,6 +14,11 @@ For generation (`choose_generation_precision`) it decides whether the stepper's 
 bf16 or fp32, by timing both on a short greedy probe at the rows asked for, with bf16's next-token
 distributions within `KL_TOLERANCE` of fp32's along the same tokens.
 
+Choices are measured in turns (each round times every way once), and a measurement taken while
+other programs kept a quarter of a core or more busy (`charlm.runtime.cores.CpuWatch`) is used by
+its run but not kept; a kept training decision whose chosen way now runs a step in under
+CONTRADICTED of its recorded time was measured under load, and is measured again.
+
 Decisions are kept in `tuning.json` in the token-cache folder (generation's in `.charlm-cache/`
 beside the checkpoint), keyed by the CPU, torch's version and thread count, the model's config
 and the batch's shape; a resumed run keeps its own. This
@@ -23,6 +28,7 @@ module knows nothing about files but that one, nor about the CLI.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -33,6 +39,7 @@ from typing import Any
 
 import torch
 
+from charlm.runtime.cores import QUIET, CpuWatch
 from charlm.runtime.files import atomic_write
 
 MIN_STEP_SECONDS = 0.02  # an fp32 step shorter than this is not worth measuring
@@ -44,6 +51,7 @@ MAX_FILE_BYTES = 1 << 20  # a decisions file past this is not charlm's: it is me
 MIN_GENERATION_WORK = 1_000_000  # multiply-adds of a step (rows x weights) under which its calls cost, not its products
 KL_TOLERANCE = 0.01  # nats: bf16's next-token distributions from fp32's, on average over the probe
 PROBE_STEPS = 24  # generation steps of each precision, the first two untimed
+CONTRADICTED = 0.6  # a kept step time that a step now takes under this share of was measured under load
 
 
 def cpu_name() -> str:
@@ -96,14 +104,21 @@ class Decisions:
             atomic_write(self.path, json.dumps(found, indent=1, sort_keys=True).encode("utf-8"))
 
 
-def _seconds(function: Callable[[], Any]) -> float:
-    """The best of REPEATS timed calls, after one untimed."""
-    function()
-    best = float("inf")
-    for _ in range(REPEATS):
+def _seconds(functions: dict[str, Callable[[], Any]], first_at_least: float = 0.0) -> dict[str, float] | None:
+    """The best of REPEATS timed calls of each function, after one untimed, taken in turns (every
+    round calls each once), so that another program's load hits them alike; None as soon as the
+    first's untimed call took under `first_at_least` seconds."""
+    for index, function in enumerate(functions.values()):
         started = time.perf_counter()
         function()
-        best = min(best, time.perf_counter() - started)
+        if index == 0 and time.perf_counter() - started < first_at_least:
+            return None
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(REPEATS):
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - started)
     return best
 
 
@@ -141,8 +156,11 @@ def choose_cpu_setup(
     if isinstance(kept, dict) and isinstance(kept.get("seconds"), dict) and kept.get("precision") in ("bf16", "fp32") \
             and kept.get("fast_path") in (True, False, None) and (not bf16 or "bf16" in kept["seconds"]):
         setup = _decide(kept["seconds"], kept.get("loss_holds") is True, precision)
-        return setup, f"{setup.shown()}: as measured before on this CPU ({kept.get('why', '')})"
+        if not _contradicted(kept["seconds"], setup, step_loss, model):
+            return setup, f"{setup.shown()}: as measured before on this CPU ({kept.get('why', '')})"
+    watch = CpuWatch()
     measured = _measure(step_loss, model, paths, bf16)
+    busy = watch.others()
     if measured is None:
         return Setup(), None
     seconds, losses = measured
@@ -153,9 +171,42 @@ def choose_cpu_setup(
         ("" if loss_holds else ", too far apart")
     auto = _decide(seconds, loss_holds, "auto")
     fp32 = _decide(seconds, loss_holds, "fp32")
+    if busy is not None and busy >= QUIET:  # a measurement beside other work is this run's, not the machine's
+        decisions.measured = True
+        return setup, f"{setup.shown()}: {why}; measured beside other work ({busy:.1f} cores busy), so not kept"
     decisions.put(key, {"precision": auto.precision, "fast_path": fp32.fast_path, "seconds": seconds,
                         "loss_holds": loss_holds, "why": why})
     return setup, f"{setup.shown()}: {why}"
+
+
+def _contradicted(seconds: dict[str, float], setup: Setup, step_loss: Callable[[bool, bool], torch.Tensor],
+                  model: torch.nn.Module) -> bool:
+    """Whether a kept decision is contradicted by this run: a step of the way it chose, timed now
+    (the best of two, the random state and gradients left as they were), runs in under
+    CONTRADICTED of the time it was measured at, so that measurement was slowed by something
+    else (another program) and is to be taken again."""
+    name = "bf16" if setup.precision == "bf16" else {True: "fp32 kernels", False: "fp32 torch"}.get(setup.fast_path,
+                                                                                                     "fp32")
+    recorded = seconds.get(name)
+    if not isinstance(recorded, (int, float)) or recorded <= 0:
+        return True
+    was_path = getattr(model, "fast_path", None)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if setup.fast_path is not None:
+                model.fast_path = setup.fast_path
+            now = min(_timed(lambda: step_loss(setup.precision == "bf16", True)) for _ in range(2))
+        finally:
+            if setup.fast_path is not None:
+                model.fast_path = was_path
+            model.zero_grad(set_to_none=True)
+    return now < CONTRADICTED * recorded
+
+
+def _timed(function: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
 
 
 def choose_training_setup(
@@ -190,21 +241,25 @@ def _measure(
     torch", "bf16"; "fp32" alone where it has no choice of path), and the eval-mode loss of fp32
     and bf16 on the batch; None when fp32 takes under MIN_STEP_SECONDS."""
     names = {True: "fp32 kernels", False: "fp32 torch"}
-    seconds: dict[str, float] = {}
+
+    def step(path: bool | None, bf16: bool) -> torch.Tensor:
+        if paths:
+            model.fast_path = path
+        return step_loss(bf16, True)
+
     with torch.random.fork_rng(devices=[]):
         was_training, was_path = model.training, getattr(model, "fast_path", None)
         try:
-            for path in paths or (None,):
-                if paths:
-                    model.fast_path = path
-                seconds[names.get(path, "fp32")] = _seconds(lambda: step_loss(False, True))
-                if min(seconds.values()) < MIN_STEP_SECONDS:
-                    return None
+            ways = {names.get(path, "fp32"): functools.partial(step, path, False) for path in paths or (None,)}
+            if bf16:
+                ways["bf16"] = functools.partial(step, was_path, True)
+            seconds = _seconds(ways, MIN_STEP_SECONDS)
+            if seconds is None or min(value for name, value in seconds.items() if name != "bf16") < MIN_STEP_SECONDS:
+                return None
             if paths:
                 model.fast_path = was_path
             losses = {}
             if bf16:
-                seconds["bf16"] = _seconds(lambda: step_loss(True, True))
                 model.eval()
                 with torch.no_grad():
                     losses = {"fp32": float(step_loss(False, False)), "bf16": float(step_loss(True, False))}
@@ -256,7 +311,7 @@ def choose_generation_precision(
     kept = decisions.get(key)
     if isinstance(kept, dict) and kept.get("precision") in ("bf16", "fp32") and isinstance(kept.get("why"), str):
         return kept["precision"], f"as measured before on this {device.type.upper()} ({kept['why']})"
-    parts, chosen = [], "bf16"
+    parts, chosen, watch = [], "bf16", CpuWatch()
     with torch.inference_mode():
         for count in counts:
             seconds, divergence = _probe(model, count, device)
@@ -267,6 +322,10 @@ def choose_generation_precision(
                          f"in fp32, {seconds['bf16'] * 1e6:.0f} µs in bf16, next-token KL {divergence:.2g} nats"
                          + ("" if holds else " (too far apart)"))
     why = "; ".join(parts) + f" on {device_name(device)}"
+    busy = watch.others()
+    if busy is not None and busy >= QUIET:  # beside other work: this run's choice, not the machine's
+        decisions.measured = True
+        return chosen, f"{why}; measured beside other work ({busy:.1f} cores busy), so not kept"
     decisions.put(key, {"precision": chosen, "why": why})
     return chosen, why
 

@@ -18,15 +18,24 @@ from charlm.settings.rows import Setting, table
 MAX_THREADS = 1024  # torch takes up to 2**31 - 1, and would start them all on a first parallel op
 
 
+# What the recipe may choose for a text (`charlm.presets.TIERS`): the help says so.
+_RECIPE = {"epochs", *(name for _, _, tier in presets.TIERS for name in tier)}
+
+
+def _text(name: str, value: object) -> str:
+    """A text's default as the help says it: the value, or "the recipe's by the text's size"."""
+    return f"{value} or the recipe's by the text's size" if name in _RECIPE else str(value)
+
+
 def _per_task(name: str) -> str:
     """The defaults of the two tasks, as the help says them: "[default: 512 for text, 128 for pairs]"."""
     lm, pairs = presets.PRESETS["lm"][name], presets.PRESETS["translate"][name]
-    shown = "torch's" if lm is None else lm
+    shown = "torch's" if lm is None else _text(name, lm)
     return f"[default: {shown} for text, {pairs} for pairs]"
 
 
 def _text_default(name: str) -> str:
-    return f"[default: {presets.PRESETS['lm'][name]}]"
+    return f"[default: {_text(name, presets.PRESETS['lm'][name])}]"
 
 
 def _transformer_defaults() -> str:
@@ -94,7 +103,8 @@ TRAIN = table(
             rule="a decay in [0, 1)"),
     Setting("seq_len", int, _COMMON["seq_len"], "Text: steps of backpropagation through time; for the transformer, "
             "its context.", ("train",), low=1, only="lm"),
-    Setting("batch_size", int, _COMMON["batch_size"], "Rows per step, over all processes under torchrun.", ("train",),
+    Setting("batch_size", int, _COMMON["batch_size"], "Rows per step, over all processes under torchrun (for a small text, the recipe's: "
+            "see its line on stderr).", ("train",),
             low=1),
     Setting("iterator", str, _COMMON["iterator"], "Text: sequential carries the hidden state between batches; random "
             "samples independent windows.", ("train",), choices=presets.ITERATORS, only="lm"),
@@ -119,14 +129,15 @@ TRAIN = table(
     Setting("epochs", int, None, _per_task("epochs"), ("train",), low=1),
     Setting("max_steps", int, _COMMON["max_steps"], "Stop after this many optimizer steps.", ("train",), low=1),
     Setting("early_stop", int, _COMMON["early_stop"], "Stop once the held-out loss has not improved for this many "
-            "evaluations (the model kept is the best's): a small text over-fits long before its epochs end.",
+            "evaluations (the model kept is the best's): a small text over-fits long before its epochs end (for one, "
+            "the recipe sets 5).",
             ("train",), low=1, metavar="EVALUATIONS"),
     Setting("max_time", float, _COMMON["max_time"], "Stop after this many seconds.", ("train",), low=0, low_open=True,
             rule="positive"),
     Setting("val_fraction", float, _COMMON["val_fraction"], "Held out for validation: the last part of a text (of "
             "several files, the last part of each of 20 equal stretches of their text); a seeded random part of the "
             "pairs.", ("train",), low=0, high=1, high_open=True),
-    Setting("eval_every", int, _COMMON["eval_every"], "Evaluate every N steps (default: each epoch).", ("train",),
+    Setting("eval_every", int, _COMMON["eval_every"], "Evaluate every N steps [default: about 20 times a run].", ("train",),
             low=1),
     Setting("seed", int, _COMMON["seed"], "", ("train",)),
     Setting("device", str, _COMMON["device"], "Where to run: auto picks cuda, then mps, then cpu.",

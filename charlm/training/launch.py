@@ -179,6 +179,12 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         run = translation_run(corpus[0], data_config, train_config, architecture, options,
                               detected=options["task"] == "auto")
     train_config = run.train_config or train_config
+    pilot = None
+    if options["threads"] is None and train_config.device != "cuda":  # threads at the cores free, as it trains
+        from charlm.runtime.cores import ThreadPilot
+        from charlm.runtime.measured import MIN_STEP_SECONDS
+
+        pilot = ThreadPilot(MIN_STEP_SECONDS)
     if resume:
         from charlm.training.run_files import run_paths
         from charlm.training.resume import check_corpus
@@ -197,9 +203,11 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         say(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}")
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
-                      resume_meta=run.resume_meta, sample=run.sample).run(resume, overwrite)
+                      resume_meta=run.resume_meta, sample=run.sample, pilot=pilot).run(resume, overwrite)
     if getattr(run, "report", None) is not None and world.is_main and summary.get("best_val_loss") is not None:
         summary.update(_report(out, run, options["device"], quiet, say))
+    if getattr(run, "unigram_loss", None) is not None:
+        summary["unigram_loss"] = run.unigram_loss
     return Launched(out, summary, train_config, run, not quiet)
 
 
@@ -215,7 +223,7 @@ def _report(out: Path, run: Any, device: str, quiet: bool, say: Callable[[str], 
         say(f"scoring the kept model on all {run.held_out_tokens:,} held-out tokens (the evaluations as it trained "
             f"scored about {EVAL_POSITIONS:,} of them)")
     model, _, _ = load_model(out, "lm", pick_device(device))
-    return {"held_out_loss": evaluate(model, run.report())}
+    return {"held_out_loss": evaluate(model, run.report(), shown=None if quiet else run.held_out_tokens - 1)}
 
 
 def _as_recorded(out: Path, options: dict[str, Any], given: set[str]) -> set[str]:

@@ -3,8 +3,8 @@
 A few kilobytes of one's own notes and ten megabytes of books want different models: the first
 is learnt by heart within a minute by the model that suits the second. So where the user has
 not set them, the model's size, its regularisation, the batch size, the epochs and early
-stopping follow the number of tokens the run trains on, by the tiers below (measured on the
-texts of `scripts/bench_recipe.py`; the README has the table), and `--max-time` alone plans the
+stopping follow the number of tokens the run trains on, by the tiers below (`charlm.presets.TIERS`,
+measured on the texts of `scripts/bench_recipe.py`; the README has the table), and `--max-time` alone plans the
 epochs that fill it. A setting the user gave is theirs; the choice is said in one line that
 names the flags which override it.
 
@@ -15,27 +15,11 @@ files. The model's part is for the recurrent cells, where it was measured; other
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from charlm.presets import CELLS
+from charlm.presets import CELLS, MAX_EPOCHS, MODEL_PART, PASS_TOKENS, TIERS, UNTIL_TIME
 from charlm.settings import TRAIN
-
-# (fewer training tokens than this, what the text is called, the settings chosen for it). The
-# moderate tier is the presets' own, measured on The Time Machine; the small one holds a
-# model a quarter of the size, regularised for the many passes a small text gets, in smaller
-# batches (more steps per pass) and stopping once the held-out loss has stopped improving.
-TIERS: tuple[tuple[float, str, dict[str, Any]], ...] = (
-    (100_000, "a small text", {"hidden_size": 256, "dropout": 0.5, "weight_drop": 0.3, "embedding_dropout": 0.1,
-                               "batch_size": 16, "early_stop": 5}),
-    (1_000_000, "a text of moderate size", {}),
-    (math.inf, "a large text", {"dropout": 0.1}),  # one pass or two in the time a run has: little to over-fit
-)
-MODEL_PART = ("hidden_size", "num_layers", "dropout", "weight_drop", "embedding_dropout", "batch_size")
-PASS_TOKENS = 1_600_000  # without --max-time, the epochs are about this many training tokens (10 of The Time Machine)
-MAX_EPOCHS = 300
-UNTIL_TIME = 1_000_000  # the epochs of a --max-time run: as many as the time allows
 
 
 @dataclass(frozen=True)
@@ -46,7 +30,7 @@ class Recipe:
     line: str | None
 
 
-NAMES = ("epochs", *{name for _, _, tier in TIERS for name in tier})  # every setting a recipe may choose
+NAMES = ("epochs", *sorted({name for _, _, tier in TIERS for name in tier}))  # every setting a recipe may choose
 
 
 def choose(train_tokens: int, max_time: float | None, given: set[str] | frozenset[str], architecture: str,

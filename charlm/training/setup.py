@@ -33,6 +33,7 @@ from charlm.text.corpus import FoundCorpus
 from charlm.data.batches import (
     BatchIterator, PairBatches, encode_pairs, fit_batch_size, lm_eval_batches, pair_eval_batches,
 )
+from charlm.data.ids import unigram_loss
 from charlm.data.loading import DataConfig, load_corpus
 from charlm.text.corpus import file_digest
 from charlm.errors import CharlmError, CheckpointError, CorpusError
@@ -84,6 +85,7 @@ class Run:
     report: Callable | None = None
     held_out_tokens: int = 0
     recipe: str | None = None  # text only: the settings `charlm.training.recipe` chose, in a line
+    unigram_loss: float | None = None  # text only: the held-out loss of the training split's character frequencies
 
 
 @dataclass
@@ -177,8 +179,9 @@ def language_model_run(
                    + (f", from {parent.path}" if parent is not None else ""))
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
-    val_batches = report = None
-    if len(val_ids) >= 2:  # evaluations as it trains see a bounded part of a long held-out split; the report all
+    val_batches = report = unigram = None
+    if len(val_ids) >= 2:
+        unigram = unigram_loss(train_ids, val_ids, len(data.vocab))  # evaluations as it trains see a bounded part of a long held-out split; the report all
         val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab),
                                       EVAL_POSITIONS if len(val_ids) > 2 * EVAL_POSITIONS else None)
         if len(val_ids) > 2 * EVAL_POSITIONS:
@@ -189,7 +192,8 @@ def language_model_run(
                                length=SAMPLE_TOKENS[data_config.tokens],
                                context=train_ids[:SAMPLE_CONTEXT].tolist())  # the text's start, as it trains
     return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes,
-               resume_meta=resume_meta, sample=sample, report=report, held_out_tokens=len(val_ids), recipe=chose)
+               resume_meta=resume_meta, sample=sample, report=report, held_out_tokens=len(val_ids), recipe=chose,
+               unigram_loss=unigram)
 
 
 def corpus_record(corpus: str | os.PathLike | FoundCorpus) -> dict[str, Any]:

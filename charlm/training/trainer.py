@@ -69,13 +69,13 @@ class Trainer:
         self, model: nn.Module, train_batches: Any, val_batches: Callable[[], Iterable] | None,
         config: TrainConfig, out: str | os.PathLike, meta: Metadata | dict[str, Any], progress: bool = True,
         world: World = World(), inputs: Sequence[str | os.PathLike] = (), tuning_dir: str | None = None,
-        resume_meta: dict[str, Any] | None = None, sample: Callable[[nn.Module], str] | None = None,
+        resume_meta: dict[str, Any] | None = None, sample: Callable[[nn.Module], str] | None = None, pilot: Any = None,
     ) -> None:
         self.config, self.meta, self.world = config, read(meta), world
         self.inputs = list(inputs)
         self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.runtime.measured`)
         self.resume_meta = resume_meta or {}  # what the resume file carries beyond `meta` (its corpus's identity)
-        self.sample = sample  # what the model writes now, shown after each evaluation's line
+        self.sample, self.pilot = sample, pilot  # what the model writes now; the threads' `charlm.runtime.cores.ThreadPilot`
         self.precision = config.precision  # "auto" on a CPU becomes what `_choose_setup` measures
         self.progress = progress and world.is_main
         self.paths = run_paths(out)
@@ -136,7 +136,8 @@ class Trainer:
         config, state = self.config, self.run_state
         started = clock() - state.elapsed
         per_epoch = len(self.batches)
-        self.budget = TimeBudget(config, state, self.world, per_epoch, started, clock)
+        self.budget = TimeBudget(config, state, self.world, per_epoch, started, clock, self.pilot,
+                                 getattr(self.val_batches, "positions", 0))
         records = self.metrics.read()
         self.watch = LossWatch(records, config.early_stop)  # the evaluations so far, a resume's too
         self.evaluated_at = records[-1]["step"] if records else state.step  # the step of the last evaluation

@@ -48,3 +48,14 @@ def test_a_pair_models_held_out_pairs_are_its_own_files(runner):
     assert run_cli(runner, "eval", "--checkpoint", "p.safetensors", "pairs.tsv", "--held-out").exit_code == 0
     refused = run_cli(runner, "eval", "--checkpoint", "p.safetensors", "others.tsv", "--held-out", ok=False)
     assert refused.exit_code == 2 and "others.tsv is not the file p.safetensors was trained on" in refused.stderr
+
+
+def test_a_long_evaluation_shows_progress_and_a_short_one_does_not(runner, tiny_corpus, monkeypatch):
+    from charlm.evaluation import reports
+
+    run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "2")
+    quick = run_cli(runner, "eval", "--checkpoint", "checkpoints/tiny.safetensors", tiny_corpus)
+    assert "scoring" not in quick.stderr
+    monkeypatch.setattr(reports, "PROGRESS_AFTER", 0)  # every evaluation is "long"
+    slow = run_cli(runner, "eval", "--checkpoint", "checkpoints/tiny.safetensors", tiny_corpus)
+    assert "scoring" in slow.stderr and slow.stdout == quick.stdout

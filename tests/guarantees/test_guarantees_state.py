@@ -161,7 +161,8 @@ def test_without_a_validation_split_the_best_loss_is_called_the_training_loss(ru
     for out, fraction, name in (("t/m.safetensors", "0", "train"), ("v/m.safetensors", "0.1", "val")):
         result = run_cli(runner, "train", tiny_corpus, *shown, "--max-steps", "1", "--val-fraction", fraction,
                          "--out", out)
-        assert f"1 steps, best {name} loss " in result.stderr.strip().splitlines()[-1]
+        (saved,) = [line for line in result.stderr.splitlines() if line.startswith("saved ")]
+        assert f"1 steps, best {name} loss " in saved
         assert f", best {name} loss " in run_cli(runner, "info", out).stdout
         training = json.loads(run_cli(runner, "info", out, "--json").stdout)["training"]
         assert (training["best_val_loss"] is None) == (name == "train")

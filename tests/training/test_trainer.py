@@ -165,13 +165,13 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, tiny_corpus):
     with open(log, "w") as stderr:
         subprocess.run([sys.executable, "-c", "from charlm.training import progress; progress.LINE_SECONDS = 0; "
                         "from charlm.cli import main; main()", "train", str(tiny_corpus), *TINY_MODEL[:-1],
-                        "--max-steps", "30", "--out", str(tmp_path / "m.safetensors")],
+                        "--max-steps", "30", "--eval-every", "30", "--out", str(tmp_path / "m.safetensors")],
                        stderr=stderr, stdout=subprocess.DEVNULL, cwd=tmp_path, check=True, timeout=120,
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     text = log.read_text()
     assert "\r" not in text
     assert [line.split()[1] for line in text.splitlines() if line.startswith("step ") and "/" in line.split()[1]][:3] \
-        == ["2/30", "4/30", "6/30"]  # at every evaluation (20 in a run) and every 10 steps
+        == ["10/30", "20/30", "30/30"]
 
 
 def test_a_warmup_composes_with_max_time_and_still_ends_at_the_floor(runner, tiny_corpus, step_clock):
@@ -275,13 +275,22 @@ def test_over_fitting_is_named_and_early_stop_stops_there(runner, tiny_corpus, m
     monkeypatch.setattr(trainer.LossWatch, "add", _falling_training_loss(trainer.LossWatch.add))
     ran = run_cli(runner, "train", tiny_corpus, *TINY_MODEL[:-1], "--max-steps", "60", "--eval-every", "10")
     assert ran.stderr.count("over-fitting") == 1 and "the model kept is step 20's" in ran.stderr
-    assert ran.stderr.strip().splitlines()[-1].endswith("at step 20")
+    assert ran.stderr.strip().splitlines()[-1].endswith("at step 20 (the text's character frequencies alone: ppl "
+                                                        f"{math.exp(unigram_of(tiny_corpus)):.2f})")
     held = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
     stopped = run_cli(runner, "train", tiny_corpus, *TINY_MODEL[:-1], "--max-steps", "60", "--eval-every", "10",
                       "--early-stop", "2", "--overwrite")
     assert "note: stopping early: no better held-out loss in 2 evaluations (--early-stop)" in stopped.stderr
     assert [record["step"] for record in lr_records()] == [10, 20, 30, 40]
     assert stopped.stderr.strip().splitlines()[-1].startswith("saved checkpoints/tiny.safetensors: 40 steps")
+
+
+def unigram_of(path) -> float:
+    from charlm.data.ids import unigram_loss
+    from charlm.data.loading import load_corpus
+
+    data = load_corpus(path)
+    return unigram_loss(*data.split(0.1), len(data.vocab))
 
 
 def _falling_training_loss(add):

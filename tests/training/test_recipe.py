@@ -1,0 +1,116 @@
+"""The recipe: the settings a user leaves out follow the text's size and --max-time, said in one line;
+a setting the user gives is theirs; long held-out splits are scored in part as a run trains and whole
+at its end; the score to beat (the text's character frequencies) is shown."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlm.data.batches import eval_batches
+from charlm.data.ids import unigram_loss
+from charlm.training import recipe
+from tests.conftest import run_cli
+
+OWN_TEXT = Path(__file__).resolve().parent.parent / "fixtures" / "own_text"  # notes in English, Russian, Chinese
+
+
+@pytest.mark.parametrize("tokens", [3_000, 40_000, 99_999])
+def test_a_small_text_gets_a_small_regularised_model_many_epochs_and_early_stopping(tokens):
+    chosen = recipe.choose(tokens, None, set(), "lstm")
+    assert chosen.settings["hidden_size"] < 512 and chosen.settings["dropout"] > 0.3
+    assert chosen.settings["early_stop"] is not None and chosen.settings["epochs"] > 10
+    assert chosen.line.startswith("a small text") and "--hidden-size 256" in chosen.line
+
+
+def test_epochs_fall_as_the_text_grows_and_max_time_alone_plans_them():
+    sizes = [1_000, 10_000, 100_000, 161_082, 1_000_000, 10_000_000, 10**9]
+    epochs = [recipe.choose(size, None, set(), "lstm").settings["epochs"] for size in sizes]
+    assert epochs == sorted(epochs, reverse=True) and epochs[0] == recipe.MAX_EPOCHS and epochs[-1] == 1
+    assert epochs[3] == 10  # The Time Machine's training split: the epochs the presets had
+    timed = recipe.choose(161_082, 60, set(), "lstm")
+    assert timed.settings["epochs"] == recipe.UNTIL_TIME and "as many epochs as --max-time 60 allows" in timed.line
+
+
+def test_what_the_user_set_is_theirs_and_is_not_named():
+    chosen = recipe.choose(5_000, None, {"hidden_size", "dropout", "epochs"}, "lstm")
+    assert not {"hidden_size", "dropout", "epochs"} & set(chosen.settings)
+    assert "--hidden-size" not in chosen.line and "--weight-drop 0.3" in chosen.line
+    everything = set(recipe.NAMES)
+    assert recipe.choose(5_000, None, everything, "lstm") == recipe.Recipe({}, None)
+
+
+def test_the_model_part_is_for_the_recurrent_cells_and_one_hot_input_drops_no_embedding():
+    transformer = recipe.choose(5_000, None, set(), "transformer").settings
+    assert not set(recipe.MODEL_PART) & set(transformer) and transformer["early_stop"] == 5
+    assert "embedding_dropout" not in recipe.choose(5_000, None, set(), "gru", embedding_size=0).settings
+
+
+def test_the_unigram_baseline_is_the_training_frequencies_scored_on_the_held_out_targets():
+    train_ids, val_ids = torch.tensor([1, 1, 1, 2]), torch.tensor([0, 1, 2])  # targets 1 and 2
+    probabilities = torch.tensor([1, 4, 2]) / 7  # add-one counts of ids 0, 1, 2
+    expected = -(math.log(probabilities[1]) + math.log(probabilities[2])) / 2
+    assert unigram_loss(train_ids, val_ids, 3) == pytest.approx(expected)
+
+
+def test_a_part_of_the_held_out_split_is_the_start_of_every_row():
+    ids = torch.arange(1001)
+    whole = list(eval_batches(ids, 4, 10))
+    part = list(eval_batches(ids, 4, 10, positions=80))
+    assert sum(targets.numel() for _, targets in whole) == 1000
+    assert sum(targets.numel() for _, targets in part) == 80  # 4 rows x 20 steps
+    assert [inputs[:, 0].tolist() for inputs, _ in part][0] == [0, 250, 500, 750]  # every quarter of the split
+    assert torch.equal(torch.cat([t for _, t in part], 1), torch.cat([t for _, t in whole], 1)[:, :20])
+
+
+def stderr_lines(result) -> list[str]:
+    return result.stderr.splitlines()
+
+
+def test_a_folder_of_ones_own_notes_says_its_recipe_and_what_to_beat(runner, tmp_path):
+    notes = shutil.copytree(OWN_TEXT, tmp_path / "notes")
+    result = run_cli(runner, "train", notes, "--max-steps", "3", "--hidden-size", "32")
+    (line,) = [line for line in stderr_lines(result) if line.startswith("recipe: ")]
+    assert line.startswith("recipe: a small text (") and "--hidden-size" not in line and "--dropout 0.5" in line
+    assert "2x32" in result.stderr  # the flag given
+    final = stderr_lines(result)[-1] if "note:" not in stderr_lines(result)[-1] else stderr_lines(result)[-2]
+    assert "(the text's character frequencies alone: ppl " in final
+    quiet = run_cli(runner, "train", notes, "--max-steps", "1", "--quiet", "--out", "q.safetensors")
+    assert "recipe:" not in quiet.output
+
+
+def test_a_model_no_better_than_character_frequencies_is_told_so(runner, tmp_path):
+    notes = shutil.copytree(OWN_TEXT, tmp_path / "notes")
+    result = run_cli(runner, "train", notes, "--max-steps", "1", "--hidden-size", "8")
+    assert "no better than its characters' frequencies" in result.stderr
+
+
+def test_the_kept_model_is_scored_on_the_whole_held_out_split_when_evaluations_scored_a_part(runner, tiny_corpus,
+                                                                                           monkeypatch):
+    from charlm.training import setup
+
+    monkeypatch.setattr(setup, "EVAL_POSITIONS", 16)  # the tiny text's 150 held-out tokens are "long"
+    result = run_cli(runner, "train", tiny_corpus, "--hidden-size", "16", "--max-steps", "6", "--eval-every", "3")
+    assert "scoring the kept model on all 150 held-out tokens" in result.stderr
+    shown = float(result.stderr.split("on the whole held-out split val loss ")[1].split()[0])
+    reference = json.loads(run_cli(runner, "eval", "--checkpoint", "checkpoints/tiny.safetensors", tiny_corpus,
+                                   "--held-out", "--json").stdout)
+    assert shown == pytest.approx(reference["loss"], abs=1e-4)
+    records = [json.loads(line) for line in Path("checkpoints/tiny.metrics.jsonl").read_text().splitlines()]
+    assert all(record["val_loss"] != pytest.approx(reference["loss"], abs=1e-6) for record in records)
+
+
+@pytest.mark.slow  # trains for 30 s
+def test_own_notes_in_three_languages_beat_their_character_frequencies_in_half_a_minute(runner, tmp_path):
+    """The issue's case: a few kilobytes of one's own notes in several languages and files, with
+    no flag but --max-time: the kept model's held-out perplexity is well below a unigram's."""
+    notes = shutil.copytree(OWN_TEXT, tmp_path / "notes")
+    result = run_cli(runner, "train", notes, "--max-time", "30")
+    unigram = float(result.stderr.split("character frequencies alone: ppl ")[1].split(")")[0])
+    kept = float(result.stderr.split("best val loss ")[1].split("(ppl ")[1].split(")")[0])
+    assert kept < 0.7 * unigram, result.stderr
