@@ -39,7 +39,8 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     models.seq2seq           the pair models: the lessons' tagger, the encoder-decoder
     checkpoints.loading      models rebuilt from checkpoints; a folder's newest
     generation.request       one generation request, frozen, from any door to the sampler
-    generation.sampling      sampling text: the prefix pass, steps, filters, the printed pieces
+    generation.continuation  a request's new text by sample: gaps, stop texts, log-probabilities, ends
+    generation.sampling      sampling text: the prefix pass, steps, penalties, filters, the printed pieces
     generation.translation   greedy and beam search for pair models
     evaluation.scores        exact match, character error rate, BLEU
     evaluation.reports       the loss, perplexity and bits per token; a checkpoint's scores on a file
