@@ -58,8 +58,9 @@ GENERATE = table(
             ("generate",), low=0, high=20, metavar="N"),
 )
 
-# The most stop strings a request may give, and the most characters of each: OpenAI's bound, at every door.
-MAX_STOPS = 4
+# The most stop texts a request holds (four from its caller, as OpenAI bounds them, and a chat
+# template's four), and the most characters of each.
+MAX_STOPS = 8
 MAX_STOP_CHARS = 100
 
 
