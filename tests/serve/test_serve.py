@@ -580,7 +580,9 @@ def test_the_readme_lists_every_bound():
             f"| `length` | {limits.length:,} tokens", f"| `num_samples` | {limits.num_samples} |",
             f"| `inputs` | {limits.inputs} strings of at most {limits.input_chars:,} characters",
             f"| `beam` | {limits.beam} |", f"| `max_length` | {limits.max_length:,} characters",
-            f"| requests at work (generations and translations) | {limits.in_flight} |"]
+            f"| requests at work (generations and translations) | {limits.in_flight} |",
+            f"| `prompt` of /v1/completions | {limits.prompts} strings (n × prompts at most {limits.num_samples})",
+            f"| `messages` of /v1/chat/completions | {limits.messages} |"]
     assert [row for row in rows if row not in section] == []
 
 
