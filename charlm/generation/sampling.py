@@ -59,14 +59,32 @@ def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 
 class History:
     """What the penalties of `Sampling` read, row by row: the tokens each row has seen (its
-    context and what it has made: the repetition penalty's) and how often each row has made each
-    token (the presence and frequency penalties'). Every step is row by row, so a row's draws are
-    the same alone and stacked with other requests' rows."""
+    context and what it has made: the repetition penalty's), how often each row has made each
+    token (the presence and frequency penalties'), and each row's penalties. Every step is row by
+    row, so a row's draws are the same alone and stacked with other requests' rows (`stacked`:
+    the server's batcher penalizes all its requests' rows at once)."""
 
-    def __init__(self, context: Sequence[int], rows: int, vocab_size: int, device: torch.device) -> None:
+    def __init__(self, context: Sequence[int], rows: int, vocab_size: int, device: torch.device,
+                 sampling: Sampling) -> None:
         self.seen = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)  # (N, V)
         self.seen[:, list(context)] = True
         self.counts = torch.zeros(rows, vocab_size, device=device)  # (N, V) float32
+        penalties = [sampling.repetition_penalty, sampling.frequency_penalty, sampling.presence_penalty]
+        self.penalties = torch.tensor([penalties], device=device).expand(rows, 3)  # (N, 3) float32
+
+    @classmethod
+    def stacked(cls, histories: Sequence[History]) -> History:
+        """The rows of `histories`, in order, as one (a copy: `split` gives each its rows back)."""
+        joined = cls.__new__(cls)
+        joined.seen, joined.counts, joined.penalties = (torch.cat([getattr(history, name) for history in histories])
+                                                        for name in ("seen", "counts", "penalties"))
+        return joined
+
+    def split(self, histories: Sequence[History]) -> None:
+        """Hand each of `histories` (those `stacked` joined) its rows of this one."""
+        sizes = [history.seen.shape[0] for history in histories]
+        for history, seen, counts in zip(histories, self.seen.split(sizes), self.counts.split(sizes)):
+            history.seen, history.counts = seen, counts
 
     def add(self, ids: torch.Tensor) -> None:
         """A step's ids (N,)."""
@@ -74,20 +92,16 @@ class History:
         self.seen[rows, ids] = True
         self.counts[rows, ids] += 1
 
-    def penalize(self, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-        """Logits (N, V) with the penalties of `sampling` applied, as vLLM applies them (and CTRL
-        the repetition penalty): a seen token's positive logit divided by `repetition_penalty`, a
+    def penalize(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (N, V) with each row's penalties applied, as vLLM applies them (and CTRL the
+        repetition penalty): a seen token's positive logit divided by its `repetition_penalty`, a
         negative one multiplied; then `frequency_penalty` times each count and `presence_penalty`
-        for each token made at least once subtracted. A banned token stays at -inf."""
+        for each token made at least once subtracted. A banned token stays at -inf; a penalty that
+        is off (1, 0, 0) leaves a logit exactly as it was."""
+        repetition, frequency, presence = self.penalties.split(1, dim=-1)  # (N, 1) each
         logits = logits.float()
-        if sampling.repetition_penalty != 1:
-            penalty = sampling.repetition_penalty
-            logits = torch.where(self.seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-        if sampling.frequency_penalty:
-            logits = logits - sampling.frequency_penalty * self.counts
-        if sampling.presence_penalty:
-            logits = logits - sampling.presence_penalty * (self.counts > 0).float()
-        return logits
+        logits = torch.where(self.seen, torch.where(logits > 0, logits / repetition, logits * repetition), logits)
+        return logits - frequency * self.counts - presence * (self.counts > 0).float()
 
 
 def scores(logits: torch.Tensor, ids: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -225,12 +239,12 @@ def generate(
     logits, state = warm_up(model, prefix_ids, num_samples, banned)
     step = step_function(model, banned, precision)
     out = torch.empty(num_samples, length, dtype=torch.long, device=device)  # too long fails here, at once
-    history = History(prefix_ids, num_samples, logits.shape[-1], device) if sampling.penalized else None
+    history = History(prefix_ids, num_samples, logits.shape[-1], device, sampling) if sampling.penalized else None
     made: list[torch.Tensor] = []  # (N,) per position: appending costs no torch call
     scored: list[tuple[torch.Tensor, ...]] = []  # scores of each position, with `logprobs`
     flushed = 0
     for position in range(length):
-        made.append(choose(logits if history is None else history.penalize(logits, sampling), sampling, generator))
+        made.append(choose(logits if history is None else history.penalize(logits), sampling, generator))
         if history is not None:
             history.add(made[-1])
         if logprobs is not None:

@@ -237,8 +237,8 @@ class Batcher:
             generation.on_text(sample, shown)
         on_tokens = generation.on_tokens or (lambda sample, text, tokens: generation.on_text(sample, text))
         generation.continuation = Continuation(self.vocab, self.gap, request.num_samples, request.stop, on_tokens)
-        history = History(context, request.num_samples, logits.shape[-1], device) if request.sampling.penalized \
-            else None
+        history = History(context, request.num_samples, logits.shape[-1], device, request.sampling) \
+            if request.sampling.penalized else None
         return _Group([_Request(generation, seeded_generator(generation.seed, device), generation.continuation,
                                 history)], logits, state)
 
@@ -297,10 +297,12 @@ class Batcher:
             by_sampling.setdefault(request.sampling, []).append(position)
         starts = group.row_starts()
         logits = group.logits
-        if any(request.history is not None for request in group.requests):
-            logits = torch.cat([logits[start:end] if request.history is None else
-                                request.history.penalize(logits[start:end], request.sampling)
-                                for request, start, end in zip(group.requests, starts, starts[1:])])
+        penalized = [position for position, request in enumerate(group.requests) if request.history is not None]
+        if penalized:  # all their rows at once
+            histories = [group.requests[position].history for position in penalized]
+            history = History.stacked(histories)
+            penalized_rows = self._rows(starts, penalized, logits.device)
+            logits = logits.index_copy(0, penalized_rows, history.penalize(logits[penalized_rows]))
         if len(by_sampling) == 1:
             [sampling] = by_sampling
             ids = choose_rows(logits, sampling, [request.generator for request in group.requests],
@@ -308,18 +310,32 @@ class Batcher:
         else:
             ids = torch.empty(group.logits.shape[0], dtype=torch.long, device=group.logits.device)
             for sampling, positions in by_sampling.items():
-                rows = torch.tensor([row for position in positions for row in range(starts[position],
-                                                                                    starts[position + 1])],
-                                    dtype=torch.long, device=ids.device)
+                rows = self._rows(starts, positions, ids.device)
                 requests = [group.requests[position] for position in positions]
                 ids[rows] = choose_rows(logits[rows], sampling, [request.generator for request in requests],
                                         [request.rows for request in requests])
+        if penalized:
+            history.add(ids[penalized_rows])
+            history.split(histories)
+        scoring = [position for position, request in enumerate(group.requests)
+                   if request.generation.request.logprobs is not None]
+        scored: dict[int, list] = {}
+        if scoring:  # all their rows at once; each request keeps its own number of likeliest tokens
+            scored_rows = self._rows(starts, scoring, logits.device)
+            most = max(group.requests[position].generation.request.logprobs for position in scoring)
+            every_row = iter(scores_of_rows(*scores(group.logits[scored_rows], ids[scored_rows], most)))
+            for position in scoring:
+                top = group.requests[position].generation.request.logprobs
+                scored[position] = [(chosen, likeliest[:top]) for chosen, likeliest in
+                                    (next(every_row) for _ in range(group.requests[position].rows))]
         every = ids.tolist()
-        for request, start, end in zip(group.requests, starts, starts[1:]):
+        for position, (request, start, end) in enumerate(zip(group.requests, starts, starts[1:])):
             request.made += 1
-            if request.history is not None:
-                request.history.add(ids[start:end])
-            asked = request.generation.request.logprobs
-            scored = None if asked is None else scores_of_rows(*scores(group.logits[start:end], ids[start:end], asked))
-            request.continuation.add(every[start:end], scored)
+            request.continuation.add(every[start:end], scored.get(position))
         return ids
+
+    @staticmethod
+    def _rows(starts: list[int], positions: list[int], device: torch.device) -> torch.Tensor:
+        """The rows (as an index) of the requests at `positions` of a group whose rows start at `starts`."""
+        return torch.tensor([row for position in positions for row in range(starts[position], starts[position + 1])],
+                            dtype=torch.long, device=device)

@@ -49,18 +49,23 @@ def test_min_p_keeps_the_tokens_at_least_that_share_of_the_likeliest():
 
 def test_the_penalties_give_the_distribution_computed_by_hand():
     logits = torch.tensor([[2.0, -1.0, 0.5, 0.0]])
-    history = History([0, 1], 1, 4, torch.device("cpu"))  # the context saw tokens 0 and 1
-    history.add(torch.tensor([2]))
-    history.add(torch.tensor([2]))  # then made token 2 twice
-    penalized = history.penalize(logits, Sampling(repetition_penalty=2.0))
+
+    def history(sampling: Sampling) -> History:
+        made = History([0, 1], 1, 4, torch.device("cpu"), sampling)  # the context saw tokens 0 and 1
+        made.add(torch.tensor([2]))
+        made.add(torch.tensor([2]))  # then made token 2 twice
+        return made
+
+    penalized = history(Sampling(repetition_penalty=2.0)).penalize(logits)
     assert penalized.tolist() == [[1.0, -2.0, 0.25, 0.0]]  # seen: positive halved, negative doubled
-    penalized = history.penalize(logits, Sampling(frequency_penalty=0.5, presence_penalty=0.25))
+    penalized = history(Sampling(frequency_penalty=0.5, presence_penalty=0.25)).penalize(logits)
     assert penalized.tolist() == [[2.0, -1.0, 0.5 - 2 * 0.5 - 0.25, 0.0]]  # only what was made
-    both = history.penalize(logits, Sampling(repetition_penalty=2.0, presence_penalty=1.0))
+    assert history(Sampling()).penalize(logits).tolist() == logits.tolist()  # off: exactly as it was
+    both = history(Sampling(repetition_penalty=2.0, presence_penalty=1.0)).penalize(logits)
     probs = torch.softmax(both, dim=-1)[0].tolist()
     by_hand = [math.exp(value) for value in (1.0, -2.0, 0.25 - 1.0, 0.0)]
     assert probs == pytest.approx([value / sum(by_hand) for value in by_hand])
-    banned = history.penalize(torch.tensor([[float("-inf"), 1.0, 1.0, 1.0]]), Sampling(repetition_penalty=3.0))
+    banned = history(Sampling(repetition_penalty=3.0)).penalize(torch.tensor([[float("-inf"), 1.0, 1.0, 1.0]]))
     assert banned[0, 0] == float("-inf")
 
 
