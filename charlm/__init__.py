@@ -40,7 +40,8 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     models.seq2seq           the pair models: the lessons' tagger, the encoder-decoder
     checkpoints.loading      models rebuilt from checkpoints; a folder's newest
     generation.request       one generation request, frozen, from any door to the sampler
-    generation.sampling      sampling text: the prefix pass, steps, filters, the printed pieces
+    generation.continuation  a request's new text by sample: gaps, stop texts, log-probabilities, ends
+    generation.sampling      sampling text: the prefix pass, steps, penalties, filters, the printed pieces
     generation.translation   greedy and beam search for pair models
     evaluation.scores        exact match, character error rate, BLEU
     evaluation.reports       the loss, perplexity and bits per token; a checkpoint's scores on a file
@@ -59,10 +60,16 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     trained                  trained models for a program: TextModel, PairModel
     api                      the Python API: train, load, stats
     serve.fields             a request body's fields read once, with their bounds
+    serve.chat               a conversation written as text by a chat template
+    serve.openai_requests    OpenAI's completion and chat bodies read into Requests
     serve.batcher            generations of one model stepped together as one batch
     serve.streaming          text from the batcher's thread to a request, as server-sent events
+    serve.jobs               a request's generations on a batcher: slots, waiting, pieces to stream
+    serve.http               a JSON body read, an answer written, errors in either dialect
+    serve.guards             who may ask: the Host named, the API key shown
     serve.catalog            the models a server serves, by name
-    serve.app                the HTTP API and the playground (Starlette)
+    serve.openai_routes      OpenAI's dialect: models, completions, chat, as objects and chunks
+    serve.app                the HTTP API in both dialects and the playground (Starlette)
     serve.server             the server on a socket (uvicorn)
     cli                      the charlm command: the group, shared options, printing
     cli.train, cli.generate, cli.translate, cli.evaluate, cli.inspect, cli.plot, cli.serve

@@ -25,6 +25,7 @@ from charlm.settings import GENERATE, TRAIN, TRANSLATE, Setting, for_command, pa
 from charlm.settings.rows import in_callers_terms
 
 if TYPE_CHECKING:
+    from charlm.generation.continuation import Sample
     from charlm.generation.request import Request
     from charlm.text.corpus import FoundCorpus
 
@@ -84,14 +85,20 @@ class TextModel:
         return write(self.meta)
 
     @callers_terms(GENERATE)
-    def generate(self, *args: Any, **keywords: Any) -> str | list[str]:
+    def generate(self, *args: Any, **keywords: Any) -> str | list[str] | Sample | list[Sample]:
         """The text `charlm generate` prints with these options (the prefix, then `length` new
-        tokens), without its final line break; a list of them for `num_samples` > 1. The keywords
-        are `charlm generate`'s flags, underscored, with the same defaults (`charlm generate --help`
-        says what each does); `precision` "auto" is bf16 where it measures faster here."""
+        tokens, or fewer where a `stop` text ends it), without its final line break; a list of them
+        for `num_samples` > 1. The keywords are `charlm generate`'s flags, underscored, with the
+        same defaults (`charlm generate --help` says what each does); `precision` "auto" is bf16
+        where it measures faster here. With `logprobs=N`, a `charlm.generation.continuation.Sample`
+        (or a list of them) instead: the new text without the prefix (`text`), its `tokens`, each
+        with its log-probability under the model and the N likeliest tokens' (`top`), and why it
+        ended (`finish_reason`: "stop" or "length")."""
         request = _request(self.generate, args, keywords)
         pieces: list[str] = []
-        self.sample(request, pieces.append)
+        _, samples = self.run(request, pieces.append)
+        if request.logprobs is not None:
+            return samples[0] if request.num_samples == 1 else samples
         if request.num_samples == 1:
             return "".join(pieces).removesuffix("\n")
         return [piece.removeprefix("\n").removesuffix("\n") for piece in pieces]
@@ -146,6 +153,11 @@ class TextModel:
         calls this): the prefix, the new text, a line break after each sample; notes on stderr.
         Returns the seed it used: the request's, or one drawn when it has none (the same request
         with that seed gives the same text again)."""
+        return self.run(request, on_text)[0]
+
+    def run(self, request: Request, on_text: Callable[[str], None]) -> tuple[int, list[Sample]]:
+        """`sample`, and also each sample's `charlm.generation.continuation.Sample`: its new text,
+        tokens (with log-probabilities where the request asks for them) and why it ended."""
         import random
 
         from charlm.generation import sampling as generator
@@ -158,9 +170,10 @@ class TextModel:
         if note:
             say(note)
         seed = request.seed if request.seed is not None else random.randrange(2**63)
-        generator.stream_text(self.model, self.vocab, self.meta.tokens, prefix_ids, request.length,
-                              request.sampling, request.num_samples, seed, on_text=on_text, precision=chosen)
-        return seed
+        samples = generator.stream_text(self.model, self.vocab, self.meta.tokens, prefix_ids, request.length,
+                                        request.sampling, request.num_samples, seed, on_text=on_text,
+                                        precision=chosen, stop=request.stop, logprobs=request.logprobs)
+        return seed, samples
 
     @callers_terms(TRAIN)
     def evaluate(self, text_or_path: str | os.PathLike | Sequence[PathLike] | FoundCorpus, encoding: str = "utf-8",

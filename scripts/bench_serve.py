@@ -3,11 +3,15 @@ one at a time, on loopback.
 
     python scripts/bench_serve.py                       # the newest language model in checkpoints/
     python scripts/bench_serve.py runs/x.safetensors --clients 24 --length 200
+    python scripts/bench_serve.py --controls            # also through /v1/completions with the new controls
 
 It starts `charlm serve` as its own process on a free loopback port, sends one request to warm it
 up, then in each of --rounds rounds the requests one at a time, then all at once (each a stream:
 `"stream": true`, its own seed), and prints, from the fastest round of each, requests/s and the
-p50 / p95 times to the first byte of text and to the end, with the CPU and its load. Bounded: at
+p50 / p95 times to the first byte of text and to the end, with the CPU and its load. With
+--controls each round also sends the same requests through OpenAI's /v1/completions with
+penalties, min-p, a stop text that never comes and log-probabilities in use, so that batching's
+gain with them stands beside its gain without. Bounded: at
 most 256 clients and 10 rounds, and every request gives up after --timeout seconds. A number here
 is a measurement of this machine at this moment, not a test.
 """
@@ -54,19 +58,30 @@ def start_server(checkpoint: str, threads: int = 1) -> tuple[subprocess.Popen, s
     raise SystemExit(f"charlm serve did not start (exit code {server.wait()})")
 
 
+CONTROLS = {"presence_penalty": 0.5, "frequency_penalty": 0.3, "repetition_penalty": 1.1, "min_p": 0.02,
+            "stop": ["\x00never"], "logprobs": 2}  # a stop that never comes: every request makes all its tokens
+
+
+def openai_body(body: dict) -> dict:
+    """`body` (of /v1/generate) as a /v1/completions request with the controls in use."""
+    return {"prompt": body["prefix"], "max_tokens": body["length"], "seed": body["seed"], "stream": True, **CONTROLS}
+
+
 def stream(host: str, port: int, body: dict, timeout: float) -> dict:
-    """One streaming request: its status, and seconds to the first event of text and to the end."""
+    """One streaming request (to /v1/completions if it has a prompt, else /v1/generate): its
+    status, and seconds to the first event of text and to the end."""
     started = time.perf_counter()
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    path, end = ("/v1/completions", b"data: [DONE]") if "prompt" in body else ("/v1/generate", b"event: done")
     try:
-        connection.request("POST", "/v1/generate", json.dumps(body), {"Content-Type": "application/json"})
+        connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         response = connection.getresponse()
         first = None
         if response.status == 200:
             for line in response:
                 if first is None and line.startswith(b"data: "):
                     first = time.perf_counter() - started
-                if line.startswith(b"event: done"):
+                if line.startswith(end):
                     break
         else:
             response.read()
@@ -87,7 +102,7 @@ def report(label: str, results: list[dict], seconds: float) -> None:
     bad = [result["status"] for result in results if result["status"] != 200]
     firsts = [result["first"] for result in ok if result["first"] is not None]
     ends = [result["end"] for result in ok]
-    print(f"{label:<14} {len(results)} requests in {seconds:6.2f} s = {len(ok) / seconds:6.1f} req/s   "
+    print(f"{label:<23} {len(results)} requests in {seconds:6.2f} s = {len(ok) / seconds:6.1f} req/s   "
           f"first byte p50 {percentile(firsts, 0.5) * 1000:6.0f} ms p95 {percentile(firsts, 0.95) * 1000:6.0f} ms   "
           f"end p50 {percentile(ends, 0.5) * 1000:6.0f} ms p95 {percentile(ends, 0.95) * 1000:6.0f} ms"
           + (f"   NOT OK: {bad}" if bad else ""))
@@ -131,6 +146,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a request gives up")
     parser.add_argument("--threads", type=int, default=1, help="charlm serve --threads")
     parser.add_argument("--rounds", type=int, default=3, help=f"rounds of both; the best counts (at most {MAX_ROUNDS})")
+    parser.add_argument("--controls", action="store_true", help="also through /v1/completions with penalties, "
+                        "min-p, a stop text and log-probabilities")
     options = parser.parse_args()
     clients = max(1, min(options.clients, MAX_CLIENTS))
     rounds = max(1, min(options.rounds, MAX_ROUNDS))
@@ -150,21 +167,26 @@ def main() -> None:
                   f"best of {rounds} rounds; charlm serve --threads {options.threads}")
             best: dict[str, tuple[list[dict], float]] = {}
             failures = 0
-            for _ in range(rounds):  # each round times both sides, so load from elsewhere hits both alike
-                for label, run in (("one at a time", one_at_a_time), (f"{clients} at once", all_at_once)):
+            kinds = [("", bodies)] + ([(" controls", [openai_body(body) for body in bodies])] if options.controls else [])
+            for _ in range(rounds):  # each round times every side, so load from elsewhere hits them alike
+                for (kind, asked), (label, run) in [(kind, side) for kind in kinds for side in (
+                        ("one at a time", one_at_a_time), (f"{clients} at once", all_at_once))]:
+                    label += kind
                     started = time.perf_counter()
-                    results = run(host, port, bodies, options.timeout)
+                    results = run(host, port, asked, options.timeout)
                     seconds = time.perf_counter() - started
                     failures += sum(1 for result in results if result["status"] != 200)
                     if label not in best or seconds < best[label][1]:
                         best[label] = (results, seconds)
             for label, (results, seconds) in best.items():
                 report(label, results, seconds)
-            alone, (_, together) = best["one at a time"][0], best[f"{clients} at once"]
-            one = percentile([result["end"] for result in alone if result["status"] == 200], 0.5)
-            print(f"{clients} at once took {together / one:.1f}x the time of one request (one at a time: {clients}x); "
-                  f"{failures} failed requests (5xx or other) in all rounds; "
-                  f"load average after: {os.getloadavg()[0]:.2f}")
+            for kind, _ in kinds:
+                alone, (_, together) = best["one at a time" + kind][0], best[f"{clients} at once" + kind]
+                one = percentile([result["end"] for result in alone if result["status"] == 200], 0.5)
+                print(f"{clients} at once{kind} took {together / one:.1f}x the time of one request (one at a time: "
+                      f"{clients}x)")
+            print(f"{failures} failed requests (5xx or other) in all rounds; load average after: "
+                  f"{os.getloadavg()[0]:.2f}")
         finally:
             server.terminate()
             server.wait()

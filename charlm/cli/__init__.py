@@ -194,6 +194,8 @@ def _option(row: Setting) -> Callable[[Any], Any]:
     flag = f"{row.option}/--no-{row.option[2:]}" if row.switch else row.option
     shown: bool | str = row.shown_default or (row.default not in (None, "") and row.kind not in (bool, tuple))
     kind = {"is_flag": True} if row.kind is bool and not row.switch else {"multiple": True} if row.kind is tuple else {}
+    if row.envvar:
+        kind.update(envvar=row.envvar, show_envvar=True)
     return click.option(flag, row.name, type=_click_type(row), default=row.default, show_default=shown,
                         help=row.help or None, metavar=row.metavar, **kind)
 

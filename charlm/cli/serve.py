@@ -1,8 +1,8 @@
 """`charlm serve`: checkpoints behind an HTTP API and a playground page, until Ctrl-C.
 
 Finding and loading the models is `charlm.serve.catalog`'s, the API `charlm.serve.app`'s and the
-socket `charlm.serve.server`'s; this module says where it serves and warns when that is beyond
-this machine.
+socket `charlm.serve.server`'s; this module says where it serves, refuses to serve beyond this
+machine without a key unless told to (--allow-no-key), and warns when it does.
 """
 
 from __future__ import annotations
@@ -17,31 +17,43 @@ from charlm.settings import SERVE
 @click.argument("checkpoints", nargs=-1, type=click.Path(path_type=str))
 @options(SERVE, "serve")
 @device_option
-def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, device: str, precision: str) -> None:
+def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, device: str, precision: str,
+          api_key: str | None, allow_no_key: bool, chat_template: str) -> None:
     """Serve CHECKPOINTS (files or folders; default: every model in checkpoints/) behind an HTTP
-    API and a playground page; needs charlm[serve].
+    API (charlm's own and OpenAI's) and a playground page; needs charlm[serve].
 
     \b
     charlm serve
     charlm serve checkpoints/timemachine.safetensors --port 8080
+    CHARLM_API_KEY=secret charlm serve --host 0.0.0.0
     """
+    from charlm.errors import UsageError
     from charlm.serve import require_extra
 
     require_extra()
     from charlm.serve.app import LOOPBACK_HOSTS, create_app
     from charlm.serve.catalog import load_catalog
+    from charlm.serve.chat import ChatTemplate
     from charlm.serve.server import bind, is_loopback, serve_forever, url
 
-    catalog = load_catalog(list(checkpoints), device)
+    template = ChatTemplate(chat_template)
+    if api_key is not None and not api_key.strip():
+        raise UsageError("--api-key must not be empty")
     loopback = is_loopback(host)
-    if not loopback:
-        click.echo(f"warning: serving on {host}, which other machines can reach; the API has no authentication",
+    if not loopback and api_key is None and not allow_no_key:
+        raise UsageError(f"--host {host} can be reached from other machines: give a key (--api-key KEY, or "
+                         "CHARLM_API_KEY) or, to serve anyone who can reach it, --allow-no-key")
+    catalog = load_catalog(list(checkpoints), device)
+    if not loopback and api_key is None:
+        click.echo(f"warning: serving on {host}, which other machines can reach, without a key (--allow-no-key)",
                    err=True)
     sock = bind(host, port)
-    app = create_app(catalog, allowed_hosts=LOOPBACK_HOSTS if loopback else None, threads=threads, precision=precision)
+    app = create_app(catalog, allowed_hosts=LOOPBACK_HOSTS if loopback else None, threads=threads, precision=precision,
+                     api_key=api_key, chat_template=template)
     for name, batcher in app.state.batchers.items():
         if batcher.note:
             click.echo(f"{name}: {batcher.note}", err=True)
     names = ", ".join(f"{name} ({served.task})" for name, served in catalog.items())
-    click.echo(f"serving {names} at {url(sock)} (Ctrl-C stops)", err=True)
+    key = ", a key required" if api_key is not None else ""
+    click.echo(f"serving {names} at {url(sock)} (OpenAI's API at {url(sock)}v1{key}; Ctrl-C stops)", err=True)
     serve_forever(app, sock, on_stop=app.state.stop)

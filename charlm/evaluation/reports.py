@@ -44,13 +44,14 @@ def evaluate(
     """Mean loss in nats per predicted token over `batches`, carrying the state from batch to
     batch (a batch with fewer rows continues the last rows). Uses no random numbers, so evaluating
     never changes a training run's trajectory. With `shown` (the tokens the batches predict), a
-    bar on stderr once it has taken PROGRESS_AFTER seconds: a long evaluation shows progress."""
+    bar on a terminal's stderr once it has taken PROGRESS_AFTER seconds: a long evaluation shows
+    progress."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
-    bar = None if shown is None else tqdm(total=shown, unit="tok", unit_scale=True, delay=PROGRESS_AFTER,
-                                          leave=False, file=sys.stderr, desc="scoring")
+    bar = None if shown is None or not on_terminal() else tqdm(
+        total=shown, unit="tok", unit_scale=True, delay=PROGRESS_AFTER, leave=False, file=sys.stderr, desc="scoring")
     with autocast(device, precision):
         for batch in batches:
             rows = batch[0].shape[0]
@@ -64,6 +65,11 @@ def evaluate(
         bar.close()
     model.train(was_training)
     return total / max(count, 1)
+
+
+def on_terminal() -> bool:
+    """Whether stderr is a terminal, where a bar redraws in place (a log file would keep every frame)."""
+    return sys.stderr.isatty()
 
 
 def loss_report(loss: float) -> dict[str, float]:

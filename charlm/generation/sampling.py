@@ -1,19 +1,23 @@
 """Sampling text from a trained language model, as a `charlm.generation.request.Request` asks.
 
 `generate` warms the model up on the whole prefix in one pass, then draws one token per step with
-greedy, temperature, top-k or top-p (nucleus) sampling, for one or many samples at once (batched).
+greedy, temperature, top-k, top-p (nucleus) or min-p sampling, after the repetition, presence and
+frequency penalties (`History`: each row's own tokens so far), for one or many samples at once
+(batched), with the tokens' log-probabilities when asked (`scores`).
 Tokens reach the caller through `on_tokens` as they are made, a few steps at a time on a GPU so
 that sampling never waits on the host each step. Its two halves, `warm_up` (the prefix pass) and
 `step_function` (one token for a batch), are public for a caller that steps several requests
 as one batch.
 
-`stream_text` turns what `generate` makes into the text `charlm generate` prints, piece by piece:
-the caller decides where the pieces go. It knows nothing about files or the CLI; turning a prefix
+`stream_text` turns what `generate` makes into the text `charlm generate` prints, piece by piece
+(through `charlm.generation.continuation`, which also ends a sample at a stop text): the caller
+decides where the pieces go. It knows nothing about files or the CLI; turning a prefix
 into ids (and its unseen characters) is `encode_prefix`'s job.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from charlm.errors import CharlmError
+from charlm.generation.continuation import Continuation, Sample
 from charlm.generation.request import Sampling
 from charlm.models.recurrent_stepper import ban_vector
 from charlm.presets import UNKNOWN_POLICIES
@@ -30,7 +35,8 @@ from charlm.text.tokens import Tokenizer, Vocab, preprocess_prefix
 
 
 def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-    """Temperature, then top-k, then top-p: logits (N, V) -> logits with the excluded set to -inf."""
+    """Temperature, then top-k, then top-p, then min-p: logits (N, V) -> logits with the excluded
+    set to -inf."""
     # Shifted so that the max is 0, and divided by a temperature float32 holds: at any temperature
     # the likeliest token keeps a finite logit and a banned one stays -inf.
     limits = torch.finfo(torch.float32)
@@ -46,7 +52,71 @@ def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         before = torch.cumsum(probs, dim=-1) - probs  # probability mass ranked above each token
         sorted_logits = sorted_logits.masked_fill(before >= sampling.top_p, float("-inf"))  # keeps the top 1
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    if sampling.min_p > 0:  # p < min_p * p_max, with the likeliest logit at 0: logit < log(min_p)
+        logits = logits.masked_fill(logits < math.log(sampling.min_p), float("-inf"))
     return logits
+
+
+class History:
+    """What the penalties of `Sampling` read, row by row: the tokens each row has seen (its
+    context and what it has made: the repetition penalty's), how often each row has made each
+    token (the presence and frequency penalties'), and each row's penalties. Every step is row by
+    row, so a row's draws are the same alone and stacked with other requests' rows (`stacked`:
+    the server's batcher penalizes all its requests' rows at once)."""
+
+    def __init__(self, context: Sequence[int], rows: int, vocab_size: int, device: torch.device,
+                 sampling: Sampling) -> None:
+        self.seen = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)  # (N, V)
+        self.seen[:, list(context)] = True
+        self.counts = torch.zeros(rows, vocab_size, device=device)  # (N, V) float32
+        penalties = [sampling.repetition_penalty, sampling.frequency_penalty, sampling.presence_penalty]
+        self.penalties = torch.tensor([penalties], device=device).expand(rows, 3)  # (N, 3) float32
+
+    @classmethod
+    def stacked(cls, histories: Sequence[History]) -> History:
+        """The rows of `histories`, in order, as one (a copy: `split` gives each its rows back)."""
+        joined = cls.__new__(cls)
+        joined.seen, joined.counts, joined.penalties = (torch.cat([getattr(history, name) for history in histories])
+                                                        for name in ("seen", "counts", "penalties"))
+        return joined
+
+    def split(self, histories: Sequence[History]) -> None:
+        """Hand each of `histories` (those `stacked` joined) its rows of this one."""
+        sizes = [history.seen.shape[0] for history in histories]
+        for history, seen, counts in zip(histories, self.seen.split(sizes), self.counts.split(sizes)):
+            history.seen, history.counts = seen, counts
+
+    def add(self, ids: torch.Tensor) -> None:
+        """A step's ids (N,)."""
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        self.seen[rows, ids] = True
+        self.counts[rows, ids] += 1
+
+    def penalize(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (N, V) with each row's penalties applied, as vLLM applies them (and CTRL the
+        repetition penalty): a seen token's positive logit divided by its `repetition_penalty`, a
+        negative one multiplied; then `frequency_penalty` times each count and `presence_penalty`
+        for each token made at least once subtracted. A banned token stays at -inf; a penalty that
+        is off (1, 0, 0) leaves a logit exactly as it was."""
+        repetition, frequency, presence = self.penalties.split(1, dim=-1)  # (N, 1) each
+        logits = logits.float()
+        logits = torch.where(self.seen, torch.where(logits > 0, logits / repetition, logits * repetition), logits)
+        return logits - frequency * self.counts - presence * (self.counts > 0).float()
+
+
+def scores(logits: torch.Tensor, ids: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The log-probabilities under the model (its logits (N, V), before any penalty or filter) of
+    the chosen `ids` (N,), and the `top` likeliest tokens' (N, top) with their ids (N, top)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    values, order = torch.topk(logprobs, min(top, logprobs.shape[-1]), dim=-1)
+    return logprobs.gather(-1, ids[:, None])[:, 0], values, order
+
+
+def scores_of_rows(chosen: torch.Tensor, values: torch.Tensor, order: torch.Tensor) -> list:
+    """What `scores` gives for one step, as `charlm.generation.continuation.Scores`: per row, the
+    chosen token's log-probability and the likeliest (id, log-probability) pairs."""
+    return [(value, list(zip(ids, tops))) for value, ids, tops in
+            zip(chosen.tolist(), order.tolist(), values.tolist())]
 
 
 def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -66,7 +136,7 @@ def choose_rows(logits: torch.Tensor, sampling: Sampling, generators: Sequence[t
     from one generator per request and the rest run once for all."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
-    if sampling.temperature != 1 or sampling.top_k or sampling.top_p < 1:
+    if sampling.filtered:
         logits = filter_logits(logits, sampling)
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (N, V)
     noise = torch.cat([torch.empty(count, probs.shape[-1], device=probs.device).exponential_(1, generator=generator)
@@ -145,13 +215,17 @@ def generate(
     flush_every: int | None = None,
     banned: list[int] = (),
     precision: str = "fp32",
+    logprobs: int | None = None,
 ) -> torch.Tensor:
     """Sample `length` new ids after `prefix_ids` for `num_samples` samples at once.
 
     Returns the new ids (num_samples, length) on the CPU. `on_tokens` gets (num_samples, k) CPU
-    blocks of new ids as they are made: every step on a CPU, every `flush_every` (32) on a GPU.
-    `banned` ids are never drawn (a language model's `<unk>` and reserved tokens). The steps'
-    products run in `precision` (fp32, or bf16: see `choose_precision`); the prefix pass in fp32."""
+    blocks of new ids as they are made: every step on a CPU, every `flush_every` (32) on a GPU;
+    with `logprobs` (N) also, for each step of the block, `scores_of_rows` of its N likeliest
+    tokens. When it returns True the generation ends there (its samples have all stopped), and
+    fewer than `length` ids come back. `banned` ids are never drawn (a language model's `<unk>`
+    and reserved tokens). The steps' products run in `precision` (fp32, or bf16: see
+    `choose_precision`); the prefix pass in fp32."""
     if not prefix_ids:
         raise CharlmError("the prefix is empty after removing unknown characters; give another prefix")
     if length < 0 or num_samples < 1:
@@ -165,13 +239,24 @@ def generate(
     logits, state = warm_up(model, prefix_ids, num_samples, banned)
     step = step_function(model, banned, precision)
     out = torch.empty(num_samples, length, dtype=torch.long, device=device)  # too long fails here, at once
+    history = History(prefix_ids, num_samples, logits.shape[-1], device, sampling) if sampling.penalized else None
     made: list[torch.Tensor] = []  # (N,) per position: appending costs no torch call
+    scored: list[tuple[torch.Tensor, ...]] = []  # scores of each position, with `logprobs`
     flushed = 0
     for position in range(length):
-        made.append(choose(logits, sampling, generator))
+        made.append(choose(logits if history is None else history.penalize(logits), sampling, generator))
+        if history is not None:
+            history.add(made[-1])
+        if logprobs is not None:
+            scored.append(scores(logits, made[-1], logprobs))
         if on_tokens is not None and (len(made) - flushed >= flush_every or len(made) == length):
-            on_tokens(torch.stack(made[flushed:], dim=1).cpu())
+            block = torch.stack(made[flushed:], dim=1).cpu()
+            stopped = on_tokens(block) if logprobs is None else \
+                on_tokens(block, [scores_of_rows(*(part.cpu() for part in step_scores))
+                                  for step_scores in scored[flushed:]])
             flushed = len(made)
+            if stopped:
+                return torch.stack(made, dim=1).cpu()
         if position + 1 < length:
             logits, state = step(made[-1], state)
     return (torch.stack(made, dim=1, out=out) if made else out).cpu()
@@ -219,32 +304,43 @@ def stream_text(
     *,
     on_text: Callable[[str], None],
     precision: str = "fp32",
-) -> None:
+    stop: Sequence[str] = (),
+    logprobs: int | None = None,
+) -> list[Sample]:
     """Sample `length` tokens after `prefix_ids` and hand the text to `on_text` in pieces: the
     prefix (its tokens joined), then the new text, and a "\n" after each sample. One sample
     streams, a piece per block of tokens as `generate` makes them; several come whole, a blank line
     between them. Words (`tokens` "word") are separated by a space, also from the prefix; an empty
-    prefix starts the model from `start_ids` and shows nothing."""
-    tokenizer = Tokenizer(tokens)
+    prefix starts the model from `start_ids` and shows nothing. A sample ends before the first of
+    the `stop` texts it makes. Returns each sample's new text, tokens (with the `logprobs` likeliest
+    tokens' log-probabilities) and why it ended."""
     context = prefix_ids or start_ids(vocab)
-    shown = shown_prefix(tokenizer, vocab, prefix_ids)
-    banned = special_ids(vocab)
-    gap = token_gap(tokenizer)
+    shown = shown_prefix(Tokenizer(tokens), vocab, prefix_ids)
+    pieces: list[str] = []
+    continuation = Continuation(vocab, token_gap(Tokenizer(tokens)), num_samples, stop,
+                                emit=lambda sample, text, made: pieces.append(text) if num_samples == 1 else None)
+
+    def take(block: torch.Tensor, scored: list | None = None) -> bool:  # (N, k)
+        for position, ids in enumerate(block.t().tolist()):
+            continuation.add(ids, None if scored is None else scored[position])
+        if pieces:
+            on_text("".join(pieces))
+            pieces.clear()
+        return continuation.done
+
     if num_samples == 1:
         on_text(shown)
-        first = True
-
-        def stream(block: torch.Tensor) -> None:  # (1, k)
-            nonlocal first
-            on_text(("" if first else gap) + tokenizer.join(vocab.decode(block[0].tolist())))
-            first = False
-
-        generate(model, context, length, sampling, 1, seed, on_tokens=stream, banned=banned, precision=precision)
+    generate(model, context, length, sampling, num_samples, seed, on_tokens=take, banned=special_ids(vocab),
+             precision=precision, logprobs=logprobs)
+    continuation.finish()
+    if num_samples == 1:
+        if pieces:  # held back for a stop text that did not come
+            on_text("".join(pieces))
         on_text("\n")
-        return
-    made = generate(model, context, length, sampling, num_samples, seed, banned=banned, precision=precision)
-    for index, sample in enumerate(made.tolist()):
-        on_text(("\n" if index else "") + shown + tokenizer.join(vocab.decode(sample)) + "\n")
+    else:
+        for index, sample in enumerate(continuation.samples):
+            on_text(("\n" if index else "") + shown + sample.text + "\n")
+    return continuation.samples
 
 
 def sample_text(model: nn.Module, vocab: Vocab, tokens: str, length: int, seed: int,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 WINDOW_SECONDS = 5.0  # the pilot looks again after this much work
 QUIET = 0.25  # cores: others using less than this on average leave the machine quiet
+MIN_SETTLE_SECONDS = 0.5  # a window shorter than this says too little to set threads by
 
 
 def available_cores() -> int:
@@ -114,6 +115,17 @@ class ThreadPilot:
         self.min_step, self.available = min_step, available or available_cores()
         self.watch, self.step = CpuWatch(), 0
         self.changes: list[tuple[int, int]] = []
+
+    def settle(self) -> None:
+        """Set the threads from what the others used since the last look, however few steps
+        there were: before training (the window is the run's set-up: reading the text, building
+        the model) and before the final scoring of a run too short for a look."""
+        if self.watch.seconds() >= MIN_SETTLE_SECONDS:
+            others = self.watch.others()
+            if others is not None:
+                import torch
+
+                torch.set_num_threads(threads_for(others, self.available))
 
     def check(self, step: int) -> None:
         seconds = self.watch.seconds()

@@ -1,18 +1,23 @@
-"""The HTTP API and the playground page, as a Starlette app: the only home of Starlette.
+"""The HTTP API and the playground page, as a Starlette app: the only home of Starlette's app.
+Two dialects: charlm's own,
 
     GET  /                            the playground (static/: plain HTML, JS and CSS)
-    GET  /v1/models                   the models served, with what `charlm info` says of each
     GET  /v1/models/{name}/metrics    a model's loss curve, from its run's metrics file
     POST /v1/generate                 samples, or server-sent events as the text is made
     POST /v1/translate                outputs of a pair model, greedy or beam search
     POST /v1/attention                a pair model's attention weights for one input
 
+and OpenAI's (`charlm.serve.openai_routes`: /v1/models, which also lists charlm's own
+description of each model under "models", /v1/completions, /v1/chat/completions).
+
 A request's body is read here and checked field by field (`charlm.serve.fields`: types and
 `Limits`; a generation's, the rows of `charlm.settings.GENERATE` marked "http", make a
-`charlm.generation.request.Request`); it then goes to a `Batcher` (language models) or to
-`PairModel.translate` in a worker thread. Every error is a 4xx with one line of JSON,
-`{"error": "..."}`; anything unforeseen is a 500 that says only that (its traceback goes to the
-server's log). A request names a model from the catalog, never a file.
+`charlm.generation.request.Request`); it then goes to a `Batcher` (language models, through a
+`charlm.serve.jobs.Job`) or to `PairModel.translate` in a worker thread. Every error is a 4xx
+with one line of JSON in the dialect of its path (`charlm.serve.http.error`); anything
+unforeseen is a 500 that says only that (its traceback goes to the server's log). A request
+names a model from the catalog, never a file. With a key, every /v1/ path asks for it
+(`charlm.serve.guards.KeyCheck`).
 
 It knows nothing about sampling or models beyond `charlm.api` and `charlm.generation.sampling`'s `Request`,
 nor about sockets (`charlm.serve.server` runs it).
@@ -20,11 +25,8 @@ nor about sockets (`charlm.serve.server` runs it).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
-import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -35,80 +37,33 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from charlm.errors import CharlmError
 from charlm.generation.request import Request as GenerationRequest
 from charlm.generation.sampling import encode_prefix
-from charlm.serve.batcher import Batcher, Generation, Stopped
+from charlm.serve.batcher import Batcher
 from charlm.serve.catalog import Served, json_safe
+from charlm.serve.chat import ChatTemplate
 from charlm.serve.fields import Fields, Limits, RequestError, Slots, shown
-from charlm.serve.streaming import EventStream, Pieces, event, until_disconnected
-from charlm.settings import GENERATE, TRANSLATE, for_command
+from charlm.serve.guards import HostCheck, KeyCheck
+from charlm.serve.http import Json, error, read_json
+from charlm.serve.jobs import Job
+from charlm.serve.openai_requests import OPENAI_NAMES
+from charlm.serve.openai_routes import openai_routes
+from charlm.serve.streaming import EventStream, event
+from charlm.settings import GENERATE, TRANSLATE, SettingError, for_command
 from charlm.settings.rows import DOOR, in_terms
 
 log = logging.getLogger("charlm.serve")
 
 
-STREAM_INTERVAL = 0.02  # seconds between two events of one stream, at least: 50 a second is smooth text
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 PAGE_FILES = {"/": ("index.html", "text/html"), "/playground.js": ("playground.js", "text/javascript"),
               "/playground.css": ("playground.css", "text/css")}
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
-
-
-class Json(JSONResponse):
-    """JSON in ASCII: a lone surrogate from a vocab is written escaped, not a failed encode."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
-def error(message: str, status: int) -> Json:
-    return Json({"error": " ".join(str(message).split())}, status_code=status)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a request
-
-
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object: application/json, at most `limit` bytes (a longer one is refused
-    as soon as its length is known), UTF-8, no NaN or Infinity."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/json":
-        raise RequestError("send the body as JSON with Content-Type: application/json", 415)
-    declared = request.headers.get("content-length", "")
-    if declared and (not declared.isdigit() or int(declared) > limit):
-        raise RequestError(f"the body is larger than {limit:,} bytes", 413)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(f"the body is larger than {limit:,} bytes", 413)
-
-    def refuse(constant: str) -> None:
-        raise ValueError(f"{constant} is not a JSON number")
-
-    try:
-        data = json.loads(body.decode("utf-8"), parse_constant=refuse)
-    except UnicodeDecodeError:
-        raise RequestError("the body is not UTF-8") from None
-    except (ValueError, RecursionError) as problem:
-        raise RequestError(f"the body is not JSON: {problem}") from None
-    if not isinstance(data, dict):
-        raise RequestError("the body must be a JSON object")
-    return data
-
-
-# ---------------------------------------------------------------------------------------------
-# From the batcher's thread to a request's event loop
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,11 +78,13 @@ ATTENTION_FIELDS = ("model", "input", "unknown")
 
 
 def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_hosts: tuple[str, ...] | None = None,
-               threads: int | None = 1, precision: str = "fp32") -> Starlette:
+               threads: int | None = 1, precision: str = "fp32", api_key: str | None = None,
+               chat_template: ChatTemplate = ChatTemplate()) -> Starlette:
     """The app serving `catalog`'s models. `allowed_hosts`: the Host names a request may give (a
     page on another site cannot then reach a loopback server by DNS rebinding); None: any.
     `threads`: torch's CPU threads for each language model's batcher (None: torch's default);
-    `precision` its steps' (see `Batcher`)."""
+    `precision` its steps' (see `Batcher`). `api_key`: the key every /v1/ request must show
+    (None: none). `chat_template`: how /v1/chat/completions writes a conversation."""
     batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta.tokens, name, threads,
                               precision, served.path)
                 for name, served in catalog.items() if served.task == "lm"}
@@ -136,25 +93,24 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
     page = {path: (resources.files("charlm.serve").joinpath("static", name).read_bytes(), kind)
             for path, (name, kind) in PAGE_FILES.items()}
 
-    def pick(name: str | None, task: str) -> Served:
+    def pick(name: str | None, task: str | None) -> Served:
+        """The model named (None: the first of `task`), of `task` (None: any)."""
         what = "language model" if task == "lm" else "translation model"
         if name is None:
             served = next((served for served in catalog.values() if served.task == task), None)
             if served is None:
-                raise RequestError(f"no {what} is served here", 404)
+                raise RequestError(f"no {what} is served here", 404, "model", "model_not_found")
             return served
         if name not in catalog:
-            raise RequestError(f"no model named {shown(name)}; GET /v1/models lists them", 404)
-        if catalog[name].task != task:
-            raise RequestError(f"model {shown(name)} is not a {what}")
+            raise RequestError(f"no model named {shown(name)}; GET /v1/models lists them", 404, "model",
+                               "model_not_found")
+        if task is not None and catalog[name].task != task:
+            raise RequestError(f"model {shown(name)} is not a {what}", param="model")
         return catalog[name]
 
     async def page_file(request: Request) -> Response:
         content, kind = page[request.url.path]
         return Response(content, media_type=kind, headers=PAGE_HEADERS)
-
-    async def models(request: Request) -> Response:
-        return Json({"models": [served.listing() for served in catalog.values()]})
 
     async def metrics(request: Request) -> Response:
         name = request.path_params["name"]
@@ -170,66 +126,27 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         streaming = fields.boolean("stream", False)
         meta = served.model.meta
         prefix_ids = encode_prefix(asked.prefix, served.model.vocab, meta.tokens, meta.preprocess, asked.unknown)
-        slots.take()
-        pieces = Pieces(asked.num_samples, streaming)
-        generation = Generation(asked, prefix_ids, pieces.on_text, pieces.on_end)
-        pieces.generation = generation
-        finished = False
-
-        def close() -> None:  # once, however the request ends
-            nonlocal finished
-            if not finished:
-                finished = True
-                generation.cancel()
-                slots.give_back()
-
-        try:
-            batchers[served.name].submit(generation)
-        except Stopped as stopped:
-            close()
-            raise RequestError(str(stopped), 503) from None
-        except BaseException:
-            close()
-            raise
+        job = Job(batchers[served.name], slots, [(asked, prefix_ids)], streaming)
         if streaming:
-            return EventStream(stream_events(served.name, pieces, generation), close)
+            return EventStream(stream_events(served.name, job), job.close)
         try:
-            disconnect = asyncio.ensure_future(until_disconnected(request))
-            ended = asyncio.ensure_future(pieces.ready.wait())  # only the end wakes a request that does not stream
-            await asyncio.wait({disconnect, ended}, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in (disconnect, ended):
-                waiting.cancel()
-            if not pieces.ended:  # the client has gone: nothing to answer
+            if not await job.finished(request):
                 return Response(status_code=499)
-            if isinstance(pieces.failure, Stopped):
-                raise RequestError(str(pieces.failure), 503)
-            if pieces.failure is not None:
-                raise pieces.failure
-            return Json({"model": served.name, "seed": generation.seed, "samples": pieces.samples})
+            return Json({"model": served.name, "seed": job.generations[0].seed, "samples": job.pieces.samples})
         finally:
-            close()
+            job.close()
 
-    async def stream_events(name: str, pieces: Pieces, generation: Generation) -> AsyncIterator[str]:
-        """An event per piece of text as it is made, then `done`, or `error` if the generation
-        failed (the batcher has logged why). At most one event per `STREAM_INTERVAL`: the pieces
-        made in between go out joined, and the end goes out as soon as it comes."""
-        sent = -math.inf
-        while True:
-            await pieces.ready.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pieces.finished.wait(), sent + STREAM_INTERVAL - pieces.loop.time())
-            taken, ended = pieces.take()
-            sent = pieces.loop.time()
-            for sample, text in taken:
+    async def stream_events(name: str, job: Job) -> AsyncIterator[str]:
+        """An event per piece of text as it is made (the pieces of `STREAM_INTERVAL` joined), then
+        `done`, or `error` if the generation failed (the batcher has logged why)."""
+        async for taken, ended in job.taken_pieces():
+            for sample, text, _ in taken:
                 yield event({"sample": sample, "text": text})
             if ended:
-                if isinstance(pieces.failure, Stopped):
-                    yield event({"error": str(pieces.failure)}, "error")
-                elif pieces.failure is not None:  # the batcher has logged it
-                    yield event({"error": "the generation failed on the server"}, "error")
+                if job.failure is not None:
+                    yield event({"error": job.failure}, "error")
                 else:
-                    yield event({"model": name, "seed": generation.seed}, "done")
-                return
+                    yield event({"model": name, "seed": job.generations[0].seed}, "done")
 
     async def translate(request: Request) -> Response:
         fields = Fields(await read_json(request, limits.body_bytes), TRANSLATE_FIELDS)
@@ -276,46 +193,33 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         stop()
 
     async def refused(request: Request, problem: RequestError) -> Response:
-        return error(str(problem), problem.status)
+        return error(str(problem), problem.status, request.url.path, problem.param, problem.code)
 
     async def user_error(request: Request, problem: CharlmError) -> Response:  # the settings named as fields
-        return error(in_terms(str(problem), "field", [*GENERATE.values(), *TRANSLATE.values()]), 400)
+        message = in_terms(str(problem), "field", [*GENERATE.values(), *TRANSLATE.values()])
+        param = problem.setting if isinstance(problem, SettingError) else None
+        return error(message, 400, request.url.path, OPENAI_NAMES.get(param, param))
 
     async def http_error(request: Request, problem: HTTPException) -> Response:
         message = {404: f"no such path: {request.url.path}", 405: f"{request.method} is not allowed here"}
-        return error(message.get(problem.status_code, problem.detail), problem.status_code)
+        return error(message.get(problem.status_code, problem.detail), problem.status_code, request.url.path)
 
     async def disconnected(request: Request, problem: ClientDisconnect) -> Response:
         return Response(status_code=499)
 
     async def server_error(request: Request, problem: Exception) -> Response:
         log.error("%s %s failed", request.method, request.url.path, exc_info=problem)
-        return error("the server failed on this request; its log says why", 500)
+        return error("the server failed on this request; its log says why", 500, request.url.path)
 
-    routes = [*(Route(path, page_file) for path in PAGE_FILES),
-              Route("/v1/models", models), Route("/v1/models/{name}/metrics", metrics),
+    routes = [*(Route(path, page_file) for path in PAGE_FILES), Route("/v1/models/{name}/metrics", metrics),
               Route("/v1/generate", generate, methods=["POST"]), Route("/v1/translate", translate, methods=["POST"]),
-              Route("/v1/attention", attention, methods=["POST"])]
+              Route("/v1/attention", attention, methods=["POST"]),
+              *openai_routes(catalog, batchers, slots, limits, pick, chat_template)]
     middleware = [Middleware(HostCheck, allowed=allowed_hosts)] if allowed_hosts is not None else []
+    if api_key is not None:
+        middleware.append(Middleware(KeyCheck, key=api_key))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={
         RequestError: refused, CharlmError: user_error, HTTPException: http_error, ClientDisconnect: disconnected,
         Exception: server_error})
     app.state.batchers, app.state.slots, app.state.stop = batchers, slots, stop  # stop: for the server, at once
     return app
-
-
-class HostCheck:
-    """Refuses a request whose Host header names none of `allowed` (port aside)."""
-
-    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
-        self.app, self.allowed = app, allowed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-            if name.lower() not in self.allowed:
-                await error(f"this server answers to {', '.join(self.allowed)}, not {shown(host)}", 421)(
-                    scope, receive, send)
-                return
-        await self.app(scope, receive, send)

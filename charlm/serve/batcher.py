@@ -5,8 +5,10 @@ A thread per model. Each request is warmed up on its own prefix when it arrives
 (`type(state).join`) and stays joined, its rows leaving (`state.rows`) only when it ends. Every
 step draws each request's next tokens from its rows of the logits with its own `Sampling` and
 its own generator, seeded as `charlm generate` seeds it (`choose_rows`: at once for the requests
-of one `Sampling`, equal as a whole, so no field of it is shared by mistake), then runs the
-model's `step_function` once for all rows. So a request gives the text `charlm generate` prints
+of one `Sampling`, equal as a whole, so no field of it is shared by mistake), after the penalties
+of its own rows' tokens so far (`History`), then runs the model's `step_function` once for all
+rows. Its tokens become text as `charlm generate`'s do (`Continuation`: a stop text ends a
+sample; a request ends when all its samples have). So a request gives the text `charlm generate` prints
 for the same options, whatever else is batched with it, and throughput grows with the number of
 requests.
 
@@ -18,9 +20,10 @@ Requests whose states refuse to join (`join` raises ValueError, as caches of oth
 stay in groups of their own, each group stepped apart. The batcher never asks which
 architecture it holds.
 
-It knows nothing about HTTP or asyncio: text reaches a request's `on_text(sample, piece)` and its
-end `on_end(error)`, both called on the batcher's thread; `cancel()` drops a request's rows at
-the next step.
+It knows nothing about HTTP or asyncio: text reaches a request's `on_text(sample, piece)` (or
+its new tokens `on_tokens(sample, piece, tokens)`, with their log-probabilities) and its end
+`on_end(error)`, all called on the batcher's thread; `cancel()` drops a request's rows at the
+next step.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from charlm.generation.continuation import Continuation, Token
 from charlm.generation.request import Request, Sampling
 from charlm.generation.sampling import (
-    choose_precision, choose_rows, shown_prefix, special_ids, start_ids, step_function, token_gap, warm_up,
+    History, choose_precision, choose_rows, scores, scores_of_rows, shown_prefix, special_ids, start_ids, step_function,
+    token_gap, warm_up,
 )
 from charlm.runtime.device import cpu_threads, seeded_generator
 from charlm.text.tokens import Tokenizer, Vocab
@@ -54,14 +59,18 @@ class Stopped(Exception):
 class Generation:
     """One request (`charlm.generation.request.Request`: `num_samples` samples of `length` tokens, its
     `Sampling` and seed), its prefix as ids (empty: from the vocab's start token, shown as
-    nothing), and where its text and its end go. `seed` is the request's, or one drawn for it."""
+    nothing), and where its text and its end go: with `on_tokens`, each piece of new text comes
+    with its tokens there (`on_text` still gets the prefix). `seed` is the request's, or one drawn
+    for it; `continuation`, once admitted, each sample's text, tokens and why it ended."""
 
     request: Request
     prefix_ids: list[int]
     on_text: Callable[[int, str], None]
     on_end: Callable[[BaseException | None], None]
+    on_tokens: Callable[[int, str, list[Token]], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     seed: int | None = field(init=False)
+    continuation: Continuation | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.seed = self.request.seed
@@ -73,11 +82,18 @@ class Generation:
 
 @dataclass(eq=False)
 class _Request:
-    """A generation being made: its generator, and how many tokens it has made."""
+    """A generation being made: its generator, how many tokens it has made, its text so far and
+    (with a penalty) its rows' tokens so far."""
 
     generation: Generation
     generator: torch.Generator
+    continuation: Continuation
+    history: History | None = None
     made: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.made == self.length or self.continuation.done
 
     @property
     def rows(self) -> int:
@@ -214,11 +230,17 @@ class Batcher:
             generation.seed = random.randrange(2**63)
         device = next(self.model.parameters()).device
         context = generation.prefix_ids or start_ids(self.vocab)
-        logits, state = warm_up(self.model, context, generation.request.num_samples, self.banned)
+        request = generation.request
+        logits, state = warm_up(self.model, context, request.num_samples, self.banned)
         shown = shown_prefix(self.tokenizer, self.vocab, generation.prefix_ids)
-        for sample in range(generation.request.num_samples):
+        for sample in range(request.num_samples):
             generation.on_text(sample, shown)
-        return _Group([_Request(generation, seeded_generator(generation.seed, device))], logits, state)
+        on_tokens = generation.on_tokens or (lambda sample, text, tokens: generation.on_text(sample, text))
+        generation.continuation = Continuation(self.vocab, self.gap, request.num_samples, request.stop, on_tokens)
+        history = History(context, request.num_samples, logits.shape[-1], device, request.sampling) \
+            if request.sampling.penalized else None
+        return _Group([_Request(generation, seeded_generator(generation.seed, device), generation.continuation,
+                                history)], logits, state)
 
     def _merged(self, groups: list[_Group]) -> list[_Group]:
         """The groups as one, if their states join; as they are if not."""
@@ -238,12 +260,12 @@ class Batcher:
         """Drop the group's cancelled requests, draw every other request's next tokens, end
         those that are done, and step the rest."""
         self._drop(group, lambda request: request.generation.cancelled.is_set())
-        self._drop(group, lambda request: request.made == request.length)  # asked for no token
+        self._drop(group, lambda request: request.ended)  # asked for no token
         if not group.requests:
             return
         ids = self._draw(group)
         owners = [request for request in group.requests for _ in range(request.rows)]  # of each row
-        self._drop(group, lambda request: request.made == request.length)
+        self._drop(group, lambda request: request.ended)  # the last token made, or every sample stopped
         if not group.requests:
             return
         if len(owners) > group.logits.shape[0]:  # some ended: step only the others' rows
@@ -260,6 +282,7 @@ class Batcher:
         kept = []
         for request in group.requests:
             if ended(request):
+                request.continuation.finish()
                 request.generation.on_end(None)
             else:
                 kept.append(request)
@@ -267,28 +290,52 @@ class Batcher:
 
     def _draw(self, group: _Group) -> torch.Tensor:
         """The next ids (B,) of the group's rows, each request's with its own generator, drawn at
-        once for the requests of one sampling; their text goes out."""
+        once for the requests of one sampling, after each request's penalties on its own rows;
+        their text goes out."""
         by_sampling: dict[Sampling, list[int]] = {}  # by the whole Sampling: no field shared by mistake
         for position, request in enumerate(group.requests):
             by_sampling.setdefault(request.sampling, []).append(position)
         starts = group.row_starts()
+        logits = group.logits
+        penalized = [position for position, request in enumerate(group.requests) if request.history is not None]
+        if penalized:  # all their rows at once
+            histories = [group.requests[position].history for position in penalized]
+            history = History.stacked(histories)
+            penalized_rows = self._rows(starts, penalized, logits.device)
+            logits = logits.index_copy(0, penalized_rows, history.penalize(logits[penalized_rows]))
         if len(by_sampling) == 1:
             [sampling] = by_sampling
-            ids = choose_rows(group.logits, sampling, [request.generator for request in group.requests],
+            ids = choose_rows(logits, sampling, [request.generator for request in group.requests],
                               [request.rows for request in group.requests])
         else:
             ids = torch.empty(group.logits.shape[0], dtype=torch.long, device=group.logits.device)
             for sampling, positions in by_sampling.items():
-                rows = torch.tensor([row for position in positions for row in range(starts[position],
-                                                                                    starts[position + 1])],
-                                    dtype=torch.long, device=ids.device)
+                rows = self._rows(starts, positions, ids.device)
                 requests = [group.requests[position] for position in positions]
-                ids[rows] = choose_rows(group.logits[rows], sampling, [request.generator for request in requests],
+                ids[rows] = choose_rows(logits[rows], sampling, [request.generator for request in requests],
                                         [request.rows for request in requests])
-        tokens = self.vocab.decode(ids.tolist())
-        for request, start in zip(group.requests, starts):
+        if penalized:
+            history.add(ids[penalized_rows])
+            history.split(histories)
+        scoring = [position for position, request in enumerate(group.requests)
+                   if request.generation.request.logprobs is not None]
+        scored: dict[int, list] = {}
+        if scoring:  # all their rows at once; each request keeps its own number of likeliest tokens
+            scored_rows = self._rows(starts, scoring, logits.device)
+            most = max(group.requests[position].generation.request.logprobs for position in scoring)
+            every_row = iter(scores_of_rows(*scores(group.logits[scored_rows], ids[scored_rows], most)))
+            for position in scoring:
+                top = group.requests[position].generation.request.logprobs
+                scored[position] = [(chosen, likeliest[:top]) for chosen, likeliest in
+                                    (next(every_row) for _ in range(group.requests[position].rows))]
+        every = ids.tolist()
+        for position, (request, start, end) in enumerate(zip(group.requests, starts, starts[1:])):
             request.made += 1
-            gap = self.gap if request.made > 1 else ""
-            for sample in range(request.rows):
-                request.generation.on_text(sample, gap + tokens[start + sample])
+            request.continuation.add(every[start:end], scored.get(position))
         return ids
+
+    @staticmethod
+    def _rows(starts: list[int], positions: list[int], device: torch.device) -> torch.Tensor:
+        """The rows (as an index) of the requests at `positions` of a group whose rows start at `starts`."""
+        return torch.tensor([row for position in positions for row in range(starts[position], starts[position + 1])],
+                            dtype=torch.long, device=device)

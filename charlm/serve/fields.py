@@ -30,6 +30,8 @@ class Limits:
     beam: int = 16                  # beam width
     max_length: int = 2000          # characters per translation
     in_flight: int = 64             # generations and translations running at once; then 429
+    prompts: int = 16               # /v1/completions' prompts per request (times n: at most num_samples)
+    messages: int = 256             # /v1/chat/completions' messages per request
 
     def bounds(self, name: str) -> tuple[int | None, int | None]:
         """The server's own (low, high) on a field of a generation or translation, beside its row's
@@ -40,14 +42,16 @@ class Limits:
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # the seeds torch takes
+MAX_STOPS = 4  # stop texts a request may give: OpenAI's bound
 
 
 class RequestError(Exception):
-    """A request the API refuses: a status and one line for the client."""
+    """A request the API refuses: a status and one line for the client; `param` the field it is
+    about, `code` a word for a program (OpenAI's error object has both)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.param, self.code = status, param, code
 
 
 def shown(value: Any) -> str:
@@ -63,7 +67,7 @@ class Fields:
         unknown = [name for name in data if name not in known]
         if unknown:
             raise RequestError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                               f"this endpoint takes {', '.join(known)}")
+                               f"this endpoint takes {', '.join(known)}", param=unknown[0])
         self.data = data
 
     def _given(self, name: str, default: Any) -> tuple[bool, Any]:
@@ -73,27 +77,27 @@ class Fields:
     def text(self, name: str, default: str | None, max_chars: int | None) -> str | None:
         given, value = self._given(name, default)
         if given and not isinstance(value, str):
-            raise RequestError(f"{name} must be a string, got {shown(value)}")
+            raise RequestError(f"{name} must be a string, got {shown(value)}", param=name)
         if given and max_chars is not None and len(value) > max_chars:
-            raise RequestError(f"{name} is {len(value):,} characters long; at most {max_chars:,}")
+            raise RequestError(f"{name} is {len(value):,} characters long; at most {max_chars:,}", param=name)
         return value
 
     def integer(self, name: str, default: int | None, low: int | None, high: int | None) -> int | None:
         given, value = self._given(name, default)
         if given and type(value) is not int:
-            raise RequestError(f"{name} must be a whole number, got {shown(value)}")
+            raise RequestError(f"{name} must be a whole number, got {shown(value)}", param=name)
         if given and low is not None and not (low <= value and (high is None or value <= high)):
             raise RequestError(f"{name} must be from {low:,}" + (f" to {high:,}" if high is not None else " up")
-                               + f", got {shown(value)}")
+                               + f", got {shown(value)}", param=name)
         if given and low is None and high is not None and value > high:
-            raise RequestError(f"{name} must be at most {high:,}, got {shown(value)}")
+            raise RequestError(f"{name} must be at most {high:,}, got {shown(value)}", param=name)
         return value
 
     def number(self, name: str, default: float | None, low: float | None, high: float | None = None,
                low_open: bool = False, high_open: bool = False) -> float | None:
         given, value = self._given(name, default)
         if given and (type(value) not in (int, float) or not math.isfinite(value)):
-            raise RequestError(f"{name} must be a number, got {shown(value)}")
+            raise RequestError(f"{name} must be a number, got {shown(value)}", param=name)
         if not given:
             return value
         above = low is None or (value > low if low_open else value >= low)
@@ -101,19 +105,19 @@ class Fields:
         if not (above and below):
             bounds = [] if low is None else [f"above {low}" if low_open else f"at least {low}"]
             bounds += [] if high is None else [f"below {high}" if high_open else f"at most {high}"]
-            raise RequestError(f"{name} must be {' and '.join(bounds)}, got {shown(value)}")
+            raise RequestError(f"{name} must be {' and '.join(bounds)}, got {shown(value)}", param=name)
         return float(value)
 
     def boolean(self, name: str, default: bool) -> bool:
         given, value = self._given(name, default)
         if given and not isinstance(value, bool):
-            raise RequestError(f"{name} must be true or false, got {shown(value)}")
+            raise RequestError(f"{name} must be true or false, got {shown(value)}", param=name)
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         given, value = self._given(name, default)
         if given and value not in choices:
-            raise RequestError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
+            raise RequestError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}", param=name)
         return value
 
     def setting(self, row: Setting, low: int | None = None, high: int | None = None) -> Any:
@@ -123,6 +127,8 @@ class Fields:
             return self.choice(row.name, row.default, row.choice_list())
         if row.kind is bool:
             return self.boolean(row.name, row.default)
+        if row.kind is tuple:
+            return self.stops(row.name)
         if row.kind is str:
             return self.text(row.name, row.default, high)
         low = row.low if low is None else low if row.low is None else max(low, row.low)
@@ -131,14 +137,28 @@ class Fields:
             return self.integer(row.name, row.default, low, high)
         return self.number(row.name, row.default, low, high, row.low_open, row.high_open)
 
+    def stops(self, name: str) -> tuple[str, ...]:
+        """Stop texts: a string, or a list of at most `MAX_STOPS` strings (their lengths are the
+        request's to check)."""
+        value = self.data.get(name)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise RequestError(f"{name} must be a string or a list of strings, got {shown(value)}", param=name)
+        if len(value) > MAX_STOPS:
+            raise RequestError(f"{name} takes at most {MAX_STOPS} strings, got {len(value)}", param=name)
+        return tuple(value)
+
     def texts(self, name: str, max_count: int, max_chars: int) -> list[str]:
         value = self.data.get(name)
         if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
-            raise RequestError(f"{name} must be a list of one or more strings, got {shown(value)}")
+            raise RequestError(f"{name} must be a list of one or more strings, got {shown(value)}", param=name)
         if len(value) > max_count:
-            raise RequestError(f"{name} holds {len(value):,} strings; at most {max_count:,}")
+            raise RequestError(f"{name} holds {len(value):,} strings; at most {max_count:,}", param=name)
         if longest := max((len(item) for item in value if len(item) > max_chars), default=0):
-            raise RequestError(f"a string of {name} is {longest:,} characters long; at most {max_chars:,}")
+            raise RequestError(f"a string of {name} is {longest:,} characters long; at most {max_chars:,}", param=name)
         return value
 
 

@@ -39,7 +39,29 @@ GENERATE = table(
             "units and a step measures faster in it at --num-samples rows with the same next-token odds (kept beside "
             "the checkpoint), else fp32. fp32 gives the same text for a seed at any --num-samples.", ("generate",),
             choices=PRECISIONS),
+    # The controls every generator shares (OpenAI's, llama.cpp's, vLLM's names), after the ones above
+    # so that the API's positional order stays as it was. Penalties act on the model's logits before
+    # the temperature, as vLLM applies them; min-p after top-p.
+    Setting("min_p", float, 0.0, "Drop the tokens less likely than this share of the likeliest one's probability "
+            "(after the temperature; 0: off).", ("generate", "http"), low=0, high=1),
+    Setting("repetition_penalty", float, 1.0, "Make each token already in the prefix or the text less likely: a "
+            "positive logit divided by it, a negative one multiplied (1: off; CTRL's, llama.cpp's and vLLM's).",
+            ("generate", "http"), low=0, low_open=True, finite=True, rule="a positive number (1: off)"),
+    Setting("presence_penalty", float, 0.0, "Subtract this from the logit of each token the text has made at least "
+            "once (OpenAI's; negative: more likely).", ("generate", "http"), low=-2, high=2),
+    Setting("frequency_penalty", float, 0.0, "Subtract this times the number of times the text has made a token from "
+            "its logit (OpenAI's; negative: more likely).", ("generate", "http"), low=-2, high=2),
+    Setting("stop", tuple, (), "End a sample before this text, which it does not include (repeat for several; the "
+            "first to appear wins).", ("generate", "http"), metavar="TEXT"),
+    Setting("logprobs", int, None, "With each new token, its log-probability under the model and those of the N "
+            "likeliest tokens (before the temperature, penalties and filters); the CLI writes them on stderr.",
+            ("generate",), low=0, high=20, metavar="N"),
 )
+
+# The most stop texts a request holds (four from its caller, as OpenAI bounds them, and a chat
+# template's four), and the most characters of each.
+MAX_STOPS = 8
+MAX_STOP_CHARS = 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,4 +92,13 @@ SERVE = table(
             "where this machine has bf16 matrix units and a step measures faster in it both for one request and for "
             "a full batch, with the same next-token odds, else fp32 (the text of `charlm generate --precision "
             "fp32`)."),
+    Setting("api_key", str, None, "Answer only requests that say `Authorization: Bearer KEY` (the playground asks "
+            "for it); from the environment variable CHARLM_API_KEY when not given.", ("serve",), envvar="CHARLM_API_KEY",
+            metavar="KEY"),
+    Setting("allow_no_key", bool, False, "Serve beyond loopback without --api-key: anyone who can reach the port "
+            "can use the models.", ("serve",)),
+    Setting("chat_template", str, "{role}: {content}\n", "How /v1/chat/completions writes a conversation as text: "
+            "one turn per message, {role} (or the message's name) and {content} in it; the reply starts as an "
+            "assistant's turn and stops where the next turn would start.", ("serve",), metavar="TEMPLATE",
+            shown_default='"{role}: {content}\\n"'),
 )

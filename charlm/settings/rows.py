@@ -64,6 +64,7 @@ class Setting:
     model_field: bool = False  # goes to the model's config by field name: an error for one without that field
     from_parent: bool = False  # --init-from takes it from its checkpoint: given with it, an error
     path: str | None = None  # of a path: "file" or "folder" (given on as a `Path`); None: either (as given)
+    envvar: str | None = None  # the environment variable a command reads when the flag is not given
 
     @property
     def option(self) -> str:
@@ -117,7 +118,7 @@ class Setting:
         if self.kind is tuple:
             if isinstance(value, str):
                 return (value,)
-            if not all(isinstance(item, str) for item in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
                 raise SettingError(f"{said} must be strings, got {_shown(value)}", self.name, said)
             return tuple(value)
         return value

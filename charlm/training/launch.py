@@ -201,10 +201,14 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         if line := skipped_message(corpus[0], run.skipped):
             say(line)
         say(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}")
+    if pilot is not None:
+        pilot.settle()  # what the others used while the text was read and the model built
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
                       resume_meta=run.resume_meta, sample=run.sample, pilot=pilot).run(resume, overwrite)
     if getattr(run, "report", None) is not None and world.is_main and summary.get("best_val_loss") is not None:
+        if pilot is not None:
+            pilot.settle()
         summary.update(_report(out, run, options["device"], quiet, say))
     if getattr(run, "unigram_loss", None) is not None:
         summary["unigram_loss"] = run.unigram_loss

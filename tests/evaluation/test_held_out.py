@@ -57,5 +57,6 @@ def test_a_long_evaluation_shows_progress_and_a_short_one_does_not(runner, tiny_
     quick = run_cli(runner, "eval", "--checkpoint", "checkpoints/tiny.safetensors", tiny_corpus)
     assert "scoring" not in quick.stderr
     monkeypatch.setattr(reports, "PROGRESS_AFTER", 0)  # every evaluation is "long"
+    monkeypatch.setattr(reports, "on_terminal", lambda: True)  # and stderr a terminal
     slow = run_cli(runner, "eval", "--checkpoint", "checkpoints/tiny.safetensors", tiny_corpus)
     assert "scoring" in slow.stderr and slow.stdout == quick.stdout

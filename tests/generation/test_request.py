@@ -111,7 +111,7 @@ def test_the_apis_keywords_are_charlm_generates_flags(model_path):
     streamed = [name for name in inspect.signature(TextModel.stream).parameters if name != "self"]
     assert streamed == [name for name, _ in expected if name != "num_samples"]
     flags = dict(command.make_context("generate", []).params)
-    del flags["checkpoint"], flags["device"]
+    del flags["checkpoint"], flags["device"], flags["interactive"]  # the command's own, not a setting
     assert flags == dict(expected)
     assert [param.opts[0] for param in command.params if param.name in flags] == [row.option for row in rows]
     model = charlm.load(model_path)

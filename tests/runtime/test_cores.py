@@ -91,12 +91,33 @@ def test_a_run_looks_at_the_cores_as_it_trains_unless_threads_are_fixed(runner, 
         def __init__(self, min_step: float) -> None:
             looks.append(("made", min_step))
 
+        def settle(self) -> None:
+            looks.append(("settle", None))
+
         def check(self, step: int) -> None:
             looks.append(("check", step))
 
     monkeypatch.setattr(cores, "ThreadPilot", Recording)
     run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "20", "--eval-every", "20")
-    assert looks[0] == ("made", 0.02) and [step for kind, step in looks[1:]] == [10, 20]
+    assert looks[:2] == [("made", 0.02), ("settle", None)]  # before training: what the set-up saw
+    assert [step for kind, step in looks[2:]] == [10, 20]
     looks.clear()
     run_cli(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "20", "--threads", "1", "--overwrite")
     assert looks == []
+
+
+def test_settling_sets_the_threads_from_the_set_up_however_few_steps(monkeypatch):
+    machine = fake_machine(monkeypatch, None)
+    monkeypatch.setattr(cores.time, "perf_counter", lambda: machine["now"])
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pilot = cores.ThreadPilot(min_step=0.02, available=2)
+        machine.update(now=0.2, busy=machine["busy"] + 0.2 * 1.5, own=machine["own"] + 0.2 * 0.5)
+        pilot.settle()  # 0.2 s: too short to say
+        assert torch.get_num_threads() == 2
+        machine.update(now=2.0, busy=machine["busy"] + 1.8 * 1.5, own=machine["own"] + 1.8 * 0.5)
+        pilot.settle()  # a neighbour used a core while the text was read
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)

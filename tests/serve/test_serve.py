@@ -580,7 +580,9 @@ def test_the_readme_lists_every_bound():
             f"| `length` | {limits.length:,} tokens", f"| `num_samples` | {limits.num_samples} |",
             f"| `inputs` | {limits.inputs} strings of at most {limits.input_chars:,} characters",
             f"| `beam` | {limits.beam} |", f"| `max_length` | {limits.max_length:,} characters",
-            f"| requests at work (generations and translations) | {limits.in_flight} |"]
+            f"| requests at work (generations and translations) | {limits.in_flight} |",
+            f"| `prompt` of /v1/completions | {limits.prompts} strings (n × prompts at most {limits.num_samples})",
+            f"| `messages` of /v1/chat/completions | {limits.messages} |"]
     assert [row for row in rows if row not in section] == []
 
 
@@ -598,8 +600,10 @@ def test_serve_binds_loopback_and_warns_beyond_it(runner, models, monkeypatch):
     monkeypatch.setattr(server, "serve_forever", lambda app, sock, on_stop: served.append(sock.getsockname()[0]))
     quiet = run_cli(runner, "serve", models / "tiny.safetensors", "--port", "0")
     assert "warning" not in quiet.stderr and "serving tiny (lm) at http://127.0.0.1:" in quiet.stderr
-    loud = run_cli(runner, "serve", models, "--host", "0.0.0.0", "--port", "0")
-    assert loud.stderr.startswith("warning: serving on 0.0.0.0, which other machines can reach")
+    refused = run_cli(runner, "serve", models, "--host", "0.0.0.0", "--port", "0", ok=False)
+    assert refused.exit_code == 2 and "--allow-no-key" in refused.stderr and "--api-key" in refused.stderr
+    loud = run_cli(runner, "serve", models, "--host", "0.0.0.0", "--port", "0", "--allow-no-key")
+    assert loud.stderr.startswith("warning: serving on 0.0.0.0, which other machines can reach, without a key")
     assert "serving rev (translate), tiny (lm), words (lm) at http://0.0.0.0:" in loud.stderr
     assert served == ["127.0.0.1", "0.0.0.0"]
 

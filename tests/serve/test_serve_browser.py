@@ -72,6 +72,9 @@ def test_the_text_streams_in_as_it_is_made(page):
     made = page.catalog["tiny"].model.generate("the ", length=150, temperature=0.8, seed=3)  # the page's settings
     assert output.text_content() == made
     assert page.locator("#stop").is_disabled() and page.locator("#generate").is_enabled()
+    shown = page.locator("#openai").text_content()  # the same request in OpenAI's dialect
+    assert 'client.completions.create(model="tiny", prompt="the ", max_tokens=150' in shown and "seed=3" in shown
+    assert "/v1/completions" in shown and page.locator("#key-box").is_hidden()
 
 
 def test_stop_ends_the_generation_on_the_server(page):
@@ -87,6 +90,25 @@ def test_stop_ends_the_generation_on_the_server(page):
     while batcher.in_flight and time.monotonic() < deadline:
         time.sleep(0.05)
     assert batcher.in_flight == 0 and len(page.locator("#output").text_content()) < 2000
+
+
+def test_a_server_with_a_key_has_the_page_ask_for_it(page):
+    app = create_app(page.catalog, api_key="sesame")
+    with running(app) as url:
+        page = page.context.browser.new_page()  # beside the other page, in the same browser
+        page.goto(url)
+        expect(page.locator("#key-box")).to_be_visible()
+        expect(page.locator("#about")).to_contain_text("needs an API key")
+        page.fill("#key", "sesame")
+        page.dispatch_event("#key", "change")
+        expect(page.locator("#model option")).to_have_count(3)
+        page.select_option("#model", "tiny")
+        page.fill("#prefix", "the ")
+        page.fill("#length", "20")
+        page.click("#generate")
+        expect(page.locator("#status")).to_contain_text("done", timeout=10_000)
+        assert "Bearer $CHARLM_API_KEY" in page.locator("#openai").text_content()
+        page.close()
 
 
 def test_the_loss_curve_and_the_translate_box(page):

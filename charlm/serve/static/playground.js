@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 let models = [];
 let running = null; // the AbortController of the generation streaming in
+let key = ""; // the API key, where the server asks for one: kept in this page only
 
 function say(element, text, isError = false) {
   element.textContent = text;
@@ -13,13 +14,18 @@ function say(element, text, isError = false) {
 }
 
 async function api(path, body, signal) {
-  const options = body === undefined ? {} : {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body), signal,
+  const headers = key ? {Authorization: `Bearer ${key}`} : {};
+  const options = body === undefined ? {headers} : {
+    method: "POST", headers: {...headers, "Content-Type": "application/json"}, body: JSON.stringify(body), signal,
   };
   const response = await fetch(path, options);
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
-    try { message = (await response.json()).error || message; } catch (ignored) { /* not JSON */ }
+    try {
+      const error = (await response.json()).error;
+      message = (error && error.message) || error || message; // OpenAI's error object, or charlm's line
+    } catch (ignored) { /* not JSON */ }
+    if (response.status === 401) $("key-box").hidden = false;
     throw new Error(message);
   }
   return response;
@@ -42,14 +48,17 @@ function about(model) {
 
 async function loadModels() {
   models = (await (await api("/v1/models")).json()).models;
+  say($("about"), "");
   const select = $("model");
+  const chosen = select.value; // kept when the models are read again (with a key)
+  select.replaceChildren();
   for (const model of models) {
     const option = document.createElement("option");
     option.value = model.name;
     option.textContent = `${model.name} (${model.task === "translate" ? "pairs" : "language model"})`;
     select.append(option);
   }
-  select.addEventListener("change", showModel);
+  if (models.some((model) => model.name === chosen)) select.value = chosen;
   showModel();
 }
 
@@ -61,15 +70,34 @@ function showModel() {
   $("pairs").hidden = model.task !== "translate";
   $("api").hidden = model.task === "translate";
   $("curl").textContent = curl(settings());
+  $("openai").textContent = openai(settings());
   drawCurve(model.name);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Generating: fetch + a ReadableStream of server-sent events (EventSource cannot POST)
 
+const KEY_HEADER = () => key ? " -H 'Authorization: Bearer $CHARLM_API_KEY'" : "";
+
 function curl(body) {
   const shown = JSON.stringify(body).replace(/'/g, "'\\''");
-  return `curl -N ${location.origin}/v1/generate -H 'Content-Type: application/json' -d '${shown}'`;
+  return `curl -N ${location.origin}/v1/generate -H 'Content-Type: application/json'${KEY_HEADER()} -d '${shown}'`;
+}
+
+// The same request in OpenAI's dialect: /v1/completions through the openai client, and its curl.
+function openai(body) {
+  const asked = {model: body.model, prompt: body.prefix, max_tokens: body.length, temperature: body.temperature,
+                 top_p: body.top_p, stream: true};
+  if (body.seed !== undefined) asked.seed = body.seed;
+  const extra = body.top_k ? `, extra_body={"top_k": ${body.top_k}}` : "";
+  const python = Object.entries(asked).map(([name, value]) =>
+    `${name}=${typeof value === "boolean" ? (value ? "True" : "False") : JSON.stringify(value)}`).join(", ");
+  if (body.top_k) asked.top_k = body.top_k;
+  const shown = JSON.stringify(asked).replace(/'/g, "'\\''");
+  return `from openai import OpenAI\n` +
+    `client = OpenAI(base_url="${location.origin}/v1", api_key=${key ? 'os.environ["CHARLM_API_KEY"]' : '"none"'})\n` +
+    `for chunk in client.completions.create(${python}${extra}):\n    print(chunk.choices[0].text, end="")\n\n` +
+    `curl -N ${location.origin}/v1/completions -H 'Content-Type: application/json'${KEY_HEADER()} -d '${shown}'`;
 }
 
 function settings() {
@@ -95,6 +123,7 @@ async function generate(event) {
   say($("status"), "generating…");
   const body = settings();
   $("curl").textContent = curl(body);
+  $("openai").textContent = openai(body);
   try {
     const response = await api("/v1/generate", body, running.signal);
     const reader = response.body.getReader();
@@ -259,5 +288,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("generate-form").addEventListener("submit", generate);
   $("stop").addEventListener("click", stop);
   $("translate-form").addEventListener("submit", translate);
+  $("model").addEventListener("change", showModel);
+  $("key").addEventListener("change", () => {
+    key = $("key").value.trim();
+    loadModels().catch((error) => say($("about"), error.message, true));
+  });
   loadModels().catch((error) => say($("about"), error.message, true));
 });
