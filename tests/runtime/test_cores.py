@@ -32,7 +32,7 @@ def test_available_cores_are_the_affinity_within_a_cgroup_quota(monkeypatch, tmp
         assert cores.available_cores() == expected
 
 
-def fake_machine(monkeypatch, clock):
+def fake_machine(monkeypatch):
     """A machine whose busy seconds, this process's seconds and clock the test moves."""
     machine = {"busy": 100.0, "own": 10.0, "now": 0.0}
     monkeypatch.setattr(cores, "_machine_busy", lambda: machine["busy"])
@@ -41,7 +41,7 @@ def fake_machine(monkeypatch, clock):
 
 
 def test_the_others_use_is_the_machines_busy_time_less_this_processes(monkeypatch):
-    machine = fake_machine(monkeypatch, None)
+    machine = fake_machine(monkeypatch)
     watch = cores.CpuWatch(clock=lambda: machine["now"])
     machine.update(busy=100.0 + 2 * 10, own=10.0 + 1.2 * 10, now=10.0)  # 2 cores busy, 1.2 of them ours
     assert watch.others() == pytest.approx(0.8)
@@ -55,31 +55,36 @@ def test_the_others_use_is_unknown_where_the_machine_does_not_say(monkeypatch):
     assert cores.CpuWatch().others() is None
 
 
-def test_the_pilot_moves_the_threads_with_a_neighbour_and_leaves_small_models_alone(monkeypatch):
-    machine = fake_machine(monkeypatch, None)
+@pytest.fixture
+def piloted(monkeypatch):
+    """(a fake machine whose clock is the pilot's, a pilot on 2 cores starting at 2 threads); torch's
+    threads are restored after."""
+    machine = fake_machine(monkeypatch)
     monkeypatch.setattr(cores.time, "perf_counter", lambda: machine["now"])
     previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        pilot = cores.ThreadPilot(min_step=0.02, available=2)
+    torch.set_num_threads(2)
+    yield machine, cores.ThreadPilot(min_step=0.02, available=2)
+    torch.set_num_threads(previous)
 
-        def window(step: int, others: float, ours: float = 1.0) -> None:
-            seconds = cores.WINDOW_SECONDS
-            machine.update(now=machine["now"] + seconds, own=machine["own"] + ours * seconds,
-                           busy=machine["busy"] + (ours + others) * seconds)
-            pilot.check(step)
 
-        window(100, others=1.0)  # a neighbour keeps a core busy: one thread
-        assert torch.get_num_threads() == 1
-        window(200, others=0.0)  # it has stopped: both again
-        assert torch.get_num_threads() == 2
-        machine["now"] += 1.0
-        pilot.check(210)  # within a window: no look
-        assert torch.get_num_threads() == 2 and pilot.changes == [(100, 1), (200, 2)]
-        window(100_000, others=1.0)  # steps of 0.05 ms: a tiny model keeps what it was given
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(previous)
+def test_the_pilot_moves_the_threads_with_a_neighbour_and_leaves_small_models_alone(piloted):
+    machine, pilot = piloted
+
+    def window(step: int, others: float, ours: float = 1.0) -> None:
+        seconds = cores.WINDOW_SECONDS
+        machine.update(now=machine["now"] + seconds, own=machine["own"] + ours * seconds,
+                       busy=machine["busy"] + (ours + others) * seconds)
+        pilot.check(step)
+
+    window(100, others=1.0)  # a neighbour keeps a core busy: one thread
+    assert torch.get_num_threads() == 1
+    window(200, others=0.0)  # it has stopped: both again
+    assert torch.get_num_threads() == 2
+    machine["now"] += 1.0
+    pilot.check(210)  # within a window: no look
+    assert torch.get_num_threads() == 2 and pilot.changes == [(100, 1), (200, 2)]
+    window(100_000, others=1.0)  # steps of 0.05 ms: a tiny model keeps what it was given
+    assert torch.get_num_threads() == 2
 
 
 def test_a_run_looks_at_the_cores_as_it_trains_unless_threads_are_fixed(runner, tiny_corpus, monkeypatch):
@@ -106,18 +111,11 @@ def test_a_run_looks_at_the_cores_as_it_trains_unless_threads_are_fixed(runner, 
     assert looks == []
 
 
-def test_settling_sets_the_threads_from_the_set_up_however_few_steps(monkeypatch):
-    machine = fake_machine(monkeypatch, None)
-    monkeypatch.setattr(cores.time, "perf_counter", lambda: machine["now"])
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        pilot = cores.ThreadPilot(min_step=0.02, available=2)
-        machine.update(now=0.2, busy=machine["busy"] + 0.2 * 1.5, own=machine["own"] + 0.2 * 0.5)
-        pilot.settle()  # 0.2 s: too short to say
-        assert torch.get_num_threads() == 2
-        machine.update(now=2.0, busy=machine["busy"] + 1.8 * 1.5, own=machine["own"] + 1.8 * 0.5)
-        pilot.settle()  # a neighbour used a core while the text was read
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(previous)
+def test_settling_sets_the_threads_from_the_set_up_however_few_steps(piloted):
+    machine, pilot = piloted
+    machine.update(now=0.2, busy=machine["busy"] + 0.2 * 1.5, own=machine["own"] + 0.2 * 0.5)
+    pilot.settle()  # 0.2 s: too short to say
+    assert torch.get_num_threads() == 2
+    machine.update(now=2.0, busy=machine["busy"] + 1.8 * 1.5, own=machine["own"] + 1.8 * 0.5)
+    pilot.settle()  # a neighbour used a core while the text was read
+    assert torch.get_num_threads() == 1
