@@ -226,3 +226,9 @@ def test_translations_options_are_one_declaration_for_the_command_the_api_and_th
     printed = run_cli(runner, "translate", "--checkpoint", str(FOLDER / "seq2seq.safetensors"), "--beam", "0", "man",
                       ok=False)
     assert printed.exit_code == 2 and "'--beam'" in printed.stderr
+
+
+def test_the_recipe_line_names_keywords_to_a_program(runner, tiny_corpus, capsys):
+    charlm.train(tiny_corpus, hidden_size=8, max_steps=1, out="runs/r.safetensors")
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("recipe: ")]
+    assert "weight_drop 0.3" in line and "--" not in line and "hidden_size" not in line

@@ -196,8 +196,10 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         for note in run.notes:
             say(f"note: {note}")
     if not quiet:
-        if run.recipe:
-            say(f"recipe: {run.recipe}")
+        if run.recipe:  # worded with flags; a program's caller reads its keywords
+            from charlm.settings.rows import in_callers_terms
+
+            say(f"recipe: {in_callers_terms(run.recipe, TRAIN.values())}")
         if line := skipped_message(corpus[0], run.skipped):
             say(line)
         say(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}")

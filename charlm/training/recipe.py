@@ -53,5 +53,5 @@ def choose(train_tokens: int, max_time: float | None, given: set[str] | frozense
     if max_time is not None and "epochs" in chosen:
         told.append(f"as many epochs as --max-time {max_time:g} allows")
     line = (f"{kind} ({train_tokens:,} training tokens): {', '.join(told)} "
-            f"(a flag you set overrides its choice)")
+            f"(a setting you give overrides its choice)")
     return Recipe(chosen, line)
