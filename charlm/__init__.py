@@ -45,6 +45,8 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     generation.translation   greedy and beam search for pair models
     evaluation.scores        exact match, character error rate, BLEU
     evaluation.reports       the loss, perplexity and bits per token; a checkpoint's scores on a file
+    evaluation.inside        per token: the surprise, what the model expected, its units' activations
+    evaluation.inside_page   that view as one self-contained HTML page
     training.optimization    TrainConfig, the optimizer, the learning rate of each step, --ema
     training.recipe          the settings left out, fitted to the text's size and --max-time
     training.time_budget     the schedule fitted to --max-time, and how often a run evaluates
@@ -72,7 +74,7 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     serve.app                the HTTP API in both dialects and the playground (Starlette)
     serve.server             the server on a socket (uvicorn)
     cli                      the charlm command: the group, shared options, printing
-    cli.train, cli.generate, cli.translate, cli.evaluate, cli.inspect, cli.plot, cli.serve
+    cli.train, cli.generate, cli.translate, cli.evaluate, cli.inside, cli.inspect, cli.plot, cli.serve
                              one module per command
     __main__                 python -m charlm
 """

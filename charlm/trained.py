@@ -8,6 +8,7 @@ Their keywords are the commands' flags, underscored, from `charlm.settings`' row
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -195,11 +196,32 @@ class TextModel:
         if isinstance(text_or_path, str) and not _names_a_path(text_or_path):
             if held_out:
                 raise UsageError("held_out scores the run's own corpus; give its path, not a text")
-            with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / "text.txt"
-                path.write_text(text_or_path, encoding="utf-8")
+            with _as_file(text_or_path) as path:
                 return scored(path, "utf-8")
         return scored(find_corpus(paths(text_or_path), encoding, tuple(include), tuple(exclude)), encoding)
+
+    def inspect(self, text: str, top_k: int = 5) -> Any:
+        """What the model made of `text`, token by token (`charlm.evaluation.inside.Inside`): the
+        surprise in bits, the `top_k` tokens it expected with their probabilities, and each
+        recurrent layer's hidden state (and an LSTM's cell state) after each token. The text is
+        read and walked as `evaluate` reads and walks it, so the mean surprise is its loss."""
+        from charlm.data.loading import load_corpus
+        from charlm.evaluation.inside import inspect_ids
+
+        if not isinstance(text, str) or type(top_k) is not int or top_k < 1:
+            raise UsageError("inspect takes a text (a str) and top_k, a whole number of 1 or more")
+        with _as_file(text) as path:
+            data = load_corpus(path, self.meta.tokens, self.meta.preprocess, vocab=self.vocab, cache_dir=None)
+        return inspect_ids(self.model, data.ids, self.vocab, top_k)
+
+
+@contextlib.contextmanager
+def _as_file(text: str) -> Iterator[Path]:
+    """`text` in a temporary UTF-8 file, to be read as a corpus is."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "text.txt"
+        path.write_text(text, encoding="utf-8")
+        yield path
 
 
 # `generate` and `stream` take `charlm generate`'s options, as its rows declare them (`stream`: one sample).

@@ -274,8 +274,8 @@ def report_pairs(report: dict[str, Any], lead: str = "") -> None:
 # ---------------------------------------------------------------------------------------------
 # The commands, one module each; they use what is above, so they are imported last.
 
-from charlm.cli import evaluate, generate, inspect, plot, serve, train, translate  # noqa: E402
+from charlm.cli import evaluate, generate, inside, inspect, plot, serve, train, translate  # noqa: E402
 
-for command in (train.train, generate.generate, translate.translate_command, evaluate.evaluate, inspect.stats,
-                inspect.info, plot.plot, serve.serve):
+for command in (train.train, generate.generate, translate.translate_command, evaluate.evaluate, inside.inside,
+                inspect.stats, inspect.info, plot.plot, serve.serve):
     cli.add_command(command)

@@ -1,0 +1,69 @@
+"""`charlm inside`: what a language model made of a text file, token by token: the text coloured by
+its surprise in the terminal, the units that follow simple features of the text, and with `--html`
+the same view as one self-contained page to open or share.
+
+Looking inside is the Python API's (`TextModel.inspect`, `Inside.rank_units`); this module renders it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from charlm.cli import CHECKPOINT_DIR, checkpoint_or_latest, device_option, escaped
+
+MAX_CHARACTERS = 200_000  # a file longer than this is cut (said on stderr): the view is for reading
+SHADES = (231, 224, 217, 210, 203, 196)  # xterm-256 backgrounds, from no surprise to the most
+
+
+@click.command("inside")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=str), default=None,
+              help=f"A language-model checkpoint [default: the newest in {CHECKPOINT_DIR}/].")
+@click.option("--html", "page", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the view as one self-contained HTML file here: coloured by surprise or by a unit, "
+                   "what the model expected on hover.")
+@click.option("--top-k", type=click.IntRange(1, 20), default=5, show_default=True,
+              help="How many expected tokens each position keeps.")
+@click.option("--color/--no-color", default=None, help="Colour the text by surprise [default: on a terminal].")
+@device_option
+def inside(file: Path, checkpoint: str | None, page: Path | None, top_k: int, color: bool | None,
+           device: str) -> None:
+    """The text of FILE coloured by how surprised the model was by each character (darker: more), the
+    mean surprise, and the units that follow simple features of the text best.
+
+    \b
+    charlm inside notes.txt
+    charlm inside corpora/tinyshakespeare.txt --checkpoint checkpoints/tinyshakespeare.safetensors --html inside.html
+    """
+    from charlm.evaluation.inside_page import inside_page
+    from charlm.runtime.device import pick_device
+    from charlm.trained import TextModel
+
+    text = file.read_text(encoding="utf-8", errors="replace")
+    if len(text) > MAX_CHARACTERS:
+        click.echo(f"note: {file} is looked inside up to its first {MAX_CHARACTERS:,} characters", err=True)
+        text = text[:MAX_CHARACTERS]
+    path = checkpoint_or_latest(checkpoint, "lm")
+    seen = TextModel(path, pick_device(device)).inspect(text, top_k=top_k)
+    ranked = seen.rank_units()
+    colored = click.get_text_stream("stdout").isatty() if color is None else color
+    bits = [value for value in seen.surprise if value is not None]
+    top = max(sorted(bits)[int(0.95 * (len(bits) - 1))], 1e-9) if bits else 1.0
+    pieces = []
+    for token, value in zip(seen.tokens, seen.surprise):
+        shown = escaped(token, keep="\n")
+        if colored and value is not None and token != "\n":
+            shade = SHADES[min(int(value / top * (len(SHADES) - 1)), len(SHADES) - 1)]
+            shown = f"\x1b[48;5;{shade}m\x1b[38;5;16m{shown}\x1b[0m"
+        pieces.append(shown)
+    click.echo("".join(pieces), color=colored)  # click would strip the colours when stdout is not a terminal
+    click.echo(f"{len(bits):,} tokens predicted: {seen.mean_surprise():.4f} nats, "
+               f"{sum(bits) / max(len(bits), 1):.3f} bits each on average", err=True)
+    for feature, found in ranked.items():
+        units = ", ".join(f"{unit} (r {r:+.2f})" for unit, r in found)
+        click.echo(f"{feature}: {units}", err=True)
+    if page is not None:
+        page.write_text(inside_page(seen, ranked, f"{file.name} inside {Path(path).name}"), encoding="utf-8")
+        click.echo(f"wrote {page}", err=True)

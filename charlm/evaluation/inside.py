@@ -1,0 +1,188 @@
+"""Inside a language model: for every token of a text, how surprised the model was by it, what it
+expected there, and what its units did after reading it.
+
+    inside = inspect_ids(model, ids, vocab, top_k=5)
+    inside.surprise[t]       # bits: -log2 p(token t | the tokens before it); None for the first
+    inside.expected[t]       # [(token, probability), ...] the model's top_k for position t
+    inside.activations["layer 1 h"][t]   # (H,) a recurrent layer's hidden state after token t
+    inside.rank_units()      # {"inside quotes": [("layer 1 c 37", 0.82), ...], ...}
+
+The text is walked exactly as `charlm eval` walks it (`charlm.data.batches.eval_batches`: rows
+with the state carried from batch to batch), so the mean surprise is the loss `eval` reports,
+and each position's expectation is what the model predicted there. The layers run one at a time
+(the same products as the model's stacked module), so each one's outputs are at hand, and an
+LSTM's cell states follow from its gates; the last token, which nothing follows in that walk, has none (NaN). `rank_units` finds the
+units that follow simple features of the text (inside quotes, position in the line, ...), by
+correlation. The transformer is not looked inside yet. Knows models and batches; nothing about files or the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from charlm.data.batches import EVAL_LOGITS_BYTES, eval_batches
+from charlm.errors import CharlmError
+from charlm.models.recurrent import LanguageModel
+from charlm.models.recurrent_layers import one_hot
+from charlm.models.state import RecurrentState
+from charlm.text.tokens import Vocab
+
+ROWS, STEPS = 32, 256  # as `charlm eval` walks a text (`lm_eval_batches`' defaults)
+
+
+@dataclass
+class Inside:
+    """What a model made of a text, per token (see the module docstring)."""
+
+    tokens: list[str]
+    surprise: list[float | None]
+    expected: list[list[tuple[str, float]]]
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (T, H)
+
+    def rank_units(self, best: int = 3) -> dict[str, list[tuple[str, float]]]:
+        """The units that follow simple features of the text best: `rank_units`'."""
+        return rank_units(self, best)
+
+    def mean_surprise(self) -> float:
+        """Nats per predicted token: what `charlm eval` reports as the loss."""
+        bits = [value for value in self.surprise if value is not None]
+        return sum(bits) / max(len(bits), 1) * math.log(2)
+
+
+@torch.no_grad()
+def inspect_ids(model: nn.Module, ids: torch.Tensor, vocab: Vocab, top_k: int = 5) -> Inside:
+    """`Inside` of the text `ids` (1-D) for a recurrent language model."""
+    if not isinstance(model, LanguageModel):
+        raise CharlmError("looking inside is for the recurrent models (rnn, gru, lstm) so far; the transformer's "
+                          "view is not built yet")
+    if len(ids) < 2:
+        raise CharlmError("the text has fewer than 2 tokens; nothing to predict")
+    was_training = model.training
+    model.eval()
+    count, vocab_size = len(ids), len(vocab)
+    device = next(model.parameters()).device
+    surprise = torch.full((count,), float("nan"))
+    top_probabilities = torch.zeros(count, min(top_k, vocab_size))
+    top_ids = torch.zeros(count, min(top_k, vocab_size), dtype=torch.long)
+    names = [f"layer {layer} {kind}" for layer in range(model.config.num_layers)
+             for kind in (("h", "c") if model.config.cell == "lstm" else ("h",))]
+    activations = {name: torch.full((count, model.config.hidden_size), float("nan")) for name in names}
+    most = EVAL_LOGITS_BYTES // (4 * vocab_size)
+    positions = torch.arange(count)
+    state = None
+    for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most),
+                                          eval_batches(positions, ROWS, STEPS, most)):
+        rows = inputs.shape[0]
+        if state is not None and state.batch_size > rows:  # the last few continue the last row
+            state = state.rows(slice(-rows, None))
+        inputs, targets = inputs.to(device), targets.to(device)
+        found, after = _layer_activations(model, inputs, state)
+        logits = model.head(found[f"layer {model.config.num_layers - 1} h"])  # (R, S, V): the model's own
+        log_probabilities = F.log_softmax(logits.float(), dim=-1)
+        chosen = log_probabilities.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (R, S)
+        flat = (at + 1).reshape(-1)  # the position each target is at
+        surprise[flat] = (-chosen / math.log(2)).reshape(-1).cpu()
+        values, indices = log_probabilities.topk(top_probabilities.shape[1], dim=-1)
+        top_probabilities[flat] = values.exp().reshape(-1, values.shape[-1]).cpu()
+        top_ids[flat] = indices.reshape(-1, indices.shape[-1]).cpu()
+        for name, values in found.items():
+            activations[name][at.reshape(-1)] = values.reshape(-1, values.shape[-1]).cpu()
+        state = after
+    model.train(was_training)
+    tokens = vocab.decode(ids.tolist())
+    expected = [[] if position == 0 else [(vocab.itos[int(index)], float(probability)) for index, probability
+                                          in zip(top_ids[position], top_probabilities[position])]
+                for position in range(count)]
+    shown = [None if position == 0 else float(surprise[position]) for position in range(count)]
+    return Inside(tokens, shown, expected, activations)
+
+
+def text_features(tokens: list[str]) -> dict[str, torch.Tensor]:
+    """Simple features of a text, per token (T,), that units are ranked against: inside quotation
+    marks (a `"`, or a `'` not between two letters, opens or closes them), inside parentheses,
+    the position in the line, just after a line break, upper case, inside a word (a letter)."""
+    inside_quotes, depth, column = False, 0, 0
+    rows: dict[str, list[float]] = {name: [] for name in FEATURES}
+    for index, token in enumerate(tokens):
+        before = tokens[index - 1] if index else ""
+        after = tokens[index + 1] if index + 1 < len(tokens) else ""
+        if token in ('"', "\u201c", "\u201d") or (token == "'" and not (before.isalpha() and after.isalpha())):
+            inside_quotes = not inside_quotes
+        depth = depth + (token == "(") - (token == ")" and depth > 0)
+        rows["inside quotes"].append(float(inside_quotes))
+        rows["inside parentheses"].append(float(depth > 0))
+        rows["position in the line"].append(float(column))
+        rows["after a line break"].append(float(before == "\n"))
+        rows["upper case"].append(float(token.isupper()))
+        rows["inside a word"].append(float(token.isalpha()))
+        column = 0 if token == "\n" else column + 1
+    return {name: torch.tensor(values) for name, values in rows.items()}
+
+
+FEATURES = ("inside quotes", "inside parentheses", "position in the line", "after a line break", "upper case",
+            "inside a word")
+
+
+def rank_units(inside: Inside, best: int = 3) -> dict[str, list[tuple[str, float]]]:
+    """For each of `text_features`, the `best` units (`"layer 1 c 37"`: a layer's state and the
+    unit's index) whose activation after each token correlates most with it (Pearson's r, by
+    its size; the sign says which way), over the tokens that have activations. A feature the
+    text never varies (no parentheses in it) ranks nothing."""
+    features = text_features(inside.tokens)
+    ranked: dict[str, list[tuple[str, float]]] = {}
+    for feature, values in features.items():
+        found: list[tuple[str, float]] = []
+        for name, activations in inside.activations.items():
+            kept = ~torch.isnan(activations).any(dim=1)  # (T,)
+            x, y = activations[kept].double(), values[kept].double()
+            if len(y) < 3 or float(y.std()) == 0:
+                continue
+            x, y = x - x.mean(0), y - y.mean()
+            r = (x * y[:, None]).sum(0) / (x.norm(dim=0) * y.norm()).clamp_min(1e-12)  # (H,)
+            order = r.abs().argsort(descending=True)[:best]
+            found += [(f"{name} {int(unit)}", float(r[unit])) for unit in order]
+        if found:
+            ranked[feature] = sorted(found, key=lambda item: -abs(item[1]))[:best]
+    return ranked
+
+
+def _layer_activations(model: LanguageModel, inputs: torch.Tensor, state: RecurrentState | None
+                       ) -> tuple[dict[str, torch.Tensor], RecurrentState]:
+    """Each recurrent layer's outputs (R, S, H) over `inputs`, and an LSTM's cell states, from
+    `state`, and the state after them: the layers run one at a time through a one-layer module
+    holding that layer's weights (the same products as the model's own stacked module)."""
+    config = model.config
+    x = model.embed(inputs) if model.embedding is not None else one_hot(inputs, config.vocab_size,
+                                                                        model.head.weight.dtype)
+    rows, hidden = inputs.shape[0], config.hidden_size
+    found = {}
+    for layer in range(config.num_layers):
+        weights = {f"{kind}_l0": getattr(model.rnn, f"{kind}_l{layer}")
+                   for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        module = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell](x.shape[-1], hidden, 1, batch_first=True)
+        h0 = x.new_zeros(1, rows, hidden) if state is None else state.h[layer : layer + 1]
+        initial: object = h0
+        if config.cell == "lstm":
+            c0 = x.new_zeros(1, rows, hidden) if state is None else state.c[layer : layer + 1]
+            initial = (h0, c0)
+        outputs, _ = torch.func.functional_call(module.to(x.device), weights, (x, initial))  # (R, S, H)
+        found[f"layer {layer} h"] = outputs
+        if config.cell == "lstm":  # c_t = f c_{t-1} + i g, its gates from x_t and the h_{t-1} just found
+            before = torch.cat([h0.transpose(0, 1), outputs[:, :-1]], dim=1)  # (R, S, H)
+            gates = x @ weights["weight_ih_l0"].T + weights["bias_ih_l0"] + before @ weights["weight_hh_l0"].T \
+                + weights["bias_hh_l0"]
+            i, f, g, _ = gates.chunk(4, dim=-1)
+            i, f, g = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g)
+            cells, c = [], c0[0]
+            for step in range(x.shape[1]):
+                c = f[:, step] * c + i[:, step] * g[:, step]
+                cells.append(c)
+            found[f"layer {layer} c"] = torch.stack(cells, dim=1)
+        x = outputs
+    last = lambda kind: torch.stack([found[f"layer {layer} {kind}"][:, -1] for layer in range(config.num_layers)])  # noqa: E731
+    return found, RecurrentState(last("h"), last("c") if config.cell == "lstm" else None)
