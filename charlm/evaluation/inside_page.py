@@ -36,8 +36,11 @@ document.getElementById('text').addEventListener('mouseover',e=>{const i=spans.i
 surprise();"""
 
 
-def inside_page(inside: Any, ranked: dict[str, list[tuple[str, float]]], title: str) -> str:
-    """The HTML page of `inside` (`charlm.evaluation.inside.Inside`) with the units of `ranked`."""
+def view_data(inside: Any, ranked: dict[str, list[tuple[str, float]]]) -> dict[str, Any]:
+    """What the view shows, as JSON-ready data (the page's and `POST /v1/inside`'s): the tokens,
+    their surprise in bits, what the model expected at each, the ranked units (feature -> [unit,
+    r]) and those units' activations after each token (None where there is none), and `top`,
+    the surprise the colours saturate at (the 95th percentile)."""
     units = {}
     for found in ranked.values():
         for unit, _ in found:
@@ -45,9 +48,16 @@ def inside_page(inside: Any, ranked: dict[str, list[tuple[str, float]]], title: 
             values = inside.activations[name][:, int(index)].tolist()
             units[unit] = [None if math.isnan(value) else round(value, 4) for value in values]
     bits = [value for value in inside.surprise if value is not None]
-    data = {"tokens": inside.tokens, "surprise": [None if value is None else round(value, 3) for value in inside.surprise],
+    return {"tokens": inside.tokens, "surprise": [None if value is None else round(value, 3) for value in inside.surprise],
             "expected": [[(token, round(p, 4)) for token, p in found] for found in inside.expected],
+            "ranked": {feature: [[unit, round(r, 4)] for unit, r in found] for feature, found in ranked.items()},
             "units": units, "top": max(sorted(bits)[int(0.95 * (len(bits) - 1))] if bits else 1.0, 1e-9)}
+
+
+def inside_page(inside: Any, ranked: dict[str, list[tuple[str, float]]], title: str) -> str:
+    """The HTML page of `inside` (`charlm.evaluation.inside.Inside`) with the units of `ranked`."""
+    data = view_data(inside, ranked)
+    bits = [value for value in inside.surprise if value is not None]
     options = "".join(f'<option value="{html.escape(unit)}">{html.escape(feature)}: {html.escape(unit)} '
                       f'(r {r:+.2f})</option>' for feature, found in ranked.items() for unit, r in found)
     text = "".join(f"<span>{html.escape(token)}</span>" for token in inside.tokens)

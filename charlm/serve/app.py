@@ -6,6 +6,7 @@ Two dialects: charlm's own,
     POST /v1/generate                 samples, or server-sent events as the text is made
     POST /v1/translate                outputs of a pair model, greedy or beam search
     POST /v1/attention                a pair model's attention weights for one input
+    POST /v1/inside                   a language model's view of a text: surprise, expectations, units
 
 and OpenAI's (`charlm.serve.openai_routes`: /v1/models, which also lists charlm's own
 description of each model under "models", /v1/completions, /v1/chat/completions).
@@ -41,6 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from charlm.errors import CharlmError
+from charlm.evaluation.inside_page import view_data
 from charlm.generation.request import Request as GenerationRequest
 from charlm.generation.sampling import encode_prefix
 from charlm.serve.batcher import Batcher
@@ -75,6 +77,7 @@ GENERATE_FIELDS = ("model", *(row.name for row in HTTP_ROWS), "stream")
 TRANSLATE_ROWS = for_command(TRANSLATE, "http")  # beam, max_length, length_penalty, unknown
 TRANSLATE_FIELDS = ("model", "inputs", *(row.name for row in TRANSLATE_ROWS))
 ATTENTION_FIELDS = ("model", "input", "unknown")
+INSIDE_FIELDS = ("model", "text", "top_k")
 
 
 def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_hosts: tuple[str, ...] | None = None,
@@ -88,7 +91,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
     batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta.tokens, name, threads,
                               precision, served.path)
                 for name, served in catalog.items() if served.task == "lm"}
-    translating = {name: threading.Lock() for name, served in catalog.items() if served.task == "translate"}
+    translating = {name: threading.Lock() for name in catalog}  # a worker's turn per model (pairs; /v1/inside)
     slots = Slots(limits.in_flight)
     page = {path: (resources.files("charlm.serve").joinpath("static", name).read_bytes(), kind)
             for path, (name, kind) in PAGE_FILES.items()}
@@ -167,8 +170,19 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         return Json({"model": served.name, "source": found["source"], "output": found["output"],
                      "weights": found["weights"].tolist()})
 
+    async def inside(request: Request) -> Response:
+        fields = Fields(await read_json(request, limits.body_bytes), INSIDE_FIELDS)
+        served = pick(fields.text("model", None, 200), "lm")
+        text = fields.text("text", None, limits.inside_chars)
+        if text is None:
+            raise RequestError("text must be a string, got null", param="text")
+        top_k = fields.integer("top_k", 5, 1, limits.top_k)
+        seen = await in_worker(served, lambda: served.model.inspect(text, top_k))
+        return Json({"model": served.name, **view_data(seen, seen.rank_units())})
+
     async def in_worker(served: Served, work: Callable[[], Any]) -> Any:
-        """A pair model's work in a worker thread, one at a time per model, counted in `slots`."""
+        """A model's work in a worker thread (a pair model's, or looking inside a language model),
+        one at a time per model, counted in `slots`."""
         slots.take()
         try:
             def locked() -> Any:
@@ -213,7 +227,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
 
     routes = [*(Route(path, page_file) for path in PAGE_FILES), Route("/v1/models/{name}/metrics", metrics),
               Route("/v1/generate", generate, methods=["POST"]), Route("/v1/translate", translate, methods=["POST"]),
-              Route("/v1/attention", attention, methods=["POST"]),
+              Route("/v1/attention", attention, methods=["POST"]), Route("/v1/inside", inside, methods=["POST"]),
               *openai_routes(catalog, batchers, slots, limits, pick, chat_template)]
     middleware = [Middleware(HostCheck, allowed=allowed_hosts)] if allowed_hosts is not None else []
     if api_key is not None:

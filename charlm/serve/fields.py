@@ -32,6 +32,8 @@ class Limits:
     in_flight: int = 64             # generations and translations running at once; then 429
     prompts: int = 16               # /v1/completions' prompts per request (times n: at most num_samples)
     messages: int = 256             # /v1/chat/completions' messages per request
+    inside_chars: int = 20_000      # /v1/inside's text
+    top_k: int = 20                 # /v1/inside's expectations per token
 
     def bounds(self, name: str) -> tuple[int | None, int | None]:
         """The server's own (low, high) on a field of a generation or translation, beside its row's

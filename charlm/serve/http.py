@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from charlm.serve.fields import RequestError
 
-NATIVE_PATHS = ("/v1/generate", "/v1/translate", "/v1/attention")  # and /v1/models/{name}/metrics
+NATIVE_PATHS = ("/v1/generate", "/v1/translate", "/v1/attention", "/v1/inside")  # and /v1/models/{name}/metrics
 
 
 def speaks_openai(path: str) -> bool:

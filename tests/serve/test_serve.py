@@ -632,3 +632,22 @@ def test_an_error_names_the_json_fields_not_the_flags(client, path, body):
     """What the command line says with --unknown skip, the server says with the field it takes."""
     error = post(client, path, body).json()["error"]
     assert '"unknown": "skip"' in error and '"unknown": "unk"' in error and "--" not in error
+
+
+def test_inside_gives_the_models_view_of_a_text_within_bounds(client, catalog):
+    text = TINY_TEXT[:300]
+    seen = post(client, "/v1/inside", {"text": text, "top_k": 3}).json()
+    expected = catalog["tiny"].model.inspect(text, top_k=3)
+    assert seen["model"] == "tiny" and seen["tokens"] == expected.tokens and seen["surprise"][0] is None
+    assert seen["surprise"][1:] == [round(value, 3) for value in expected.surprise[1:]]
+    assert [len(found) for found in seen["expected"][1:]] == [3] * (len(text) - 1)
+    for found in seen["ranked"].values():
+        for unit, _ in found:
+            assert len(seen["units"][unit]) == len(text)
+    for body, field in (({"text": 5}, "text"), ({"text": "ab", "top_k": 0}, "top_k"), ({"text": "ab", "top_k": 21}, "top_k"),
+                        ({"text": "x" * 20_001}, "text"), ({"text": "ab", "model": "rev"}, "model"),
+                        ({"text": "ab", "surprise": 1}, "surprise")):
+        answer = post(client, "/v1/inside", body)
+        assert answer.status_code == 400 and "error" in answer.json(), (body, answer.text)
+    one = post(client, "/v1/inside", {"text": "t"})
+    assert one.status_code == 400 and "fewer than 2 tokens" in one.json()["error"]
