@@ -47,6 +47,7 @@ class Metadata(Mapping):
     preprocess: str | None = None  # "none" or "d2l"
     corpus: str | None = None  # the corpus's name
     corpus_files: list[dict[str, Any]] | None = None  # of a corpus of several files: each one's name, size, SHA-256
+    corpus_sha256: str | None = None  # of a corpus of one file (text or pairs): its SHA-256 (from stop 21 on)
     parent: dict[str, str] | None = None  # a fine-tune's: the parent checkpoint's path and SHA-256
     kind: str | None = None  # "model" or "resume"; None: a run's metadata, not yet a file's
     train: dict[str, Any] | None = None  # the training settings, `record(TrainConfig)`

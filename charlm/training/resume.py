@@ -168,7 +168,7 @@ def _check_same_run(path: str, saved: dict[str, Any], meta: Metadata, train_conf
     flags = read(saved).train or {}
     changed = [key for key in SAME_RUN_FLAGS if key in flags and flags[key] != getattr(train_config, key)]
     run = write(meta)  # the run's fields as its files hold them, compared with the resume file's as read
-    changed += [key for key in run if key not in ("corpus", "corpus_files") and saved.get(key) != run[key]]
+    changed += [key for key in run if key not in ("corpus", "corpus_files", "corpus_sha256") and saved.get(key) != run[key]]
     if changed:
         raise CharlmError(f"{path} was trained with different settings ({', '.join(changed)}); "
                           "resume with the same flags and corpus")

@@ -169,7 +169,7 @@ def language_model_run(
                          f"{', '.join(repr(token) for token in data.vocab.itos[len(parent.vocab):][:10])}")
     meta = LanguageModelMetadata(task="lm", **registry.metadata(entry), model=record(config),
                                  vocab=data.vocab.to_dict(), tokens=data_config.tokens,
-                                 preprocess=data_config.preprocess, **corpus_record(corpus),
+                                 preprocess=data_config.preprocess, **corpus_record(corpus, data.sha256),
                                  parent=parent.record() if parent is not None else None)
     shown = model.describe() or entry.name
     name = corpus if not isinstance(corpus, FoundCorpus) else corpus.shown if corpus.single \
@@ -196,12 +196,14 @@ def language_model_run(
                unigram_loss=unigram)
 
 
-def corpus_record(corpus: str | os.PathLike | FoundCorpus) -> dict[str, Any]:
-    """What a checkpoint records of its corpus: the name of a file; of several files, the names of
-    the paths given and each file's name, size and SHA-256, which `--resume` compares."""
+def corpus_record(corpus: str | os.PathLike | FoundCorpus, sha256: str | None = None) -> dict[str, Any]:
+    """What a checkpoint records of its corpus: the name of a file and its SHA-256 (`sha256`, the
+    hash its reading took), which `--held-out` compares; of several files, the names of the paths
+    given and each file's name, size and SHA-256, which `--resume` and `--held-out` compare."""
     if isinstance(corpus, FoundCorpus) and not corpus.single:
         return {"corpus": corpus.name, "corpus_files": corpus.identity()}
-    return {"corpus": os.path.basename(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus)}
+    return {"corpus": os.path.basename(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus),
+            "corpus_sha256": sha256}
 
 
 def single_file_record(path: str | os.PathLike, sha256: str) -> dict[str, Any]:
@@ -252,7 +254,7 @@ def translation_run(
     model = model_class(config)
     meta = PairModelMetadata(task="translate", **registry.metadata(entry), model=record(config),
                              source_vocab=source_vocab.to_dict(), target_vocab=target_vocab.to_dict(), tokens="char",
-                             preprocess="none", corpus=os.path.basename(corpus))
+                             preprocess="none", corpus=os.path.basename(corpus), corpus_sha256=file_digest(corpus))
     attention = " with attention" if getattr(config, "attention", False) else ""
     description = (f"{corpus}: {len(train_pairs):,} pairs to train on, {len(held_out):,} held out; "
                    f"{len(source_vocab)} source and {len(target_vocab)} target tokens; {entry.name} {config.cell} "

@@ -23,7 +23,10 @@ def test_a_text_models_held_out_part_is_scored_and_another_corpus_refused(runner
     assert refused.exit_code == 2 and "other.txt is not the corpus m.safetensors was trained on" in refused.stderr
     Path(tiny_corpus).write_text(TINY_TEXT.replace("e", "a"), encoding="utf-8")  # same name, edited: its SHA-256
     refused = run_cli(runner, "eval", "--checkpoint", "m.safetensors", tiny_corpus, "--held-out", ok=False)
-    assert refused.exit_code == 2 and "as its resume file records it" in refused.stderr
+    assert refused.exit_code == 2 and "as the checkpoint records it" in refused.stderr
+    Path("m.resume.safetensors").unlink()  # the checkpoint alone knows its corpus
+    refused = run_cli(runner, "eval", "--checkpoint", "m.safetensors", tiny_corpus, "--held-out", ok=False)
+    assert refused.exit_code == 2 and "as the checkpoint records it" in refused.stderr
 
 
 def test_a_folders_held_out_part_is_checked_by_its_files(runner, tmp_path):
@@ -48,6 +51,9 @@ def test_a_pair_models_held_out_pairs_are_its_own_files(runner):
     assert run_cli(runner, "eval", "--checkpoint", "p.safetensors", "pairs.tsv", "--held-out").exit_code == 0
     refused = run_cli(runner, "eval", "--checkpoint", "p.safetensors", "others.tsv", "--held-out", ok=False)
     assert refused.exit_code == 2 and "others.tsv is not the file p.safetensors was trained on" in refused.stderr
+    Path("pairs.tsv").write_text("man\tnam\n" + Path("others.tsv").read_text(), encoding="utf-8")  # edited
+    refused = run_cli(runner, "eval", "--checkpoint", "p.safetensors", "pairs.tsv", "--held-out", ok=False)
+    assert refused.exit_code == 2 and "pairs.tsv is not the file p.safetensors was trained on" in refused.stderr
 
 
 def test_a_long_evaluation_shows_progress_and_a_short_one_does_not(runner, tiny_corpus, monkeypatch):
