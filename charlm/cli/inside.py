@@ -50,7 +50,7 @@ def inside(file: Path, checkpoint: str | None, page: Path | None, top_k: int, co
     ranked = seen.rank_units()
     colored = click.get_text_stream("stdout").isatty() if color is None else color
     bits = [value for value in seen.surprise if value is not None]
-    top = max(sorted(bits)[int(0.95 * (len(bits) - 1))], 1e-9) if bits else 1.0
+    top = seen.saturation()
     pieces = []
     for token, value in zip(seen.tokens, seen.surprise):
         shown = escaped(token, keep="\n")

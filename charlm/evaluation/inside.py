@@ -48,6 +48,11 @@ class Inside:
         """The units that follow simple features of the text best: `rank_units`'."""
         return rank_units(self, best)
 
+    def saturation(self) -> float:
+        """The surprise, in bits, that a view's colours saturate at: the 95th percentile of the text's."""
+        bits = sorted(value for value in self.surprise if value is not None)
+        return max(bits[int(0.95 * (len(bits) - 1))], 1e-9) if bits else 1.0
+
     def mean_surprise(self) -> float:
         """Nats per predicted token: what `charlm eval` reports as the loss."""
         bits = [value for value in self.surprise if value is not None]
@@ -74,14 +79,18 @@ def inspect_ids(model: nn.Module, ids: torch.Tensor, vocab: Vocab, top_k: int = 
     activations = {name: torch.full((count, model.config.hidden_size), float("nan")) for name in names}
     most = EVAL_LOGITS_BYTES // (4 * vocab_size)
     positions = torch.arange(count)
-    state = None
+    config, state = model.config, None
+    cell = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
+    first = config.embedding_size or config.vocab_size  # the first layer's input: an embedding, or one-hot
+    layers = [cell(first if layer == 0 else config.hidden_size, config.hidden_size, 1, batch_first=True).to(device)
+              for layer in range(config.num_layers)]  # shapes only: each runs with the model's layer's weights
     for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most),
                                           eval_batches(positions, ROWS, STEPS, most)):
         rows = inputs.shape[0]
         if state is not None and state.batch_size > rows:  # the last few continue the last row
             state = state.rows(slice(-rows, None))
         inputs, targets = inputs.to(device), targets.to(device)
-        found, after = _layer_activations(model, inputs, state)
+        found, after = _layer_activations(model, layers, inputs, state)
         logits = model.head(found[f"layer {model.config.num_layers - 1} h"])  # (R, S, V): the model's own
         log_probabilities = F.log_softmax(logits.float(), dim=-1)
         chosen = log_probabilities.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (R, S)
@@ -151,11 +160,12 @@ def rank_units(inside: Inside, best: int = 3) -> dict[str, list[tuple[str, float
     return ranked
 
 
-def _layer_activations(model: LanguageModel, inputs: torch.Tensor, state: RecurrentState | None
-                       ) -> tuple[dict[str, torch.Tensor], RecurrentState]:
+def _layer_activations(model: LanguageModel, layers: list[nn.Module], inputs: torch.Tensor,
+                       state: RecurrentState | None) -> tuple[dict[str, torch.Tensor], RecurrentState]:
     """Each recurrent layer's outputs (R, S, H) over `inputs`, and an LSTM's cell states, from
-    `state`, and the state after them: the layers run one at a time through a one-layer module
-    holding that layer's weights (the same products as the model's own stacked module)."""
+    `state`, and the state after them: the layers run one at a time through `layers`, one-layer
+    modules of their shapes, given that layer's weights (the same products as the model's own
+    stacked module)."""
     config = model.config
     x = model.embed(inputs) if model.embedding is not None else one_hot(inputs, config.vocab_size,
                                                                         model.head.weight.dtype)
@@ -164,13 +174,12 @@ def _layer_activations(model: LanguageModel, inputs: torch.Tensor, state: Recurr
     for layer in range(config.num_layers):
         weights = {f"{kind}_l0": getattr(model.rnn, f"{kind}_l{layer}")
                    for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-        module = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell](x.shape[-1], hidden, 1, batch_first=True)
         h0 = x.new_zeros(1, rows, hidden) if state is None else state.h[layer : layer + 1]
         initial: object = h0
         if config.cell == "lstm":
             c0 = x.new_zeros(1, rows, hidden) if state is None else state.c[layer : layer + 1]
             initial = (h0, c0)
-        outputs, _ = torch.func.functional_call(module.to(x.device), weights, (x, initial))  # (R, S, H)
+        outputs, _ = torch.func.functional_call(layers[layer], weights, (x, initial))  # (R, S, H)
         found[f"layer {layer} h"] = outputs
         if config.cell == "lstm":  # c_t = f c_{t-1} + i g, its gates from x_t and the h_{t-1} just found
             before = torch.cat([h0.transpose(0, 1), outputs[:, :-1]], dim=1)  # (R, S, H)

@@ -47,11 +47,10 @@ def view_data(inside: Any, ranked: dict[str, list[tuple[str, float]]]) -> dict[s
             name, index = unit.rsplit(" ", 1)
             values = inside.activations[name][:, int(index)].tolist()
             units[unit] = [None if math.isnan(value) else round(value, 4) for value in values]
-    bits = [value for value in inside.surprise if value is not None]
     return {"tokens": inside.tokens, "surprise": [None if value is None else round(value, 3) for value in inside.surprise],
             "expected": [[(token, round(p, 4)) for token, p in found] for found in inside.expected],
             "ranked": {feature: [[unit, round(r, 4)] for unit, r in found] for feature, found in ranked.items()},
-            "units": units, "top": max(sorted(bits)[int(0.95 * (len(bits) - 1))] if bits else 1.0, 1e-9)}
+            "units": units, "top": inside.saturation()}
 
 
 def inside_page(inside: Any, ranked: dict[str, list[tuple[str, float]]], title: str) -> str:

@@ -93,14 +93,26 @@ def threads_for(others: float | None, available: int | None = None) -> int:
     return min(max(round(available - others), 1), available)
 
 
+def steer(others: float | None, available: int | None = None) -> int | None:
+    """Set torch's threads to `threads_for` the cores free, where what the others use is known
+    (`others`); returns the new count where it changed, else None."""
+    import torch
+
+    if others is None:
+        return None
+    threads = threads_for(others, available)
+    if threads == torch.get_num_threads():
+        return None
+    torch.set_num_threads(threads)
+    return threads
+
+
 def use_free_cores(watch: CpuWatch) -> int:
     """Set torch's threads to the cores free over what `watch` has seen (the start of a command:
     its imports and loading), where that is known; returns the threads torch now has."""
     import torch
 
-    others = watch.others()
-    if others is not None:
-        torch.set_num_threads(threads_for(others))
+    steer(watch.others())
     return torch.get_num_threads()
 
 
@@ -121,11 +133,7 @@ class ThreadPilot:
         there were: before training (the window is the run's set-up: reading the text, building
         the model) and before the final scoring of a run too short for a look."""
         if self.watch.seconds() >= MIN_SETTLE_SECONDS:
-            others = self.watch.others()
-            if others is not None:
-                import torch
-
-                torch.set_num_threads(threads_for(others, self.available))
+            steer(self.watch.others(), self.available)
 
     def check(self, step: int) -> None:
         seconds = self.watch.seconds()
@@ -134,11 +142,5 @@ class ThreadPilot:
         others, per_step = self.watch.others(), seconds / (step - self.step)
         self.watch.start()
         self.step = step
-        if others is None or per_step < self.min_step:
-            return
-        import torch
-
-        threads = threads_for(others, self.available)
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
+        if per_step >= self.min_step and (threads := steer(others, self.available)) is not None:
             self.changes.append((step, threads))

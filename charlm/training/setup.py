@@ -182,10 +182,10 @@ def language_model_run(
     val_batches = report = unigram = None
     if len(val_ids) >= 2:
         unigram = unigram_loss(train_ids, val_ids, len(data.vocab))  # evaluations as it trains see a bounded part of a long held-out split; the report all
-        val_batches = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab),
-                                      EVAL_POSITIONS if len(val_ids) > 2 * EVAL_POSITIONS else None)
-        if len(val_ids) > 2 * EVAL_POSITIONS:
-            report = lm_eval_batches(val_ids, train_config.batch_size, train_config.seq_len, len(data.vocab))
+        scored = functools.partial(lm_eval_batches, val_ids, train_config.batch_size, train_config.seq_len,
+                                   len(data.vocab))
+        long = len(val_ids) > 2 * EVAL_POSITIONS
+        val_batches, report = (scored(EVAL_POSITIONS), scored()) if long else (scored(), None)
     resume_meta = single_file_record(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus, data.sha256) \
         if data.sha256 is not None else {}
     sample = functools.partial(sample_text, vocab=data.vocab, tokens=data_config.tokens, seed=train_config.seed,

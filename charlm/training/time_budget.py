@@ -70,20 +70,18 @@ class TimeBudget:
         Every process takes the same plan (the mean of theirs); the run state keeps it, so a
         resume goes on with it."""
         config, state = self.config, self.state
-        if self.pilot is not None:
+        if self.pilot is not None:  # first, at every flush of any run: the threads
             self.pilot.check(state.step)
+        if config.max_time is None or config.lr_decay_steps is not None:  # no time limit, or a length told
+            return
         now = self.clock()
         evaluating, evaluations = self.evaluating
         measured_at, measured_step, measured_evaluating = self.recent[0]
         self.recent.append((now, state.step, evaluating))
         training_seconds = (now - measured_at) - (evaluating - measured_evaluating)
-        if state.step <= measured_step or training_seconds <= 0:
+        if now - self.started < PLAN_AFTER * config.max_time or state.step <= measured_step or training_seconds <= 0:
             return
         seconds_per_step = training_seconds / (state.step - measured_step)
-        if config.max_time is None or config.lr_decay_steps is not None:  # no time limit, or a length told
-            return
-        if now - self.started < PLAN_AFTER * config.max_time:
-            return
         per_evaluation = evaluating / evaluations if evaluations else 0.0
         every = self.every()  # steps between evaluations
         left = max(config.max_time - (now - self.started) - per_evaluation, 0.0)  # the stop's evaluation set aside
