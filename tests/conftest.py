@@ -55,6 +55,18 @@ def run_cli(runner: CliRunner, *args: str, ok: bool = True):
 
 TINY_MODEL = ("--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4",
               "--seq-len", "8", "--quiet")
+# TINY_MODEL as the Python API's keywords.
+TINY_KEYWORDS = {"hidden_size": 16, "num_layers": 1, "embedding_size": 8, "batch_size": 4, "seq_len": 8, "quiet": True}
+
+
+def train_tiny(folder: Path, steps: int) -> Path:
+    """A tiny language model of TINY_TEXT trained for `steps` steps in `folder`; its checkpoint."""
+    import charlm
+
+    (folder / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
+    return charlm.train(folder / "tiny.txt", **TINY_KEYWORDS, max_steps=steps, out=folder / "tiny.safetensors").checkpoint
+
+
 TINY_TRANSFORMER = ("--model", "transformer", "--num-layers", "1", "--num-heads", "2", "--embedding-size", "16",
                     "--batch-size", "4", "--seq-len", "8", "--quiet")
 # The guarantee rows that hold per kind of model run once for each (the README's transformer column).

@@ -15,9 +15,9 @@ import pytest
 import charlm
 from charlm import api
 from charlm.errors import TrainingInterrupted, UsageError
-from tests.conftest import ROOT, TINY_MODEL, run_cli
+from tests.conftest import ROOT, TINY_KEYWORDS, TINY_MODEL, run_cli
 
-TINY = {"hidden_size": 16, "num_layers": 1, "embedding_size": 8, "batch_size": 4, "seq_len": 8, "quiet": True}
+TINY = TINY_KEYWORDS
 PAIRS_TEXT = "".join(f"{word}\t{word[::-1]}\n" for word in
                      ["abc", "bca", "cab", "aab", "bba", "cca", "ab", "ba", "ca", "abca", "bcab", "cabc"])
 

@@ -17,17 +17,13 @@ from charlm.generation.sampling import History, filter_logits, generate, scores
 from charlm.serve.batcher import Batcher, Generation
 from charlm.settings import SettingError
 from charlm.text.tokens import Vocab
-from tests.conftest import TINY_TEXT, run_cli
+from tests.conftest import run_cli, train_tiny
 from tests.generation.test_generate import FixedModel
-
-TINY = {"hidden_size": 16, "num_layers": 1, "embedding_size": 8, "batch_size": 4, "seq_len": 8, "quiet": True}
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("controls")
-    (folder / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
-    return charlm.train(folder / "tiny.txt", **TINY, max_steps=20, out=folder / "tiny.safetensors").checkpoint
+    return train_tiny(tmp_path_factory.mktemp("controls"), 20)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,17 +14,13 @@ import charlm
 from charlm.trained import TextModel
 from charlm.generation.request import Request, Sampling
 from charlm.settings import GENERATE, SettingError, for_command
-from tests.conftest import TINY_TEXT, run_cli
-
-TINY = {"hidden_size": 16, "num_layers": 1, "embedding_size": 8, "batch_size": 4, "seq_len": 8, "quiet": True}
+from tests.conftest import run_cli, train_tiny
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     """A tiny language model, trained for 2 steps."""
-    folder = tmp_path_factory.mktemp("request")
-    (folder / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
-    return charlm.train(folder / "tiny.txt", **TINY, max_steps=2, out=folder / "tiny.safetensors").checkpoint
+    return train_tiny(tmp_path_factory.mktemp("request"), 2)
 
 
 def test_a_request_is_frozen_hashable_and_equal_by_value():

@@ -32,9 +32,9 @@ from charlm.serve.catalog import load_catalog  # noqa: E402
 from charlm.serve.fields import Limits  # noqa: E402
 from charlm.serve.server import running  # noqa: E402
 from charlm.settings import GENERATE  # noqa: E402
-from tests.conftest import TINY_TEXT, run_cli  # noqa: E402
+from tests.conftest import TINY_KEYWORDS, TINY_TEXT, run_cli  # noqa: E402
 
-TINY = {"hidden_size": 16, "num_layers": 1, "embedding_size": 8, "batch_size": 4, "seq_len": 8, "quiet": True}
+TINY = TINY_KEYWORDS
 PAIRS_TEXT = "".join(f"{word}\t{word[::-1]}\n" for word in
                      ["abc", "bca", "cab", "aab", "bba", "cca", "ab", "ba", "ca", "abca", "bcab", "cabc"])
 
