@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("text")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--screenshot", default=None)
+    parser.add_argument("--hover", default=120, help="the character the picture hovers")
     parser.add_argument("--browser", default="/usr/bin/chromium")
     options = parser.parse_args()
     text = open(options.text, encoding="utf-8").read()
@@ -64,7 +65,7 @@ def main() -> None:
     catalog = load_catalog([options.checkpoint])
     with running(create_app(catalog)) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=options.browser)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(url)
         long = text[middle : middle + 20_000]
         page.fill("#inside-text", long)
@@ -77,12 +78,12 @@ def main() -> None:
         print(f"the page on 20,000 characters: drawn {drawn:.2f} s after the click (the server's inspect "
               f"included), a hover's tip {hover:.0f} ms, a recolouring by a unit {recolour:.0f} ms ({load()})")
         if options.screenshot:
-            page.fill("#inside-text", text[middle : middle + 900])
+            page.fill("#inside-text", text[middle : middle + 600])
             page.click("#look")
             spans = page.locator("#inside-view .inside-text span")
-            expect(spans).to_have_count(900, timeout=60_000)
-            spans.nth(120).hover()
-            page.locator("#inside").screenshot(path=options.screenshot)
+            expect(spans).to_have_count(600, timeout=60_000)
+            spans.nth(int(options.hover)).hover()
+            page.locator("#inside").screenshot(path=options.screenshot, animations="disabled")
             print(f"wrote {options.screenshot}")
         browser.close()
 

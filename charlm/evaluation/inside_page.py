@@ -26,7 +26,7 @@ LEAST = 0.02  # those of this weight at least
 
 STYLE = """body{font:14px/1.5 system-ui,sans-serif;margin:2em;max-width:70em}
 .inside-text{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-all;border:1px solid #ccc;
-padding:1em;max-height:40em;overflow:auto}.inside-text span{cursor:default}
+padding:1em;max-height:40em;overflow:auto}.inside-text span{cursor:default}.inside-text span:hover{outline:1px solid #222}
 .inside-tip{font-family:ui-monospace,monospace;min-height:3em;color:#333;margin:.5em 0}
 .inside-legend,.inside-status{color:#667085;font-size:.9em}"""
 
