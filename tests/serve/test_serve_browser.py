@@ -222,3 +222,30 @@ def test_the_inside_view_shows_where_a_transformers_head_looked_and_interprets_n
     lit = {index for index, colour in enumerate(backgrounds(page)) if colour}
     heaviest = sorted(seen.attended(12, 1, 1), key=lambda found: -found[1])[:4]
     assert lit == {position for position, weight in heaviest if weight >= 0.02} and lit <= set(range(12 - 11, 13))
+
+
+def test_the_page_charlm_inside_writes_works_offline_in_the_browser(transformer_page, tmp_path):
+    """The --html file: the same script, its data inlined; no server, nothing fetched."""
+    from charlm.evaluation.inside_page import inside_page
+
+    text = 'the <img src=x onerror="window.pwned=1"> time traveller'
+    seen = transformer_page.catalog["attends"].model.inspect(text)
+    (tmp_path / "view.html").write_text(inside_page(seen, seen.rank_units(), "a <b>title</b>"), encoding="utf-8")
+    page = transformer_page.context.browser.new_page()
+    fetched = []
+    page.on("request", lambda request: fetched.append(request.url))
+    page.goto((tmp_path / "view.html").as_uri())
+    spans = page.locator("#view .inside-text span")
+    expect(spans).to_have_count(len(text))
+    assert page.locator("#view .inside-text").text_content() == text and page.evaluate("window.pwned") is None
+    assert page.title() == "a <b>title</b>" and fetched == [(tmp_path / "view.html").as_uri()]
+    spans.nth(20).hover()
+    expect(page.locator("#view .inside-tip")).to_contain_text("bits; expected")
+    assert page.locator("#view .inside-by option[value=pick]").count() == 0  # no server to read other units from
+    page.select_option("#view .inside-by", "attention")
+    spans.nth(20).click()
+    lit = {index for index, colour in enumerate(page.eval_on_selector_all(
+        "#view .inside-text span", "spans => spans.map(s => s.style.background)")) if colour}
+    heaviest = sorted(seen.attended(20, 0, 0), key=lambda found: -found[1])[:4]
+    assert lit == {position for position, weight in heaviest if weight >= 0.02}
+    page.close()
