@@ -97,13 +97,9 @@ class MinRNNState:
                    torch.cat([state.previous for state in states], dim=1))
 
 
-def g(x: Tensor) -> Tensor:
-    """The candidate's activation: x + 0.5 for x >= 0, sigmoid(x) below; positive, continuous."""
-    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
-
-
 def log_g(x: Tensor) -> Tensor:
-    """log g(x), without a log of anything near 0 (each branch is finite everywhere, for the gradients)."""
+    """log g(x), g(x) = x + 0.5 for x >= 0 and sigmoid(x) below (positive, continuous): each branch
+    finite everywhere, so that `torch.where`'s gradients are."""
     return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
 
 
@@ -187,7 +183,8 @@ class MinRNN(ModelDefaults, nn.Module):
         self.final_norm = nn.RMSNorm(config.embedding_size)
         self.head = nn.Linear(config.embedding_size, config.vocab_size, bias=False)
 
-    def layers(self, ids: Tensor, state: MinRNNState | None = None) -> tuple[Tensor, dict[str, Tensor], MinRNNState]:
+    def layer_states(self, ids: Tensor, state: MinRNNState | None = None
+                     ) -> tuple[Tensor, dict[str, Tensor], MinRNNState]:
         """ids (B, T), T >= 1, after `state` -> logits (B, T, V), each layer's h by the inside view's
         names ({"layer 0 h": (B, T, H), ...}), and the state after them."""
         x = self.dropout(self.embedding(ids))  # (B, T, E)
@@ -204,10 +201,11 @@ class MinRNN(ModelDefaults, nn.Module):
         if ids.shape[1] == 0:  # nothing read: the state as it was
             state = self.init_state(ids.shape[0]) if state is None else state
             return self.head(self.embedding(ids)), state
-        logits, _, state = self.layers(ids, state)
+        logits, _, state = self.layer_states(ids, state)
         return logits, state
 
-    def batch_loss(self, batch: tuple[Tensor, ...], state: MinRNNState | None = None) -> tuple[Tensor, int, MinRNNState]:
+    def batch_loss(self, batch: tuple[Tensor, ...], state: MinRNNState | None = None
+                   ) -> tuple[Tensor, int, MinRNNState]:
         """The trainer's contract: (summed loss, number of predicted tokens, state to carry);
         batch = (inputs (B, T), targets (B, T))."""
         inputs, targets = batch

@@ -129,7 +129,8 @@ def test_bf16_autocast_trains_with_the_scan_in_fp32(cell):
     batch = (ids[:, :-1], ids[:, 1:])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, state = model(batch[0])
-        assert state.h.dtype == torch.float32 and model.blocks[0].recurrent(torch.randn(1, 3, 16)).dtype == torch.float32
+        assert logits.dtype == torch.bfloat16 and state.h.dtype == torch.float32
+        assert model.blocks[0].recurrent(torch.randn(1, 3, 16)).dtype == torch.float32
     torch.testing.assert_close(logits.float(), model(batch[0])[0], atol=0.1, rtol=0.1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
@@ -156,21 +157,21 @@ def test_a_tiny_model_learns_well_below_the_unigram_loss(cell, tmp_path):
 
 
 TINY_FLAGS = ("--embedding-size", "8", "--hidden-size", "12", "--num-layers", "2", "--batch-size", "4",
-              "--seq-len", "8", "--eval-every", "3", "--quiet")
+              "--seq-len", "8", "--dropout", "0.1", "--eval-every", "3", "--quiet")
 
 
 @CELLS
 def test_it_trains_resumes_generates_evaluates_and_shows_its_info(runner, tiny_corpus, cell):
-    run_cli(runner, "train", tiny_corpus, "--model", cell, *TINY_FLAGS, "--max-steps", "6", "--out", "whole.safetensors")
+    train = lambda *extra: run_cli(runner, "train", tiny_corpus, "--model", cell, *TINY_FLAGS, *extra)  # noqa: E731
+    train("--max-steps", "6", "--out", "whole.safetensors")
     meta = checkpoint.read_metadata("whole.safetensors")
     assert meta["architecture"] == cell and meta["model"]["cell"] == cell and meta["model"]["hidden_size"] == 12
     carried = checkpoint.load("whole.resume.safetensors")[0]
     assert carried["carry.h"].shape == (2, 4, 12) and carried["carry.previous"].shape == (2, 4, 8)
 
-    # resumed from step 3, it is the unbroken run, bit for bit
-    run_cli(runner, "train", tiny_corpus, "--model", cell, *TINY_FLAGS, "--max-steps", "3", "--out", "broken.safetensors")
-    run_cli(runner, "train", tiny_corpus, "--model", cell, *TINY_FLAGS, "--max-steps", "6", "--out",
-            "broken.safetensors", "--resume")
+    # resumed from step 3, it is the unbroken run, bit for bit (dropout on: its random state too)
+    train("--max-steps", "3", "--out", "broken.safetensors")
+    train("--max-steps", "6", "--out", "broken.safetensors", "--resume")
     assert Path("broken.safetensors").read_bytes() == Path("whole.safetensors").read_bytes()
 
     generate = ("generate", "--checkpoint", "whole.safetensors", "--prefix", "the ", "--length", "20", "--seed", "1")
@@ -193,10 +194,11 @@ def test_a_flag_it_has_no_setting_for_is_refused(runner, tiny_corpus):
 
 
 def test_the_layers_hook_gives_each_layers_states_and_the_state_after(runner, tiny_corpus):
-    """What the inside view will read (`MinRNN.layers`); until it is wired, `charlm inside` refuses in one line."""
+    """What the inside view will read (`MinRNN.layer_states`); until that is wired, `charlm inside`
+    refuses a min-RNN in one line."""
     model = tiny("minlstm")
     ids = torch.randint(0, 11, (2, 9))
-    logits, found, state = model.layers(ids)
+    logits, found, state = model.layer_states(ids)
     assert sorted(found) == ["layer 0 h", "layer 1 h"] and torch.equal(logits, model(ids)[0])
     for layer in range(2):
         assert torch.equal(found[f"layer {layer} h"][:, -1], state.h[layer])
@@ -215,7 +217,8 @@ def test_serve_generates_what_charlm_generate_writes(runner, tiny_corpus):
     from charlm.serve.app import create_app
     from charlm.serve.catalog import load_catalog
 
-    run_cli(runner, "train", tiny_corpus, "--model", "mingru", *TINY_FLAGS, "--max-steps", "4", "--out", "m.safetensors")
+    run_cli(runner, "train", tiny_corpus, "--model", "mingru", *TINY_FLAGS, "--max-steps", "4",
+            "--out", "m.safetensors")
     with TestClient(create_app(load_catalog(["m.safetensors"]))) as client:
         body = {"prefix": "the ", "length": 30, "seed": 2, "num_samples": 3}
         answer = client.post("/v1/generate", content=json.dumps(body), headers={"Content-Type": "application/json"})
