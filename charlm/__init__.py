@@ -46,8 +46,8 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     generation.translation   greedy and beam search for pair models
     evaluation.scores        exact match, character error rate, BLEU
     evaluation.reports       the loss, perplexity and bits per token; a checkpoint's scores on a file
-    evaluation.inside        per token: the surprise, what the model expected, its units' activations
-    evaluation.inside_page   that view as one self-contained HTML page
+    evaluation.inside        per token: the surprise, what the model expected, its units' activations, attention
+    evaluation.inside_page   that view as data and as one self-contained HTML page (inside_view.js: its script)
     training.optimization    TrainConfig, the optimizer, the learning rate of each step, --ema
     training.recipe          the settings left out, fitted to the text's size and --max-time
     training.time_budget     the schedule fitted to --max-time, and how often a run evaluates

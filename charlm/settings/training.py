@@ -110,7 +110,9 @@ TRAIN = table(
             low=1),
     Setting("iterator", str, _COMMON["iterator"], "Text: sequential carries the hidden state between batches; random "
             "samples independent windows.", ("train",), choices=presets.ITERATORS, only="lm"),
-    Setting("optimizer", str, _COMMON["optimizer"], "", ("train",), choices=presets.OPTIMIZERS),
+    Setting("optimizer", str, _COMMON["optimizer"], "muon: Muon's orthogonalised updates for the hidden "
+            "matrices, AdamW for the embeddings, head, biases and gains, at the same --lr.", ("train",),
+            choices=presets.OPTIMIZERS),
     Setting("lr", float, None, f"Learning rate. {_per_task('lr')}", ("train",), low=0, low_open=True, finite=True,
             rule="a positive number"),
     Setting("lr_schedule", str, None, "cosine: from --lr down to --lr x --min-lr-ratio over --epochs. "
