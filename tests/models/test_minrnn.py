@@ -186,6 +186,21 @@ def test_it_trains_resumes_generates_evaluates_and_shows_its_info(runner, tiny_c
     assert f"{cell}: " in shown and "hidden_size=12" in shown
 
 
+def test_muon_takes_its_hidden_matrices_and_a_muon_run_resumes_bit_for_bit(runner, tiny_corpus):
+    """--optimizer muon orthogonalises the min-RNN's input projections, output projections and MLP
+    matrices, not the embedding or the head; stopped and resumed, its run is the unbroken one."""
+    model = tiny("minlstm")
+    hidden = {id(parameter) for parameter in model.hidden_matrices()}
+    assert sorted(name for name, parameter in model.named_parameters() if id(parameter) in hidden) == sorted(
+        f"blocks.{layer}.{name}.weight" for layer in range(2) for name in ("recurrent.project", "out", "mlp.0", "mlp.2"))
+    train = lambda *extra: run_cli(runner, "train", tiny_corpus, "--model", "mingru", *TINY_FLAGS,  # noqa: E731
+                                   "--optimizer", "muon", *extra)
+    train("--max-steps", "6", "--out", "whole.safetensors")
+    train("--max-steps", "3", "--out", "broken.safetensors")
+    train("--max-steps", "6", "--out", "broken.safetensors", "--resume")
+    assert Path("broken.safetensors").read_bytes() == Path("whole.safetensors").read_bytes()
+
+
 def test_a_flag_it_has_no_setting_for_is_refused(runner, tiny_corpus):
     result = run_cli(runner, "train", tiny_corpus, "--model", "minlstm", *TINY_FLAGS, "--max-steps", "1",
                      "--weight-drop", "0.2", ok=False)
