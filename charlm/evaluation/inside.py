@@ -27,6 +27,7 @@ batches; nothing about files or the CLI.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -97,45 +98,57 @@ def inspect_ids(model: nn.Module, ids: torch.Tensor, vocab: Vocab, top_k: int = 
         raise CharlmError("the text has fewer than 2 tokens; nothing to predict")
     if isinstance(model, Transformer):
         return _inspect_transformer(model, ids, vocab, top_k)
-    if not isinstance(model, LanguageModel):
+    if isinstance(model, LanguageModel):
+        layer_states = _recurrent_layer_states(model)
+    elif hasattr(model, "layer_states"):  # the min-RNNs: (logits, each layer's states, the state after)
+        layer_states = model.layer_states
+    else:
         raise CharlmError(f"looking inside is for the language models on the registry, not {type(model).__name__}")
     was_training = model.training
     model.eval()
-    count, vocab_size = len(ids), len(vocab)
+    count = len(ids)
     device = next(model.parameters()).device
-    names = [f"layer {layer} {kind}" for layer in range(model.config.num_layers)
-             for kind in (("h", "c") if model.config.cell == "lstm" else ("h",))]
-    predictions = _Predictions(count, vocab_size, top_k, {name: model.config.hidden_size for name in names})
-    most = EVAL_LOGITS_BYTES // (4 * vocab_size)
-    positions = torch.arange(count)
-    config, state = model.config, None
-    cell = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
-    first = config.embedding_size or config.vocab_size  # the first layer's input: an embedding, or one-hot
-    layers = [cell(first if layer == 0 else config.hidden_size, config.hidden_size, 1, batch_first=True).to(device)
-              for layer in range(config.num_layers)]  # shapes only: each runs with the model's layer's weights
+    predictions = _Predictions(count, len(vocab), top_k)
+    most = EVAL_LOGITS_BYTES // (4 * len(vocab))
+    state = None
     for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most),
-                                          eval_batches(positions, ROWS, STEPS, most)):
+                                          eval_batches(torch.arange(count), ROWS, STEPS, most)):
         rows = inputs.shape[0]
         if state is not None and state.batch_size > rows:  # the last few continue the last row
             state = state.rows(slice(-rows, None))
-        inputs, targets = inputs.to(device), targets.to(device)
-        found, after = _layer_activations(model, layers, inputs, state)
-        logits = model.head(found[f"layer {model.config.num_layers - 1} h"])  # (R, S, V): the model's own
-        predictions.record(logits, targets, at, found)
-        state = after
+        logits, found, state = layer_states(inputs.to(device), state)
+        predictions.record(logits, targets.to(device), at, found)
     model.train(was_training)
     return predictions.inside(ids, vocab)
+
+
+def _recurrent_layer_states(model: LanguageModel) -> Callable:
+    """`(inputs, state) -> (logits, {"layer 0 h": (R, S, H), ...}, state after)` for an RNN, GRU or
+    LSTM: its layers one at a time (`_layer_activations`), the logits from the last one's outputs
+    through the model's own head."""
+    config = model.config
+    cell = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
+    first = config.embedding_size or config.vocab_size  # the first layer's input: an embedding, or one-hot
+    device = next(model.parameters()).device
+    layers = [cell(first if layer == 0 else config.hidden_size, config.hidden_size, 1, batch_first=True).to(device)
+              for layer in range(config.num_layers)]  # shapes only: each runs with the model's layer's weights
+
+    def layer_states(inputs: torch.Tensor, state: RecurrentState | None) -> tuple:
+        found, after = _layer_activations(model, layers, inputs, state)
+        return model.head(found[f"layer {config.num_layers - 1} h"]), found, after  # (R, S, V): the model's own
+    return layer_states
 
 
 class _Predictions:
     """What a walk over a text found, filled in batch by batch: each target's surprise and the top
     tokens expected there, and the units' activations after each input token."""
 
-    def __init__(self, count: int, vocab_size: int, top_k: int, sizes: dict[str, int]) -> None:
+    def __init__(self, count: int, vocab_size: int, top_k: int) -> None:
+        self.count = count
         self.surprise = torch.full((count,), float("nan"))
         self.top_probabilities = torch.zeros(count, min(top_k, vocab_size))
         self.top_ids = torch.zeros(count, min(top_k, vocab_size), dtype=torch.long)
-        self.activations = {name: torch.full((count, size), float("nan")) for name, size in sizes.items()}
+        self.activations: dict[str, torch.Tensor] = {}  # name -> (T, H), made at the first batch
 
     def record(self, logits: torch.Tensor, targets: torch.Tensor, at: torch.Tensor,
                found: dict[str, torch.Tensor]) -> None:
@@ -148,6 +161,8 @@ class _Predictions:
         self.top_probabilities[flat] = values.exp().reshape(-1, values.shape[-1]).cpu()
         self.top_ids[flat] = indices.reshape(-1, indices.shape[-1]).cpu()
         for name, values in found.items():
+            if name not in self.activations:
+                self.activations[name] = torch.full((self.count, values.shape[-1]), float("nan"))
             self.activations[name][at.reshape(-1)] = values.reshape(-1, values.shape[-1]).float().cpu()
 
     def inside(self, ids: torch.Tensor, vocab: Vocab) -> Inside:
@@ -171,8 +186,7 @@ def _inspect_transformer(model: Transformer, ids: torch.Tensor, vocab: Vocab, to
     model.eval()
     device = next(model.parameters()).device
     heads, context = config.num_heads, config.seq_len
-    predictions = _Predictions(count, len(vocab), top_k, {f"block {layer}": config.embedding_size
-                                                          for layer in range(config.num_layers)})
+    predictions = _Predictions(count, len(vocab), top_k)
     attention = torch.zeros(count, config.num_layers, heads, context, dtype=torch.float16)
     window_start = torch.full((count,), -1, dtype=torch.long)
     normed: dict[int, torch.Tensor] = {}

@@ -18,10 +18,16 @@ TRANSFORMER = ["--model", "transformer", "--num-layers", "2", "--num-heads", "2"
                "--seq-len", "16", "--batch-size", "4", "--max-steps", "30", "--quiet"]
 
 
-@pytest.fixture(params=[*CELLS, "transformer"])
+MIN_RNNS = ("mingru", "minlstm")
+
+
+@pytest.fixture(params=[*CELLS, "transformer", *MIN_RNNS])
 def model(request, runner, tiny_corpus):
     if request.param == "transformer":
         run_cli(runner, "train", tiny_corpus, *TRANSFORMER)
+    elif request.param in MIN_RNNS:
+        run_cli(runner, "train", tiny_corpus, "--model", request.param, "--num-layers", "2", "--embedding-size", "16",
+                "--hidden-size", "16", "--batch-size", "4", "--seq-len", "8", "--max-steps", "20", "--quiet")
     else:
         run_cli(runner, "train", tiny_corpus, "--hidden-size", "16", "--num-layers", "2", "--embedding-size", "8",
                 "--batch-size", "4", "--seq-len", "8", "--max-steps", "20", "--quiet", *CELLS[request.param])
@@ -53,8 +59,9 @@ def test_the_top_expectation_is_what_greedy_generation_writes_next(model):
 def test_the_activations_are_each_layers_own_states(model):
     inside = model.inspect(TINY_TEXT)
     config = model.model.config
-    if model.model.describe().startswith("transformer"):
-        return  # its blocks: test_a_transformers_blocks_and_heads_are_its_own
+    if not hasattr(model.model, "rnn"):
+        return  # the transformer's blocks: test_a_transformers_blocks_and_heads_are_its_own; the min-RNNs'
+        # layers: tests/models/test_minrnn.py's test_the_layers_hook_gives_each_layers_states_and_the_state_after
     kinds = ("h", "c") if config.cell == "lstm" else ("h",)
     assert sorted(inside.activations) == sorted(f"layer {layer} {kind}" for layer in range(2) for kind in kinds)
     ids = torch.tensor([model.vocab[token] for token in TINY_TEXT[:31]])[None]

@@ -209,8 +209,7 @@ def test_a_flag_it_has_no_setting_for_is_refused(runner, tiny_corpus):
 
 
 def test_the_layers_hook_gives_each_layers_states_and_the_state_after(runner, tiny_corpus):
-    """What the inside view will read (`MinRNN.layer_states`); until that is wired, `charlm inside`
-    refuses a min-RNN in one line."""
+    """What the inside view reads (`MinRNN.layer_states`), and `charlm inside` reading it."""
     model = tiny("minlstm")
     ids = torch.randint(0, 11, (2, 9))
     logits, found, state = model.layer_states(ids)
@@ -218,9 +217,9 @@ def test_the_layers_hook_gives_each_layers_states_and_the_state_after(runner, ti
     for layer in range(2):
         assert torch.equal(found[f"layer {layer} h"][:, -1], state.h[layer])
     run_cli(runner, "train", tiny_corpus, "--model", "mingru", *TINY_FLAGS, "--max-steps", "1")
-    result = run_cli(runner, "inside", tiny_corpus, ok=False)
-    assert result.exit_code != 0 and "Traceback" not in result.output
-    assert result.stderr.strip().splitlines()[-1].startswith("charlm: error: looking inside is for")
+    result = run_cli(runner, "inside", tiny_corpus, "--no-color")
+    assert result.stdout.startswith(tiny_corpus.read_text(encoding="utf-8")[:50])
+    assert "layer 1 h" in result.stderr and "nats," in result.stderr
 
 
 def test_serve_generates_what_charlm_generate_writes(runner, tiny_corpus):
