@@ -92,8 +92,6 @@ def plot_runs(paths: list[str | os.PathLike], out: str | os.PathLike, title: str
         figure.suptitle(title)
     try:
         _save(figure, out, dpi=100)
-    except ValueError as error:  # a suffix matplotlib cannot write
-        raise CharlmError(f"{out}: {error}; use a .png, .svg or .pdf name") from None
     finally:
         pyplot.close(figure)
     return notes
@@ -105,8 +103,11 @@ def _save(figure: Any, out: str | os.PathLike, **options: Any) -> None:
     keeps the name, so the format is still read from its suffix."""
     from charlm.runtime.files import atomic_path
 
-    with atomic_path(out) as temporary:  # the format named, so that no suffix is added to the name
-        figure.savefig(temporary, format=Path(out).suffix[1:].lower() or "png", **options)
+    try:
+        with atomic_path(out) as temporary:  # the format named, so that no suffix is added to the name
+            figure.savefig(temporary, format=Path(out).suffix[1:].lower() or "png", **options)
+    except ValueError as error:  # a suffix matplotlib cannot write (x.safetensors)
+        raise CharlmError(f"{out}: {error}; use a .png, .svg or .pdf name") from None
 
 
 def _pyplot() -> Any:

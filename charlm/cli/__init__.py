@@ -262,14 +262,11 @@ def say_files(found: Any) -> None:
 
 
 def checkpoint_or_latest(path: str | None, task: str) -> str:
-    """The given checkpoint (`runs/x` is `runs/x.safetensors`, as `train --out runs/x` names it), or the
-    newest of `task` in checkpoints/ (said on stderr)."""
+    """The given checkpoint, or the newest of `task` in checkpoints/ (said on stderr)."""
     from charlm.checkpoints.loading import latest
-    from charlm.training.run_files import run_paths
 
     if path:
-        named = run_paths(path)["model"]
-        return named if not os.path.lexists(path) and os.path.lexists(named) else path
+        return path
     found = latest(CHECKPOINT_DIR, task)
     if found is None:
         hint = "charlm train corpora/timemachine.txt" if task == "lm" else "charlm train corpora/wordpairs.tsv"

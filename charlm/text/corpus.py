@@ -92,7 +92,7 @@ class FoundCorpus:
     @property
     def name(self) -> str:
         """The corpus in a few words, as a checkpoint records it: the names of the paths given."""
-        return ", ".join(printable(os.path.basename(os.path.normpath(root))) for root in self.roots)
+        return ", ".join(file_name(os.path.normpath(root)) for root in self.roots)
 
     @property
     def shown(self) -> str:
@@ -180,6 +180,11 @@ def _no_text(root: str, skipped: Sequence[tuple[str, str]], globs: Any) -> Corpu
     why = f" (skipped: {_shown(skipped)})" if skipped else ""
     advice = ", or change --include / --exclude" if globs else ""
     return CorpusError(f"{root}: no text file in it{why}; give a folder that holds text files{advice}")
+
+
+def file_name(path: str | os.PathLike) -> str:
+    """The name a checkpoint records of a corpus file and compares it by: its base name, `printable`."""
+    return printable(os.path.basename(os.fspath(path)))
 
 
 def stamp(path: str | os.PathLike) -> tuple[int, ...]:

@@ -218,6 +218,12 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped(runner, notes):
     os.rename(notes / "logo.png", os.fsencode(notes) + b"/\xfdlogo.png")
     note = run_cli(runner, "stats", notes).stderr
     assert f"{notes}/\\xfdlogo.png: looks like a binary file" in note
+    single = os.fsdecode(os.fsencode(notes) + b"/a\xff.txt")  # one file: recorded, resumed, held out, cached
+    os.rename(notes / "a.txt", single)
+    train(runner, single, "--max-steps", "2", "--out", "one.safetensors")
+    assert checkpoint.read_metadata("one.safetensors")["corpus"] == "a\\xff.txt"
+    assert "damaged" not in train(runner, single, "--max-steps", "3", "--out", "one.safetensors", "--resume").stderr
+    assert "note" not in run_cli(runner, "eval", "--checkpoint", "one.safetensors", "--held-out", single).stderr
 
 
 @pytest.mark.slow  # a real process: seconds to import torch
@@ -244,8 +250,15 @@ def test_a_folder_nested_1200_deep_is_read(runner, tmp_path):
         folder.mkdir()
     (folder / "a.txt").write_text(TINY_TEXT, encoding="utf-8")
     (folder.parent / "b.txt").write_text(OTHER_TEXT, encoding="utf-8")
-    assert text_of(load_corpus(find_corpus([tmp_path / "deep"]))) == OTHER_TEXT + "\n\n" + TINY_TEXT  # sorted paths
-    assert f"{tmp_path / 'deep'}: 2 text files taken" in train(runner, tmp_path / "deep", "--max-steps", "1").stderr
+    try:
+        assert text_of(load_corpus(find_corpus([tmp_path / "deep"]))) == OTHER_TEXT + "\n\n" + TINY_TEXT  # sorted
+        assert f"{tmp_path / 'deep'}: 2 text files taken" in train(runner, tmp_path / "deep", "--max-steps", "1").stderr
+    finally:  # bottom up: shutil.rmtree, which pytest cleans up with, recurses
+        for path in (folder / "a.txt", folder.parent / "b.txt"):
+            path.unlink()
+        while folder != tmp_path:
+            folder.rmdir()
+            folder = folder.parent
 
 
 def test_a_corpus_of_one_file_is_read_and_split_as_it_always_was(tmp_path, notes):

@@ -425,6 +425,21 @@ def test_a_command_with_stdout_or_stderr_closed_says_so_or_goes_on(model_file, t
                                             "1"], catch_exceptions=False)
     assert written.exit_code == 0 and len(written.stdout) >= 5
     assert Closed("stdout", "stderr").invoke(cli, ["generate", "--checkpoint", "closed.safetensors"]).exit_code == 1
+    asking = Closed("stdin").invoke(cli, ["generate", "--checkpoint", "closed.safetensors", "-i"], catch_exceptions=False)
+    assert asking.exit_code == 1 and asking.stderr == ("charlm: error: stdin is closed, so -i has no prefixes to read; "
+                                                       "give one with --prefix, without -i\n")
+
+
+def test_an_attention_plot_named_like_no_picture_is_one_line(runner, pair_model):
+    """`translate --attention-plot` with a name matplotlib cannot write (the checkpoint's own, say)
+    is one line, and the file named is left as it was; with no suffix at all it is a PNG of that
+    very name, not NAME.png."""
+    before = pair_model.read_bytes()
+    fails(runner, "translate", "--checkpoint", pair_model, "abc", "--attention-plot", pair_model,
+          message="Format 'safetensors' is not supported")
+    assert pair_model.read_bytes() == before
+    run_cli(runner, "translate", "--checkpoint", pair_model, "abc", "--attention-plot", "attention")
+    assert Path("attention").read_bytes().startswith(b"\x89PNG") and not Path("attention.png").exists()
 
 
 @pytest.mark.slow  # a real process: seconds to import torch
