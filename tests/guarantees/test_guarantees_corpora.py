@@ -210,10 +210,15 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped(runner, notes):
     """A file name with a byte that is not UTF-8 is shown and recorded with the byte escaped
     ("\\xff"), in the note, the checkpoint and `info`: never a UnicodeEncodeError."""
     os.rename(notes / "c.md", os.fsencode(notes) + b"/c\xff.md")
+    hostile = notes / "\x1b]0;pwned\x07.txt"  # a name that would drive the terminal
+    hostile.write_text(TINY_TEXT, encoding="utf-8")
     result = train(runner, notes, "--max-steps", "1")
     assert "Traceback" not in result.output
     names = [file["name"] for file in checkpoint.read_metadata("checkpoints/notes.safetensors")["corpus_files"]]
-    assert names == [f"{notes}/a.txt", f"{notes}/c\\xff.md", f"{notes}/drafts/b.md"]
+    assert names == [str(hostile), f"{notes}/a.txt", f"{notes}/c\\xff.md", f"{notes}/drafts/b.md"]
+    hostile.write_text(TINY_TEXT.replace("time", "mite"), encoding="utf-8")  # edited, its characters the same
+    resumed = train(runner, notes, "--max-steps", "2", "--resume", "--allow-changed-corpus").stderr
+    assert "1 file edited (" in resumed and "\x1b" not in resumed and "\\x1b]0;pwned\\x07.txt" in resumed
     os.rename(notes / "drafts" / "b.md", os.fsencode(notes) + b"/drafts/\xfe.md")
     os.rename(notes / "logo.png", os.fsencode(notes) + b"/\xfdlogo.png")
     note = run_cli(runner, "stats", notes).stderr
