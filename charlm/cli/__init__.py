@@ -57,6 +57,10 @@ class CharlmGroup(click.Group):
                 sys.stdout.reconfigure(errors="backslashreplace")
         from charlm.settings.rows import DOOR
 
+        try:
+            os.getcwd()  # a folder removed under the shell: torch's libraries would not even load
+        except FileNotFoundError:
+            fail("the current folder no longer exists (removed while the shell was in it); cd into one that does")
         door = DOOR.set("flag")  # the library's errors name settings by their flags here
         try:
             return super().invoke(ctx)

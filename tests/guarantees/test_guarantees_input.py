@@ -451,3 +451,22 @@ def test_generate_into_a_closed_stdout_is_one_line(model_file):
     assert done.returncode == 1 and done.stderr.splitlines() == [
         "charlm: error: stdout is closed, so there is nowhere to write the output; send it to a file (> out.txt) or "
         "a pipe"], done.stderr
+
+
+@pytest.mark.slow  # a real process: seconds to start
+def test_a_current_folder_removed_under_the_shell_is_one_line(tmp_path, tiny_corpus):
+    """The shell's folder removed under it: one line saying so, not oneMKL's fatal error as torch
+    fails to load."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_and_remove() -> None:
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "charlm", "stats", tiny_corpus], env=env, capture_output=True,
+                          text=True, preexec_fn=enter_and_remove, timeout=120)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        "charlm: error: the current folder no longer exists (removed while the shell was in it); cd into one that "
+        "does"], done.stderr
