@@ -148,7 +148,8 @@ def find_corpus(
         before = len(found.candidates), len(found.skipped)
         for path, name in walk(root, include, exclude, found.skipped):
             _add(found, Candidate(path, name, index, strict=False), seen)
-        if len(found.candidates) == before[0] and not any(why.startswith(AGAIN) for _, why in found.skipped[before[1]:]):
+        again = any(why.startswith(AGAIN) for _, why in found.skipped[before[1]:])  # its files found already
+        if len(found.candidates) == before[0] and not again:
             raise _no_text(root, found.skipped, include or exclude)
     return found
 
