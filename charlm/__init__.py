@@ -17,6 +17,7 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     settings.generation      the rows of generate, translate and serve, and of the server's requests
     text.tokens              files read in chunks, preprocessing, tokenizers, the Vocab
     text.corpus              the files of a corpus found in folders, read as one stream of documents
+    text.folders             a folder's files for a corpus: no recursion, charlm's own files and outward links left out
     text.pairs               source<TAB>target files, their split and vocabs
     runtime.device           the device, CPU threads, seeds and autocast
     runtime.cores            the cores free now: affinity, quota, others' use; threads kept at them

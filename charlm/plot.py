@@ -91,12 +91,23 @@ def plot_runs(paths: list[str | os.PathLike], out: str | os.PathLike, title: str
     if title:
         figure.suptitle(title)
     try:
-        figure.savefig(out, dpi=100)
-    except ValueError as error:  # a suffix matplotlib cannot write
-        raise CharlmError(f"{out}: {error}; use a .png, .svg or .pdf name") from None
+        _save(figure, out, dpi=100)
     finally:
         pyplot.close(figure)
     return notes
+
+
+def _save(figure: Any, out: str | os.PathLike, **options: Any) -> None:
+    """Write `figure` to `out` whole or not at all (`charlm.runtime.files.atomic_path`): a full disk
+    or a kill never leaves a picture cut short, nor spoils the one that was there. The temporary
+    keeps the name, so the format is still read from its suffix."""
+    from charlm.runtime.files import atomic_path
+
+    try:
+        with atomic_path(out) as temporary:  # the format named, so that no suffix is added to the name
+            figure.savefig(temporary, format=Path(out).suffix[1:].lower() or "png", **options)
+    except ValueError as error:  # a suffix matplotlib cannot write (x.safetensors)
+        raise CharlmError(f"{out}: {error}; use a .png, .svg or .pdf name") from None
 
 
 def _pyplot() -> Any:
@@ -133,4 +144,4 @@ def plot_attention(weights: Any, source: Sequence[str], output: Sequence[str], p
     axes.xaxis.set_label_position("top")
     axes.xaxis.tick_top()
     figure.colorbar(image, ax=axes, fraction=0.05, label="attention weight")
-    figure.savefig(os.fspath(path), bbox_inches="tight", dpi=120)
+    _save(figure, path, bbox_inches="tight", dpi=120)

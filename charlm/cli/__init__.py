@@ -16,6 +16,7 @@ default and help, so a flag never disagrees with the keyword or the config it fi
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -45,11 +46,21 @@ class CharlmGroup(click.Group):
 
         # A character stdout's encoding cannot hold (a lone surrogate in a vocab, "é" on an ASCII
         # terminal) is written as a backslash escape rather than ending in a traceback.
+        # A stream the shell closed (`>&-`, `2>&-`) Python leaves None: what a command writes to
+        # stdout is one line saying so; notes and progress for a closed stderr go nowhere.
+        if sys.stdout is None:
+            sys.stdout = ClosedStream()
+        if sys.stderr is None:
+            sys.stderr = ClosedStream(quiet=True)
         if getattr(sys.stdout, "errors", None) == "strict":
             with contextlib.suppress(AttributeError, ValueError):
                 sys.stdout.reconfigure(errors="backslashreplace")
         from charlm.settings.rows import DOOR
 
+        try:
+            os.getcwd()  # a folder removed under the shell: torch's libraries would not even load
+        except FileNotFoundError:
+            fail("the current folder no longer exists (removed while the shell was in it); cd into one that does")
         door = DOOR.set("flag")  # the library's errors name settings by their flags here
         try:
             return super().invoke(ctx)
@@ -76,6 +87,28 @@ class CharlmGroup(click.Group):
                  "--num-samples")
         finally:
             DOOR.reset(door)
+
+
+class ClosedStream(io.TextIOBase):
+    """A stream the shell closed (`charlm generate >&-`), where Python leaves `sys.stdout` None:
+    a command with output to write there ends with one line saying so, not an AttributeError, and
+    one that writes nothing there (train) runs as usual. A `quiet` one (stderr) takes what is
+    written to it and drops it."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        super().__init__()
+        self.quiet = quiet
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        from charlm.errors import CharlmError
+
+        if not text or self.quiet:
+            return len(text)
+        raise CharlmError("stdout is closed, so there is nowhere to write the output; send it to a file "
+                          "(> out.txt) or a pipe")
 
 
 @click.group(cls=CharlmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

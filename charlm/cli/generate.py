@@ -8,6 +8,7 @@ text (escaped on a terminal, by `charlm.cli.write`), the log-probabilities `--lo
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -49,6 +50,8 @@ def generate(checkpoint: str | None, interactive: bool, device: str, **flags: An
         if request.seed is None and request.length and not request.sampling.greedy:
             click.echo(f"note: --seed {seed} writes this text again", err=True)
         return
+    if sys.stdin is None:  # `<&-`: input() would fail on it
+        raise CharlmError("stdin is closed, so -i has no prefixes to read; give one with --prefix, without -i")
     click.echo("type a prefix and Enter to continue it; an empty line or Ctrl-D ends", err=True)
     while True:
         try:

@@ -68,5 +68,7 @@ def inside(file: Path, checkpoint: str | None, page: Path | None, top_k: int, co
         units = ", ".join(f"{unit} (r {r:+.2f})" for unit, r in found)
         click.echo(f"{feature}: {units}", err=True)
     if page is not None:
-        page.write_text(inside_page(seen, ranked, f"{file.name} inside {Path(path).name}"), encoding="utf-8")
+        from charlm.runtime.files import atomic_write
+
+        atomic_write(page, inside_page(seen, ranked, f"{file.name} inside {Path(path).name}").encode("utf-8"))
         click.echo(f"wrote {page}", err=True)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from charlm.cli import best_loss, options, report_pairs
+from charlm.cli import best_loss, escaped, options, report_pairs
 from charlm.settings import TRAIN
 
 
@@ -44,7 +44,8 @@ def train(ctx: click.Context, corpus: tuple[Path, ...], **settings: Any) -> None
     from charlm.training.launch import launch
 
     given = {name for name in settings if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
-    done = launch(corpus, settings, given, lambda line: click.echo(line, err=True))
+    # its notes name the corpus's files, whose names may hold control characters: shown escaped
+    done = launch(corpus, settings, given, lambda line: click.echo(escaped(line), err=True))
     if done.shown:
         shown = best_loss(done.summary) or "done"
         if done.summary.get("best_step") is not None:  # the step of the model kept, or of the best with keep last

@@ -14,7 +14,7 @@ from typing import Any
 
 from charlm.data.ids import Corpus, content_digest
 from charlm.errors import CharlmError
-from charlm.text.corpus import FoundCorpus, file_digest, file_hash, file_size, records_digest
+from charlm.text.corpus import FoundCorpus, file_digest, file_hash, file_name, file_size, records_digest
 from charlm.text.tokens import Vocab
 
 CACHE_FOLDER = ".charlm-cache"
@@ -65,11 +65,11 @@ class TokenCache:
             roots = [os.path.abspath(root) for root in self.found.roots]
             keyed = {"sources": roots, "include": list(self.found.include), "exclude": list(self.found.exclude),
                      **settings}
-            name = os.path.basename(roots[0]) + (f"+{len(roots) - 1}" if len(roots) > 1 else "")
+            name = file_name(roots[0]) + (f"+{len(roots) - 1}" if len(roots) > 1 else "")
         else:
             self.source = os.path.abspath(corpus)
             keyed = {"source": self.source, **settings}
-            name = os.path.basename(self.source)
+            name = file_name(self.source)
             self.size = os.path.getsize(self.source) if os.path.isfile(self.source) else None
         key = _digest(json.dumps(keyed, sort_keys=True).encode())[:16]
         self.path = os.path.join(os.fspath(folder), f"{name[:CACHE_NAME_CHARS]}.{key}.safetensors")
@@ -131,7 +131,7 @@ class TokenCache:
             source = {"files": {"sizes": [size for _, size, _, _ in records], "digest": records_digest(records),
                                 "skipped": {str(index): why for index, (*_, why) in enumerate(records) if why is not None}}}
         else:
-            source = {"source": {"name": os.path.basename(self.source), "size": self.size, "sha256": sha256}}
+            source = {"source": {"name": file_name(self.source), "size": self.size, "sha256": sha256}}
         meta = {"kind": CACHE_KIND, **source, "vocab": corpus.vocab.to_dict(), "tokens": corpus.tokens,
                 "preprocess": corpus.preprocess, "content_sha256": content_digest(corpus.ids, corpus.vocab)}
         try:

@@ -29,7 +29,7 @@ from charlm.evaluation import scores
 from charlm.generation.translation import translate
 from charlm.presets import PAIRS
 from charlm.runtime.device import autocast, cpu_threads, pick_device
-from charlm.text.corpus import FoundCorpus, file_digest
+from charlm.text.corpus import FoundCorpus, file_digest, file_name
 from charlm.text.pairs import Pair, split_pairs
 from charlm.text.tokens import Vocab
 
@@ -129,7 +129,7 @@ def _check_its_corpus(meta: Metadata, path: str, corpus: Any, sha256: str | None
             raise UsageError(f"{shown} is not the corpus {path} was trained on (its files' sizes and SHA-256 are "
                              "not those the checkpoint records); --held-out scores the run's own corpus")
         return
-    name = os.path.basename(corpus.roots[0] if isinstance(corpus, FoundCorpus) else os.fspath(corpus))
+    name = file_name(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus)
     recorded = meta.corpus_sha256 or (kept or {}).get("sha256")  # the checkpoint's, or an older run's resume file's
     if name != meta.corpus or (recorded is not None and sha256 is not None and recorded != sha256):
         how = ", as the checkpoint records it" if meta.corpus_sha256 else ", as its resume file records it" if kept else ""
@@ -155,7 +155,7 @@ def score_translator(
     """Scores of a loaded translation model (its checkpoint at `path`) on `pairs`
     (`evaluate_pairs`), or with `held_out` on the part of them its training held out (split again
     with the same fraction and seed; `source`, the pairs' file, must be the run's)."""
-    if held_out and source is not None and (os.path.basename(os.fspath(source)) != meta.corpus or (
+    if held_out and source is not None and (file_name(source) != meta.corpus or (
             meta.corpus_sha256 is not None and file_digest(source) != meta.corpus_sha256)):
         raise UsageError(f"{source} is not the file {path} was trained on ({meta.corpus}); --held-out scores the "
                          "pairs of the run's own file")

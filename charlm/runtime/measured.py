@@ -41,12 +41,12 @@ import torch
 
 from charlm.runtime.cores import QUIET, CpuWatch
 from charlm.runtime.files import atomic_write
+from charlm.text.folders import TUNING_FILE as FILE  # a corpus folder leaves it out by this name
 
 MIN_STEP_SECONDS = 0.02  # an fp32 step shorter than this is not worth measuring
 LOSS_TOLERANCE = 0.01  # relative: bf16's loss on the measured batch against fp32's
 SPEEDUP = 1.1  # bf16 must be at least this much faster
 REPEATS = 3  # timed steps of each precision, after one untimed
-FILE = "tuning.json"
 MAX_FILE_BYTES = 1 << 20  # a decisions file past this is not charlm's: it is measured again, not read
 MIN_GENERATION_WORK = 1_000_000  # multiply-adds of a step (rows x weights) under which its calls cost, not its products
 KL_TOLERANCE = 0.01  # nats: bf16's next-token distributions from fp32's, on average over the probe

@@ -151,7 +151,8 @@ TRAIN = table(
     Setting("precision", str, _COMMON["precision"], "auto: bf16 autocast on a CUDA GPU that supports it, or on a CPU "
             "with bf16 matrix instructions where a step measures faster with the same loss (kept in the cache "
             "folder), else fp32.", ("train",), choices=presets.PRECISIONS),
-    Setting("out", os.PathLike, None, "Checkpoint path [default: checkpoints/<corpus stem>.safetensors].",
+    Setting("out", os.PathLike, None, "Checkpoint path, .safetensors added if it lacks it "
+            "[default: checkpoints/<corpus stem>.safetensors].",
             ("train",), path="file"),
     Setting("keep", str, None, "The model to save at --out: the best by validation loss, or the last (pairs such as "
             f"antonyms cannot generalise, so their model must learn them all). {_per_task('keep')}", ("train",),

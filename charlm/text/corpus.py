@@ -7,10 +7,10 @@ one stream of documents joined by `SEPARATOR`.
     found.skipped                 # [(name, why)]: what a folder held that is not text
 
 A file named on the command line is read strictly, as a corpus of one file always was: what is
-wrong with it is an error. A folder is walked recursively, its files in the order of their sorted
-paths, leaving out hidden files and folders (a name starting with "."), files and folders an
-`exclude` glob matches and files no `include` glob matches (a glob is matched against the path
-inside the folder and against the name). The first reading of the text hashes each of these
+wrong with it is an error. A folder gives the files `charlm.text.folders.walk` finds in it, in the
+order of their sorted paths (hidden files, charlm's own files and links leading out of it left
+out). A file reached twice (by a folder and by name, or through a hard link) is read once, the
+second named in `skipped`. The first reading of the text hashes each of these
 candidates and checks it is text (not empty, no NUL byte, decodable with the encoding) before any
 of its text is used: a file that is not is skipped, with its reason, and a folder with no text file
 in it is an error. Later readings read the files taken.
@@ -27,7 +27,7 @@ cutting the ids is `charlm.data.ids`'s, as are tokens and the token cache. Stand
 
 from __future__ import annotations
 
-import fnmatch
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charlm.errors import CorpusError
+from charlm.text.folders import printable, walk
 from charlm.text.tokens import check_readable, checked_encoding, preprocess_chunks, read_chunks
 
 SEPARATOR = "\n\n"  # between two documents
@@ -91,12 +92,13 @@ class FoundCorpus:
     @property
     def name(self) -> str:
         """The corpus in a few words, as a checkpoint records it: the names of the paths given."""
-        return ", ".join(os.path.basename(os.path.normpath(root)) for root in self.roots)
+        return ", ".join(file_name(os.path.normpath(root)) for root in self.roots)
 
     @property
     def shown(self) -> str:
         """The corpus as messages name it: the paths given."""
-        return self.roots[0] if self.single else ", ".join(os.path.normpath(root) for root in self.roots)
+        return printable(self.roots[0]) if self.single else ", ".join(printable(os.path.normpath(root))
+                                                                       for root in self.roots)
 
     def identity(self) -> list[dict]:
         """What a run records of its files to notice a change: name, size and SHA-256 of each."""
@@ -105,7 +107,7 @@ class FoundCorpus:
     def summary(self) -> str | None:
         """One line on the files of the folders: how many were taken and skipped, the first few
         skipped named with their reason. None when only files were named."""
-        if all(not os.path.isdir(root) for root in self.roots):
+        if all(not os.path.isdir(root) for root in self.roots) and not self.skipped:
             return None
         line = f"{self.shown}: {_count(len(self.files), 'text file')} taken"
         if self.skipped:
@@ -135,19 +137,44 @@ def find_corpus(
     found = FoundCorpus(roots, [], include, exclude)
     if found.single:
         check_readable(roots[0])
-        found.files, found.checked = [CorpusFile(roots[0], os.path.normpath(roots[0]))], True
+        found.files, found.checked = [CorpusFile(roots[0], printable(os.path.normpath(roots[0])))], True
         return found
     checked_encoding(encoding)  # a bad --encoding is one error, not a reason to skip every file
+    seen: dict[tuple[int, int], int] = {}  # (device, inode) -> the index of the candidate it was found as
     for index, root in enumerate(roots):
         if not os.path.isdir(root):
-            found.candidates.append(Candidate(root, os.path.normpath(root), index, strict=True))
+            _add(found, Candidate(root, printable(os.path.normpath(root)), index, strict=True), seen)
             continue
-        before = len(found.candidates)
-        for path, name in _walk(root, include, exclude, found.skipped):
-            found.candidates.append(Candidate(path, name, index, strict=False))
-        if len(found.candidates) == before:
+        before = len(found.candidates), len(found.skipped)
+        for path, name in walk(root, include, exclude, found.skipped):
+            _add(found, Candidate(path, name, index, strict=False), seen)
+        again = any(why.startswith(AGAIN) for _, why in found.skipped[before[1]:])  # its files found already
+        if len(found.candidates) == before[0] and not again:
             raise _no_text(root, found.skipped, include or exclude)
     return found
+
+
+AGAIN = "the same file as "  # a file reached twice: by a folder and by name, or by a hard link
+
+
+def _add(found: FoundCorpus, candidate: Candidate, seen: dict[tuple[int, int], int]) -> None:
+    """Add `candidate` to the corpus, unless the same file (by its device and inode, whatever the
+    name or link it is reached by) is in it already: that is read once, and said; strictly if
+    either was named on the command line."""
+    try:
+        info = os.stat(candidate.path)
+    except OSError:  # reading it says what is wrong
+        found.candidates.append(candidate)
+        return
+    key = info.st_dev, info.st_ino
+    if key not in seen:
+        seen[key] = len(found.candidates)
+        found.candidates.append(candidate)
+        return
+    first = found.candidates[seen[key]]
+    found.skipped.append((candidate.name, f"{AGAIN}{first.name}, read once"))
+    if candidate.strict:
+        found.candidates[seen[key]] = dataclasses.replace(first, strict=True)
 
 
 def _no_text(root: str, skipped: Sequence[tuple[str, str]], globs: Any) -> CorpusError:
@@ -156,46 +183,9 @@ def _no_text(root: str, skipped: Sequence[tuple[str, str]], globs: Any) -> Corpu
     return CorpusError(f"{root}: no text file in it{why}; give a folder that holds text files{advice}")
 
 
-def _walk(root: str, include: tuple[str, ...], exclude: tuple[str, ...],
-          skipped: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
-    """(path, name) of the files under `root` that are not hidden and that the globs choose, in
-    the order of their sorted paths inside it; links to folders are named in `skipped`, not followed."""
-    shown_root = os.path.normpath(root)
-    chosen = []
-
-    def unreadable(error: OSError) -> None:
-        skipped.append((_name(shown_root, os.path.relpath(error.filename or root, root)),
-                        f"a folder that cannot be read ({error.strerror or error})"))
-
-    for folder, folders, files in os.walk(root, onerror=unreadable):
-        inside = os.path.relpath(folder, root)
-        inside = "" if inside == "." else inside.replace(os.sep, "/") + "/"
-        kept = []
-        for name in folders:
-            if name.startswith(".") or _matches(inside + name, name, exclude):
-                continue
-            if os.path.islink(os.path.join(folder, name)):
-                skipped.append((_name(shown_root, inside + name), "a link to a folder, not followed"))
-                continue
-            kept.append(name)
-        folders[:] = kept
-        for name in files:
-            relative = inside + name
-            if name.startswith(".") or _matches(relative, name, exclude):
-                continue
-            if include and not _matches(relative, name, include):
-                continue
-            chosen.append(relative)
-    for relative in sorted(chosen):
-        yield os.path.join(root, *relative.split("/")), _name(shown_root, relative)
-
-
-def _matches(relative: str, name: str, globs: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(relative, glob) or fnmatch.fnmatchcase(name, glob) for glob in globs)
-
-
-def _name(root: str, relative: str) -> str:
-    return relative if root == "." else f"{root}/{relative}"
+def file_name(path: str | os.PathLike) -> str:
+    """The name a checkpoint records of a corpus file and compares it by: its base name, `printable`."""
+    return printable(os.path.basename(os.fspath(path)))
 
 
 def stamp(path: str | os.PathLike) -> tuple[int, ...]:

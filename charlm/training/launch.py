@@ -158,10 +158,11 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
     if resume and task == "lm" and parent is None:  # the run goes on as it began, with what the recipe chose then
         given = given | _as_recorded(out, options, given)
     train_config = TrainConfig(**{key: options[key] for key in TrainConfig.__dataclass_fields__})
-    if world.is_main:  # before reading the corpus, which can take minutes; the trainer checks again
-        from charlm.training.run_files import check_creatable
+    from charlm.training.run_files import check_creatable, run_paths
 
+    if world.is_main:  # before reading the corpus, which can take minutes; the trainer checks again
         check_creatable(out)
+    out = Path(run_paths(out)["model"])  # --out runs/x is runs/x.safetensors
     data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
     inputs: list[Any] = [corpus[0]]
     if task == "lm":
@@ -186,7 +187,6 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
 
         pilot = ThreadPilot(MIN_STEP_SECONDS)
     if resume:
-        from charlm.training.run_files import run_paths
         from charlm.training.resume import check_corpus
 
         changed = check_corpus(run_paths(out)["resume"], {**run.meta, **run.resume_meta}, options["allow_changed_corpus"])

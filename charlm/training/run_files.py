@@ -1,7 +1,7 @@
 """The files of a training run: their names, the lock that keeps one trainer per run, and which
 existing files a run may replace.
 
-A run whose checkpoint is `runs/x.safetensors` (or `runs/x`: the suffix is optional) owns
+A run whose checkpoint is `runs/x.safetensors` (`--out runs/x` names it too: the suffix is added) owns
 
     runs/x.safetensors          the model (the best by validation loss, or the last)
     runs/x.resume.safetensors   the latest full training state
@@ -26,19 +26,19 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 from charlm.errors import CharlmError, CheckpointError
+from charlm.text.folders import CHECKPOINT_SUFFIX as SUFFIX, METRICS_SUFFIX, is_metrics_file
 
-SUFFIX = ".safetensors"
 ROLES = ("model", "resume", "metrics", "lock")
 CHECKPOINT_KINDS = {"model": "model", "resume": "resume"}
-METRICS_PROBE_BYTES = 1 << 16  # a metrics file is recognised by its first line
 DRAWN = ("train_loss", "val_loss", "val_ppl")  # a record's values drawn against "tokens": numbers, or null
 
 
 def run_paths(out: str | os.PathLike) -> dict[str, str]:
-    """The files of a run, all beside its checkpoint (see the module docstring)."""
+    """The files of a run, all beside its checkpoint (see the module docstring): `runs/x` and
+    `runs/x.safetensors` name the same run, whose checkpoint is `runs/x.safetensors`."""
     out = os.fspath(out)
     stem = out[: -len(SUFFIX)] if out.endswith(SUFFIX) else out
-    return {"model": out, "resume": f"{stem}.resume{SUFFIX}", "metrics": f"{stem}.metrics.jsonl",
+    return {"model": f"{stem}{SUFFIX}", "resume": f"{stem}.resume{SUFFIX}", "metrics": f"{stem}{METRICS_SUFFIX}",
             "lock": f"{stem}.lock"}
 
 
@@ -79,6 +79,9 @@ def check_creatable(out: str | os.PathLike) -> None:
     stem = os.path.basename(paths["lock"])[: -len(".lock")]
     if not stem or stem in (".", "..") or os.fspath(out).endswith(os.sep):
         raise CharlmError(f"--out {os.fspath(out)!r} names no file; give a checkpoint path such as runs/my.safetensors")
+    if os.path.isdir(out):  # not a run beside it: `--out runs` meant runs/, not runs.safetensors
+        raise CharlmError(f"--out {os.fspath(out)} is a directory; give a checkpoint path such as "
+                          f"{os.path.join(os.fspath(out), 'my.safetensors')}")
     folder = os.path.dirname(os.path.abspath(paths["model"]))
     # Nothing is created here: the folders are made by the first save. The nearest folder that
     # exists must be one, and take new entries; the file system's limits are read from it.
@@ -148,6 +151,15 @@ def check_replaceable(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
                           "replace it, or --out to train elsewhere")
 
 
+def remove_finished(out: str | os.PathLike) -> None:
+    """Remove the finished run at `out` that a new one replaces (`check_replaceable` found its files
+    the run's own): its checkpoint, resume state and metrics go together, before the new run writes
+    any, so no file of one run is ever left beside those of another."""
+    for role in ("model", "resume", "metrics"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(run_paths(out)[role])
+
+
 def _same_file(path: str, other: str | os.PathLike) -> bool:
     try:
         return os.path.samefile(path, other)
@@ -168,16 +180,7 @@ def _is_run_file(path: str, role: str) -> bool:
             return read(checkpoint.read_metadata(path)).file_kind == CHECKPOINT_KINDS[role]
         except (CheckpointError, OSError):
             return False
-    with open(path, "rb") as file:
-        head = file.read(METRICS_PROBE_BYTES)
-    if not head:
-        return True
-    line = head.split(b"\n", 1)[0]
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return b"\n" not in head and head.startswith(b'{"step": ')  # one line, cut short by a kill
-    return isinstance(record, dict) and isinstance(record.get("step"), int) and "val_loss" in record
+    return is_metrics_file(path)
 
 
 class MetricsFile:

@@ -35,7 +35,7 @@ from charlm.data.batches import (
 )
 from charlm.data.ids import unigram_loss
 from charlm.data.loading import DataConfig, load_corpus
-from charlm.text.corpus import file_digest
+from charlm.text.corpus import file_digest, file_name
 from charlm.errors import CharlmError, CheckpointError, CorpusError
 from charlm.checkpoints.metadata import LanguageModelMetadata, Metadata, PairModelMetadata, read
 from charlm.text.pairs import PAD_INDEX, Pair, check_aligned, pair_vocabs, read_pairs, split_pairs
@@ -202,7 +202,7 @@ def corpus_record(corpus: str | os.PathLike | FoundCorpus, sha256: str | None = 
     given and each file's name, size and SHA-256, which `--resume` and `--held-out` compare."""
     if isinstance(corpus, FoundCorpus) and not corpus.single:
         return {"corpus": corpus.name, "corpus_files": corpus.identity()}
-    return {"corpus": os.path.basename(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus),
+    return {"corpus": file_name(corpus.roots[0] if isinstance(corpus, FoundCorpus) else corpus),
             "corpus_sha256": sha256}
 
 
@@ -210,7 +210,7 @@ def single_file_record(path: str | os.PathLike, sha256: str) -> dict[str, Any]:
     """What the resume file of a one-file run records of it ("corpus_file": name, size, SHA-256),
     for `--resume` to notice an edit that leaves the vocab as it was; `sha256` is the hash its
     reading already took."""
-    return {"corpus_file": {"name": os.path.basename(path), "size": os.path.getsize(path), "sha256": sha256}}
+    return {"corpus_file": {"name": file_name(path), "size": os.path.getsize(path), "sha256": sha256}}
 
 
 @torch.no_grad()
@@ -254,7 +254,7 @@ def translation_run(
     model = model_class(config)
     meta = PairModelMetadata(task="translate", **registry.metadata(entry), model=record(config),
                              source_vocab=source_vocab.to_dict(), target_vocab=target_vocab.to_dict(), tokens="char",
-                             preprocess="none", corpus=os.path.basename(corpus), corpus_sha256=file_digest(corpus))
+                             preprocess="none", corpus=file_name(corpus), corpus_sha256=file_digest(corpus))
     attention = " with attention" if getattr(config, "attention", False) else ""
     description = (f"{corpus}: {len(train_pairs):,} pairs to train on, {len(held_out):,} held out; "
                    f"{len(source_vocab)} source and {len(target_vocab)} target tokens; {entry.name} {config.cell} "

@@ -46,7 +46,8 @@ from charlm.training.watch import LossWatch
 from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer
 from charlm.training.progress import Progress, show_evaluation, tokens_per_second
 from charlm.training.resume import RunState, read_resume, write_resume
-from charlm.training.run_files import MetricsFile, check_creatable, check_replaceable, locked_run, run_paths
+from charlm.training.run_files import (MetricsFile, check_creatable, check_replaceable, locked_run, remove_finished,
+                                       run_paths)
 from charlm.training.sharing import BatchLoss, RowShare
 
 LOG_EVERY = 10  # steps between progress-bar updates (and the only host-device syncs of training)
@@ -117,8 +118,7 @@ class Trainer:
             if resume:
                 self.load_resume()
             elif self.world.is_main:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.paths["metrics"])  # a charlm metrics file: checked above
+                remove_finished(self.paths["model"])  # the run's own files: checked above
             self.precision = self._choose_setup()
             try:
                 self._loop()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from charlm.text.corpus import find_corpus
 from charlm.text.corpus import file_digest
 from charlm.data.loading import load_corpus
 from charlm.text.tokens import CHUNK_BYTES
-from tests.conftest import TINY_MODEL, TINY_TEXT, run_cli
+from tests.conftest import ROOT, TINY_MODEL, TINY_TEXT, run_cli
 from tests.guarantees.test_guarantees import fails, train
 
 FINE = ("--batch-size", "4", "--seq-len", "8", "--quiet")  # fine-tuning takes its sizes from its checkpoint
@@ -148,6 +150,120 @@ def test_a_file_named_on_the_command_line_is_read_strictly(runner, notes):
     fails(runner, "stats", notes / "a.txt", notes / "old.txt",
           message=f"{notes}/old.txt: not valid utf-8 at byte offset 3; convert it to UTF-8 or pass --encoding")
     fails(runner, "train", notes, notes / "logo.png", message="logo.png: looks like a binary file (NUL byte at offset 8)")
+
+
+EXPECTED = "\n\n".join([TINY_TEXT, TINY_TEXT.upper(), "# draft\n" + OTHER_TEXT])  # the text of `notes`
+
+
+def test_a_link_to_a_file_outside_the_folder_is_named_and_not_followed(runner, notes, tmp_path):
+    """A folder gives its own text: a link in it to a file outside it (a user's other files, a
+    secret) is named with how to read it, not followed; a link to a file inside it is read, once.
+    Naming the file outside on the command line reads it."""
+    (tmp_path / "secret.txt").write_text("password hunter2\n", encoding="utf-8")
+    os.symlink(tmp_path / "secret.txt", notes / "z.txt")
+    os.symlink("c.md", notes / "also.md")  # relative, inside the folder
+    found = find_corpus([notes])
+    assert text_of(load_corpus(found)) == EXPECTED
+    assert (f"{notes}/z.txt", f"a link to a file outside {notes}, not followed; name that file to read it") in found.skipped
+    assert (f"{notes}/c.md", f"the same file as {notes}/also.md, read once") in found.skipped
+    note = train(runner, notes, "--max-steps", "1").stderr
+    assert f"{notes}/z.txt: a link to a file outside {notes}, not followed" in note
+    assert "hunter2" not in text_of(load_corpus(find_corpus([notes, tmp_path / "secret.txt"]))).split("\n\n")[:3]
+    assert text_of(load_corpus(find_corpus([notes, notes / "z.txt"]))).endswith("\n\npassword hunter2\n")
+
+
+def test_charlms_own_files_in_the_folder_are_never_corpus_text(runner, notes):
+    """A run whose --out and --cache-dir are inside its corpus folder: its checkpoint, resume state,
+    metrics, lock and cache are never read as text by the next run, whose vocab holds no JSON of
+    them, and the run's own --resume is not refused because of them. A user's file that only
+    looks like a metrics file by its name is text."""
+    train(runner, notes, "--max-steps", "2", "--out", notes / "runs" / "m", "--cache-dir", notes / "cache")
+    (notes / "runs" / "other.lock").write_bytes(b"")
+    assert {path.name for path in (notes / "runs").iterdir()} >= {"m.safetensors", "m.metrics.jsonl", "other.lock"}
+    train(runner, notes, "--max-steps", "3", "--out", notes / "runs" / "m", "--cache-dir", notes / "cache", "--resume")
+    found = find_corpus([notes])
+    assert text_of(load_corpus(found, cache_dir=None)) == EXPECTED
+    assert [file.name for file in found.files] == [f"{notes}/{name}" for name in ("a.txt", "c.md", "drafts/b.md")]
+    assert "{" not in checkpoint.read_metadata(notes / "runs" / "m.safetensors")["vocab"]["itos"]
+    (notes / "mine.metrics.jsonl").write_text("my own notes, in a file of an odd name\n", encoding="utf-8")
+    assert text_of(load_corpus(find_corpus([notes]))).endswith("\n\nmy own notes, in a file of an odd name\n")
+
+
+def test_a_file_reached_twice_is_read_once_and_said(runner, notes):
+    """A file reached twice (a folder and a file inside it, named together; a hard link) is read
+    once, where it is first reached, and the second is named: its text is never on both sides of
+    the held-out split."""
+    os.link(notes / "a.txt", notes / "hard.txt")
+    for paths in ([notes, notes / "a.txt"], [notes / "a.txt", notes]):
+        found = find_corpus(paths)
+        assert text_of(load_corpus(found)).count(TINY_TEXT) == 1
+        first, second = (f"{notes}/a.txt", f"{notes}/hard.txt")
+        assert (second, f"the same file as {first}, read once") in found.skipped
+    note = train(runner, notes, notes / "c.md", "--max-steps", "1").stderr
+    assert f"{notes}/c.md: the same file as {notes}/c.md, read once" in note
+    assert f"{notes}/hard.txt: the same file as {notes}/a.txt, read once" in note
+    twice = run_cli(runner, "stats", notes / "a.txt", notes / "a.txt").stderr
+    assert f"1 text file taken, 1 skipped: {notes}/a.txt: the same file as {notes}/a.txt, read once" in twice
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped(runner, notes):
+    """A file name with a byte that is not UTF-8 is shown and recorded with the byte escaped
+    ("\\xff"), in the note, the checkpoint and `info`: never a UnicodeEncodeError."""
+    os.rename(notes / "c.md", os.fsencode(notes) + b"/c\xff.md")
+    hostile = notes / "\x1b]0;pwned\x07.txt"  # a name that would drive the terminal
+    hostile.write_text(TINY_TEXT, encoding="utf-8")
+    result = train(runner, notes, "--max-steps", "1")
+    assert "Traceback" not in result.output
+    names = [file["name"] for file in checkpoint.read_metadata("checkpoints/notes.safetensors")["corpus_files"]]
+    assert names == [str(hostile), f"{notes}/a.txt", f"{notes}/c\\xff.md", f"{notes}/drafts/b.md"]
+    hostile.write_text(TINY_TEXT.replace("time", "mite"), encoding="utf-8")  # edited, its characters the same
+    resumed = train(runner, notes, "--max-steps", "2", "--resume", "--allow-changed-corpus").stderr
+    assert "1 file edited (" in resumed and "\x1b" not in resumed and "\\x1b]0;pwned\\x07.txt" in resumed
+    os.rename(notes / "drafts" / "b.md", os.fsencode(notes) + b"/drafts/\xfe.md")
+    os.rename(notes / "logo.png", os.fsencode(notes) + b"/\xfdlogo.png")
+    note = run_cli(runner, "stats", notes).stderr
+    assert f"{notes}/\\xfdlogo.png: looks like a binary file" in note
+    single = os.fsdecode(os.fsencode(notes) + b"/a\xff.txt")  # one file: recorded, resumed, held out, cached
+    os.rename(notes / "a.txt", single)
+    train(runner, single, "--max-steps", "2", "--out", "one.safetensors")
+    assert checkpoint.read_metadata("one.safetensors")["corpus"] == "a\\xff.txt"
+    assert "damaged" not in train(runner, single, "--max-steps", "3", "--out", "one.safetensors", "--resume").stderr
+    assert "note" not in run_cli(runner, "eval", "--checkpoint", "one.safetensors", "--held-out", single).stderr
+
+
+@pytest.mark.slow  # a real process: seconds to import torch
+def test_a_non_ascii_file_name_in_the_c_locale_is_read_and_shown(notes, tmp_path):
+    """`é.txt` under LANG=C with Python's own UTF-8 fallbacks off (the file system encoding is then
+    ASCII): it is read, named "é.txt" in the checkpoint as in any locale, and escaped on stderr."""
+    os.rename(notes / "c.md", notes / "é.md")
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "charlm", "train", notes, *TINY_MODEL, "--max-steps", "1", "--out",
+                           tmp_path / "m"], env=env, capture_output=True, cwd=tmp_path)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()
+    assert f"{notes}: 3 text files taken".encode() in done.stderr
+    names = [file["name"] for file in checkpoint.read_metadata(tmp_path / "m.safetensors")["corpus_files"]]
+    assert names == [f"{notes}/a.txt", f"{notes}/drafts/b.md", f"{notes}/é.md"]
+
+
+def test_a_folder_nested_1200_deep_is_read(runner, tmp_path):
+    """A folder nested deeper than Python's recursion limit is walked like any other."""
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    for _ in range(1200):
+        folder = folder / "d"
+        folder.mkdir()
+    (folder / "a.txt").write_text(TINY_TEXT, encoding="utf-8")
+    (folder.parent / "b.txt").write_text(OTHER_TEXT, encoding="utf-8")
+    try:
+        assert text_of(load_corpus(find_corpus([tmp_path / "deep"]))) == OTHER_TEXT + "\n\n" + TINY_TEXT  # sorted
+        assert f"{tmp_path / 'deep'}: 2 text files taken" in train(runner, tmp_path / "deep", "--max-steps", "1").stderr
+    finally:  # bottom up: shutil.rmtree, which pytest cleans up with, recurses
+        for path in (folder / "a.txt", folder.parent / "b.txt"):
+            path.unlink()
+        while folder != tmp_path:
+            folder.rmdir()
+            folder = folder.parent
 
 
 def test_a_corpus_of_one_file_is_read_and_split_as_it_always_was(tmp_path, notes):

@@ -84,13 +84,19 @@ def read_line(process: subprocess.Popen, timeout: float = 90) -> bytes:
     return line
 
 
-class ClosedStdin(CliRunner):
-    """A CliRunner whose command finds sys.stdin None, as Python leaves it when fd 0 is closed."""
+class Closed(CliRunner):
+    """A CliRunner whose command finds the streams named ("stdin", "stdout", "stderr") None, as
+    Python leaves them when the shell closed their file descriptor (`<&-`, `>&-`, `2>&-`)."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.names = names
 
     @contextlib.contextmanager
     def isolation(self, *args, **kwargs):
         with super().isolation(*args, **kwargs) as streams:
-            sys.stdin = None
+            for name in self.names:
+                setattr(sys, name, None)
             yield streams
 
 
@@ -254,7 +260,7 @@ def test_translate_bounds_a_line_of_stdin(runner, pair_model):
 
 def test_translate_with_stdin_closed_says_so(runner, pair_model):
     """`charlm translate <&-`: no WORDS, and no stdin to read them from."""
-    result = ClosedStdin().invoke(cli, ["translate", "--checkpoint", str(pair_model)], catch_exceptions=False)
+    result = Closed("stdin").invoke(cli, ["translate", "--checkpoint", str(pair_model)], catch_exceptions=False)
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert result.stderr.strip().startswith("charlm: error: stdin is closed; give the WORDS to translate"), result.output
 
@@ -397,3 +403,70 @@ def test_an_error_line_escapes_control_characters(runner):
     shows it escaped."""
     result = fails(runner, "stats", "\x1b]0;pwned\x07.txt", message="\\x1b]0;pwned\\x07.txt: no such file")
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+
+
+def test_a_command_with_stdout_or_stderr_closed_says_so_or_goes_on(model_file, tiny_corpus):
+    """stdout closed (`>&-`): a command with output to write there ends with one line saying so and
+    a non-zero exit, never an AttributeError; `train`, which writes nothing there, trains. stderr
+    closed (`2>&-`): the notes and progress go nowhere and the work is done."""
+    closed = Closed("stdout")
+    for command in (["generate", "--checkpoint", str(model_file), "--length", "5"], ["info", str(model_file)],
+                    ["stats", str(tiny_corpus)], ["generate", "--checkpoint", str(model_file), "-i"]):
+        result = closed.invoke(cli, command, input="the \n", catch_exceptions=False)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.splitlines()[-1] == ("charlm: error: stdout is closed, so there is nowhere to write the "
+                                                  "output; send it to a file (> out.txt) or a pipe"), result.output
+    train = ["train", str(tiny_corpus), *TINY_MODEL, "--max-steps", "2", "--out", "closed.safetensors"]
+    assert closed.invoke(cli, train, catch_exceptions=False).exit_code == 0
+    loud = [argument for argument in train if argument != "--quiet"]  # its progress goes to stderr
+    assert Closed("stderr").invoke(cli, [*loud, "--overwrite"], catch_exceptions=False).exit_code == 0
+    assert checkpoint.read_metadata("closed.safetensors")["training"]["steps"] == 2
+    written = Closed("stderr").invoke(cli, ["generate", "--checkpoint", "closed.safetensors", "--length", "5", "--seed",
+                                            "1"], catch_exceptions=False)
+    assert written.exit_code == 0 and len(written.stdout) >= 5
+    assert Closed("stdout", "stderr").invoke(cli, ["generate", "--checkpoint", "closed.safetensors"]).exit_code == 1
+    asking = Closed("stdin").invoke(cli, ["generate", "--checkpoint", "closed.safetensors", "-i"], catch_exceptions=False)
+    assert asking.exit_code == 1 and asking.stderr == ("charlm: error: stdin is closed, so -i has no prefixes to read; "
+                                                       "give one with --prefix, without -i\n")
+
+
+def test_an_attention_plot_named_like_no_picture_is_one_line(runner, pair_model):
+    """`translate --attention-plot` with a name matplotlib cannot write (the checkpoint's own, say)
+    is one line, and the file named is left as it was; with no suffix at all it is a PNG of that
+    very name, not NAME.png."""
+    before = pair_model.read_bytes()
+    fails(runner, "translate", "--checkpoint", pair_model, "abc", "--attention-plot", pair_model,
+          message="Format 'safetensors' is not supported")
+    assert pair_model.read_bytes() == before
+    run_cli(runner, "translate", "--checkpoint", pair_model, "abc", "--attention-plot", "attention")
+    assert Path("attention").read_bytes().startswith(b"\x89PNG") and not Path("attention.png").exists()
+
+
+@pytest.mark.slow  # a real process: seconds to import torch
+def test_generate_into_a_closed_stdout_is_one_line(model_file):
+    """`charlm generate >&-` in a real shell's terms: file descriptor 1 closed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "charlm", "generate", "--checkpoint", model_file, "--length", "5"],
+                          env=env, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        "charlm: error: stdout is closed, so there is nowhere to write the output; send it to a file (> out.txt) or "
+        "a pipe"], done.stderr
+
+
+@pytest.mark.slow  # a real process: seconds to start
+def test_a_current_folder_removed_under_the_shell_is_one_line(tmp_path, tiny_corpus):
+    """The shell's folder removed under it: one line saying so, not oneMKL's fatal error as torch
+    fails to load."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_and_remove() -> None:
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "charlm", "stats", tiny_corpus], env=env, capture_output=True,
+                          text=True, preexec_fn=enter_and_remove, timeout=120)
+    assert done.returncode == 1 and done.stderr.splitlines() == [
+        "charlm: error: the current folder no longer exists (removed while the shell was in it); cd into one that "
+        "does"], done.stderr

@@ -37,7 +37,9 @@ def test_a_run_never_writes_over_its_corpus(runner, tiny_corpus, how):
     """`--out` that is, or whose run files are, the corpus (by name, through a link, or as the
     run's metrics or resume file) is refused, with or without --overwrite, and the corpus is kept."""
     corpus = tiny_corpus
-    if how == "same name":
+    if how == "same name":  # --out tiny.txt is the run tiny.txt.safetensors: the corpus must be named so
+        corpus = Path("notes.safetensors")
+        corpus.write_text(TINY_TEXT, encoding="utf-8")
         out = corpus
     elif how == "symlink":
         out = Path("link.safetensors")
@@ -301,3 +303,46 @@ def test_a_validation_split_that_leaves_nothing_to_train_on_names_val_fraction(r
     corpus's length (which is fine) or --seq-len."""
     fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "2", "--val-fraction", "0.999",
           message="lower --val-fraction")
+
+
+def test_a_runs_files_are_replaced_together_or_not_at_all(runner, tiny_corpus, monkeypatch):
+    """`--out x` is the run `x.safetensors`: beside a finished run it is refused unasked, and with
+    --overwrite it replaces the checkpoint, resume state and metrics together (never a file `x`
+    beside them); a replacing run that fails before its first save leaves no file of the old run
+    beside one of the new, nor any of the new beside the old."""
+    from charlm.training.trainer import Trainer
+
+    run = ("x.safetensors", "x.resume.safetensors", "x.metrics.jsonl")
+    train(runner, tiny_corpus, "--max-steps", "2", "--out", "x.safetensors")
+    before = files_in()
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "3", "--out", "x",
+          message="x.safetensors already holds a run")
+    assert files_in() == before
+    train(runner, tiny_corpus, "--max-steps", "3", "--out", "x", "--overwrite")
+    assert not os.path.exists("x")
+    assert [checkpoint.read_metadata(name)["training"]["steps"] for name in run[:2]] == [3, 3]
+    assert Path("x.metrics.jsonl").read_text(encoding="utf-8").count('"step": 3') == 1
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device", "x.safetensors")
+
+    monkeypatch.setattr(Trainer, "_loop", full_disk)
+    fails(runner, "train", tiny_corpus, *TINY_MODEL, "--max-steps", "4", "--out", "x", "--overwrite",
+          message="No space left on device")
+    assert [name for name in run if os.path.exists(name)] == []
+
+
+def test_pictures_and_pages_are_written_whole_or_not_at_all(runner, tiny_corpus, tmp_path):
+    """`plot --out` and `inside --html` over an earlier file on a full disk: one line, and the
+    earlier picture or page is left as it was, never cut short; no temporary is left behind."""
+    train(runner, tiny_corpus, "--max-steps", "2", "--out", "m.safetensors")
+    with small_disk(tmp_path / "full", "512k") as full:
+        run_cli(runner, "plot", "m.metrics.jsonl", "--out", full / "curve.png")
+        run_cli(runner, "inside", tiny_corpus, "--checkpoint", "m.safetensors", "--html", full / "view.html")
+        before = files_in(full)
+        fill(full)
+        fails(runner, "plot", "m.metrics.jsonl", "--out", full / "curve.png", "--title", "again",
+              message="No space left on device")
+        fails(runner, "inside", tiny_corpus, "--checkpoint", "m.safetensors", "--html", full / "view.html",
+              message="No space left on device")
+        assert {name: data for name, data in files_in(full).items() if not name.endswith("filler")} == before
