@@ -37,12 +37,15 @@ def inside(file: Path, checkpoint: str | None, page: Path | None, top_k: int, co
     charlm inside notes.txt
     charlm inside corpora/tinyshakespeare.txt --checkpoint checkpoints/tinyshakespeare.safetensors --html inside.html
     """
+    from charlm.errors import UsageError
     from charlm.evaluation.inside import attention_fits
     from charlm.evaluation.inside_page import inside_page
     from charlm.runtime.device import pick_device
     from charlm.trained import TextModel
 
     path = checkpoint_or_latest(checkpoint, "lm")
+    if page is not None and any(page.exists() and page.samefile(given) for given in (file, path)):
+        raise UsageError(f"--html {escaped(str(page))} is the file read from; name a new page to write")
     model = TextModel(path, pick_device(device))
     most = min(MAX_CHARACTERS, attention_fits(model.model) or MAX_CHARACTERS)  # a transformer keeps its attention
     text = file.read_text(encoding="utf-8", errors="replace")

@@ -170,3 +170,15 @@ def test_charlm_inside_colours_a_file_and_writes_a_page_that_interprets_nothing(
     assert page.count("</script>") == 2  # the page's own two; the text's is escaped in the data too
     colored = run_cli(runner, "inside", tmp_path / "look.txt", "--color")
     assert "\x1b[48;5;" in colored.stdout
+
+
+def test_charlm_inside_never_writes_its_page_over_what_it_reads(runner, tmp_path):
+    (tmp_path / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
+    run_cli(runner, "train", tmp_path / "tiny.txt", "--hidden-size", "8", "--max-steps", "2", "--quiet")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "tiny.txt")
+    for html in ("tiny.txt", "link.txt", "checkpoints/tiny.safetensors"):
+        before = {path: path.read_bytes() for path in (tmp_path / "tiny.txt", tmp_path / "checkpoints/tiny.safetensors")}
+        result = run_cli(runner, "inside", tmp_path / "tiny.txt", "--html", html, ok=False)
+        assert result.exit_code == 2 and "--html" in result.stderr and "the file read from" in result.stderr, html
+        assert "Traceback" not in result.output
+        assert {path: path.read_bytes() for path in before} == before
