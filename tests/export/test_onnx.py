@@ -1,0 +1,191 @@
+"""`charlm export --format onnx` against ONNX Runtime: the exported step gives torch's logits over
+300 steps of generation for every language architecture on the registry (the transformer's fixed
+window past its context, a bf16-trained model), and a damaged or foreign file is refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY_KEYWORDS, TINY_TEXT, run_cli
+
+onnx = pytest.importorskip("onnx", reason="charlm[export] is not installed")
+onnxruntime = pytest.importorskip("onnxruntime", reason="charlm[export] is not installed")
+
+TRANSFORMER = {"model": "transformer", "num_layers": 2, "num_heads": 2, "embedding_size": 16, "batch_size": 4,
+               "seq_len": 8, "quiet": True}  # a context of 8: 300 steps cut the window dozens of times
+MODELS = {
+    "rnn": {**TINY_KEYWORDS, "model": "rnn"},
+    "gru": {**TINY_KEYWORDS, "model": "gru", "num_layers": 2},
+    "lstm": {**TINY_KEYWORDS, "model": "lstm", "num_layers": 2},
+    "transformer": TRANSFORMER,
+    "lstm-bf16": {**TINY_KEYWORDS, "model": "lstm", "precision": "bf16"},
+}
+
+
+def train(folder: Path, name: str) -> Path:
+    import charlm
+
+    (folder / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
+    return charlm.train(folder / "tiny.txt", **MODELS[name], max_steps=20, out=folder / f"{name}.safetensors").checkpoint
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """{name: (checkpoint, its ONNX file)} of each model in MODELS, exported through the CLI."""
+    from click.testing import CliRunner
+
+    folder = tmp_path_factory.mktemp("export")
+    made = {}
+    for name in MODELS:
+        checkpoint = train(folder, name)
+        run_cli(CliRunner(), "export", checkpoint, "--out", folder / f"{name}.onnx")
+        made[name] = checkpoint, folder / f"{name}.onnx"
+    return made
+
+
+def initial_state(meta: dict, batch_size: int) -> dict[str, np.ndarray]:
+    """The state before any token, from the file's metadata alone (as a user of the file makes it)."""
+    state = {}
+    for entry in meta["state"]:
+        shape = [batch_size if axis == entry["batch_axis"] else size for axis, size in enumerate(entry["shape"])]
+        state[f"state.{entry['name']}"] = np.full(shape, entry["initial"], dtype=entry["dtype"])
+    return state
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_runtime_gives_torchs_logits_over_300_steps_of_generation(exported, name):
+    from charlm.checkpoints.loading import load_model
+
+    checkpoint, path = exported[name]
+    model, _, vocab = load_model(checkpoint, "lm")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["charlm"])
+    assert meta["vocab"]["itos"] == vocab.itos
+    rows = 3
+    step = model.stepper()  # what `charlm generate` steps with
+    state, torch_state = initial_state(meta, rows), None
+    ids = torch.tensor([vocab["t"], vocab["h"], vocab[" "]])
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for _ in range(300):
+        with torch.inference_mode():
+            expected, torch_state = step(ids, torch_state)
+        logits, *after = session.run(None, {"ids": ids.numpy(), **state})
+        state = dict(zip(state, after))
+        worst = max(worst, float(np.abs(logits - expected.numpy()).max()))
+        ids = torch.multinomial(torch.softmax(expected, -1), 1, generator=generator)[:, 0]  # generation's next ids
+    assert worst < 1e-4, f"{name}: ONNX Runtime's logits differ from torch's by {worst}"
+    if name == "transformer":  # the window holds what generation's holds: it was cut where generation cut it
+        length = int(state["state.length"][0])
+        assert length == torch_state.length <= model.config.seq_len
+        assert (state["state.ids"][:, :length] == torch_state.ids.numpy()).all()
+
+
+def test_the_readme_loads_the_model_with_only_onnxruntime_and_numpy(exported, tmp_path):
+    """The README's snippet, run as it is, in a Python where torch and charlm cannot be imported."""
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Run a model anywhere: ONNX and the browser", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "model.onnx").write_bytes(exported["lstm"][1].read_bytes())
+    blocked = "import sys\nsys.modules['torch'] = sys.modules['charlm'] = None\n"
+    result = subprocess.run([sys.executable, "-c", blocked + snippet], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.removesuffix("\n")
+    assert text.startswith("the ") and len(text) > 200
+    assert set(text) <= set(TINY_TEXT)
+
+
+# ---------------------------------------------------------------------------------------------
+# What charlm refuses to read back
+
+
+def refused(runner, path: Path) -> str:
+    result = run_cli(runner, "export", path, "--check", ok=False)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("charlm: error:"), result.output
+    return lines[0]
+
+
+def rewritten(source: Path, target: Path, change) -> Path:
+    model = onnx.load(str(source))
+    change(model)
+    onnx.save(model, str(target))
+    return target
+
+
+def test_a_good_export_reads_back(runner, exported):
+    result = run_cli(runner, "export", exported["transformer"][1], "--check")
+    assert "charlm ONNX export of transformer 2x16" in result.output
+
+
+def test_a_truncated_file_is_refused(runner, exported, tmp_path):
+    data = exported["lstm"][1].read_bytes()
+    for size in (len(data) // 2, len(data) - 7):
+        (tmp_path / "cut.onnx").write_bytes(data[:size])
+        line = refused(runner, tmp_path / "cut.onnx")
+        assert "cut.onnx" in line and ("damaged" in line or "not an ONNX file" in line or "not the one" in line)
+
+
+def test_an_onnx_file_charlm_did_not_write_is_refused(runner, tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "foreign.onnx"))
+    assert "charlm did not write" in refused(runner, tmp_path / "foreign.onnx")
+
+
+def test_another_models_graph_under_this_metadata_is_refused(runner, exported, tmp_path):
+    other = onnx.load(str(exported["rnn"][1]))
+
+    def swap(model):
+        model.graph.CopyFrom(other.graph)
+
+    path = rewritten(exported["lstm"][1], tmp_path / "swapped.onnx", swap)
+    assert "not the one its charlm metadata describes" in refused(runner, path)
+
+
+def test_wrong_metadata_is_refused(runner, exported, tmp_path):
+    def edit(key, value):
+        def change(model):
+            entry = next(entry for entry in model.metadata_props if entry.key == "charlm")
+            meta = json.loads(entry.value)
+            meta[key] = value
+            entry.value = json.dumps(meta)
+        return change
+
+    for key, value, said in (("vocab_size", 3, "damaged charlm metadata"), ("vocab", {"itos": ["x"]}, "damaged"),
+                             ("version", 99, "damaged"), ("state", [], "inputs and outputs")):
+        path = rewritten(exported["lstm"][1], tmp_path / "edited.onnx", edit(key, value))
+        assert said in refused(runner, path)
+    path = rewritten(exported["lstm"][1], tmp_path / "garbled.onnx",
+                     lambda model: next(e for e in model.metadata_props if e.key == "charlm").__setattr__("value", "{"))
+    assert "damaged charlm metadata" in refused(runner, path)
+
+
+def test_a_damaged_file_never_reaches_the_web_page(runner, exported, tmp_path):
+    (tmp_path / "cut.onnx").write_bytes(exported["lstm"][1].read_bytes()[:1000])
+    result = run_cli(runner, "export", tmp_path / "cut.onnx", "--format", "web", "--out", tmp_path / "site",
+                     "--ort", tmp_path, ok=False)
+    assert result.exit_code == 1 and not (tmp_path / "site" / "model.onnx").exists()
+
+
+def test_a_pair_model_is_refused_in_one_line(runner, tmp_path):
+    import charlm
+
+    (tmp_path / "pairs.tsv").write_text("ab\tba\ncd\tdc\n" * 20, encoding="utf-8")
+    checkpoint = charlm.train(tmp_path / "pairs.tsv", hidden_size=8, embedding_size=4, batch_size=4, quiet=True,
+                              max_steps=2, out=tmp_path / "pairs.safetensors").checkpoint
+    result = run_cli(runner, "export", checkpoint, ok=False)
+    assert result.exit_code == 1 and "language models" in result.output
