@@ -2,7 +2,8 @@
 
     export_web("model.safetensors", "site/")        # or an ONNX file charlm exported
 
-The folder holds the page (`static/`: index.html and generate.js, with the playground's stylesheet),
+The folder holds the page (`static/`: index.html and generate.js, with the playground's generate card
+and stylesheet, so that both pages show the same controls),
 the model (`model.onnx`) and its metadata (`model.json`, read from the ONNX file once it is checked),
 and ONNX Runtime Web's WebAssembly backend from its npm package: `ort.wasm.min.js` and the
 `ort-wasm-simd-threaded` module and binary it loads, run on one thread so that no cross-origin
@@ -35,7 +36,8 @@ ORT_INTEGRITY = "sha512-5GeH+bWQ+HxM10z7erGlsWqryrwMbSvm/1tkIsKTT48g0fI19VXVVC43
 ORT_TARBALL = f"https://registry.npmjs.org/onnxruntime-web/-/onnxruntime-web-{ORT_VERSION}.tgz"
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 PAGE = Path(__file__).parent / "static"
-STYLE = Path(__file__).parent.parent / "serve" / "static" / "playground.css"  # the playground's look
+PLAYGROUND = Path(__file__).parent.parent / "serve" / "static"  # its look and its controls, shared
+CARD = "<!-- the playground's generate card"
 
 
 def export_web(source: str | os.PathLike, out: str | os.PathLike, ort: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -55,10 +57,21 @@ def export_web(source: str | os.PathLike, out: str | os.PathLike, ort: str | os.
     atomic_write(out / "model.json", json.dumps(description, ensure_ascii=False).encode("utf-8"))
     for name, data in runtime.items():
         atomic_write(out / name, data)
-    for page in sorted(PAGE.iterdir()):
-        atomic_write(out / page.name, page.read_bytes())
-    atomic_write(out / STYLE.name, STYLE.read_bytes())
+    atomic_write(out / "index.html", page().encode("utf-8"))
+    atomic_write(out / "generate.js", (PAGE / "generate.js").read_bytes())
+    atomic_write(out / "playground.css", (PLAYGROUND / "playground.css").read_bytes())
     return description
+
+
+def page() -> str:
+    """The exported page: `static/index.html` with the playground's generate card (its prefix,
+    length, temperature, top-k, top-p and seed controls) in place of its marker line."""
+    playground = (PLAYGROUND / "index.html").read_text(encoding="utf-8")
+    start = playground.index('<section id="lm"')
+    card = playground[start : playground.index("</section>", start) + len("</section>")]
+    template = (PAGE / "index.html").read_text(encoding="utf-8")
+    lines = [card.replace(" hidden>", ">", 1) if CARD in line else line for line in template.splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def runtime_files(ort: str | os.PathLike | None) -> dict[str, bytes]:

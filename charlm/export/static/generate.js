@@ -142,6 +142,8 @@ async function generate(event) {
 }
 
 async function load() {
+  $("generate").disabled = true; // until the model is loaded
+  $("temperature").min = "0"; // 0: the likeliest token, as charlm generate's --temperature 0
   ort.env.wasm.wasmPaths = new URL("./", document.baseURI).href; // the runtime's files beside the page
   ort.env.wasm.numThreads = 1; // no SharedArrayBuffer: any static host, no cross-origin isolation
   try {
