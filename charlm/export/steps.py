@@ -8,7 +8,8 @@ whose state keeps one shape from step to step (the recurrent cells' h and c) exp
 its own. A state that grows does not: the transformer's key/value cache is made a fixed window
 here (`FixedCacheStep`), with the context policy of `charlm.models.transformer` (a full window keeps
 its last `seq_len // 2` ids, recomputed from position 0). `STEPS` names the architectures that
-need their own graph; every other one gets `StepGraph`.
+need their own graph; every other one gets `StepGraph`. A seq2seq pair model exports as two graphs,
+`PairEncoderGraph` (source -> the decoder's first state) and `PairDecoderStep`.
 
 This module knows nothing about files, vocabs or ONNX itself: it builds torch modules to trace.
 """
@@ -16,10 +17,13 @@ This module knows nothing about files, vocabs or ONNX itself: it builds torch mo
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from charlm.models.state import RecurrentState
 
 
 class StepGraph(nn.Module):
@@ -112,3 +116,48 @@ STEPS: dict[str, type[nn.Module]] = {"transformer": FixedCacheStep}  # architect
 def step_graph(model: nn.Module, architecture: str) -> nn.Module:
     """The graph that exports `model`'s step: its own (`STEPS`) or `StepGraph`."""
     return STEPS.get(architecture, StepGraph)(model).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pair models: an encoder graph, then a decoder step like a language model's
+
+
+class PairEncoderGraph(nn.Module):
+    """source (B, S) -> the decoder's first state, as tensors (`PairDecoderStep.names` order). The rows
+    are of one length, without padding: the graph does not pack sequences, so it sees no padding."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, source: Tensor) -> tuple[Tensor, ...]:
+        encoder = self.model.encoder
+        outputs, final = encoder.rnn(encoder.embedding(source))  # (B, S, H); dropout is off in eval
+        state = self.model.decoder.init_state((outputs, RecurrentState.of(final), source >= 0))
+        return PairDecoderStep.flatten(state)
+
+
+class PairDecoderStep(nn.Module):
+    """`model.decode_step` with the decoder's state as tensors: the hidden state's, then the context,
+    the encoder's outputs (memory), their keys for attention (zeros (B, S, 1) without it) and the mask."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        lstm = model.config.cell == "lstm"
+        self.names = ("h", *(("c",) if lstm else ()), "context", "memory", "keys", "mask")
+
+    @staticmethod
+    def flatten(state: Any) -> tuple[Tensor, ...]:
+        keys = state.memory[..., :1] * 0 if state.keys is None else state.keys
+        return (*state.hidden.tensors().values(), state.context, state.memory, keys, state.mask)
+
+    def forward(self, ids: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        from charlm.models.seq2seq import DecoderState
+
+        hidden = RecurrentState(*state[: len(self.names) - 4])
+        context, memory, keys, mask = state[len(self.names) - 4 :]
+        attention = self.model.decoder.attention is not None
+        logits, after = self.model.decode_step(ids, DecoderState(hidden, context, memory, keys if attention else None,
+                                                                 mask))
+        return (logits, *self.flatten(after))

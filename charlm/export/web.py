@@ -43,13 +43,16 @@ CARD = "<!-- the playground's generate card"
 def export_web(source: str | os.PathLike, out: str | os.PathLike, ort: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the page of `source` (a checkpoint, or an ONNX file `charlm export` wrote) into the
     folder `out`; returns the model's metadata."""
-    from charlm.export.onnx import export_onnx, read_export
+    from charlm.export.onnx import checkpoint_task, export_onnx, read_export
 
+    given = read_export(source) if Path(source).suffix == ".onnx" else None
+    if (given["graph"] if given else checkpoint_task(source)) not in ("step", "lm"):
+        raise CharlmError(f"{source}: the page generates text from a language model; this is a pair model's")
     runtime = runtime_files(ort)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if Path(source).suffix == ".onnx":
-        description = read_export(source)
+    if given:
+        description = given
         shutil.copyfile(source, out / "model.onnx")
     else:
         export_onnx(source, out / "model.onnx")

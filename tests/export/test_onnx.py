@@ -181,11 +181,62 @@ def test_a_damaged_file_never_reaches_the_web_page(runner, exported, tmp_path):
     assert result.exit_code == 1 and not (tmp_path / "site" / "model.onnx").exists()
 
 
-def test_a_pair_model_is_refused_in_one_line(runner, tmp_path):
-    import charlm
+# ---------------------------------------------------------------------------------------------
+# Pair models: the encoder, then the decoder's steps
 
-    (tmp_path / "pairs.tsv").write_text("ab\tba\ncd\tdc\n" * 20, encoding="utf-8")
-    checkpoint = charlm.train(tmp_path / "pairs.tsv", hidden_size=8, embedding_size=4, batch_size=4, quiet=True,
-                              max_steps=2, out=tmp_path / "pairs.safetensors").checkpoint
-    result = run_cli(runner, "export", checkpoint, ok=False)
-    assert result.exit_code == 1 and "language models" in result.output
+
+@pytest.fixture(scope="module")
+def pair_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a tiny seq2seq checkpoint with attention, of 2 LSTM layers; the folder it exported to)."""
+    import charlm
+    from click.testing import CliRunner
+
+    folder = tmp_path_factory.mktemp("pairs")
+    words = ["man", "king", "girl", "boy", "queen", "women", "time", "machine"]
+    (folder / "pairs.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words) * 6, encoding="utf-8")
+    checkpoint = charlm.train(folder / "pairs.tsv", model_type="seq2seq", model="lstm", num_layers=2, hidden_size=16,
+                              embedding_size=8, batch_size=4, quiet=True, max_steps=20,
+                              out=folder / "pairs.safetensors").checkpoint
+    run_cli(CliRunner(), "export", checkpoint, "--out", folder / "exported")
+    return checkpoint, folder / "exported"
+
+
+def test_a_pair_models_encoder_and_decoder_steps_give_torchs_logits(pair_export):
+    from charlm.checkpoints.loading import load_translator
+    from charlm.text.pairs import BOS_INDEX
+
+    checkpoint, folder = pair_export
+    model, _, source_vocab, target_vocab = load_translator(checkpoint)
+    encoder, decoder = (onnxruntime.InferenceSession(str(folder / f"{half}.onnx"), providers=["CPUExecutionProvider"])
+                        for half in ("encoder", "decoder"))
+    meta = json.loads(decoder.get_modelmeta().custom_metadata_map["charlm"])
+    assert meta["vocab"]["itos"] == target_vocab.itos
+    for words in (["man"], ["kingdom", "machine"]):  # rows of one length: the encoder takes no padding
+        source = torch.tensor([source_vocab.encode(list(word)) for word in words])
+        with torch.inference_mode():
+            expected_state = model.encode(source)
+        state = dict(zip([f"state.{entry['name']}" for entry in meta["state"]],
+                         encoder.run(None, {"source": source.numpy()})))
+        previous, worst = torch.full((len(words),), BOS_INDEX), 0.0
+        for _ in range(30):  # past <eos>: the steps go on as greedy search's would for a longer row
+            with torch.inference_mode():
+                expected, expected_state = model.decode_step(previous, expected_state)
+            logits, *after = decoder.run(None, {"ids": previous.numpy(), **state})
+            state = dict(zip(state, after))
+            worst = max(worst, float(np.abs(logits - expected.numpy()).max()))
+            previous = expected.argmax(-1)
+        assert worst < 1e-4, f"{words}: ONNX Runtime's logits differ from torch's by {worst}"
+
+
+def test_a_pair_export_reads_back_as_one_and_refuses_halves_of_two(runner, pair_export, exported, tmp_path):
+    _, folder = pair_export
+    assert "charlm ONNX export of" in run_cli(runner, "export", folder, "--check").output
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "encoder.onnx").write_bytes((folder / "encoder.onnx").read_bytes())
+    (mixed / "decoder.onnx").write_bytes(exported["lstm"][1].read_bytes())  # a language model's step
+    result = run_cli(runner, "export", mixed, "--check", ok=False)
+    assert result.exit_code == 1 and "not the two halves of one charlm export" in result.output
+    result = run_cli(runner, "export", folder / "decoder.onnx", "--format", "web", "--out", tmp_path / "site",
+                     "--ort", tmp_path, ok=False)
+    assert result.exit_code == 1 and "language model" in result.output
