@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import train_tiny, run_cli
+from tests.conftest import TINY_TEXT, run_cli
 from tests.serve.test_serve_browser import BROWSER, need
 
 try:
@@ -27,7 +27,8 @@ need(onnx is not None, "charlm[export] is not installed (the test extra brings i
 
 from playwright.sync_api import sync_playwright  # noqa: E402  (need() has checked it)
 
-from charlm.export.web import ORT_VERSION, integrity, ORT_INTEGRITY  # noqa: E402
+from charlm.export.web import ORT_INTEGRITY, ORT_VERSION, integrity  # noqa: E402
+from tests.export.test_onnx import train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +52,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_the_exported_page_generates_in_chromium_offline(runner, tmp_path, ort_tarball):
-    checkpoint = train_tiny(tmp_path, 30)
+@pytest.mark.parametrize("name, shown", [("lstm", "lstm 2x16"), ("transformer", "transformer 2x16")])
+def test_the_exported_page_generates_in_chromium_offline(runner, tmp_path, ort_tarball, name, shown):
+    """An LSTM, and a transformer (its window's If) well past its context of 8."""
+    checkpoint = train(tmp_path, name)
     site = tmp_path / "site"
     run_cli(runner, "export", checkpoint, "--format", "web", "--out", site,
             *(("--ort", ort_tarball) if ort_tarball else ()))
@@ -74,7 +77,7 @@ def test_the_exported_page_generates_in_chromium_offline(runner, tmp_path, ort_t
                 except Exception:  # connection refused, until it listens
                     time.sleep(0.1)
             page.wait_for_function("!document.querySelector('#generate').disabled", timeout=60_000)
-            assert "lstm 1x16" in page.text_content("#about")
+            assert shown in page.text_content("#about")
             page.fill("#prefix", "the ")
             page.fill("#length", "120")
             page.fill("#seed", "3")
@@ -93,7 +96,5 @@ def test_the_exported_page_generates_in_chromium_offline(runner, tmp_path, ort_t
         server.terminate()
         server.wait(timeout=10)
     assert text.startswith("the ") and len(text) == len("the ") + 120
-    from tests.conftest import TINY_TEXT
-
     assert set(text) <= set(TINY_TEXT) and text == again
     assert errors == [] and hosts == {f"127.0.0.1:{port}"}
