@@ -8,7 +8,7 @@ The graph takes `ids` (B,) int64 and the state tensors (`state.<name>`) and retu
 and the state after them (`next.<name>`); feed each `next.<name>` back as `state.<name>`. The
 file's metadata (ONNX `metadata_props`, key "charlm", JSON) says the rest: the vocab and how
 tokens join, the architecture and model config, each state tensor's shape (with its batch axis),
-dtype and first value (zeros, but for nothing), and the SHA-256 of the graph, so that a file whose
+dtype and starting value, and the SHA-256 of the graph, so that a file whose
 graph is not the one its metadata describes, a damaged one, or one charlm did not write is refused
 in one line before any runtime sees it (`read_export`). A pair model's encoder takes `source` (B, S)
 and returns the decoder's first state (`state.<name>`); its decoder is a step as above, and both files

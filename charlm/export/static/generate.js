@@ -83,7 +83,9 @@ function pick(logits, temperature, topK, topP, random) {
   return order[order.length - 1];
 }
 
+// The prefix preprocessed as the corpus was (charlm.text.tokens.preprocess_prefix), then split.
 function tokens(text) {
+  if (model.meta.preprocess === "d2l") text = text.replace(/[^A-Za-z]+/g, " ").toLowerCase();
   return model.meta.tokens === "char" ? Array.from(text) : text.split(/\s+/).filter(Boolean);
 }
 
