@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_KEYWORDS, TINY_TEXT, run_cli
+from tests.models.test_registry import TOY, toy  # noqa: F401  (the fixture that registers the toy)
 
 onnx = pytest.importorskip("onnx", reason="charlm[export] is not installed")
 onnxruntime = pytest.importorskip("onnxruntime", reason="charlm[export] is not installed")
@@ -240,3 +241,23 @@ def test_a_pair_export_reads_back_as_one_and_refuses_halves_of_two(runner, pair_
     result = run_cli(runner, "export", folder / "decoder.onnx", "--format", "web", "--out", tmp_path / "site",
                      "--ort", tmp_path, ok=False)
     assert result.exit_code == 1 and "language model" in result.output
+
+
+def test_a_new_registry_model_exports_through_its_own_step(runner, tiny_corpus, toy):  # noqa: F811
+    """The registry test's toy (its state batch-first, under its own name) needs no export code."""
+    from charlm.checkpoints.loading import load_model
+
+    run_cli(runner, "train", tiny_corpus, *TOY, "--max-steps", "3", "--out", "toy.safetensors")
+    run_cli(runner, "export", "toy.safetensors", "--out", "toy.onnx")
+    model, _, vocab = load_model("toy.safetensors", "lm")
+    session = onnxruntime.InferenceSession("toy.onnx", providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["charlm"])
+    assert [(entry["name"], entry["batch_axis"]) for entry in meta["state"]] == [("memory", 0)]
+    state, torch_state = initial_state(meta, 2), None
+    for pair in zip("the time", "machine!"):  # two rows, a character each per step ("!": <unk>, as any id)
+        ids = torch.tensor(vocab.encode(pair))
+        with torch.inference_mode():
+            expected, torch_state = model.step(ids, torch_state)
+        logits, *after = session.run(None, {"ids": ids.numpy(), **state})
+        state = dict(zip(state, after))
+        assert np.abs(logits - expected.numpy()).max() < 1e-5
