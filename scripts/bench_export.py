@@ -4,9 +4,9 @@ the README's table in "Run a model anywhere: ONNX and the browser".
     python scripts/bench_export.py                                  # trains the two models briefly first
     python scripts/bench_export.py --checkpoint a.safetensors --checkpoint b.safetensors --length 1000
 
-For each checkpoint (by default an LSTM 2x512 and a transformer, each trained for --train-seconds on
-The Time Machine, since the speed of a step does not depend on how well it is trained), one after the
-other, one thread each:
+For each checkpoint (by default the LSTM and the transformer `charlm train` makes of The Time Machine,
+each trained for --train-seconds, since the speed of a step does not depend on how well it is trained),
+named by its architecture and sizes, one after the other, one thread each:
   - charlm's generation: `TextModel.generate(prefix, length, num_samples=rows, precision="fp32")`;
   - ONNX Runtime (CPU, intra-op threads 1) on the file `charlm export` wrote: the prefix fed one id at a
     time, then `length` steps of `rows` rows, each next id drawn from the logits by numpy, as the
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = ROOT / "corpora" / "timemachine.txt"
 PREFIX = "the time "
-MODELS = {"lstm 2x512 (the default)": {}, "transformer (`--model transformer`)": {"model": "transformer"}}
+MODELS = {"`charlm train corpora/timemachine.txt`": {}, "the same with `--model transformer`": {"model": "transformer"}}
 
 
 def best_of(repeats: int, run) -> float:
@@ -107,7 +107,8 @@ def main() -> None:
               f"{os.getloadavg()[0]:.2f}; torch {torch.__version__}, one thread; {arguments.length} characters "
               f"after {PREFIX!r}, best of {arguments.repeats}\n")
         print("| model | rows | charlm generate | ONNX Runtime |\n|---|---|---|---|")
-        for name, checkpoint in checkpoints.items():
+        for source, checkpoint in checkpoints.items():
+            name = f"{source}: {charlm.load(checkpoint).model.describe()}"
             exported = Path(folder) / f"{Path(checkpoint).stem}.onnx"
             export_onnx(checkpoint, exported)
             for rows in (1, 32):
