@@ -15,6 +15,7 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     models.registry          the architectures by task and name (the settings' choices)
     settings.training        the rows of charlm train, stats and what they share
     settings.generation      the rows of generate, translate and serve, and of the server's requests
+    settings.export          the rows of charlm export
     text.tokens              files read in chunks, preprocessing, tokenizers, the Vocab
     text.corpus              the files of a corpus found in folders, read as one stream of documents
     text.folders             a folder's files for a corpus: no recursion, charlm's own files and outward links left out
@@ -75,8 +76,13 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     serve.openai_routes      OpenAI's dialect: models, completions, chat, as objects and chunks
     serve.app                the HTTP API in both dialects and the playground (Starlette)
     serve.server             the server on a socket (uvicorn)
+    export                   a trained model outside charlm and torch
+    export.steps             a model's one-step function as a graph of tensors; the transformer's fixed window
+    export.onnx              the ONNX file and its metadata, written, and checked when read back
+    export.web               a static page that generates in the browser (ONNX Runtime Web, no network)
     cli                      the charlm command: the group, shared options, printing
-    cli.train, cli.generate, cli.translate, cli.evaluate, cli.inside, cli.inspect, cli.plot, cli.serve
+    cli.train, cli.generate, cli.translate, cli.evaluate, cli.inside, cli.inspect, cli.plot, cli.serve,
+    cli.export
                              one module per command
     __main__                 python -m charlm
 """

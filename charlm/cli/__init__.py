@@ -1,7 +1,7 @@
-"""CLI: `charlm train | generate | translate | eval | stats | info | plot | serve`, the only home of click.
+"""CLI: `charlm train | generate | translate | eval | stats | info | plot | serve | export`, the only home of click.
 
 The CLI parses options and prints; the work is the library's. One module per command: `train`,
-`generate`, `translate`, `evaluate` (`charlm eval`), `inspect` (`stats`, `info`), `plot`, `serve`. This
+`generate`, `translate`, `evaluate` (`charlm eval`), `inspect` (`stats`, `info`), `plot`, `serve`, `export`. This
 one holds the group, what the commands share (options, finding a checkpoint, printing) and
 `main`, the `charlm` script. Nothing in charlm imports the CLI.
 
@@ -307,8 +307,8 @@ def report_pairs(report: dict[str, Any], lead: str = "") -> None:
 # ---------------------------------------------------------------------------------------------
 # The commands, one module each; they use what is above, so they are imported last.
 
-from charlm.cli import evaluate, generate, inside, inspect, plot, serve, train, translate  # noqa: E402
+from charlm.cli import evaluate, export, generate, inside, inspect, plot, serve, train, translate  # noqa: E402
 
 for command in (train.train, generate.generate, translate.translate_command, evaluate.evaluate, inside.inside,
-                inspect.stats, inspect.info, plot.plot, serve.serve):
+                inspect.stats, inspect.info, plot.plot, serve.serve, export.export):
     cli.add_command(command)

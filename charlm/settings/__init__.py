@@ -7,12 +7,13 @@ keyword, a JSON field). Click's range types are made from the same bounds, so `-
 check never disagree.
 
 The tables, a row a setting: `TRAIN` and `STATS` (`training`), `GENERATE`, `TRANSLATE` and `SERVE`
-(`generation`). Adding a setting is adding a row and the code that uses it. Standard library only.
+(`generation`), `EXPORT` (`export`). Adding a setting is adding a row and the code that uses it. Standard library only.
 """
 
+from charlm.settings.export import EXPORT
 from charlm.settings.generation import GENERATE, SERVE, TRANSLATE, UNKNOWN
 from charlm.settings.rows import Setting, SettingError, annotation, for_command, parameters, said_by, table
 from charlm.settings.training import MAX_THREADS, STATS, TRAIN
 
-__all__ = ["GENERATE", "MAX_THREADS", "SERVE", "STATS", "TRAIN", "TRANSLATE", "UNKNOWN", "Setting", "SettingError",
+__all__ = ["EXPORT", "GENERATE", "MAX_THREADS", "SERVE", "STATS", "TRAIN", "TRANSLATE", "UNKNOWN", "Setting", "SettingError",
            "annotation", "for_command", "parameters", "said_by", "table"]

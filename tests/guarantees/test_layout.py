@@ -31,6 +31,7 @@ LAYERS = [
     ("charlm.trained",),                                      # trained models for a program
     ("charlm.api", "charlm"),                                 # the Python API (charlm/__init__ reaches it lazily)
     ("charlm.serve",),
+    ("charlm.export",),                                       # a trained model as ONNX and as a web page
     ("charlm.cli", "charlm.__main__"),
 ]
 STANDARD_LIBRARY_ONLY = ("charlm.errors", "charlm.presets", "charlm.models.registry", "charlm.settings", "charlm.text",
