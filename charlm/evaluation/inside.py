@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from charlm.data.batches import EVAL_LOGITS_BYTES, eval_batches
 from charlm.errors import CharlmError
+from charlm.models.minrnn import MinRNN
 from charlm.models.recurrent import LanguageModel
 from charlm.models.recurrent_layers import one_hot
 from charlm.models.state import RecurrentState
@@ -100,7 +101,7 @@ def inspect_ids(model: nn.Module, ids: torch.Tensor, vocab: Vocab, top_k: int = 
         return _inspect_transformer(model, ids, vocab, top_k)
     if isinstance(model, LanguageModel):
         layer_states = _recurrent_layer_states(model)
-    elif hasattr(model, "layer_states"):  # the min-RNNs: (logits, each layer's states, the state after)
+    elif isinstance(model, MinRNN):  # (logits, each layer's states, the state after)
         layer_states = model.layer_states
     else:
         raise CharlmError(f"looking inside is for the language models on the registry, not {type(model).__name__}")
