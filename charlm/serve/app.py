@@ -131,7 +131,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         prefix_ids = encode_prefix(asked.prefix, served.model.vocab, meta.tokens, meta.preprocess, asked.unknown)
         job = Job(batchers[served.name], slots, [(asked, prefix_ids)], streaming)
         if streaming:
-            return EventStream(stream_events(served.name, job), job.close)
+            return EventStream(stream_events(served.name, job), job.close, limits.write_seconds, job.stopping)
         try:
             if not await job.finished(request):
                 return Response(status_code=499)
@@ -140,16 +140,15 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
             job.close()
 
     async def stream_events(name: str, job: Job) -> AsyncIterator[str]:
-        """An event per piece of text as it is made (the pieces of `STREAM_INTERVAL` joined), then
-        `done`, or `error` if the generation failed (the batcher has logged why)."""
+        """An event per sample's piece of text as it is made (the pieces of `STREAM_INTERVAL`
+        joined, its events written at once), then `done`, or `error` if the generation failed (the
+        batcher has logged why)."""
         async for taken, ended in job.taken_pieces():
-            for sample, text, _ in taken:
-                yield event({"sample": sample, "text": text})
+            events = [event({"sample": sample, "text": text}) for sample, text, _ in taken]
             if ended:
-                if job.failure is not None:
-                    yield event({"error": job.failure}, "error")
-                else:
-                    yield event({"model": name, "seed": job.generations[0].seed}, "done")
+                events.append(event({"error": job.failure}, "error") if job.failure is not None else
+                              event({"model": name, "seed": job.generations[0].seed}, "done"))
+            yield "".join(events)  # one write
 
     async def translate(request: Request) -> Response:
         fields = Fields(await read_json(request, limits.body_bytes), TRANSLATE_FIELDS)
