@@ -122,7 +122,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         return Json({"model": name, **json_safe(await run_in_threadpool(catalog[name].metrics))})
 
     async def generate(request: Request) -> Response:
-        fields = Fields(await read_json(request, limits.body_bytes), GENERATE_FIELDS)
+        fields = Fields(await read_json(request, limits), GENERATE_FIELDS)
         served = pick(fields.text("model", None, 200), "lm")
         values = {row.name: fields.setting(row, *limits.bounds(row.name)) for row in HTTP_ROWS}
         asked = GenerationRequest.from_fields(values, said="field")
@@ -151,7 +151,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
             yield "".join(events)  # one write
 
     async def translate(request: Request) -> Response:
-        fields = Fields(await read_json(request, limits.body_bytes), TRANSLATE_FIELDS)
+        fields = Fields(await read_json(request, limits), TRANSLATE_FIELDS)
         served = pick(fields.text("model", None, 200), "translate")
         inputs = fields.texts("inputs", limits.inputs, limits.input_chars)
         asked = {row.name: fields.setting(row, *limits.bounds(row.name)) for row in TRANSLATE_ROWS}
@@ -159,7 +159,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         return Json({"model": served.name, "outputs": outputs})
 
     async def attention(request: Request) -> Response:
-        fields = Fields(await read_json(request, limits.body_bytes), ATTENTION_FIELDS)
+        fields = Fields(await read_json(request, limits), ATTENTION_FIELDS)
         served = pick(fields.text("model", None, 200), "translate")
         text = fields.text("input", None, limits.input_chars)
         if text is None:
@@ -170,7 +170,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
                      "weights": found["weights"].tolist()})
 
     async def inside(request: Request) -> Response:
-        fields = Fields(await read_json(request, limits.body_bytes), INSIDE_FIELDS)
+        fields = Fields(await read_json(request, limits), INSIDE_FIELDS)
         served = pick(fields.text("model", None, 200), "lm")
         text = fields.text("text", None, limits.inside_chars)
         if text is None:
@@ -206,7 +206,8 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         stop()
 
     async def refused(request: Request, problem: RequestError) -> Response:
-        return error(str(problem), problem.status, request.url.path, problem.param, problem.code)
+        unread = {"Connection": "close"} if problem.status in (408, 413) else None  # its body not read whole
+        return error(str(problem), problem.status, request.url.path, problem.param, problem.code, unread)
 
     async def user_error(request: Request, problem: CharlmError) -> Response:  # the settings named as fields
         message = in_terms(str(problem), "field", [*GENERATE.values(), *TRANSLATE.values()])

@@ -34,6 +34,7 @@ class Limits:
     messages: int = 256             # /v1/chat/completions' messages per request
     inside_chars: int = 20_000      # /v1/inside's text
     top_k: int = 20                 # /v1/inside's expectations per token
+    read_seconds: float = 10.0      # a body that takes longer to arrive; then 408
     write_seconds: float = 10.0     # a stream whose client takes none of it for this long is ended
 
     def bounds(self, name: str) -> tuple[int | None, int | None]:

@@ -1,6 +1,6 @@
 """Who may ask: the Host a request names (`HostCheck`, against DNS rebinding of a loopback
-server; `is_loopback` says which hosts are) and the key it shows (`KeyCheck`, `Authorization: Bearer KEY`, as OpenAI's clients send
-it). Each refuses with one line in the dialect of the path (`charlm.serve.http.error`).
+server; `is_loopback` says which hosts are) and the key it shows (`KeyCheck`, `Authorization:
+Bearer KEY`, as OpenAI's clients send it). Each refuses with one line in the dialect of the path (`charlm.serve.http.error`).
 
 They know nothing about the routes behind them.
 """

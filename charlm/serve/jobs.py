@@ -26,8 +26,8 @@ STREAM_INTERVAL = 0.02  # seconds between two events of one stream, at least: 50
 class Job:
     """The generations of `asks` ((request, prefix ids) each; their samples numbered one after the
     other) on `batcher`, a slot each. `tokens`: each piece of new text comes with its tokens.
-    A batcher that has stopped is a 503 (`stopping()`: whether it is stopping); `close()` (however the response ends) cancels what is
-    still at work and gives the slots back, once."""
+    A batcher that has stopped is a 503 (`stopping()`: whether it is stopping); `close()` (however
+    the response ends) cancels what is still at work and gives the slots back, once."""
 
     def __init__(self, batcher: Batcher, slots: Slots, asks: Sequence[tuple[Request, list[int]]], streaming: bool,
                  tokens: bool = False) -> None:

@@ -180,10 +180,10 @@ def openai_routes(catalog: dict[str, Served], batchers: dict[str, Batcher], slot
             job.close()
 
     async def completions(request: Request) -> Response:
-        return await answer(request, read_completion(await read_json(request, limits.body_bytes), limits), False)
+        return await answer(request, read_completion(await read_json(request, limits), limits), False)
 
     async def chat(request: Request) -> Response:
-        asked = read_chat(await read_json(request, limits.body_bytes), limits, template)
+        asked = read_chat(await read_json(request, limits), limits, template)
         return await answer(request, asked, True)
 
     return [Route("/v1/models", models), Route("/v1/models/{name}", model),

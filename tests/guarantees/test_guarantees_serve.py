@@ -168,6 +168,25 @@ def test_a_client_that_stops_reading_loses_its_stream_and_its_place(catalog, mon
     assert "Traceback" not in logged and "ASGI callable" not in logged
 
 
+@pytest.mark.parametrize("path", ["/v1/generate", "/v1/completions"])
+def test_a_body_that_never_arrives_is_a_408_not_a_connection_held(catalog, path):
+    """A client that says a body of 100 bytes and sends 10: a 408 after `read_seconds`, in the
+    path's dialect, and the connection is closed."""
+    app = create_app(catalog, Limits(read_seconds=0.5))
+    with running(app) as url:
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 100\r\n\r\n{\"model\": ".encode())
+            answer = b""
+            while chunk := sock.recv(1 << 16):  # to the end: the server closes the connection
+                answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 408")
+    error = json.loads(body)["error"]
+    assert (error if path == "/v1/generate" else error["message"]) == "the body did not arrive within 0.5 s"
+
+
 # ---------------------------------------------------------------------------------------------
 # Floods: of events, of log lines
 
