@@ -46,8 +46,8 @@ def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, devi
                          "CHARLM_API_KEY) or, to serve anyone who can reach it, --allow-no-key")
     catalog = load_catalog(list(checkpoints), device)
     if not loopback and api_key is None:
-        click.echo(f"warning: serving on {host}, which other machines can reach, without a key (--allow-no-key)",
-                   err=True)
+        click.echo(f"warning: serving on {escaped(host)}, which other machines can reach, without a key "
+                   "(--allow-no-key)", err=True)
     sock = bind(host, port)
     hosts = tuple(dict.fromkeys((*LOOPBACK_HOSTS, canonical(host))))  # and the loopback address it was told
     app = create_app(catalog, allowed_hosts=hosts if loopback else None, threads=threads, precision=precision,

@@ -19,7 +19,8 @@ from charlm.settings import Setting
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for, and how many may run at once (the README lists them)."""
+    """What one request may ask for, how many may run at once, and how long a client may take to
+    send its body or to take its stream (the README lists them)."""
 
     body_bytes: int = 64 * 1024     # a request body; refused unread past this
     prefix_chars: int = 4000        # /v1/generate's prefix
