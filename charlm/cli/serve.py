@@ -48,7 +48,7 @@ def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, devi
     if not loopback and api_key is None:
         click.echo(f"warning: serving on {escaped(host)}, which other machines can reach, without a key "
                    "(--allow-no-key)", err=True)
-    sock = bind(host, port)
+    sock = bind(canonical(host), port)  # `localhost.` as `localhost`, which not every resolver does
     hosts = tuple(dict.fromkeys((*LOOPBACK_HOSTS, canonical(host))))  # and the loopback address it was told
     app = create_app(catalog, allowed_hosts=hosts if loopback else None, threads=threads, precision=precision,
                      api_key=api_key, chat_template=template)

@@ -355,10 +355,20 @@ def test_an_extreme_number_in_any_field_is_an_answer_or_a_400_never_a_500(catalo
 # Who may ask; what reaches the terminal
 
 
-def test_a_loopback_address_serves(models):  # noqa: F811
-    """`--host 127.0.0.2` serves at the URL it prints (not a 421)."""
-    with charlm_serve(str(models / "tiny.safetensors"), "--host", "127.0.0.2") as (_, url, _lines):
-        assert url.startswith("http://127.0.0.2:")
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "localhost.", pytest.param("::1", marks=pytest.mark.skipif(
+    not ipv6_loopback(), reason="this machine has no IPv6 loopback"))])
+def test_a_loopback_address_serves(models, host):  # noqa: F811
+    """`--host 127.0.0.2` (or `localhost.`, `::1`) serves at the URL it prints, not a 421."""
+    with charlm_serve(str(models / "tiny.safetensors"), "--host", host) as (_, url, _lines):
         assert get(url, "/v1/models")[0] == 200
 
 
