@@ -314,7 +314,7 @@ def test_an_infinite_length_penalty_is_refused_in_one_line(catalog, runner, mode
                       "--length-penalty", "inf", "abc", ok=False)
     assert answer.status_code == 400 and "length_penalty" in answer.json()["error"]
     assert printed.exit_code != 0
-    assert printed.stderr.count("\n") == 1 and "length_penalty must be at least 0 and finite, got inf" in printed.stderr
+    assert printed.stderr.count("\n") == 1 and "length_penalty must be at least 0, got inf" in printed.stderr
 
 
 EXTREMES = [1e308, -1e308, 5e-324, 10**400, -(10**400), 2**64, -(2**63) - 1]
