@@ -37,6 +37,7 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     models.recurrent         the recurrent language model (RNN, GRU, LSTM)
     models.recurrent_stepper its single steps for generation, in fp32 or bf16
     models.transformer       the causal transformer, its key/value cache and its stepper
+    models.minrnn            minGRU and minLSTM: trained by a parallel scan, generated step by step
     models.seq2seq           the pair models: the lessons' tagger, the encoder-decoder
     checkpoints.loading      models rebuilt from checkpoints; a folder's newest
     generation.request       one generation request, frozen, from any door to the sampler
@@ -45,8 +46,8 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     generation.translation   greedy and beam search for pair models
     evaluation.scores        exact match, character error rate, BLEU
     evaluation.reports       the loss, perplexity and bits per token; a checkpoint's scores on a file
-    evaluation.inside        per token: the surprise, what the model expected, its units' activations
-    evaluation.inside_page   that view as one self-contained HTML page
+    evaluation.inside        per token: the surprise, what the model expected, its units' activations, attention
+    evaluation.inside_page   that view as data and as one self-contained HTML page (inside_view.js: its script)
     training.optimization    TrainConfig, the optimizer, the learning rate of each step, --ema
     training.recipe          the settings left out, fitted to the text's size and --max-time
     training.time_budget     the schedule fitted to --max-time, and how often a run evaluates

@@ -23,7 +23,7 @@ CELLS = ("rnn", "gru", "lstm")
 TOKEN_KINDS = ("char", "word")
 PREPROCESS_MODES = ("none", "d2l")
 ITERATORS = ("sequential", "random")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("constant", "cosine")
 KEEPS = ("best", "last")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -63,6 +63,13 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
                     "batch_size": 12, "iterator": "random", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1,
                     "warmup_steps": 100, "lr_schedule": "cosine"},
 }
+# minGRU's and minLSTM's (`charlm.models.minrnn`): the size of the probe (3 layers of 192,
+# context 128), sequential batches (they carry their state like the RNNs) and the transformer's
+# optimizer settings without its weight decay. Not yet measured against other choices.
+ARCHITECTURE_DEFAULTS["mingru"] = ARCHITECTURE_DEFAULTS["minlstm"] = {
+    "embedding_size": 192, "hidden_size": 192, "num_layers": 3, "dropout": 0.0, "seq_len": 128, "batch_size": 32,
+    "iterator": "sequential", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 100,
+    "lr_schedule": "cosine"}
 
 
 # The recipe (`charlm.training.recipe`): where the user does not set them, a text model's settings

@@ -203,8 +203,9 @@ class TextModel:
     def inspect(self, text: str, top_k: int = 5) -> Any:
         """What the model made of `text`, token by token (`charlm.evaluation.inside.Inside`): the
         surprise in bits, the `top_k` tokens it expected with their probabilities, and each
-        recurrent layer's hidden state (and an LSTM's cell state) after each token. The text is
-        read and walked as `evaluate` reads and walks it, so the mean surprise is its loss."""
+        recurrent layer's hidden state (and an LSTM's cell state) after each token, or each
+        transformer block's output and its heads' attention. The text is read and walked as
+        `evaluate` reads and walks it, so the mean surprise is its loss."""
         from charlm.data.loading import load_corpus
         from charlm.evaluation.inside import inspect_ids
 

@@ -69,5 +69,8 @@ def train_tiny(folder: Path, steps: int) -> Path:
 
 TINY_TRANSFORMER = ("--model", "transformer", "--num-layers", "1", "--num-heads", "2", "--embedding-size", "16",
                     "--batch-size", "4", "--seq-len", "8", "--quiet")
-# The guarantee rows that hold per kind of model run once for each (the README's transformer column).
-TINY_MODELS = {"rnn": TINY_MODEL, "transformer": TINY_TRANSFORMER}
+TINY_MINGRU = ("--model", "mingru", "--num-layers", "1", "--embedding-size", "8", "--hidden-size", "12",
+               "--batch-size", "4", "--seq-len", "8", "--quiet")
+# The guarantee rows that hold per kind of model run once for each (the README's transformer column):
+# a recurrent model, the transformer, and a min-RNN (trained by a scan, carrying its own kind of state).
+TINY_MODELS = {"rnn": TINY_MODEL, "transformer": TINY_TRANSFORMER, "mingru": TINY_MINGRU}

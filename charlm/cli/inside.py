@@ -37,16 +37,19 @@ def inside(file: Path, checkpoint: str | None, page: Path | None, top_k: int, co
     charlm inside notes.txt
     charlm inside corpora/tinyshakespeare.txt --checkpoint checkpoints/tinyshakespeare.safetensors --html inside.html
     """
+    from charlm.evaluation.inside import attention_fits
     from charlm.evaluation.inside_page import inside_page
     from charlm.runtime.device import pick_device
     from charlm.trained import TextModel
 
-    text = file.read_text(encoding="utf-8", errors="replace")
-    if len(text) > MAX_CHARACTERS:
-        click.echo(f"note: {file} is looked inside up to its first {MAX_CHARACTERS:,} characters", err=True)
-        text = text[:MAX_CHARACTERS]
     path = checkpoint_or_latest(checkpoint, "lm")
-    seen = TextModel(path, pick_device(device)).inspect(text, top_k=top_k)
+    model = TextModel(path, pick_device(device))
+    most = min(MAX_CHARACTERS, attention_fits(model.model) or MAX_CHARACTERS)  # a transformer keeps its attention
+    text = file.read_text(encoding="utf-8", errors="replace")
+    if len(text) > most:
+        click.echo(f"note: {file} is looked inside up to its first {most:,} characters", err=True)
+        text = text[:most]
+    seen = model.inspect(text, top_k=top_k)
     ranked = seen.rank_units()
     colored = click.get_text_stream("stdout").isatty() if color is None else color
     bits = [value for value in seen.surprise if value is not None]

@@ -5,6 +5,8 @@ expected there, and what its units did after reading it.
     inside.surprise[t]       # bits: -log2 p(token t | the tokens before it); None for the first
     inside.expected[t]       # [(token, probability), ...] the model's top_k for position t
     inside.activations["layer 1 h"][t]   # (H,) a recurrent layer's hidden state after token t
+    inside.activations["block 3"][t]     # (E,) a transformer block's output at token t
+    inside.attention[t, layer, head]     # (seq_len,) where token t looked: positions window_start[t] + j
     inside.rank_units()      # {"inside quotes": [("layer 1 c 37", 0.82), ...], ...}
 
 The text is walked exactly as `charlm eval` walks it (`charlm.data.batches.eval_batches`: rows
@@ -13,12 +15,19 @@ and each position's expectation is what the model predicted there. The layers ru
 (the same products as the model's stacked module), so each one's outputs are at hand, and an
 LSTM's cell states follow from its gates; the last token, which nothing follows in that walk, has none (NaN). `rank_units` finds the
 units that follow simple features of the text (inside quotes, position in the line, ...), by
-correlation. The transformer is not looked inside yet. Knows models and batches; nothing about files or the CLI.
+correlation.
+
+A transformer is walked as `eval` walks it too: each batch cut into windows of its context, each
+predicted from an empty one (`Transformer.batch_loss`). Its units are its blocks' outputs, and
+`attention` holds every head's weights, from each token over the positions of its window up to it
+(hooks on the model's own modules, the weights from their queries and keys). Knows models and
+batches; nothing about files or the CLI.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,9 +39,19 @@ from charlm.errors import CharlmError
 from charlm.models.recurrent import LanguageModel
 from charlm.models.recurrent_layers import one_hot
 from charlm.models.state import RecurrentState
+from charlm.models.transformer import Transformer
 from charlm.text.tokens import Vocab
 
 ROWS, STEPS = 32, 256  # as `charlm eval` walks a text (`lm_eval_batches`' defaults)
+ATTENTION_ENTRIES = 2**27  # a transformer's attention kept for a text: 256 MB in float16
+
+
+def attention_fits(model: nn.Module) -> int | None:
+    """How many tokens' attention `inspect_ids` keeps for `model` at most (None: not a transformer)."""
+    if not isinstance(model, Transformer):
+        return None
+    config = model.config
+    return ATTENTION_ENTRIES // (config.num_layers * config.num_heads * config.seq_len)
 
 
 @dataclass
@@ -43,6 +62,19 @@ class Inside:
     surprise: list[float | None]
     expected: list[list[tuple[str, float]]]
     activations: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (T, H)
+    attention: torch.Tensor | None = None  # a transformer's: (T, layers, heads, seq_len) float16
+    window_start: torch.Tensor | None = None  # (T,): the position attention[t, ..., 0] is of
+
+    def attended(self, position: int, layer: int, head: int) -> list[tuple[int, float]]:
+        """Where the transformer looked from token `position` with that head: (position, weight)
+        for every position of its window up to it; the weights sum to 1. [] for the last token."""
+        if self.attention is None or self.window_start is None:
+            raise CharlmError("only a transformer's view has attention")
+        start = int(self.window_start[position])
+        if start < 0:
+            return []
+        weights = self.attention[position, layer, head, : position - start + 1].float().tolist()
+        return [(start + offset, weight) for offset, weight in enumerate(weights)]
 
     def rank_units(self, best: int = 3) -> dict[str, list[tuple[str, float]]]:
         """The units that follow simple features of the text best: `rank_units`'."""
@@ -61,54 +93,145 @@ class Inside:
 
 @torch.no_grad()
 def inspect_ids(model: nn.Module, ids: torch.Tensor, vocab: Vocab, top_k: int = 5) -> Inside:
-    """`Inside` of the text `ids` (1-D) for a recurrent language model."""
-    if not isinstance(model, LanguageModel):
-        raise CharlmError("looking inside is for the recurrent models (rnn, gru, lstm) so far; the transformer's "
-                          "view is not built yet")
+    """`Inside` of the text `ids` (1-D) for a recurrent language model or the transformer."""
     if len(ids) < 2:
         raise CharlmError("the text has fewer than 2 tokens; nothing to predict")
+    if isinstance(model, Transformer):
+        return _inspect_transformer(model, ids, vocab, top_k)
+    if isinstance(model, LanguageModel):
+        layer_states = _recurrent_layer_states(model)
+    elif hasattr(model, "layer_states"):  # the min-RNNs: (logits, each layer's states, the state after)
+        layer_states = model.layer_states
+    else:
+        raise CharlmError(f"looking inside is for the language models on the registry, not {type(model).__name__}")
     was_training = model.training
     model.eval()
-    count, vocab_size = len(ids), len(vocab)
+    count = len(ids)
     device = next(model.parameters()).device
-    surprise = torch.full((count,), float("nan"))
-    top_probabilities = torch.zeros(count, min(top_k, vocab_size))
-    top_ids = torch.zeros(count, min(top_k, vocab_size), dtype=torch.long)
-    names = [f"layer {layer} {kind}" for layer in range(model.config.num_layers)
-             for kind in (("h", "c") if model.config.cell == "lstm" else ("h",))]
-    activations = {name: torch.full((count, model.config.hidden_size), float("nan")) for name in names}
-    most = EVAL_LOGITS_BYTES // (4 * vocab_size)
-    positions = torch.arange(count)
-    config, state = model.config, None
-    cell = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
-    first = config.embedding_size or config.vocab_size  # the first layer's input: an embedding, or one-hot
-    layers = [cell(first if layer == 0 else config.hidden_size, config.hidden_size, 1, batch_first=True).to(device)
-              for layer in range(config.num_layers)]  # shapes only: each runs with the model's layer's weights
+    predictions = _Predictions(count, len(vocab), top_k)
+    most = EVAL_LOGITS_BYTES // (4 * len(vocab))
+    state = None
     for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most),
-                                          eval_batches(positions, ROWS, STEPS, most)):
+                                          eval_batches(torch.arange(count), ROWS, STEPS, most)):
         rows = inputs.shape[0]
         if state is not None and state.batch_size > rows:  # the last few continue the last row
             state = state.rows(slice(-rows, None))
-        inputs, targets = inputs.to(device), targets.to(device)
+        logits, found, state = layer_states(inputs.to(device), state)
+        predictions.record(logits, targets.to(device), at, found)
+    model.train(was_training)
+    return predictions.inside(ids, vocab)
+
+
+def _recurrent_layer_states(model: LanguageModel) -> Callable:
+    """`(inputs, state) -> (logits, {"layer 0 h": (R, S, H), ...}, state after)` for an RNN, GRU or
+    LSTM: its layers one at a time (`_layer_activations`), the logits from the last one's outputs
+    through the model's own head."""
+    config = model.config
+    cell = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
+    first = config.embedding_size or config.vocab_size  # the first layer's input: an embedding, or one-hot
+    device = next(model.parameters()).device
+    layers = [cell(first if layer == 0 else config.hidden_size, config.hidden_size, 1, batch_first=True).to(device)
+              for layer in range(config.num_layers)]  # shapes only: each runs with the model's layer's weights
+
+    def layer_states(inputs: torch.Tensor, state: RecurrentState | None) -> tuple:
         found, after = _layer_activations(model, layers, inputs, state)
-        logits = model.head(found[f"layer {model.config.num_layers - 1} h"])  # (R, S, V): the model's own
+        return model.head(found[f"layer {config.num_layers - 1} h"]), found, after  # (R, S, V): the model's own
+    return layer_states
+
+
+class _Predictions:
+    """What a walk over a text found, filled in batch by batch: each target's surprise and the top
+    tokens expected there, and the units' activations after each input token."""
+
+    def __init__(self, count: int, vocab_size: int, top_k: int) -> None:
+        self.count = count
+        self.surprise = torch.full((count,), float("nan"))
+        self.top_probabilities = torch.zeros(count, min(top_k, vocab_size))
+        self.top_ids = torch.zeros(count, min(top_k, vocab_size), dtype=torch.long)
+        self.activations: dict[str, torch.Tensor] = {}  # name -> (T, H), made at the first batch
+
+    def record(self, logits: torch.Tensor, targets: torch.Tensor, at: torch.Tensor,
+               found: dict[str, torch.Tensor]) -> None:
+        """logits and targets (R, S, ...) of the input tokens at positions `at` (R, S)."""
         log_probabilities = F.log_softmax(logits.float(), dim=-1)
         chosen = log_probabilities.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (R, S)
         flat = (at + 1).reshape(-1)  # the position each target is at
-        surprise[flat] = (-chosen / math.log(2)).reshape(-1).cpu()
-        values, indices = log_probabilities.topk(top_probabilities.shape[1], dim=-1)
-        top_probabilities[flat] = values.exp().reshape(-1, values.shape[-1]).cpu()
-        top_ids[flat] = indices.reshape(-1, indices.shape[-1]).cpu()
+        self.surprise[flat] = (-chosen / math.log(2)).reshape(-1).cpu()
+        values, indices = log_probabilities.topk(self.top_probabilities.shape[1], dim=-1)
+        self.top_probabilities[flat] = values.exp().reshape(-1, values.shape[-1]).cpu()
+        self.top_ids[flat] = indices.reshape(-1, indices.shape[-1]).cpu()
         for name, values in found.items():
-            activations[name][at.reshape(-1)] = values.reshape(-1, values.shape[-1]).cpu()
-        state = after
-    model.train(was_training)
-    tokens = vocab.decode(ids.tolist())
-    expected = [[] if position == 0 else [(vocab.itos[int(index)], float(probability)) for index, probability
-                                          in zip(top_ids[position], top_probabilities[position])]
-                for position in range(count)]
-    shown = [None if position == 0 else float(surprise[position]) for position in range(count)]
-    return Inside(tokens, shown, expected, activations)
+            if name not in self.activations:
+                self.activations[name] = torch.full((self.count, values.shape[-1]), float("nan"))
+            self.activations[name][at.reshape(-1)] = values.reshape(-1, values.shape[-1]).float().cpu()
+
+    def inside(self, ids: torch.Tensor, vocab: Vocab) -> Inside:
+        count = len(ids)
+        expected = [[] if position == 0 else [(vocab.itos[int(index)], float(probability)) for index, probability
+                                              in zip(self.top_ids[position], self.top_probabilities[position])]
+                    for position in range(count)]
+        shown = [None if position == 0 else float(self.surprise[position]) for position in range(count)]
+        return Inside(vocab.decode(ids.tolist()), shown, expected, self.activations)
+
+
+def _inspect_transformer(model: Transformer, ids: torch.Tensor, vocab: Vocab, top_k: int) -> Inside:
+    """`inspect_ids` for the transformer: its blocks' outputs and its heads' attention, over the
+    windows `batch_loss` cuts each of eval's batches into."""
+    config, count = model.config, len(ids)
+    fits = attention_fits(model)
+    if count > fits:
+        raise CharlmError(f"the transformer's attention is kept for at most {fits:,} tokens; "
+                          f"look inside a shorter text (this one has {count:,})")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    heads, context = config.num_heads, config.seq_len
+    predictions = _Predictions(count, len(vocab), top_k)
+    attention = torch.zeros(count, config.num_layers, heads, context, dtype=torch.float16)
+    window_start = torch.full((count,), -1, dtype=torch.long)
+    normed: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [hook for layer, block in enumerate(model.blocks) for hook in (
+        block.attention_norm.register_forward_hook(lambda _, __, out, layer=layer: normed.__setitem__(layer, out)),
+        block.register_forward_hook(lambda _, __, out, layer=layer: outputs.__setitem__(layer, out[0])))]
+    most = EVAL_LOGITS_BYTES // (4 * len(vocab))
+    try:
+        for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most),
+                                              eval_batches(torch.arange(count), ROWS, STEPS, most)):
+            steps = inputs.shape[1]
+            whole = steps - steps % context
+            for window, part in ((context, slice(0, whole)), (steps - whole, slice(whole, steps))):
+                if part.stop <= part.start:
+                    continue
+                cut = lambda tensor: tensor[:, part].reshape(-1, window)  # noqa: E731  (windows side by side)
+                x, _ = model.hidden(cut(inputs).to(device))  # each window from an empty context, as batch_loss
+                where = cut(at)
+                predictions.record(model.head(x), cut(targets).to(device), where,
+                                   {f"block {layer}": outputs[layer] for layer in range(config.num_layers)})
+                window_start[where.reshape(-1)] = where[:, :1].expand_as(where).reshape(-1)
+                for layer, block in enumerate(model.blocks):
+                    weights = _attention_weights(block, normed[layer], heads)  # (W', nh, window, window)
+                    attention[where.reshape(-1), layer, :, :window] = \
+                        weights.transpose(1, 2).reshape(-1, heads, window).to(torch.float16).cpu()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    inside = predictions.inside(ids, vocab)
+    inside.attention, inside.window_start = attention, window_start
+    return inside
+
+
+def _attention_weights(block: nn.Module, normed: torch.Tensor, heads: int) -> torch.Tensor:
+    """A block's causal attention weights over a window from an empty context: (B, nh, T, T) from
+    the input its attention saw (its LayerNorm's output (B, T, E)), through its own query and key
+    projections: softmax(q k^T / sqrt(head size)), what `scaled_dot_product_attention` weighs by."""
+    batch, steps, width = normed.shape
+    q, k, _ = block.attention.qkv(normed).split(width, dim=2)
+    q, k = (t.view(batch, steps, heads, width // heads).transpose(1, 2).float() for t in (q, k))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(width // heads)
+    future = torch.ones(steps, steps, dtype=torch.bool, device=normed.device).triu(diagonal=1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
 
 
 def text_features(tokens: list[str]) -> dict[str, torch.Tensor]:

@@ -46,6 +46,10 @@ class Model(Protocol):
     def parameter_groups(self, weight_decay: float) -> Iterable[Any]:
         """What the optimizer is built over: parameters, or groups with their own weight decay."""
 
+    def hidden_matrices(self) -> list[Any]:
+        """The 2-D weights inside the model that --optimizer muon orthogonalises the updates of (not
+        the embeddings or the head, which read or write tokens)."""
+
     def describe(self) -> str:
         """One line for the user ("lstm 2x512"), or "" to be named by its architecture."""
 
@@ -92,6 +96,11 @@ class ModelDefaults:
 
     def parameter_groups(self: Any, weight_decay: float) -> Iterable[Any]:
         return self.parameters()  # decayed by the optimizer's own weight decay
+
+    def hidden_matrices(self: Any) -> list[Any]:
+        return [parameter for name, parameter in self.named_parameters()  # by name: embeddings and heads read
+                if parameter.dim() == 2 and min(parameter.shape) > 1  # and write tokens; a row is a vector
+                and not any(part in name for part in ("embedding", "head"))]
 
     def describe(self) -> str:
         return ""

@@ -163,6 +163,11 @@ class LanguageModel(ModelDefaults, nn.Module):
     def num_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """`ModelDefaults`', but for the first layer's input weights over one-hot ids: an embedding."""
+        one_hot = self.rnn.weight_ih_l0 if self.embedding is None else None
+        return [parameter for parameter in super().hidden_matrices() if parameter is not one_hot]
+
     def describe(self) -> str:
         """One line for the user: "lstm 2x512"."""
         return f"{self.config.cell} {self.config.num_layers}x{self.config.hidden_size}"

@@ -97,6 +97,9 @@ for _cell in CELLS:
                           help=f"a recurrent language model of {_cell.upper()} cells", named_in_metadata=False))
 register(Architecture("lm", "transformer", "charlm.models.transformer:Transformer", "charlm.models.transformer:TransformerConfig",
                       defaults=ARCHITECTURE_DEFAULTS["transformer"], help="a decoder-only causal transformer (nanoGPT's GPT)"))
+for _cell in ("mingru", "minlstm"):
+    register(Architecture("lm", _cell, "charlm.models.minrnn:MinRNN", "charlm.models.minrnn:MinRNNConfig", fixed={"cell": _cell},
+                          defaults=ARCHITECTURE_DEFAULTS[_cell], help=f"{_cell}: a recurrent model that trains by a parallel scan"))
 register(Architecture("translate", "seq2seq", "charlm.models.seq2seq:Seq2Seq", "charlm.models.seq2seq:Seq2SeqConfig",
                       help="an encoder-decoder, with Bahdanau attention unless --no-attention"))
 register(Architecture("translate", "tagger", "charlm.models.seq2seq:Tagger", "charlm.models.seq2seq:TaggerConfig",

@@ -42,7 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from charlm.errors import CharlmError
-from charlm.evaluation.inside_page import view_data
+from charlm.evaluation.inside_page import script, view_data
 from charlm.generation.request import Request as GenerationRequest
 from charlm.generation.sampling import encode_prefix
 from charlm.serve.batcher import Batcher
@@ -77,7 +77,8 @@ GENERATE_FIELDS = ("model", *(row.name for row in HTTP_ROWS), "stream")
 TRANSLATE_ROWS = for_command(TRANSLATE, "http")  # beam, max_length, length_penalty, unknown
 TRANSLATE_FIELDS = ("model", "inputs", *(row.name for row in TRANSLATE_ROWS))
 ATTENTION_FIELDS = ("model", "input", "unknown")
-INSIDE_FIELDS = ("model", "text", "top_k")
+INSIDE_FIELDS = ("model", "text", "top_k", "units")
+INSIDE_UNITS = 16  # the units a request may ask for beside those the ranking found
 
 
 def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_hosts: tuple[str, ...] | None = None,
@@ -95,6 +96,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
     slots = Slots(limits.in_flight)
     page = {path: (resources.files("charlm.serve").joinpath("static", name).read_bytes(), kind)
             for path, (name, kind) in PAGE_FILES.items()}
+    page["/inside.js"] = (script().encode("utf-8"), "text/javascript")  # the inside view, as `charlm inside --html`'s
 
     def pick(name: str | None, task: str | None) -> Served:
         """The model named (None: the first of `task`), of `task` (None: any)."""
@@ -176,8 +178,13 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         if text is None:
             raise RequestError("text must be a string, got null", param="text")
         top_k = fields.integer("top_k", 5, 1, limits.top_k)
+        units = fields.texts("units", INSIDE_UNITS, 200, required=False)
         seen = await in_worker(served, lambda: served.model.inspect(text, top_k))
-        return Json({"model": served.name, **view_data(seen, seen.rank_units())})
+        try:
+            return Json({"model": served.name, **view_data(seen, seen.rank_units(), units)})
+        except KeyError as missing:
+            raise RequestError(f"units: this model has no unit {shown(missing.args[0])}; a unit is a layer "
+                               f"({', '.join(sorted(seen.activations))}) and an index below its size", param="units") from None
 
     async def in_worker(served: Served, work: Callable[[], Any]) -> Any:
         """A model's work in a worker thread (a pair model's, or looking inside a language model),
@@ -225,7 +232,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         log.error("%s %s failed", request.method, request.url.path, exc_info=problem)
         return error("the server failed on this request; its log says why", 500, request.url.path)
 
-    routes = [*(Route(path, page_file) for path in PAGE_FILES), Route("/v1/models/{name}/metrics", metrics),
+    routes = [*(Route(path, page_file) for path in page), Route("/v1/models/{name}/metrics", metrics),
               Route("/v1/generate", generate, methods=["POST"]), Route("/v1/translate", translate, methods=["POST"]),
               Route("/v1/attention", attention, methods=["POST"]), Route("/v1/inside", inside, methods=["POST"]),
               *openai_routes(catalog, batchers, slots, limits, pick, chat_template)]

@@ -167,9 +167,12 @@ class Fields:
             raise RequestError(f"{name} takes at most {MAX_STOPS} strings, got {len(value)}", param=name)
         return tuple(value)
 
-    def texts(self, name: str, max_count: int, max_chars: int) -> list[str]:
+    def texts(self, name: str, max_count: int, max_chars: int, required: bool = True) -> list[str]:
+        """A list of strings; one left out is [] where it is not `required`."""
+        if not required and name not in self.data:
+            return []
         value = self.data.get(name)
-        if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        if not isinstance(value, list) or (required and not value) or not all(isinstance(item, str) for item in value):
             raise RequestError(f"{name} must be a list of one or more strings, got {shown(value)}", param=name)
         if len(value) > max_count:
             raise RequestError(f"{name} holds {len(value):,} strings; at most {max_count:,}", param=name)

@@ -38,9 +38,9 @@ def _text_default(name: str) -> str:
     return f"[default: {_text(name, presets.PRESETS['lm'][name])}]"
 
 
-def _transformer_defaults() -> str:
-    """The transformer's defaults where they differ from text's, as flags: "--seq-len 64, ..."."""
-    changed = {name: value for name, value in presets.ARCHITECTURE_DEFAULTS["transformer"].items()
+def _architecture_defaults(architecture: str) -> str:
+    """An architecture's defaults where they differ from text's, as flags: "--seq-len 64, ..."."""
+    changed = {name: value for name, value in presets.ARCHITECTURE_DEFAULTS[architecture].items()
                if value != presets.LM.get(name)}
     return ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in changed.items())
 
@@ -62,8 +62,10 @@ TRAIN = table(
             switch=True, only="translate"),
     Setting("skip_bad_lines", bool, False, "Pairs: leave out malformed lines instead of stopping.", ("train", "eval"),
             only="translate"),
-    Setting("cell", str, None, "Text: the recurrent cell, or a causal transformer, which has its own defaults: "
-            f"{_transformer_defaults()}. Pairs: the cell. {_per_task('cell')}", ("train",), choices=_model_names,
+    Setting("cell", str, None, "Text: the recurrent cell, a causal transformer or a minGRU or minLSTM (trained by a "
+            f"parallel scan), which have their own defaults: transformer {_architecture_defaults('transformer')}; "
+            f"mingru and minlstm {_architecture_defaults('mingru')}. Pairs: the cell. {_per_task('cell')}",
+            ("train",), choices=_model_names,
             flag="--model", keyword="model", from_parent=True),
     Setting("from_scratch", bool, _COMMON["from_scratch"], "Use the from-scratch cells (explicit equations) instead of "
             "torch's.", ("train",), model_field=True, from_parent=True),
@@ -108,7 +110,9 @@ TRAIN = table(
             low=1),
     Setting("iterator", str, _COMMON["iterator"], "Text: sequential carries the hidden state between batches; random "
             "samples independent windows.", ("train",), choices=presets.ITERATORS, only="lm"),
-    Setting("optimizer", str, _COMMON["optimizer"], "", ("train",), choices=presets.OPTIMIZERS),
+    Setting("optimizer", str, _COMMON["optimizer"], "muon: Muon's orthogonalised updates for the hidden "
+            "matrices, AdamW for the embeddings, head, biases and gains, at the same --lr.", ("train",),
+            choices=presets.OPTIMIZERS),
     Setting("lr", float, None, f"Learning rate. {_per_task('lr')}", ("train",), low=0, low_open=True, finite=True,
             rule="a positive number"),
     Setting("lr_schedule", str, None, "cosine: from --lr down to --lr x --min-lr-ratio over --epochs. "

@@ -13,6 +13,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,10 +64,58 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     its own view of weight decay offers (`model.parameter_groups(weight_decay)`: the transformer
     decays its matrices only); every parameter is decayed by --weight-decay otherwise."""
     groups = model.parameter_groups(config.weight_decay)
+    if config.optimizer == "muon":
+        return MuonAdamW(model, groups, config.lr, config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, weight_decay=config.weight_decay)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return optimizer_class(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """--optimizer muon: torch's Muon for the model's hidden matrices (`model.hidden_matrices()`:
+    the recurrent and input weights, attention and MLP matrices), AdamW for the rest (embeddings,
+    the head, biases and gains), as one optimizer: one `param_groups` list (a group Muon steps has
+    "muon": True) for the schedule to set each group's rate, and one `state` for the resume file.
+    Muon's update is scaled to AdamW's size ("match_rms_adamw", Moonshot's), so both take the
+    AdamW learning rate and weight decay. Each group keeps the weight decay the model gave it."""
+
+    def __init__(self, model: nn.Module, groups: Any, lr: float, weight_decay: float) -> None:
+        hidden = {id(parameter) for parameter in model.hidden_matrices()}
+        groups = list(groups)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        split = {True: [], False: []}
+        for group in groups:
+            for is_hidden in (True, False):
+                kept = [parameter for parameter in group["params"] if (id(parameter) in hidden) is is_hidden]
+                if kept:
+                    split[is_hidden].append({**group, "params": kept, "muon": is_hidden})
+        self.muon = torch.optim.Muon(split[True], lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw") \
+            if split[True] else None
+        self.adamw = torch.optim.AdamW(split[False], lr=lr, weight_decay=weight_decay) if split[False] else None
+        inner = [optimizer for optimizer in (self.muon, self.adamw) if optimizer is not None]
+        super().__init__([group for optimizer in inner for group in optimizer.param_groups], {})
+        self._share()
+
+    def _share(self) -> None:
+        """Point the two optimizers at this one's groups (the same dicts) and state."""
+        muon = [group for group in self.param_groups if group["muon"]]
+        for optimizer, groups in ((self.muon, muon), (self.adamw, [g for g in self.param_groups if not g["muon"]])):
+            if optimizer is not None:
+                optimizer.param_groups, optimizer.state = groups, self.state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)  # new group dicts and state: share them again
+        self._share()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None if closure is None else closure()
+        for optimizer in (self.muon, self.adamw):
+            if optimizer is not None:
+                optimizer.step()
+        return loss
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:

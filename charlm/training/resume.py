@@ -144,8 +144,8 @@ def read_resume(
         if run_state.batch_index > batches_per_epoch:
             raise ValueError(f"batch_index {run_state.batch_index} is past the end of an epoch "
                              f"({batches_per_epoch} batches)")
-        layout = optimizer_layout(train_config)
-        optimizer_state = _optimizer_state(tensors, info["optimizer_scalars"], run_state.step, optimizer, layout,
+        layouts = optimizer_layout(train_config)
+        optimizer_state = _optimizer_state(tensors, info["optimizer_scalars"], run_state.step, optimizer, layouts,
                                            train_config.optimizer, device)
         carried = _carried_state(tensors, model, train_config.batch_size, device) if carries_state else None
         prefix = f"rng.rank{rank}." if rank else "rng."
@@ -227,36 +227,41 @@ def check_corpus(
     return said
 
 
-def optimizer_layout(train_config: TrainConfig) -> dict[str, Any]:
+def optimizer_layout(train_config: TrainConfig) -> dict[bool, dict[str, Any]]:
     """What the optimizer of `train_config` keeps for each parameter, learnt from one stepped on a
-    probe: {key: "parameter" (a tensor of the parameter's shape), "scalar" (a 0-dim tensor, such as
-    the step count) or the type of a plain value}."""
-    probe = nn.Parameter(torch.zeros(2))
+    probe, for the parameters Muon steps (True: --optimizer muon's hidden matrices) and the others
+    (False): {key: "parameter" (a tensor of the parameter's shape), "scalar" (a 0-dim tensor, such
+    as the step count) or the type of a plain value}."""
+    probe = _Probe()
     # The rates are no part of the layout, and the user's (say --lr 1e38) could overflow the probe's step.
-    optimizer = make_optimizer(_Probe(probe), replace(train_config, lr=1.0, weight_decay=0.0))
-    probe.grad = torch.ones(2)
+    optimizer = make_optimizer(probe, replace(train_config, lr=1.0, weight_decay=0.0))
+    for parameter in probe.parameters():
+        parameter.grad = torch.ones_like(parameter)
     optimizer.step()
-    return {key: ("parameter" if value.shape == probe.shape else "scalar") if torch.is_tensor(value) else type(value)
-            for key, value in optimizer.state[probe].items()}
+    return {group.get("muon", False): {key: ("parameter" if value.shape == parameter.shape else "scalar")
+                                       if torch.is_tensor(value) else type(value)
+                                       for key, value in optimizer.state[parameter].items()}
+            for group in optimizer.param_groups for parameter in group["params"]}
 
 
 class _Probe(ModelDefaults, nn.Module):
-    """A model of one parameter, for `optimizer_layout` to step an optimizer of the run's settings on."""
+    """A model of a matrix and a vector, for `optimizer_layout` to step an optimizer of the run's settings on."""
 
-    def __init__(self, parameter: nn.Parameter) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.parameter = parameter
+        self.matrix, self.vector = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2))
 
 
 def _optimizer_state(
     tensors: dict[str, torch.Tensor], scalars: Any, step: int, optimizer: torch.optim.Optimizer,
-    layout: dict[str, Any], optimizer_name: str, device: torch.device,
+    layouts: dict[bool, dict[str, Any]], optimizer_name: str, device: torch.device,
 ) -> dict[int, dict[str, Any]]:
     """The optimizer state of a resume file ("optim.<index>.<key>" tensors and the JSON `scalars`),
     checked against what this optimizer keeps for each parameter: every key, of the right shape,
     finite, and no more steps than the run has taken. torch itself checks none of this until the
     first step, and then a wrong shape is a traceback and a NaN a diverged loss."""
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    kinds = [group.get("muon", False) for group in optimizer.param_groups for _ in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         if name.startswith("optim."):
@@ -267,6 +272,7 @@ def _optimizer_state(
     for index, values in state.items():  # a parameter with no state starts afresh, as at step 0
         if not 0 <= index < len(parameters):
             raise ValueError(f"optimizer state for parameter {index} of {len(parameters)}")
+        layout = layouts[kinds[index]]
         missing = sorted(layout.keys() - values.keys())
         if missing:
             raise ValueError(f"optimizer state of parameter {index} lacks {', '.join(missing)}, which "

@@ -127,7 +127,7 @@ def test_an_architecture_registered_after_import_is_one_train_takes(runner, tiny
     monkeypatch.setitem(registry.ARCHITECTURES, ("lm", "toy"), registry.Architecture(
         "lm", "toy", ToyModel, ToyConfig, fixed={"cell": "gru"}, defaults={"hidden_size": 12}))
     toy = ("train", tiny_corpus, "--model", "toy", "--batch-size", "4", "--seq-len", "8", "--max-steps", "1", "--quiet")
-    assert "[rnn|gru|lstm|transformer|toy]" in run_cli(runner, "train", "--help").stdout
+    assert "[rnn|gru|lstm|transformer|mingru|minlstm|toy]" in run_cli(runner, "train", "--help").stdout
     for extra, hidden_size in (((), 12), (("--hidden-size", "10"), 10)):
         run_cli(runner, *toy, *extra, "--out", f"toy{hidden_size}.safetensors")
         meta = json.loads(run_cli(runner, "info", f"toy{hidden_size}.safetensors", "--json").stdout)

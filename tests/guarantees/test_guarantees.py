@@ -461,7 +461,7 @@ def test_sigterm_writes_a_resumable_checkpoint_and_exits_nonzero(runner, tiny_co
 
 @pytest.mark.parametrize(("kind", "iterator", "optimizer"), [
     ("rnn", "sequential", "adamw"), ("rnn", "sequential", "adam"), ("rnn", "random", "sgd"),
-    ("transformer", "random", "adamw"),
+    ("rnn", "sequential", "muon"), ("transformer", "random", "adamw"), ("transformer", "random", "muon"),
 ])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, kind, iterator, optimizer):
     """30 steps at once, or in three runs stopped by --max-steps at 10 (an epoch's end) and 17

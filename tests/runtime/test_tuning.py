@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,16 @@ from charlm.runtime import measured as tuning
 from tests.conftest import TINY_MODEL, run_cli
 
 
+SPENT = [0.0]  # the seconds fake steps have taken, on the clock `charlm.runtime.measured` reads
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    """The measuring module's clock: the real one plus the seconds fake steps declare, so that a
+    fake step takes the time the test gives it exactly, however busy the machine running it."""
+    monkeypatch.setattr(tuning, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + SPENT[0]))
+
+
 def fake_step(seconds: dict, losses: dict, model: torch.nn.Module | None = None):
     """A step_loss whose duration and loss per precision (and per `model.fast_path`, for a model
     with a choice of path: seconds keyed (False, path)) the test sets."""
@@ -24,7 +35,7 @@ def fake_step(seconds: dict, losses: dict, model: torch.nn.Module | None = None)
     def step_loss(bf16: bool, backward: bool) -> torch.Tensor:
         key = (bf16, model.fast_path) if model is not None and not bf16 else bf16
         calls.append(key)
-        time.sleep(seconds[key])
+        SPENT[0] += seconds[key]
         return torch.tensor(losses[bf16])
 
     return step_loss, calls

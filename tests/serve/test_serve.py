@@ -653,3 +653,19 @@ def test_inside_gives_the_models_view_of_a_text_within_bounds(client, catalog):
         assert answer.status_code == 400 and "error" in answer.json(), (body, answer.text)
     one = post(client, "/v1/inside", {"text": "t"})
     assert one.status_code == 400 and "fewer than 2 tokens" in one.json()["error"]
+
+
+def test_inside_gives_any_unit_asked_for_and_the_page_its_script(client, catalog):
+    text = TINY_TEXT[:200]
+    seen = post(client, "/v1/inside", {"text": text, "units": ["layer 0 c 3", "layer 0 h 0"]}).json()
+    expected = catalog["tiny"].model.inspect(text)
+    assert seen["layers"] == {name: 16 for name in expected.activations}
+    for unit, (name, index) in (("layer 0 c 3", ("layer 0 c", 3)), ("layer 0 h 0", ("layer 0 h", 0))):
+        values = expected.activations[name][:, index].tolist()
+        assert seen["units"][unit][:-1] == [round(value, 4) for value in values[:-1]] and seen["units"][unit][-1] is None
+    for units in (["layer 9 h 0"], ["layer 0 h 16"], ["layer 0 h"], ["x"] * 17, "layer 0 h 1", [3]):
+        answer = post(client, "/v1/inside", {"text": text, "units": units})
+        assert answer.status_code == 400 and "units" in answer.json()["error"], (units, answer.text)
+    script = client.get("/inside.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert b"function insideView" in script.content

@@ -67,6 +67,8 @@ function showModel() {
   if (!model) return;
   $("about").textContent = about(model);
   $("lm").hidden = model.task === "translate";
+  $("inside").hidden = model.task === "translate";
+  $("inside-view").replaceChildren();
   $("pairs").hidden = model.task !== "translate";
   $("api").hidden = model.task === "translate";
   $("curl").textContent = curl(settings());
@@ -219,6 +221,27 @@ function drawAttention({source, output, weights}) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Inside: the model's view of a text (/v1/inside), drawn by the view `charlm inside --html` writes
+
+async function lookInside(event) {
+  event.preventDefault();
+  const text = $("inside-text").value;
+  if (text.length < 2) return say($("inside-status"), "type a text of 2 characters or more first", true);
+  const model = $("model").value;
+  say($("inside-status"), "reading…");
+  try {
+    const data = await (await api("/v1/inside", {model, text})).json();
+    const loadUnit = async (unit) => (await (await api("/v1/inside", {model, text, units: [unit]})).json()).units[unit];
+    insideView($("inside-view"), data, {loadUnit});
+    const bits = data.surprise.filter((value) => value !== null);
+    say($("inside-status"), `${bits.length.toLocaleString()} tokens predicted, ` +
+        `${(bits.reduce((a, b) => a + b, 0) / Math.max(bits.length, 1)).toFixed(3)} bits each on average`);
+  } catch (error) {
+    say($("inside-status"), error.message, true);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The loss curve, as SVG
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -288,6 +311,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("generate-form").addEventListener("submit", generate);
   $("stop").addEventListener("click", stop);
   $("translate-form").addEventListener("submit", translate);
+  $("inside-form").addEventListener("submit", lookInside);
+  $("look-generated").addEventListener("click", () => {
+    $("inside-text").value = $("output").textContent;
+    $("inside-form").requestSubmit();
+  });
   $("model").addEventListener("change", showModel);
   $("key").addEventListener("change", () => {
     key = $("key").value.trim();
