@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from charlm.cli import device_option, options
+from charlm.cli import device_option, escaped, options
 from charlm.settings import SERVE
 
 
@@ -34,7 +34,8 @@ def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, devi
     from charlm.serve.app import LOOPBACK_HOSTS, create_app
     from charlm.serve.catalog import load_catalog
     from charlm.serve.chat import ChatTemplate
-    from charlm.serve.server import bind, is_loopback, serve_forever, url
+    from charlm.serve.guards import canonical, is_loopback
+    from charlm.serve.server import bind, serve_forever, url
 
     template = ChatTemplate(chat_template)
     if api_key is not None and not api_key.strip():
@@ -45,15 +46,16 @@ def serve(checkpoints: tuple[str, ...], host: str, port: int, threads: int, devi
                          "CHARLM_API_KEY) or, to serve anyone who can reach it, --allow-no-key")
     catalog = load_catalog(list(checkpoints), device)
     if not loopback and api_key is None:
-        click.echo(f"warning: serving on {host}, which other machines can reach, without a key (--allow-no-key)",
-                   err=True)
-    sock = bind(host, port)
-    app = create_app(catalog, allowed_hosts=LOOPBACK_HOSTS if loopback else None, threads=threads, precision=precision,
+        click.echo(f"warning: serving on {escaped(host)}, which other machines can reach, without a key "
+                   "(--allow-no-key)", err=True)
+    sock = bind(canonical(host), port)  # `localhost.` as `localhost`, which not every resolver does
+    hosts = tuple(dict.fromkeys((*LOOPBACK_HOSTS, canonical(host))))  # and the loopback address it was told
+    app = create_app(catalog, allowed_hosts=hosts if loopback else None, threads=threads, precision=precision,
                      api_key=api_key, chat_template=template)
     for name, batcher in app.state.batchers.items():
         if batcher.note:
-            click.echo(f"{name}: {batcher.note}", err=True)
-    names = ", ".join(f"{name} ({served.task})" for name, served in catalog.items())
+            click.echo(f"{escaped(name)}: {batcher.note}", err=True)
+    names = ", ".join(f"{escaped(name)} ({served.task})" for name, served in catalog.items())  # from file names
     key = ", a key required" if api_key is not None else ""
     click.echo(f"serving {names} at {url(sock)} (OpenAI's API at {url(sock)}v1{key}; Ctrl-C stops)", err=True)
     serve_forever(app, sock, on_stop=app.state.stop)

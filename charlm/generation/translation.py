@@ -10,6 +10,8 @@ characters (by default twice the source's length plus 10). It knows nothing abou
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,9 +71,13 @@ class Hypothesis:
     ended: bool  # with <eos>, or cut at the maximum length
 
     def normalised(self, length_penalty: float) -> float:
-        """score / length ** length_penalty: 0 ranks by total log-probability (which favours short
-        outputs), 1 by the mean log-probability per character."""
-        return self.score / max(len(self.ids) + self.ended, 1) ** length_penalty
+        """What ranks as score / length ** length_penalty: 0 ranks by total log-probability (which
+        favours short outputs), 1 by the mean log-probability per character. Taken in the log
+        domain, -log(-score) + length_penalty * log(length) (a score is at most 0), so that no
+        penalty, however large, overflows."""
+        if self.score >= 0:
+            return math.inf
+        return length_penalty * math.log(max(len(self.ids) + self.ended, 1)) - math.log(-self.score)
 
 
 @torch.inference_mode()

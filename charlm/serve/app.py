@@ -124,7 +124,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         return Json({"model": name, **json_safe(await run_in_threadpool(catalog[name].metrics))})
 
     async def generate(request: Request) -> Response:
-        fields = Fields(await read_json(request, limits.body_bytes), GENERATE_FIELDS)
+        fields = Fields(await read_json(request, limits), GENERATE_FIELDS)
         served = pick(fields.text("model", None, 200), "lm")
         values = {row.name: fields.setting(row, *limits.bounds(row.name)) for row in HTTP_ROWS}
         asked = GenerationRequest.from_fields(values, said="field")
@@ -133,7 +133,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         prefix_ids = encode_prefix(asked.prefix, served.model.vocab, meta.tokens, meta.preprocess, asked.unknown)
         job = Job(batchers[served.name], slots, [(asked, prefix_ids)], streaming)
         if streaming:
-            return EventStream(stream_events(served.name, job), job.close)
+            return EventStream(stream_events(served.name, job), job.close, limits.write_seconds, job.stopping)
         try:
             if not await job.finished(request):
                 return Response(status_code=499)
@@ -142,19 +142,18 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
             job.close()
 
     async def stream_events(name: str, job: Job) -> AsyncIterator[str]:
-        """An event per piece of text as it is made (the pieces of `STREAM_INTERVAL` joined), then
-        `done`, or `error` if the generation failed (the batcher has logged why)."""
+        """An event per sample's piece of text as it is made (the pieces of `STREAM_INTERVAL`
+        joined, its events written at once), then `done`, or `error` if the generation failed (the
+        batcher has logged why)."""
         async for taken, ended in job.taken_pieces():
-            for sample, text, _ in taken:
-                yield event({"sample": sample, "text": text})
+            events = [event({"sample": sample, "text": text}) for sample, text, _ in taken]
             if ended:
-                if job.failure is not None:
-                    yield event({"error": job.failure}, "error")
-                else:
-                    yield event({"model": name, "seed": job.generations[0].seed}, "done")
+                events.append(event({"error": job.failure}, "error") if job.failure is not None else
+                              event({"model": name, "seed": job.generations[0].seed}, "done"))
+            yield "".join(events)  # one write
 
     async def translate(request: Request) -> Response:
-        fields = Fields(await read_json(request, limits.body_bytes), TRANSLATE_FIELDS)
+        fields = Fields(await read_json(request, limits), TRANSLATE_FIELDS)
         served = pick(fields.text("model", None, 200), "translate")
         inputs = fields.texts("inputs", limits.inputs, limits.input_chars)
         asked = {row.name: fields.setting(row, *limits.bounds(row.name)) for row in TRANSLATE_ROWS}
@@ -162,7 +161,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         return Json({"model": served.name, "outputs": outputs})
 
     async def attention(request: Request) -> Response:
-        fields = Fields(await read_json(request, limits.body_bytes), ATTENTION_FIELDS)
+        fields = Fields(await read_json(request, limits), ATTENTION_FIELDS)
         served = pick(fields.text("model", None, 200), "translate")
         text = fields.text("input", None, limits.input_chars)
         if text is None:
@@ -173,7 +172,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
                      "weights": found["weights"].tolist()})
 
     async def inside(request: Request) -> Response:
-        fields = Fields(await read_json(request, limits.body_bytes), INSIDE_FIELDS)
+        fields = Fields(await read_json(request, limits), INSIDE_FIELDS)
         served = pick(fields.text("model", None, 200), "lm")
         text = fields.text("text", None, limits.inside_chars)
         if text is None:
@@ -214,7 +213,8 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
         stop()
 
     async def refused(request: Request, problem: RequestError) -> Response:
-        return error(str(problem), problem.status, request.url.path, problem.param, problem.code)
+        unread = {"Connection": "close"} if problem.status in (408, 413) else None  # its body not read whole
+        return error(str(problem), problem.status, request.url.path, problem.param, problem.code, unread)
 
     async def user_error(request: Request, problem: CharlmError) -> Response:  # the settings named as fields
         message = in_terms(str(problem), "field", [*GENERATE.values(), *TRANSLATE.values()])

@@ -176,6 +176,10 @@ class Batcher:
         with self._wake:
             return len(self._pending) + sum(len(group.requests) for group in self._groups)
 
+    def closed(self) -> bool:
+        """Whether `close` has been called: the server is stopping."""
+        return self._closed
+
     def close(self) -> None:
         """End every request (with `Stopped`) and the thread; again, nothing."""
         with self._wake:

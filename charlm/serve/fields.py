@@ -19,7 +19,8 @@ from charlm.settings import Setting
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for, and how many may run at once (the README lists them)."""
+    """What one request may ask for, how many may run at once, and how long a client may take to
+    send its body or to take its stream (the README lists them)."""
 
     body_bytes: int = 64 * 1024     # a request body; refused unread past this
     prefix_chars: int = 4000        # /v1/generate's prefix
@@ -34,6 +35,8 @@ class Limits:
     messages: int = 256             # /v1/chat/completions' messages per request
     inside_chars: int = 20_000      # /v1/inside's text
     top_k: int = 20                 # /v1/inside's expectations per token
+    read_seconds: float = 10.0      # a body that takes longer to arrive; then 408
+    write_seconds: float = 10.0     # a stream whose client takes none of it for this long is ended
 
     def bounds(self, name: str) -> tuple[int | None, int | None]:
         """The server's own (low, high) on a field of a generation or translation, beside its row's
@@ -44,6 +47,15 @@ class Limits:
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # the seeds torch takes
+WHOLE_RANGE = (-(10**20) + 1, 10**20 - 1)  # any whole number a field takes: a longer one is no count, nor a float
+
+
+def finite(value: float) -> bool:
+    """Whether a JSON number is finite as a float (a whole number too long for one is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 MAX_STOPS = 4  # stop texts a request may give: OpenAI's bound
 
 
@@ -86,8 +98,10 @@ class Fields:
 
     def integer(self, name: str, default: int | None, low: int | None, high: int | None) -> int | None:
         given, value = self._given(name, default)
-        if given and type(value) is not int:
-            raise RequestError(f"{name} must be a whole number, got {shown(value)}", param=name)
+        if given and (type(value) is not int or not WHOLE_RANGE[0] <= value <= WHOLE_RANGE[1]):
+            raise RequestError(f"{name} must be a whole number of at most 20 digits, got {shown(value)}"
+                               if type(value) is int else f"{name} must be a whole number, got {shown(value)}",
+                               param=name)
         if given and low is not None and not (low <= value and (high is None or value <= high)):
             raise RequestError(f"{name} must be from {low:,}" + (f" to {high:,}" if high is not None else " up")
                                + f", got {shown(value)}", param=name)
@@ -98,7 +112,7 @@ class Fields:
     def number(self, name: str, default: float | None, low: float | None, high: float | None = None,
                low_open: bool = False, high_open: bool = False) -> float | None:
         given, value = self._given(name, default)
-        if given and (type(value) not in (int, float) or not math.isfinite(value)):
+        if given and (type(value) not in (int, float) or not finite(value)):
             raise RequestError(f"{name} must be a number, got {shown(value)}", param=name)
         if not given:
             return value

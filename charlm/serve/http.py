@@ -10,13 +10,14 @@ path that does not exist) answers as OpenAI does. It knows nothing about models 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from charlm.serve.fields import RequestError
+from charlm.serve.fields import Limits, RequestError
 
 NATIVE_PATHS = ("/v1/generate", "/v1/translate", "/v1/attention", "/v1/inside")  # and /v1/models/{name}/metrics
 
@@ -47,9 +48,11 @@ def error(message: str, status: int, path: str = "", param: str | None = None, c
     return Json({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object: application/json, at most `limit` bytes (a longer one is refused
-    as soon as its length is known), UTF-8, no NaN or Infinity."""
+async def read_json(request: Request, limits: Limits) -> dict[str, Any]:
+    """The body as a JSON object: application/json, at most `limits.body_bytes` (a longer one is
+    refused as soon as its length is known), all of it within `limits.read_seconds` (a client that
+    sends it slowly, or never, is a 408 rather than a request held open), UTF-8, no NaN or Infinity."""
+    limit, seconds = limits.body_bytes, limits.read_seconds
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise RequestError("send the body as JSON with Content-Type: application/json", 415)
@@ -57,10 +60,17 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if declared and (not declared.isdigit() or int(declared) > limit):
         raise RequestError(f"the body is larger than {limit:,} bytes", 413)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(f"the body is larger than {limit:,} bytes", 413)
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise RequestError(f"the body is larger than {limit:,} bytes", 413)
+
+    try:
+        await asyncio.wait_for(read(), seconds)
+    except asyncio.TimeoutError:
+        raise RequestError(f"the body did not arrive within {seconds:g} s", 408) from None
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not a JSON number")

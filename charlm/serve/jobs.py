@@ -26,13 +26,13 @@ STREAM_INTERVAL = 0.02  # seconds between two events of one stream, at least: 50
 class Job:
     """The generations of `asks` ((request, prefix ids) each; their samples numbered one after the
     other) on `batcher`, a slot each. `tokens`: each piece of new text comes with its tokens.
-    A batcher that has stopped is a 503; `close()` (however the response ends) cancels what is
-    still at work and gives the slots back, once."""
+    A batcher that has stopped is a 503 (`stopping()`: whether it is stopping); `close()` (however
+    the response ends) cancels what is still at work and gives the slots back, once."""
 
     def __init__(self, batcher: Batcher, slots: Slots, asks: Sequence[tuple[Request, list[int]]], streaming: bool,
                  tokens: bool = False) -> None:
         self.pieces = Pieces(sum(request.num_samples for request, _ in asks), streaming, len(asks))
-        self.slots, self.taken, self.closed = slots, 0, False
+        self.slots, self.taken, self.closed, self.stopping = slots, 0, False, batcher.closed
         first = 0
         for request, prefix_ids in asks:
             on_text, on_end, on_tokens = self.pieces.part(first)

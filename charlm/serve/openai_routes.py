@@ -121,9 +121,9 @@ class _Answer:
         """The answer as server-sent events: chunks as the text is made, each choice's last with
         its finish reason, the usage if asked, then [DONE]; a failure as OpenAI's error object."""
         written = [0] * len(self.shown)
-        if self.chat:
-            for index in range(len(self.shown)):
-                yield event({**self.head(".chunk"), "choices": [self.choice(index, "", [], None, first=True)]})
+        if self.chat:  # each choice's role first, in one write
+            yield "".join(event({**self.head(".chunk"), "choices": [self.choice(index, "", [], None, first=True)]})
+                          for index in range(len(self.shown)))
         async for taken, ended in self.job.taken_pieces():
             choices = []
             for index, text, tokens in taken:
@@ -139,12 +139,12 @@ class _Answer:
             if ended and self.job.failure is not None:
                 yield event(openai_error_body(self.job.failure, 503 if "stopping" in self.job.failure else 500))
                 return
-        for index, sample in enumerate(self.samples()):
-            last = self.choice(index, "", [], sample.finish_reason)
-            yield event({**self.head(".chunk" if self.chat else ""), "choices": [last]})
+        last = [event({**self.head(".chunk" if self.chat else ""),
+                       "choices": [self.choice(index, "", [], sample.finish_reason)]})
+                for index, sample in enumerate(self.samples())]
         if self.asked.include_usage:
-            yield event({**self.head(".chunk" if self.chat else ""), "choices": [], "usage": self.usage()})
-        yield "data: [DONE]\n\n"
+            last.append(event({**self.head(".chunk" if self.chat else ""), "choices": [], "usage": self.usage()}))
+        yield "".join(last) + "data: [DONE]\n\n"  # one write
 
 
 def _bytes(text: str) -> list[int]:
@@ -171,7 +171,7 @@ def openai_routes(catalog: dict[str, Served], batchers: dict[str, Batcher], slot
         job = Job(batchers[served.name], slots, list(zip(asked.requests, prompt_ids)), asked.stream, tokens=True)
         made = _Answer(asked, served, job, prompt_ids, chat)
         if asked.stream:
-            return EventStream(made.chunks(), job.close)
+            return EventStream(made.chunks(), job.close, limits.write_seconds, job.stopping)
         try:
             if not await job.finished(request):
                 return Response(status_code=499)
@@ -180,10 +180,10 @@ def openai_routes(catalog: dict[str, Served], batchers: dict[str, Batcher], slot
             job.close()
 
     async def completions(request: Request) -> Response:
-        return await answer(request, read_completion(await read_json(request, limits.body_bytes), limits), False)
+        return await answer(request, read_completion(await read_json(request, limits), limits), False)
 
     async def chat(request: Request) -> Response:
-        asked = read_chat(await read_json(request, limits.body_bytes), limits, template)
+        asked = read_chat(await read_json(request, limits), limits, template)
         return await answer(request, asked, True)
 
     return [Route("/v1/models", models), Route("/v1/models/{name}", model),

@@ -8,9 +8,10 @@ test and the bench). It knows nothing about what the app serves.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
-import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -19,7 +20,18 @@ from typing import Any
 
 import uvicorn
 
+from charlm.serve.streaming import STOPPING_SECONDS, WRITE_POLL
+
 GRACEFUL_SECONDS = 2  # what a stopping server gives in-flight requests
+
+
+class EndedStreams(logging.Filter):
+    """Drops uvicorn's line on a response the app left unfinished: the app does so only when it
+    ends the stream of a client that is not reading (`charlm.serve.streaming.EventStream`), and
+    says so itself in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing response."
 
 
 def log_config() -> dict[str, Any]:
@@ -27,18 +39,10 @@ def log_config() -> dict[str, Any]:
     and charlm's own errors (a failed request's traceback) through the same handler."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    config["filters"] = {"ended_streams": {"()": EndedStreams}}
+    config["loggers"]["uvicorn.error"]["filters"] = ["ended_streams"]
     config["loggers"]["charlm"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return config
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is reachable only from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a name: it may resolve to anything
-        return False
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -58,7 +62,9 @@ def url(sock: socket.socket) -> str:
 
 class _Server(uvicorn.Server):
     """uvicorn's server, calling `on_stop` as it starts to stop: streams that would outlast the
-    grace period end then, rather than be cancelled in the middle."""
+    grace period end then, rather than be cancelled in the middle (those of clients not reading
+    within `STOPPING_SECONDS`), and a connection whose answer waits only on a client that is
+    not reading is dropped, rather than waited for."""
 
     def __init__(self, app: Any, log_level: str, on_stop: Callable[[], None] | None) -> None:
         super().__init__(uvicorn.Config(app, log_config=log_config(), log_level=log_level,
@@ -68,6 +74,12 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.on_stop is not None:
             self.on_stop()
+            await asyncio.sleep(STOPPING_SECONDS + 2 * WRITE_POLL)  # the streams of clients not reading end
+        for connection in list(self.server_state.connections):
+            transport, cycle = connection.transport, connection.cycle
+            done = cycle is None or cycle.response_complete or transport.is_closing()  # written, or given up
+            if done and transport.get_write_buffer_size():  # and what is left waits on a client not reading
+                transport.abort()
         await super().shutdown(sockets)
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from charlm.generation.continuation import Token
 from charlm.serve.batcher import Generation
+
+log = logging.getLogger(__name__)
+WRITE_POLL = 0.1  # seconds between two looks at a write that waits on a client
+STOPPING_SECONDS = 0.5  # how long a stopping server waits on a client that is not reading (under its grace period)
 
 Piece = tuple[int, str, "list[Token] | None"]  # a sample, its text, the tokens that make it (when asked for)
 
@@ -84,23 +89,29 @@ class Pieces:
                 generation.cancel()
 
     def take(self) -> tuple[list[Piece], bool]:
-        """The pieces not yet sent, joined per sample where they follow each other (but for each
-        sample's first, its prefix), and whether the generations have ended (then no piece comes
-        after these)."""
+        """The pieces not yet sent, joined per sample however the samples' pieces interleave (but
+        for each sample's first, its prefix, which goes out alone), and whether the generations
+        have ended (then no piece comes after these)."""
         with self._lock:
             unsent, self._unsent, self._woken, ended = self._unsent, [], False, self.ended
             self.ready.clear()
-        joined: list[Piece] = []
-        joinable = False
-        for sample, piece, tokens in unsent:
-            if joined and joined[-1][0] == sample and joinable:
-                before = joined[-1][2]
-                joined[-1] = (sample, joined[-1][1] + piece, None if before is None else before + (tokens or []))
-            else:
-                joined.append((sample, piece, tokens))
-            joinable = sample in self._begun  # a sample's first piece, its prefix, goes out alone
+        texts: list[list[str]] = []
+        tokens: list[list[Token] | None] = []
+        samples: list[int] = []
+        at: dict[int, int] = {}  # where a sample's joined piece is in the lists above
+        for sample, piece, its_tokens in unsent:
+            if sample in at:
+                texts[at[sample]].append(piece)
+                joined = tokens[at[sample]]
+                tokens[at[sample]] = None if joined is None else joined + (its_tokens or [])
+                continue
+            if sample in self._begun:
+                at[sample] = len(samples)
             self._begun.add(sample)
-        return joined, ended
+            samples.append(sample)
+            texts.append([piece])
+            tokens.append(None if its_tokens is None else list(its_tokens))
+        return [(sample, "".join(text), its_tokens) for sample, text, its_tokens in zip(samples, texts, tokens)], ended
 
 
 async def until_disconnected(request: Request) -> None:
@@ -108,20 +119,51 @@ async def until_disconnected(request: Request) -> None:
         pass
 
 
+class NotReading(Exception):
+    """A stream's client took none of its text for as long as the server waits (or the server is stopping)."""
+
+
 class EventStream(StreamingResponse):
     """Server-sent events; `on_close` runs however the response ends (a client gone before the
-    first event included)."""
+    first event included). A client that takes nothing for `write_seconds` (a write waits while
+    the socket's buffers are full), or for `STOPPING_SECONDS` once `stopping()`, has its stream
+    ended there, in one line of the log: a slow or stuck reader does not keep its place at work,
+    nor a stopping server waiting."""
 
-    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None], write_seconds: float,
+                 stopping: Callable[[], bool]) -> None:
         super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache",
                                                                           "X-Accel-Buffering": "no"})
-        self.on_close = on_close
+        self.on_close, self.write_seconds, self.stopping = on_close, write_seconds, stopping
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_in_time(message: Message) -> None:
+            await self._in_time(send(message))
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_in_time)
+        except NotReading as problem:
+            client = scope.get("client")
+            log.info("%s: %s", "%s:%d" % tuple(client) if client else "a client", problem)
         finally:
             self.on_close()
+
+    async def _in_time(self, sending: Awaitable[None]) -> None:
+        write = asyncio.ensure_future(sending)
+        waited = 0.0
+        try:
+            while not write.done():
+                await asyncio.wait({write}, timeout=WRITE_POLL)
+                waited += WRITE_POLL
+                if write.done():
+                    break
+                if self.stopping() and waited >= STOPPING_SECONDS:
+                    raise NotReading("its stream ended as the server stops; the client was not reading")
+                if waited >= self.write_seconds:
+                    raise NotReading(f"took none of its stream for {self.write_seconds:g} s; the stream is ended")
+        finally:
+            write.cancel()
+        write.result()
 
 
 def event(data: dict[str, Any], name: str | None = None) -> str:

@@ -74,7 +74,7 @@ TRANSLATE = table(
     Setting("max_length", int, None, "Stop an output at this many characters.", ("translate", "eval", "http"), low=1,
             shown_default="twice the input's length + 10"),
     Setting("length_penalty", float, 0.0, "Beam search ranks finished outputs by log-probability / length ** this "
-            "(0: total log-probability; 1: per character).", ("translate", "eval", "http"), low=0),
+            "(0: total log-probability; 1: per character).", ("translate", "eval", "http"), low=0, finite=True),
     replace(UNKNOWN, commands=("translate", "http")),
 )
 

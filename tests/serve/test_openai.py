@@ -6,6 +6,7 @@ the one `charlm generate` prints for the same settings and seed."""
 from __future__ import annotations
 
 import json
+import time
 import warnings
 
 import pytest
@@ -265,3 +266,22 @@ def test_a_stream_that_fails_ends_with_openais_error_object(catalog):
         client = openai.OpenAI(base_url=url + "v1", api_key="x", max_retries=0)
         with pytest.raises(openai.APIError, match="the generation failed on the server"):
             list(client.completions.create(model="tiny", prompt="the ", max_tokens=20, stream=True))
+
+
+def test_a_streamed_completion_of_several_choices_is_joined_into_few_chunks(client):
+    """n=8 choices streamed (their pieces interleaved as the batch makes them) come joined, at most
+    one chunk per 20 ms, each choice with the text and the log-probabilities of the same completion
+    not streamed."""
+    asked = {"model": "tiny", "prompt": "the ", "max_tokens": 400, "n": 8, "seed": 5, "logprobs": 2}
+    whole = client.completions.create(**asked).choices
+    started = time.monotonic()
+    chunks = list(client.completions.create(**asked, stream=True))
+    seconds = time.monotonic() - started
+    texts, tokens = [""] * 8, [[] for _ in range(8)]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            tokens[choice.index] += choice.logprobs.tokens if choice.logprobs else []
+    assert texts == [choice.text for choice in whole]
+    assert tokens == [choice.logprobs.tokens for choice in whole]
+    assert len(chunks) <= 8 + 2 + seconds / 0.02, (len(chunks), seconds)  # each choice's last, and one a 20 ms

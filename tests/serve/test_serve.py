@@ -582,7 +582,9 @@ def test_the_readme_lists_every_bound():
             f"| `beam` | {limits.beam} |", f"| `max_length` | {limits.max_length:,} characters",
             f"| requests at work (generations and translations) | {limits.in_flight} |",
             f"| `prompt` of /v1/completions | {limits.prompts} strings (n × prompts at most {limits.num_samples})",
-            f"| `messages` of /v1/chat/completions | {limits.messages} |"]
+            f"| `messages` of /v1/chat/completions | {limits.messages} |",
+            f"| a request body's arrival | {limits.read_seconds:g} s | 408 |",
+            f"| a stream's client taking none of it | {limits.write_seconds:g} s |"]
     assert [row for row in rows if row not in section] == []
 
 
