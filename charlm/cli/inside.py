@@ -7,11 +7,12 @@ Looking inside is the Python API's (`TextModel.inspect`, `Inside.rank_units`); t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from charlm.cli import CHECKPOINT_DIR, checkpoint_or_latest, device_option, escaped
+from charlm.cli import CHECKPOINT_DIR, checkpoint_or_latest, device_option, escaped, is_terminal
 
 MAX_CHARACTERS = 200_000  # a file longer than this is cut (said on stderr): the view is for reading
 SHADES = (231, 224, 217, 210, 203, 196)  # xterm-256 backgrounds, from no surprise to the most
@@ -54,7 +55,7 @@ def inside(file: Path, checkpoint: str | None, page: Path | None, top_k: int, co
         text = text[:most]
     seen = model.inspect(text, top_k=top_k)
     ranked = seen.rank_units()
-    colored = click.get_text_stream("stdout").isatty() if color is None else color
+    colored = is_terminal(sys.stdout) if color is None else color
     bits = [value for value in seen.surprise if value is not None]
     top = seen.saturation()
     pieces = []
