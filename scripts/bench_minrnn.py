@@ -4,7 +4,8 @@
     python scripts/bench_minrnn.py --json out.json
 
 For each cell, at charlm's defaults (`charlm.presets.ARCHITECTURE_DEFAULTS`), the same model and batch:
-  charlm      the trainer's step (`Trainer._train_step`: AdamW, clipping): the scan in chunks of `CHUNK`;
+  charlm      the trainer's step (`Trainer._train_step`: AdamW, clipping): on a CPU position by position
+              (`minrnn.sequential`), on a GPU the scan in chunks of `CHUNK`;
   one scan    a plain loop (forward, backward, AdamW) with the whole sequence in one log-space scan, as the
               reference code (lucidrains' minGRU-pytorch) runs it;
   sequential  the same loop with each layer run position by position (h = a h + b), as an RNN runs;

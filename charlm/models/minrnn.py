@@ -11,8 +11,9 @@ with g(x) = x + 0.5 for x >= 0 and sigmoid(x) below, so that every candidate is 
 h_t = a_t h_{t-1} + b_t with a_t in (0, 1) and b_t > 0 known for all positions at once, so a whole
 sequence is one scan (`scan`): h_t = A_t h_0 + A_t sum_{k<=t} b_k / A_k with A_t = a_1 ... a_t,
 in log space as a cumulative sum and a log-cumsum-exp (Heinsen's), in chunks of `CHUNK` positions
-so that the logs it subtracts stay small. The same scan of one position is a generation step, from
-a fixed-size state.
+so that the logs it subtracts stay small. That is how a GPU trains; on a CPU the same h are made
+position by position (`sequential`: one multiply-add each), which measured faster there. The same
+recurrence of one position is a generation step, from a fixed-size state.
 
 The stack is the reference code's (lucidrains' minGRU-pytorch `minLM`): an embedding; per layer
 x + minRNN(RMSNorm(x)) with an output projection where the state is wider than the model, then
@@ -118,6 +119,18 @@ def scan(log_a: Tensor, log_b: Tensor, h0: Tensor | None = None, chunk: int = CH
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
+def sequential(log_a: Tensor, log_b: Tensor, h0: Tensor | None = None) -> Tensor:
+    """`scan`'s h, position by position: h_t = a_t h_{t-1} + b_t, one multiply-add each. On a CPU
+    this is the faster form to train by (see the README: the scan's exp, log and log-cumsum-exp cost
+    more there than a loop of small multiply-adds); a GPU takes the scan."""
+    a, b = log_a.exp(), log_b.exp()
+    h, outputs = (torch.zeros_like(a[:, 0]) if h0 is None else h0), []
+    for position in range(a.shape[1]):
+        h = torch.addcmul(b[:, position], a[:, position], h)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)
+
+
 class MinRNNLayer(nn.Module):
     """x (B, T, E) -> h (B, T, H) of a minGRU or minLSTM, by `scan`, from h0 (B, H) or zeros."""
 
@@ -139,7 +152,7 @@ class MinRNNLayer(nn.Module):
         return -F.softplus(difference), -F.softplus(-difference) + log_g(candidate)  # log f/(f+i), log i/(f+i) + log g
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> Tensor:
-        return scan(*self.coefficients(x), h0)
+        return (sequential if x.device.type == "cpu" else scan)(*self.coefficients(x), h0)
 
 
 class Block(nn.Module):

@@ -37,16 +37,20 @@ def paper_recurrence(layer: MinRNNLayer, x: torch.Tensor, h: torch.Tensor) -> to
 
 
 @CELLS
-def test_the_scan_is_the_step_by_step_recurrence_with_its_gradients(cell):
+@pytest.mark.parametrize("form", ["scan", "sequential"])
+def test_the_scan_is_the_step_by_step_recurrence_with_its_gradients(cell, form):
     """In float64, over more positions than one chunk, from a carried state: the same h and the
-    same gradients of the input, the carried state and the weights, to rounding."""
+    same gradients of the input, the carried state and the weights, to rounding; for the scan (a
+    GPU's training) and the position-by-position form (a CPU's) alike."""
+    from charlm.models import minrnn
+
     torch.manual_seed(0)
     layer = MinRNNLayer(cell, 5, 7).double()
     x = (3 * torch.randn(3, 150, 5, dtype=torch.float64)).requires_grad_()  # both branches of g, saturated gates
     h0 = torch.rand(3, 7, dtype=torch.float64).requires_grad_()
     weights = torch.randn(3, 150, 7, dtype=torch.float64)  # a loss that reads every position
     results = []
-    for run in (lambda: layer(x, h0), lambda: paper_recurrence(layer, x, h0)):
+    for run in (lambda: getattr(minrnn, form)(*layer.coefficients(x), h0), lambda: paper_recurrence(layer, x, h0)):
         h = run()
         gradients = torch.autograd.grad((h * weights).sum(), (x, h0, layer.project.weight))
         results.append((h, *gradients))
