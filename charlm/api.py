@@ -107,15 +107,14 @@ def _check_keywords(function: str, options: dict[str, Any], rows: dict[str, Sett
 
 
 def _settings(options: dict[str, Any], rows: dict[str, Setting]) -> dict[str, Any]:
-    """The keywords given, each checked by its row (an error names the keyword), by setting name: a
-    path the command reads as a `Path` made one, repeatable text a tuple, the rest as given."""
+    """The keywords given, each checked by its row (an error names the keyword), by setting name, as
+    the row gives them back: a path the command reads as a `Path` made one, repeatable text a tuple,
+    a number a Python int or float (numpy's too)."""
     settings = {}
     for keyword, value in options.items():
         row = rows[keyword]
         checked = row.check(value, keyword)
-        if row.path is not None and value is not None:
-            value = Path(value)
-        settings[row.name] = checked if row.kind is tuple else value
+        settings[row.name] = Path(checked) if row.path is not None and checked is not None else checked
     return settings
 
 

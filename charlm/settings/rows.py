@@ -13,6 +13,7 @@ Standard library only: it knows nothing about what a setting does; the tables of
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -101,18 +102,23 @@ class Setting:
             if value not in choices:
                 raise SettingError(f"{said} must be one of {', '.join(choices)}, got {shown_value(value)}", self.name, said)
             return value
-        if self.kind is int:
-            if type(value) is not int:  # bool is not a number of steps
+        if self.kind is int:  # any whole number (numpy's too, made an int), but a bool: it is no number of steps
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 raise SettingError(f"{said} must be a whole number, got {shown_value(value)}", self.name, said)
+            value = int(value)
             self._check_bounds(value, said)
             if self.is_size and value > LARGEST_SIZE:
                 raise SettingError(f"{said} is too large: {shown_value(value)} (at most {LARGEST_SIZE:,})", self.name, said)
             return value
-        if self.kind is float:
-            if type(value) not in (int, float):
+        if self.kind is float:  # any real number (numpy's too), made a float
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise SettingError(f"{said} must be a number, got {shown_value(value)}", self.name, said)
-            self._check_bounds(value, said)
-            return float(value) if type(value) is int else value
+            try:
+                number = float(value)
+            except OverflowError:  # a whole number past float's range: as far as a float goes
+                number = math.inf if value > 0 else -math.inf
+            self._check_bounds(number, said, value)
+            return number
         if self.kind is str:
             if not isinstance(value, str):
                 raise SettingError(f"{said} must be a string, got {shown_value(value)}", self.name, said)
@@ -143,10 +149,11 @@ class Setting:
             return False
         return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
 
-    def _check_bounds(self, value: float, said: str) -> None:
+    def _check_bounds(self, value: float, said: str, given: Any = None) -> None:
+        """A `SettingError` unless `value` is `in_bounds`, showing it as `given` (the caller's number)."""
         if not self.in_bounds(value):
-            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {shown_value(value)}",
-                               self.name, said)
+            shown = shown_value(value if given is None else given)
+            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {shown}", self.name, said)
 
     def bounds_in_words(self) -> str:
         """The bounds as the error says them when no `rule` is given: "from 1 to 64", "at least 0"."""

@@ -80,6 +80,7 @@ def wrong_values(row) -> list:
     (lambda models: models["text"].generate(temperature=float("inf")), "temperature must be 0 (greedy) or a positive"),
     (lambda models: models["pairs"].translate("ab", beam=10**20), "beam is too large"),
     (lambda models: models["text"].evaluate("the time", held_out="yes"), "held_out must be true or false, got 'yes'"),
+    (lambda models: models["text"].generate(temperature=-10**400), "temperature must be 0 (greedy) or a positive number"),
 ])
 def test_every_keyword_refuses_a_wrong_type_or_value_naming_it(models, call, says):
     """The reported cases: a string, a bool or a float for a whole number, a size past what torch
@@ -112,6 +113,21 @@ def test_every_row_of_every_function_refuses_what_it_does_not_take(models):
                 refused(lambda: call(**{row.argument: value}), row.argument)
                 checked += 1
     assert checked > 300
+
+
+def test_a_number_of_any_type_is_taken_as_the_number_it_is(models):
+    """numpy's numbers (what a notebook's arrays and ranges give) are whole numbers and reals like
+    Python's: the same text, the same run, and a checkpoint whose metadata holds plain numbers."""
+    import numpy as np
+
+    text = models["text"]
+    given = {"length": np.int64(40), "temperature": np.float32(0.5), "top_p": np.float64(0.9), "seed": np.int32(3)}
+    assert text.generate("the ", **given, precision="fp32") == \
+        text.generate("the ", length=40, temperature=0.5, top_p=0.9, seed=3, precision="fp32")
+    run = charlm.train(models["corpus"], **{**TINY_KEYWORDS, "hidden_size": np.int64(16)}, max_steps=np.int16(2),
+                       lr=np.float32(0.01), out=models["folder"] / "numpy.safetensors")
+    settings = charlm.load(run.checkpoint).info()
+    assert settings["model"]["hidden_size"] == 16 and type(settings["model"]["hidden_size"]) is int
 
 
 @pytest.mark.parametrize(("call", "says"), [
