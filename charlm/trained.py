@@ -125,8 +125,8 @@ class TextModel:
 
     @callers_terms(GENERATE)
     def stream(self, *args: Any, **keywords: Any) -> Iterator[str]:
-        """The text of `generate` (one sample) in pieces, each as soon as it is made: the prefix,
-        then the new text a few tokens at a time; `"".join(model.stream(...)) == model.generate(...)`.
+        """The text of `generate` (one sample, no log-probabilities) in pieces, each as soon as it is
+        made: the prefix, then the new text a few tokens at a time; `"".join(model.stream(...)) == model.generate(...)`.
         A bad prefix raises here, at once. It keeps what it has not handed on, a few pieces: sampling
         waits for a reader that lags, so a stream of any length takes the memory of a short one."""
         from charlm.generation.sampling import encode_prefix
@@ -280,14 +280,15 @@ def _texts(texts: Any, said: str) -> list[str]:
     return list(listed)
 
 
-# `generate` and `stream` take `charlm generate`'s options, as its rows declare them (`stream`: one sample).
+# `generate` and `stream` take `charlm generate`'s options, as its rows declare them; `stream` one sample's text.
+_NOT_STREAMED = ("num_samples", "logprobs")
 _GENERATE_ROWS = for_command(GENERATE, "generate")
 TextModel.generate.__signature__ = inspect.Signature(  # what help() and a notebook's completion show
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *parameters(_GENERATE_ROWS)],
     return_annotation="str | list[str]")
 TextModel.stream.__signature__ = inspect.Signature(
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-     *parameters(row for row in _GENERATE_ROWS if row.name != "num_samples")],
+     *parameters(row for row in _GENERATE_ROWS if row.name not in _NOT_STREAMED)],
     return_annotation="Iterator[str]")
 
 

@@ -97,7 +97,7 @@ def test_every_row_of_every_function_refuses_what_it_does_not_take(models):
         "train": (for_command(TRAIN, "train"), lambda **given: charlm.train(corpus, **given)),
         "stats": (for_command({**TRAIN, **STATS}, "stats"), lambda **given: charlm.stats(corpus, **given)),
         "generate": (for_command(GENERATE, "generate"), text.generate),
-        "stream": ([row for row in for_command(GENERATE, "generate") if row.name != "num_samples"],
+        "stream": ([row for row in for_command(GENERATE, "generate") if row.name not in ("num_samples", "logprobs")],
                    lambda **given: list(text.stream(**given))),
         "translate": (for_command(TRANSLATE, "translate"), lambda **given: pairs.translate("ab", **given)),
         "pairs.evaluate": ([TRANSLATE[name] for name in ("beam", "length_penalty", "max_length")]
@@ -160,6 +160,7 @@ def test_every_argument_of_the_wrong_kind_is_named(models, call, says):
     (lambda models: charlm.stats(models["corpus"], lr=0.1), "lr"),
     (lambda models: models["text"].generate(bogus=1), "bogus"),
     (lambda models: models["text"].stream(num_samples=2), "num_samples"),
+    (lambda models: models["text"].stream(logprobs=3), "logprobs"),
     (lambda models: models["text"].evaluate("the time", beam=3), "beam"),
     (lambda models: models["text"].inspect("the", temperature=2), "temperature"),
     (lambda models: models["pairs"].translate("ab", temperature=2), "temperature"),
