@@ -180,9 +180,9 @@ class TextModel:
 
     def run(self, request: Request, on_text: Callable[[str], None], keep: bool = False) -> tuple[int, list[Sample]]:
         """`sample`, and also each sample's `charlm.generation.continuation.Sample`: its new text
-        and tokens (with log-probabilities where the request asks for them; one sample's only
-        with `keep` or `logprobs`: else it is only handed on, and its memory stays that of a short
-        one) and why it ended. With `keep`, a length too long to keep fails at once."""
+        and tokens (with log-probabilities where the request asks for them; of one sample only
+        with `logprobs`: else it is only handed on, and its memory stays that of a short one) and
+        why it ended. With `keep` (for a caller that keeps the text) too long to keep fails at once."""
         import random
 
         from charlm.generation import sampling as generator

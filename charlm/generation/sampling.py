@@ -326,14 +326,16 @@ def stream_text(
     between them. Words (`tokens` "word") are separated by a space, also from the prefix; an empty
     prefix starts the model from `start_ids` and shows nothing. A sample ends before the first of
     the `stop` texts it makes. Returns each sample's new text, tokens (with the `logprobs` likeliest
-    tokens' log-probabilities) and why it ended: of one sample without `logprobs` only with `keep`
-    (else its text is handed on and nothing kept, so that any length streams in the memory of a
-    short one; with `keep`, a length too long to keep fails at once)."""
+    tokens' log-probabilities) and why it ended; of one sample without `logprobs` no text or tokens:
+    its text is handed on and nothing kept, so that any length streams in the memory of a short
+    one. `keep` keeps the ids, for a caller that keeps the whole text: a length too long to keep
+    then fails at once."""
     context = prefix_ids or start_ids(vocab)
     shown = shown_prefix(Tokenizer(tokens), vocab, prefix_ids)
     pieces: list[str] = []
-    keep = keep or num_samples > 1 or logprobs is not None  # several samples come whole, at the end
-    continuation = Continuation(vocab, token_gap(Tokenizer(tokens)), num_samples, stop, keep=keep,
+    samples_kept = num_samples > 1 or logprobs is not None  # several samples come whole, at the end
+    keep = keep or samples_kept
+    continuation = Continuation(vocab, token_gap(Tokenizer(tokens)), num_samples, stop, keep=samples_kept,
                                 emit=lambda sample, text, made: pieces.append(text) if num_samples == 1 else None)
 
     def take(block: torch.Tensor, scored: list | None = None) -> bool:  # (N, k)
