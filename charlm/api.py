@@ -26,7 +26,8 @@ from typing import Any
 from charlm.errors import KeywordError, UsageError
 from charlm.settings import STATS, TRAIN, Setting, for_command, parameters
 from charlm.settings.rows import shown_value
-from charlm.trained import PairModel, PathLike, TextModel, callers_terms, paths, say
+from charlm.arguments import PathLike, callers_terms, paths
+from charlm.trained import PairModel, TextModel, say
 from charlm.training.launch import DEFAULTS, launch
 
 

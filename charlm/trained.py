@@ -2,8 +2,9 @@
 and a model of pairs (`PairModel`: translate, attention, evaluate, info), as `charlm.load` gives
 them and as `charlm generate`, `translate` and `eval` use them.
 
-Their keywords are the commands' flags, underscored, from `charlm.settings`' rows; a mistake raises
-`charlm.CharlmError` naming the setting as its caller does (`settings.rows.DOOR`).
+Their keywords are the commands' flags, underscored, from `charlm.settings`' rows, checked by them
+(`charlm.arguments`); a mistake raises `charlm.CharlmError` naming the setting as its caller does
+(`settings.rows.DOOR`).
 """
 
 from __future__ import annotations
@@ -16,73 +17,23 @@ import queue
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from charlm.arguments import PathLike, callers_terms, checked, in_callers_words, one_text, paths, text_list
+from charlm.errors import CharlmError, UsageError
 from charlm.presets import PAIRS
-from charlm.errors import MEMORY_SIZES, CharlmError, KeywordError, UsageError, out_of_memory
-from charlm.settings import GENERATE, TRAIN, TRANSLATE, Setting, for_command, parameters
-from charlm.settings.rows import in_callers_terms, shown_value
+from charlm.settings import GENERATE, TRAIN, TRANSLATE, for_command, parameters
+from charlm.settings.rows import shown_value
 
 if TYPE_CHECKING:
     from charlm.generation.continuation import Sample
     from charlm.generation.request import Request
     from charlm.text.corpus import FoundCorpus
 
-PathLike = str | os.PathLike
-
-
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def in_callers_words(error: CharlmError, rows: Iterable[Setting]) -> CharlmError:
-    """`error`, its message worded with flags, naming the settings of `rows` as the caller does."""
-    error.args = (in_callers_terms(str(error), rows), *error.args[1:])
-    return error
-
-
-def callers_terms(*tables: dict[str, Setting]) -> Callable[[Any], Any]:
-    """A function whose errors, worded with charlm's flags, name the settings as its caller does
-    (`settings.rows.DOOR`: a keyword for a program, a JSON field for the server, the flag for the
-    command line, which calls these functions too). A keyword or argument it does not take is a
-    `KeywordError`; an allocation that fails is "out of memory", naming the settings of `tables`
-    that would ask for less, as `charlm`'s commands say it."""
-    rows = [row for table in tables for row in table.values()]
-    sizes = tuple(flag for flag in MEMORY_SIZES if flag in {row.option for row in rows})
-
-    def wrap(function: Any) -> Any:
-        @functools.wraps(function)
-        def call(*args: Any, **keywords: Any) -> Any:
-            taken = inspect.signature(call)
-            try:
-                taken.bind(*args, **keywords)
-            except TypeError as error:
-                takes = ", ".join(name for name in taken.parameters if name != "self")
-                raise KeywordError(f"{function.__name__}() {error} (it takes {takes})") from None
-            try:
-                return function(*args, **keywords)
-            except CharlmError as error:
-                raise in_callers_words(error, rows)
-            except (MemoryError, RuntimeError) as error:
-                if (refused := out_of_memory(error, sizes)) is None:
-                    raise
-                raise in_callers_words(refused, rows) from None
-
-        return call
-
-    return wrap
-
-
-def paths(corpus: PathLike | Sequence[PathLike], said: str = "corpus") -> tuple[Path, ...]:
-    """The paths of a corpus given as one path or a list of them; anything else (a number, an empty
-    list, an empty string, which `Path` would read as the working folder) a `UsageError` naming `said`."""
-    given = [corpus] if isinstance(corpus, (str, os.PathLike)) else corpus
-    if not isinstance(given, Sequence) or isinstance(given, bytes) or not given or not all(
-            isinstance(path, (str, os.PathLike)) and os.fspath(path) not in ("", b"") for path in given):
-        raise UsageError(f"{said} must be a path or a list of paths (none empty), got {shown_value(corpus)}")
-    return tuple(Path(path) for path in given)
 
 
 class TextModel:
@@ -212,7 +163,7 @@ class TextModel:
         from charlm.text.corpus import FoundCorpus, find_corpus
         from charlm.training.resume import recorded_corpus_file
 
-        encoding, include, exclude, held_out = _checked(TRAIN, encoding=encoding, include=include, exclude=exclude,
+        encoding, include, exclude, held_out = checked(TRAIN, encoding=encoding, include=include, exclude=exclude,
                                                         held_out=held_out)
         if not isinstance(text_or_path, (str, os.PathLike, FoundCorpus, list, tuple)):
             raise UsageError(f"text_or_path must be a text, a path or a list of paths, got {shown_value(text_or_path)}")
@@ -238,7 +189,7 @@ class TextModel:
         from charlm.data.loading import load_corpus
         from charlm.evaluation.inside import inspect_ids
 
-        _text(text, "text")
+        one_text(text, "text")
         if type(top_k) is not int or top_k < 1:
             raise UsageError(f"top_k must be a whole number of 1 or more, got {shown_value(top_k)}")
         with _as_file(text, "text") as path:
@@ -260,24 +211,6 @@ def _as_file(text: str, said: str) -> Iterator[Path]:
         except CharlmError as error:
             error.args = (str(error).replace(str(path), "the text"), *error.args[1:])
             raise
-
-
-def _checked(table: dict[str, Setting], **values: Any) -> list[Any]:
-    """`values`, each checked by the row of its name in `table` and named by its keyword."""
-    return [table[name].check(value, table[name].argument) for name, value in values.items()]
-
-
-def _text(text: Any, said: str) -> None:
-    if not isinstance(text, str):
-        raise UsageError(f"{said} must be a text (a str), got {shown_value(text)}")
-
-
-def _texts(texts: Any, said: str) -> list[str]:
-    """A text or a list of texts as a list; anything else a `UsageError` naming `said`."""
-    listed = [texts] if isinstance(texts, str) else texts
-    if not isinstance(listed, (list, tuple)) or not all(isinstance(text, str) for text in listed):
-        raise UsageError(f"{said} must be a text or a list of texts, got {shown_value(texts)}")
-    return list(listed)
 
 
 # `generate` and `stream` take `charlm generate`'s options, as its rows declare them; `stream` one sample's text.
@@ -341,9 +274,9 @@ class PairModel:
         from charlm.generation import translation as translate
         from charlm.runtime.device import cpu_threads
 
-        beam, max_length, length_penalty, unknown = _checked(TRANSLATE, beam=beam, max_length=max_length,
+        beam, max_length, length_penalty, unknown = checked(TRANSLATE, beam=beam, max_length=max_length,
                                                              length_penalty=length_penalty, unknown=unknown)
-        inputs = _texts(texts, "texts")
+        inputs = text_list(texts, "texts")
         with cpu_threads(PAIRS["threads"]):
             outputs = translate.translate(self.model, inputs, self.source_vocab, self.target_vocab, beam, max_length,
                                           length_penalty, unknown)
@@ -359,9 +292,9 @@ class PairModel:
         from charlm.generation.sampling import encode_prefix
 
         TRANSLATE["unknown"].check(unknown, "unknown")
-        _text(text, "text")
+        one_text(text, "text")
         if output is not None:
-            _text(output, "output")
+            one_text(output, "output")
         output = self.translate(text, unknown=unknown) if output is None else output
         source_ids = encode_prefix(text, self.source_vocab, unknown=unknown, what="input")
         if not source_ids:
@@ -381,9 +314,9 @@ class PairModel:
         if not isinstance(pairs_path, (str, os.PathLike)):
             raise UsageError(f"pairs_path must be a path, got {shown_value(pairs_path)}")
         paths(pairs_path, "pairs_path")
-        held_out, skip_bad_lines, encoding = _checked(TRAIN, held_out=held_out, skip_bad_lines=skip_bad_lines,
+        held_out, skip_bad_lines, encoding = checked(TRAIN, held_out=held_out, skip_bad_lines=skip_bad_lines,
                                                       encoding=encoding)
-        beam, length_penalty, max_length = _checked(TRANSLATE, beam=beam, length_penalty=length_penalty,
+        beam, length_penalty, max_length = checked(TRANSLATE, beam=beam, length_penalty=length_penalty,
                                                     max_length=max_length)
         pairs, skipped = read_pairs(Path(pairs_path), encoding, skip_bad_lines)
         if line := skipped_message(pairs_path, skipped):
