@@ -62,6 +62,7 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     training.setup           a run assembled from a corpus and settings (data, model, metadata)
     training.launch          settings -> a trained run, for the CLI and the API alike
     plot                     loss curves and attention maps (matplotlib)
+    arguments                the API's arguments checked by their rows and kinds; errors in the caller's terms
     trained                  trained models for a program: TextModel, PairModel
     api                      the Python API: train, load, stats
     serve.fields             a request body's fields read once, with their bounds

@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from charlm.errors import KeywordError, UsageError
 from charlm.settings import STATS, TRAIN, Setting, for_command, parameters
-from charlm.trained import PairModel, PathLike, TextModel, callers_terms, paths, say
+from charlm.settings.rows import shown_value
+from charlm.arguments import PathLike, callers_terms, paths
+from charlm.trained import PairModel, TextModel, say
 from charlm.training.launch import DEFAULTS, launch
 
 
@@ -100,20 +103,19 @@ def stats_with_files(corpus: PathLike | Sequence[PathLike], **options: Any) -> t
 def _check_keywords(function: str, options: dict[str, Any], rows: dict[str, Setting]) -> None:
     unknown = sorted(set(options) - set(rows))
     if unknown:
-        raise TypeError(f"{function}() got unexpected keyword argument{'s' if len(unknown) > 1 else ''}: "
+        raise KeywordError(f"{function}() got unexpected keyword argument{'s' if len(unknown) > 1 else ''}: "
                         f"{', '.join(unknown)} (it takes charlm {function}'s options: {', '.join(rows)})")
 
 
 def _settings(options: dict[str, Any], rows: dict[str, Setting]) -> dict[str, Any]:
-    """The keywords given, each checked by its row (an error names the keyword), by setting name: a
-    path the command reads as a `Path` made one, repeatable text a tuple, the rest as given."""
+    """The keywords given, each checked by its row (an error names the keyword), by setting name, as
+    the row gives them back: a path the command reads as a `Path` made one, repeatable text a tuple,
+    a number a Python int or float (numpy's too)."""
     settings = {}
     for keyword, value in options.items():
         row = rows[keyword]
         checked = row.check(value, keyword)
-        if row.path is not None and value is not None:
-            value = Path(value)
-        settings[row.name] = checked if row.kind is tuple else value
+        settings[row.name] = Path(checked) if row.path is not None and checked is not None else checked
     return settings
 
 
@@ -134,6 +136,7 @@ stats.__signature__ = _signature(_STATS_ROWS, "dict[str, Any]")
 # Trained models
 
 
+@callers_terms(TRAIN)
 def load(path: PathLike, device: str = "cpu") -> TextModel | PairModel:
     """The model of a checkpoint: a `TextModel` for a language model, a `PairModel` for a model of
     source<TAB>target pairs. `device` is as `--device` takes it (auto: cuda, then mps, then cpu)."""
@@ -141,7 +144,9 @@ def load(path: PathLike, device: str = "cpu") -> TextModel | PairModel:
     from charlm.checkpoints.metadata import read
     from charlm.runtime.device import pick_device
 
-    path = os.fspath(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(f"path must be a path, got {shown_value(path)}")
+    path, device = os.fspath(path), TRAIN["device"].check(device, "device")
     kind = PairModel if read(read_metadata(path)).task == "translate" else TextModel
     return kind(path, pick_device(device))
 

@@ -18,6 +18,11 @@ class UsageError(CharlmError):
     exit_code = 2
 
 
+class KeywordError(CharlmError, TypeError):
+    """A call of the Python API with a keyword or an argument its function does not take: a
+    `TypeError`, as Python's own, and a `CharlmError` like every other mistake in the input."""
+
+
 class CorpusError(CharlmError):
     """A corpus file that cannot be read or used. `reason` says what is wrong with the file alone,
     without its path or advice, where the error is about one file."""
@@ -43,3 +48,21 @@ class TrainingInterrupted(CharlmError):
 
 class TrainingDiverged(CharlmError):
     """The loss became NaN or infinite."""
+
+
+# The flags whose values size what a run, a generation or a translation allocates.
+MEMORY_SIZES = ("--hidden-size", "--embedding-size", "--batch-size", "--length", "--num-samples", "--beam",
+                "--max-length")
+
+
+def out_of_memory(error: BaseException, sizes: tuple[str, ...] = MEMORY_SIZES) -> CharlmError | None:
+    """The one line for an allocation that failed (Python's MemoryError, torch's "can't allocate
+    memory" RuntimeError, CUDA's OutOfMemoryError), naming the bytes asked for and the flags of
+    `sizes` that would ask for fewer; None for any other error."""
+    import re
+
+    wanted = re.search(r"allocate (\d+) bytes", str(error))
+    if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or wanted):
+        return None
+    size = f" ({int(wanted.group(1)):,} bytes asked for)" if wanted else ""
+    return CharlmError(f"out of memory{size}" + (f"; use smaller sizes: {', '.join(sizes)}" if sizes else ""))

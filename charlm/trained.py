@@ -2,8 +2,9 @@
 and a model of pairs (`PairModel`: translate, attention, evaluate, info), as `charlm.load` gives
 them and as `charlm generate`, `translate` and `eval` use them.
 
-Their keywords are the commands' flags, underscored, from `charlm.settings`' rows; a mistake raises
-`charlm.CharlmError` naming the setting as its caller does (`settings.rows.DOOR`).
+Their keywords are the commands' flags, underscored, from `charlm.settings`' rows, checked by them
+(`charlm.arguments`); a mistake raises `charlm.CharlmError` naming the setting as its caller does
+(`settings.rows.DOOR`).
 """
 
 from __future__ import annotations
@@ -16,54 +17,23 @@ import queue
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from charlm.presets import PAIRS
+from charlm.arguments import PathLike, callers_terms, checked, in_callers_words, one_text, paths, text_list
 from charlm.errors import CharlmError, UsageError
-from charlm.settings import GENERATE, TRAIN, TRANSLATE, Setting, for_command, parameters
-from charlm.settings.rows import in_callers_terms
+from charlm.presets import PAIRS
+from charlm.settings import GENERATE, TRAIN, TRANSLATE, for_command, parameters
+from charlm.settings.rows import shown_value
 
 if TYPE_CHECKING:
     from charlm.generation.continuation import Sample
     from charlm.generation.request import Request
     from charlm.text.corpus import FoundCorpus
 
-PathLike = str | os.PathLike
-
-
 def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def in_callers_words(error: CharlmError, rows: Iterable[Setting]) -> CharlmError:
-    """`error`, its message worded with flags, naming the settings of `rows` as the caller does."""
-    error.args = (in_callers_terms(str(error), rows), *error.args[1:])
-    return error
-
-
-def callers_terms(*tables: dict[str, Setting]) -> Callable[[Any], Any]:
-    """A function whose errors, worded with charlm's flags, name the settings as its caller does
-    (`settings.rows.DOOR`: a keyword for a program, a JSON field for the server, the flag for the
-    command line, which calls these functions too)."""
-    rows = [row for table in tables for row in table.values()]
-
-    def wrap(function: Any) -> Any:
-        @functools.wraps(function)
-        def call(*args: Any, **keywords: Any) -> Any:
-            try:
-                return function(*args, **keywords)
-            except CharlmError as error:
-                raise in_callers_words(error, rows)
-
-        return call
-
-    return wrap
-
-
-def paths(corpus: PathLike | Sequence[PathLike]) -> tuple[Path, ...]:
-    return (Path(corpus),) if isinstance(corpus, (str, os.PathLike)) else tuple(Path(path) for path in corpus)
 
 
 class TextModel:
@@ -97,7 +67,7 @@ class TextModel:
         ended (`finish_reason`: "stop" or "length")."""
         request = _request(self.generate, args, keywords)
         pieces: list[str] = []
-        _, samples = self.run(request, pieces.append)
+        _, samples = self.run(request, pieces.append, keep=True)  # a length too long to keep fails at once
         if request.logprobs is not None:
             return samples[0] if request.num_samples == 1 else samples
         if request.num_samples == 1:
@@ -106,29 +76,32 @@ class TextModel:
 
     @callers_terms(GENERATE)
     def stream(self, *args: Any, **keywords: Any) -> Iterator[str]:
-        """The text of `generate` (one sample) in pieces, each as soon as it is made: the prefix,
-        then the new text a few tokens at a time; `"".join(model.stream(...)) == model.generate(...)`.
-        A bad prefix raises here, at once."""
+        """The text of `generate` (one sample, no log-probabilities) in pieces, each as soon as it is
+        made: the prefix, then the new text a few tokens at a time; `"".join(model.stream(...)) == model.generate(...)`.
+        A bad prefix raises here, at once. It keeps what it has not handed on, a few pieces: sampling
+        waits for a reader that lags, so a stream of any length takes the memory of a short one."""
         from charlm.generation.sampling import encode_prefix
 
         request = _request(self.stream, args, keywords)
         encode_prefix(request.prefix, self.vocab, self.meta.tokens, self.meta.preprocess, request.unknown)
-        pieces: queue.Queue = queue.Queue()
+        pieces: queue.Queue = queue.Queue(maxsize=STREAM_AHEAD)
         done, stopped = object(), threading.Event()
 
-        def put(piece: str) -> None:
-            if stopped.is_set():  # the reader has gone: stop sampling
-                raise _Stopped
-            pieces.put(piece)
+        def put(piece: Any) -> None:
+            while not stopped.is_set():
+                with contextlib.suppress(queue.Full):
+                    return pieces.put(piece, timeout=0.1)
+            raise _Stopped  # the reader has gone: stop sampling
 
         def work() -> None:
             try:
                 self.sample(request, put)
+                put(done)
             except _Stopped:
                 pass
             except BaseException as error:  # handed to the reader
-                pieces.put(error)
-            pieces.put(done)
+                with contextlib.suppress(_Stopped):
+                    put(error)
 
         def read() -> Iterator[str]:
             worker = threading.Thread(target=work, daemon=True)
@@ -156,9 +129,11 @@ class TextModel:
         with that seed gives the same text again)."""
         return self.run(request, on_text)[0]
 
-    def run(self, request: Request, on_text: Callable[[str], None]) -> tuple[int, list[Sample]]:
-        """`sample`, and also each sample's `charlm.generation.continuation.Sample`: its new text,
-        tokens (with log-probabilities where the request asks for them) and why it ended."""
+    def run(self, request: Request, on_text: Callable[[str], None], keep: bool = False) -> tuple[int, list[Sample]]:
+        """`sample`, and also each sample's `charlm.generation.continuation.Sample`: its new text
+        and tokens (with log-probabilities where the request asks for them; of one sample only
+        with `logprobs`: else it is only handed on, and its memory stays that of a short one) and
+        why it ended. With `keep` (for a caller that keeps the text) too long to keep fails at once."""
         import random
 
         from charlm.generation import sampling as generator
@@ -173,7 +148,7 @@ class TextModel:
         seed = request.seed if request.seed is not None else random.randrange(2**63)
         samples = generator.stream_text(self.model, self.vocab, self.meta.tokens, prefix_ids, request.length,
                                         request.sampling, request.num_samples, seed, on_text=on_text,
-                                        precision=chosen, stop=request.stop, logprobs=request.logprobs)
+                                        precision=chosen, stop=request.stop, logprobs=request.logprobs, keep=keep)
         return seed, samples
 
     @callers_terms(TRAIN)
@@ -188,6 +163,10 @@ class TextModel:
         from charlm.text.corpus import FoundCorpus, find_corpus
         from charlm.training.resume import recorded_corpus_file
 
+        encoding, include, exclude, held_out = checked(TRAIN, encoding=encoding, include=include, exclude=exclude,
+                                                        held_out=held_out)
+        if not isinstance(text_or_path, (str, os.PathLike, FoundCorpus, list, tuple)):
+            raise UsageError(f"text_or_path must be a text, a path or a list of paths, got {shown_value(text_or_path)}")
         kept = recorded_corpus_file(self.path) if held_out else None
         scored = functools.partial(evaluate_text, self.model, self.meta, self.vocab,
                                    held_out=self.path if held_out else None, resumed_file=kept)
@@ -196,10 +175,11 @@ class TextModel:
         if isinstance(text_or_path, str) and not _names_a_path(text_or_path):
             if held_out:
                 raise UsageError("held_out scores the run's own corpus; give its path, not a text")
-            with _as_file(text_or_path) as path:
+            with _as_file(text_or_path, "text_or_path") as path:
                 return scored(path, "utf-8")
-        return scored(find_corpus(paths(text_or_path), encoding, tuple(include), tuple(exclude)), encoding)
+        return scored(find_corpus(paths(text_or_path, "text_or_path"), encoding, include, exclude), encoding)
 
+    @callers_terms()
     def inspect(self, text: str, top_k: int = 5) -> Any:
         """What the model made of `text`, token by token (`charlm.evaluation.inside.Inside`): the
         surprise in bits, the `top_k` tokens it expected with their probabilities, and each
@@ -209,30 +189,39 @@ class TextModel:
         from charlm.data.loading import load_corpus
         from charlm.evaluation.inside import inspect_ids
 
-        if not isinstance(text, str) or type(top_k) is not int or top_k < 1:
-            raise UsageError("inspect takes a text (a str) and top_k, a whole number of 1 or more")
-        with _as_file(text) as path:
+        one_text(text, "text")
+        if type(top_k) is not int or top_k < 1:
+            raise UsageError(f"top_k must be a whole number of 1 or more, got {shown_value(top_k)}")
+        with _as_file(text, "text") as path:
             data = load_corpus(path, self.meta.tokens, self.meta.preprocess, vocab=self.vocab, cache_dir=None)
         return inspect_ids(self.model, data.ids, self.vocab, top_k)
 
 
 @contextlib.contextmanager
-def _as_file(text: str) -> Iterator[Path]:
-    """`text` in a temporary UTF-8 file, to be read as a corpus is."""
+def _as_file(text: str, said: str) -> Iterator[Path]:
+    """`text` in a temporary UTF-8 file, to be read as a corpus is. The user never made that
+    file: an error that names it names "the text" instead, and an empty text is refused unwritten."""
+    if not text:
+        raise UsageError(f"{said} is an empty text: there is nothing to read")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "text.txt"
         path.write_text(text, encoding="utf-8")
-        yield path
+        try:
+            yield path
+        except CharlmError as error:
+            error.args = (str(error).replace(str(path), "the text"), *error.args[1:])
+            raise
 
 
-# `generate` and `stream` take `charlm generate`'s options, as its rows declare them (`stream`: one sample).
+# `generate` and `stream` take `charlm generate`'s options, as its rows declare them; `stream` one sample's text.
+_NOT_STREAMED = ("num_samples", "logprobs")
 _GENERATE_ROWS = for_command(GENERATE, "generate")
 TextModel.generate.__signature__ = inspect.Signature(  # what help() and a notebook's completion show
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *parameters(_GENERATE_ROWS)],
     return_annotation="str | list[str]")
 TextModel.stream.__signature__ = inspect.Signature(
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-     *parameters(row for row in _GENERATE_ROWS if row.name != "num_samples")],
+     *parameters(row for row in _GENERATE_ROWS if row.name not in _NOT_STREAMED)],
     return_annotation="Iterator[str]")
 
 
@@ -246,6 +235,10 @@ def _request(method: Any, args: tuple, keywords: dict[str, Any]) -> Request:
 
 class _Stopped(Exception):
     """A stream's reader stopped reading."""
+
+
+# The pieces a stream makes ahead of its reader: past them, sampling waits for the reader.
+STREAM_AHEAD = 64
 
 
 def _names_a_path(text: str) -> bool:
@@ -281,10 +274,9 @@ class PairModel:
         from charlm.generation import translation as translate
         from charlm.runtime.device import cpu_threads
 
-        beam, max_length, length_penalty, unknown = (
-            TRANSLATE[name].check(value, name) for name, value in
-            (("beam", beam), ("max_length", max_length), ("length_penalty", length_penalty), ("unknown", unknown)))
-        inputs = [texts] if isinstance(texts, str) else list(texts)
+        beam, max_length, length_penalty, unknown = checked(TRANSLATE, beam=beam, max_length=max_length,
+                                                             length_penalty=length_penalty, unknown=unknown)
+        inputs = text_list(texts, "texts")
         with cpu_threads(PAIRS["threads"]):
             outputs = translate.translate(self.model, inputs, self.source_vocab, self.target_vocab, beam, max_length,
                                           length_penalty, unknown)
@@ -300,6 +292,9 @@ class PairModel:
         from charlm.generation.sampling import encode_prefix
 
         TRANSLATE["unknown"].check(unknown, "unknown")
+        one_text(text, "text")
+        if output is not None:
+            one_text(output, "output")
         output = self.translate(text, unknown=unknown) if output is None else output
         source_ids = encode_prefix(text, self.source_vocab, unknown=unknown, what="input")
         if not source_ids:
@@ -316,6 +311,13 @@ class PairModel:
         from charlm.evaluation.reports import score_translator
         from charlm.text.pairs import read_pairs, skipped_message
 
+        if not isinstance(pairs_path, (str, os.PathLike)):
+            raise UsageError(f"pairs_path must be a path, got {shown_value(pairs_path)}")
+        paths(pairs_path, "pairs_path")
+        held_out, skip_bad_lines, encoding = checked(TRAIN, held_out=held_out, skip_bad_lines=skip_bad_lines,
+                                                      encoding=encoding)
+        beam, length_penalty, max_length = checked(TRANSLATE, beam=beam, length_penalty=length_penalty,
+                                                    max_length=max_length)
         pairs, skipped = read_pairs(Path(pairs_path), encoding, skip_bad_lines)
         if line := skipped_message(pairs_path, skipped):
             say(line)

@@ -28,7 +28,9 @@ from typing import Any
 import click
 
 from charlm.presets import CHECKPOINT_DIR
+from charlm.errors import out_of_memory
 from charlm.settings import TRAIN, TRANSLATE, Setting, for_command
+from charlm.settings.rows import LARGEST_SIZE
 
 
 class CharlmGroup(click.Group):
@@ -79,12 +81,9 @@ class CharlmGroup(click.Group):
         except OSError as error:  # disk full, permission denied, ...
             fail(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
         except (MemoryError, RuntimeError) as error:  # torch says "can't allocate memory" in a RuntimeError
-            wanted = re.search(r"allocate (\d+) bytes", str(error))
-            if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or wanted):
+            if (refused := out_of_memory(error)) is None:
                 raise
-            size = f" ({int(wanted.group(1)):,} bytes asked for)" if wanted else ""
-            fail(f"out of memory{size}; use smaller sizes: --hidden-size, --embedding-size, --batch-size, --length, "
-                 "--num-samples")
+            fail(str(refused))
         finally:
             DOOR.reset(door)
 
@@ -174,7 +173,7 @@ class Size(click.IntRange):
     """A whole number from `min` up to 2**63 - 1, torch's largest size: past it torch fails deep
     inside on an overflow, below it a size too big is "out of memory"."""
 
-    largest = 2**63 - 1
+    largest = LARGEST_SIZE
 
     def __init__(self, min: int) -> None:
         super().__init__(min=min)

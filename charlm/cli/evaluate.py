@@ -26,9 +26,7 @@ from charlm.settings import TRAIN
 @encoding_option
 @corpus_options
 @decoding_options
-@click.option("--held-out", is_flag=True, help="Score only the part of FILE its run held out (the same split; FILE "
-              "must be the run's own corpus: another is refused).")
-@options([TRAIN["skip_bad_lines"]])
+@options([TRAIN["held_out"], TRAIN["skip_bad_lines"]])
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(checkpoint: str | None, file: tuple[Path, ...], encoding: str, include: tuple[str, ...],

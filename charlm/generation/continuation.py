@@ -47,11 +47,14 @@ class Sample:
 class Continuation:
     """The new text of `num_samples` samples. `add(ids)` takes a step's ids, one per sample; the
     text each sample can show goes to `emit(sample, text, tokens)` at once; `finish()` shows what
-    was held back and ends the samples still going. `done` once every sample has stopped."""
+    was held back and ends the samples still going. `done` once every sample has stopped. Each
+    `Sample` keeps its text and tokens; with `keep` False neither (they go to `emit` only), so
+    that what it holds stays bounded however long the samples run."""
 
     def __init__(self, vocab: Vocab, gap: str, num_samples: int, stop: Sequence[str] = (),
-                 emit: Callable[[int, str, list[Token]], None] = lambda sample, text, tokens: None) -> None:
-        self.vocab, self.gap, self.stop, self.emit = vocab, gap, tuple(stop), emit
+                 emit: Callable[[int, str, list[Token]], None] = lambda sample, text, tokens: None,
+                 keep: bool = True) -> None:
+        self.vocab, self.gap, self.stop, self.emit, self.keep = vocab, gap, tuple(stop), emit, keep
         self.longest_stop = max((len(text) for text in self.stop), default=0)
         self.samples = [Sample() for _ in range(num_samples)]
         self.going = num_samples
@@ -93,8 +96,9 @@ class Continuation:
         if tokens:
             sample = self.samples[index]
             text = "".join(token.text for token in tokens)
-            sample.text += text
-            sample.tokens += tokens
+            if self.keep:
+                sample.text += text
+                sample.tokens += tokens
             self.emit(index, text, tokens)
 
     def _held_back(self, index: int, token: Token) -> None:

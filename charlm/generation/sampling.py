@@ -216,10 +216,13 @@ def generate(
     banned: list[int] = (),
     precision: str = "fp32",
     logprobs: int | None = None,
-) -> torch.Tensor:
+    keep: bool = True,
+) -> torch.Tensor | None:
     """Sample `length` new ids after `prefix_ids` for `num_samples` samples at once.
 
-    Returns the new ids (num_samples, length) on the CPU. `on_tokens` gets (num_samples, k) CPU
+    Returns the new ids (num_samples, length) on the CPU; with `keep` False nothing (the ids go
+    to `on_tokens` only, and the memory taken stays that of a short generation whatever the
+    length). `on_tokens` gets (num_samples, k) CPU
     blocks of new ids as they are made: every step on a CPU, every `flush_every` (32) on a GPU;
     with `logprobs` (N) also, for each step of the block, `scores_of_rows` of its N likeliest
     tokens. When it returns True the generation ends there (its samples have all stopped), and
@@ -230,6 +233,8 @@ def generate(
         raise CharlmError("the prefix is empty after removing unknown characters; give another prefix")
     if length < 0 or num_samples < 1:
         raise CharlmError("--length must be 0 or more and --num-samples at least 1")
+    if not keep and on_tokens is None:
+        raise ValueError("generate(keep=False) hands its ids to on_tokens only: give one")
     model.eval()
     device = next(model.parameters()).device
     generator = None
@@ -238,27 +243,34 @@ def generate(
     flush_every = flush_every or (1 if device.type == "cpu" else 32)
     logits, state = warm_up(model, prefix_ids, num_samples, banned)
     step = step_function(model, banned, precision)
-    out = torch.empty(num_samples, length, dtype=torch.long, device=device)  # too long fails here, at once
+    # Kept, the ids of every position; else only those not yet handed on.
+    out = torch.empty(num_samples, length, dtype=torch.long, device=device) if keep else None  # too long fails here
     history = History(prefix_ids, num_samples, logits.shape[-1], device, sampling) if sampling.penalized else None
     made: list[torch.Tensor] = []  # (N,) per position: appending costs no torch call
-    scored: list[tuple[torch.Tensor, ...]] = []  # scores of each position, with `logprobs`
-    flushed = 0
+    scored: list[tuple[torch.Tensor, ...]] = []  # scores of the positions not yet handed on, with `logprobs`
+    flushed = 0  # positions of `made` handed on
     for position in range(length):
-        made.append(choose(logits if history is None else history.penalize(logits), sampling, generator))
+        ids = choose(logits if history is None else history.penalize(logits), sampling, generator)
+        made.append(ids)
         if history is not None:
-            history.add(made[-1])
+            history.add(ids)
         if logprobs is not None:
-            scored.append(scores(logits, made[-1], logprobs))
-        if on_tokens is not None and (len(made) - flushed >= flush_every or len(made) == length):
+            scored.append(scores(logits, ids, logprobs))
+        if on_tokens is not None and (len(made) - flushed >= flush_every or position + 1 == length):
             block = torch.stack(made[flushed:], dim=1).cpu()
             stopped = on_tokens(block) if logprobs is None else \
-                on_tokens(block, [scores_of_rows(*(part.cpu() for part in step_scores))
-                                  for step_scores in scored[flushed:]])
-            flushed = len(made)
+                on_tokens(block, [scores_of_rows(*(part.cpu() for part in step_scores)) for step_scores in scored])
+            scored.clear()
+            if keep:
+                flushed = len(made)
+            else:
+                made.clear()
             if stopped:
-                return torch.stack(made, dim=1).cpu()
+                return torch.stack(made, dim=1).cpu() if keep else None
         if position + 1 < length:
-            logits, state = step(made[-1], state)
+            logits, state = step(ids, state)
+    if not keep:
+        return None
     return (torch.stack(made, dim=1, out=out) if made else out).cpu()
 
 
@@ -306,6 +318,7 @@ def stream_text(
     precision: str = "fp32",
     stop: Sequence[str] = (),
     logprobs: int | None = None,
+    keep: bool = False,
 ) -> list[Sample]:
     """Sample `length` tokens after `prefix_ids` and hand the text to `on_text` in pieces: the
     prefix (its tokens joined), then the new text, and a "\n" after each sample. One sample
@@ -313,11 +326,16 @@ def stream_text(
     between them. Words (`tokens` "word") are separated by a space, also from the prefix; an empty
     prefix starts the model from `start_ids` and shows nothing. A sample ends before the first of
     the `stop` texts it makes. Returns each sample's new text, tokens (with the `logprobs` likeliest
-    tokens' log-probabilities) and why it ended."""
+    tokens' log-probabilities) and why it ended; of one sample without `logprobs` no text or tokens:
+    its text is handed on and nothing kept, so that any length streams in the memory of a short
+    one. `keep` keeps the ids, for a caller that keeps the whole text: a length too long to keep
+    then fails at once."""
     context = prefix_ids or start_ids(vocab)
     shown = shown_prefix(Tokenizer(tokens), vocab, prefix_ids)
     pieces: list[str] = []
-    continuation = Continuation(vocab, token_gap(Tokenizer(tokens)), num_samples, stop,
+    samples_kept = num_samples > 1 or logprobs is not None  # several samples come whole, at the end
+    keep = keep or samples_kept
+    continuation = Continuation(vocab, token_gap(Tokenizer(tokens)), num_samples, stop, keep=samples_kept,
                                 emit=lambda sample, text, made: pieces.append(text) if num_samples == 1 else None)
 
     def take(block: torch.Tensor, scored: list | None = None) -> bool:  # (N, k)
@@ -331,7 +349,7 @@ def stream_text(
     if num_samples == 1:
         on_text(shown)
     generate(model, context, length, sampling, num_samples, seed, on_tokens=take, banned=special_ids(vocab),
-             precision=precision, logprobs=logprobs)
+             precision=precision, logprobs=logprobs, keep=keep)
     continuation.finish()
     if num_samples == 1:
         if pieces:  # held back for a stop text that did not come

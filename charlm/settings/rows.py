@@ -13,6 +13,7 @@ Standard library only: it knows nothing about what a setting does; the tables of
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -21,6 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from charlm.errors import CharlmError
+
+# The largest size torch takes (a length, a count of units, rows or samples): past it torch fails
+# deep inside on an overflow; below it, a size too big is "out of memory".
+LARGEST_SIZE = 2**63 - 1
 
 
 class SettingError(CharlmError):
@@ -90,38 +95,51 @@ class Setting:
             raise SettingError(f"{said} must be given, got null", self.name, said)
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise SettingError(f"{said} must be true or false, got {_shown(value)}", self.name, said)
+                raise SettingError(f"{said} must be true or false, got {shown_value(value)}", self.name, said)
             return value
         if self.choices is not None:
             choices = self.choice_list()
             if value not in choices:
-                raise SettingError(f"{said} must be one of {', '.join(choices)}, got {_shown(value)}", self.name, said)
+                raise SettingError(f"{said} must be one of {', '.join(choices)}, got {shown_value(value)}", self.name, said)
             return value
-        if self.kind is int:
-            if type(value) is not int:  # bool is not a number of steps
-                raise SettingError(f"{said} must be a whole number, got {_shown(value)}", self.name, said)
+        if self.kind is int:  # any whole number (numpy's too, made an int), but a bool: it is no number of steps
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise SettingError(f"{said} must be a whole number, got {shown_value(value)}", self.name, said)
+            value = int(value)
             self._check_bounds(value, said)
+            if self.is_size and value > LARGEST_SIZE:
+                raise SettingError(f"{said} is too large: {shown_value(value)} (at most {LARGEST_SIZE:,})", self.name, said)
             return value
-        if self.kind is float:
-            if type(value) not in (int, float):
-                raise SettingError(f"{said} must be a number, got {_shown(value)}", self.name, said)
-            self._check_bounds(value, said)
-            return float(value) if type(value) is int else value
+        if self.kind is float:  # any real number (numpy's too), made a float
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise SettingError(f"{said} must be a number, got {shown_value(value)}", self.name, said)
+            try:
+                number = float(value)
+            except OverflowError:  # a whole number past float's range: as far as a float goes
+                number = math.inf if value > 0 else -math.inf
+            self._check_bounds(number, said, value)
+            return number
         if self.kind is str:
             if not isinstance(value, str):
-                raise SettingError(f"{said} must be a string, got {_shown(value)}", self.name, said)
+                raise SettingError(f"{said} must be a string, got {shown_value(value)}", self.name, said)
             return value
         if self.kind is os.PathLike:
             if not isinstance(value, (str, os.PathLike)):
-                raise SettingError(f"{said} must be a path, got {_shown(value)}", self.name, said)
+                raise SettingError(f"{said} must be a path, got {shown_value(value)}", self.name, said)
             return value
         if self.kind is tuple:
             if isinstance(value, str):
                 return (value,)
             if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
-                raise SettingError(f"{said} must be strings, got {_shown(value)}", self.name, said)
+                raise SettingError(f"{said} must be strings, got {shown_value(value)}", self.name, said)
             return tuple(value)
         return value
+
+    @property
+    def is_size(self) -> bool:
+        """Whether the row is a size torch is given (a whole number from a lower bound up): at most
+        `LARGEST_SIZE`."""
+        return self.kind is int and self.low is not None and self.high is None
 
     def in_bounds(self, value: float) -> bool:
         """Whether a number is within `low` and `high` (NaN never is; infinity only without `finite`)."""
@@ -131,10 +149,11 @@ class Setting:
             return False
         return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
 
-    def _check_bounds(self, value: float, said: str) -> None:
+    def _check_bounds(self, value: float, said: str, given: Any = None) -> None:
+        """A `SettingError` unless `value` is `in_bounds`, showing it as `given` (the caller's number)."""
         if not self.in_bounds(value):
-            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {_shown(value)}",
-                               self.name, said)
+            shown = shown_value(value if given is None else given)
+            raise SettingError(f"{said} must be {self.rule or self.bounds_in_words()}, got {shown}", self.name, said)
 
     def bounds_in_words(self) -> str:
         """The bounds as the error says them when no `rule` is given: "from 1 to 64", "at least 0"."""
@@ -152,7 +171,8 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 2**53 else str(value)
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
+    """A value as an error line shows it: its repr (a float's str), cut at 40 characters."""
     text = repr(value) if not isinstance(value, float) else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

@@ -168,6 +168,8 @@ TRAIN = table(
     Setting("extend_vocab", bool, False, "With --init-from: add the characters the model's vocab lacks, as new rows "
             "of the embedding (columns of a one-hot input's weights) and of the output layer; the old ones stay as "
             "they are.", ("train",), only="lm"),
+    Setting("held_out", bool, False, "Score only the part of FILE its run held out (the same split; FILE must be the "
+            "run's own corpus: another is refused).", ("eval",)),
     Setting("overwrite", bool, False, "Replace a run already saved at --out.", ("train",)),
     Setting("quiet", bool, False, "No progress bar or evaluation lines.", ("train",)),
 )

@@ -78,6 +78,33 @@ def test_tokens_stream_in_order():
     assert generate(model, [0], 0, num_samples=3).shape == (3, 0)
 
 
+def test_a_generation_that_hands_its_ids_on_need_not_keep_them():
+    """With keep=False the ids go to `on_tokens` only, the same blocks of the same ids, and none
+    come back: a stream of any length holds no more than its last block. A Continuation that keeps
+    nothing shows the same text and ends the same way."""
+    from charlm.generation.continuation import Continuation
+
+    model = FixedModel([0.0] * 5)
+    kept, handed = [], []
+    made = generate(model, [0], 50, seed=3, on_tokens=kept.append, flush_every=8)
+    assert generate(model, [0], 50, seed=3, on_tokens=handed.append, flush_every=8, keep=False) is None
+    assert [block.tolist() for block in handed] == [block.tolist() for block in kept]
+    assert torch.equal(torch.cat(handed, dim=1), made)
+    with pytest.raises(ValueError, match="on_tokens"):
+        generate(model, [0], 5, keep=False)
+    vocab = Vocab({letter: 1 for letter in "abcd."})
+    shown = {True: [], False: []}
+    for keep in (True, False):
+        continuation = Continuation(vocab, "", 1, ("d.",), keep=keep,
+                                    emit=lambda sample, text, tokens, keep=keep: shown[keep].append(text))
+        for letter in "abcabd.a":
+            continuation.add([vocab[letter]])
+        continuation.finish()
+        assert continuation.samples[0].finish_reason == "stop"
+        assert continuation.samples[0].text == ("abcab" if keep else "")
+    assert shown[True] == shown[False] and "".join(shown[False]) == "abcab"
+
+
 def test_unknown_prefix_characters_are_named_or_handled():
     vocab = Vocab({"a": 2, "b": 1, " ": 1})
     with pytest.raises(CharlmError, match="'x', 'é'"):

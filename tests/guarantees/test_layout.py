@@ -28,6 +28,7 @@ LAYERS = [
     ("charlm.evaluation",),                                   # loss, perplexity, translation scores
     ("charlm.training",),                                     # settings -> a trained run
     ("charlm.plot",),
+    ("charlm.arguments",),                                    # the API's arguments checked (standard library only)
     ("charlm.trained",),                                      # trained models for a program
     ("charlm.api", "charlm"),                                 # the Python API (charlm/__init__ reaches it lazily)
     ("charlm.serve",),
@@ -35,7 +36,7 @@ LAYERS = [
     ("charlm.cli", "charlm.__main__"),
 ]
 STANDARD_LIBRARY_ONLY = ("charlm.errors", "charlm.presets", "charlm.models.registry", "charlm.settings", "charlm.text",
-                         "charlm.checkpoints.metadata", "charlm.generation.request")
+                         "charlm.checkpoints.metadata", "charlm.generation.request", "charlm.arguments")
 
 
 def module_name(path: Path) -> str:
