@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import signal
 import socket
 import threading
 import time
@@ -70,6 +71,11 @@ class _Server(uvicorn.Server):
         super().__init__(uvicorn.Config(app, log_config=log_config(), log_level=log_level,
                                         timeout_graceful_shutdown=GRACEFUL_SECONDS))
         self.on_stop = on_stop
+        self.stopped_by: int | None = None  # the signal that stopped it
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.stopped_by = sig
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.on_stop is not None:
@@ -87,7 +93,10 @@ def serve_forever(app: Any, sock: socket.socket, on_stop: Callable[[], None] | N
                   log_level: str = "info") -> None:
     """Serve `app` on `sock` until the process is told to stop; then `on_stop()`, and in-flight
     requests get `GRACEFUL_SECONDS` to end."""
-    _Server(app, log_level, on_stop).run(sockets=[sock])
+    server = _Server(app, log_level, on_stop)
+    server.run(sockets=[sock])  # uvicorn raises the signal it caught again once stopped: Ctrl-C's KeyboardInterrupt
+    if server.stopped_by == signal.SIGINT:  # unless the process was started with SIGINT ignored (nohup, `&`)
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -86,11 +86,13 @@ def get(url: str, path: str, timeout: float = 15) -> tuple[int, bytes]:
 
 
 @contextlib.contextmanager
-def charlm_serve(*arguments: str) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
-    """`charlm serve ARGUMENTS --port 0` in a process of its own: it, its URL, and the lines of its
+def charlm_serve(*arguments: str, sigint: object = signal.SIG_DFL) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
+    """`charlm serve ARGUMENTS --port 0` in a process of its own, started with SIGINT's handling
+    `sigint` (SIG_IGN: as `nohup` or a shell's `&` start it): it, its URL, and the lines of its
     stderr so far (a thread reads them); stopped by Ctrl-C (SIGINT) at the end if still running."""
     process = subprocess.Popen([sys.executable, "-m", "charlm", "serve", *arguments, "--port", "0"],
-                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
     reader.start()
@@ -255,9 +257,12 @@ def test_ctrl_c_with_clients_not_reading_ends_without_a_traceback(catalog, monke
     assert "Cancel" not in logged and waited < server.GRACEFUL_SECONDS + 1, logged  # nothing left to cancel
 
 
-def test_ctrl_c_in_a_process(models):  # noqa: F811
-    """SIGINT to `charlm serve` with clients not reading: it says it was interrupted, no traceback."""
-    with charlm_serve(str(models / "tiny.safetensors")) as (process, url, lines):
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["default", "started-ignoring-sigint"])
+def test_ctrl_c_in_a_process(models, sigint):  # noqa: F811
+    """SIGINT to `charlm serve` with clients not reading: it says it was interrupted, no traceback;
+    also when started with SIGINT ignored (in the background of a script), where uvicorn's raising
+    the signal again once stopped does nothing."""
+    with charlm_serve(str(models / "tiny.safetensors"), sigint=sigint) as (process, url, lines):
         stuck = [stream_socket(url, MAXIMAL, receive_buffer=4096) for _ in range(4)]
         time.sleep(2)
         process.send_signal(signal.SIGINT)
