@@ -6,9 +6,11 @@
 For each cell, at charlm's defaults (`charlm.presets.ARCHITECTURE_DEFAULTS`), the same model and batch:
   charlm      the trainer's step (`Trainer._train_step`: AdamW, clipping): on a CPU position by position
               (`minrnn.sequential`), on a GPU the scan in chunks of `CHUNK`;
-  one scan    a plain loop (forward, backward, AdamW) with the whole sequence in one log-space scan, as the
-              reference code (lucidrains' minGRU-pytorch) runs it;
-  sequential  the same loop with each layer run position by position (h = a h + b), as an RNN runs;
+  chunked     a plain loop (forward, backward, AdamW) with each layer's recurrence by `minrnn.scan` in
+              chunks of `CHUNK`, the form a GPU trains by;
+  one scan    the same loop with the whole sequence in one log-space scan, as the reference code
+              (lucidrains' minGRU-pytorch) runs it;
+  sequential  the same loop with each layer run position by position (`minrnn.sequential`), as an RNN runs;
 and each in bf16 autocast where the CPU has bf16 matrix instructions. Timings are the best of several
 rounds, each round timing every form in turn (`bench.best_seconds`), so load hits them alike.
 """
@@ -54,23 +56,14 @@ class _Batches:
             yield self.batch
 
 
-def sequential(log_a: torch.Tensor, log_b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """`minrnn.scan`'s result position by position: h_t = a_t h_{t-1} + b_t."""
-    a, b = log_a.exp(), log_b.exp()
-    h, outputs = (torch.zeros_like(a[:, 0]) if h0 is None else h0), []
-    for position in range(a.shape[1]):
-        h = torch.addcmul(b[:, position], a[:, position], h)
-        outputs.append(h)
-    return torch.stack(outputs, dim=1)
-
-
 def plain_step(model: minrnn.MinRNN, batch, scan: Callable, precision: str) -> Callable[[], object]:
-    """One step of a plain loop: forward (with `scan` in place of charlm's), loss, backward, AdamW."""
+    """One step of a plain loop: forward (each layer's recurrence by `scan`, on a CPU or not), loss,
+    backward, AdamW."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
     def step() -> None:
-        with mock.patch.object(minrnn, "scan", scan), autocast:
+        with mock.patch.object(minrnn, "scan", scan), mock.patch.object(minrnn, "sequential", scan), autocast:
             loss, count, _ = model.batch_loss(batch)
         (loss / count).backward()
         optimizer.step()
@@ -92,9 +85,10 @@ def rates(cell: str, batch_size: int, repeats: int, precision: str) -> dict[str,
     train = TrainConfig(optimizer="adamw", lr=1e-3, warmup_steps=100, clip=1.0, batch_size=batch_size, seq_len=seq_len,
                         device="cpu", precision=precision)
     trainer = Trainer(model(), batches, None, train, "/tmp/charlm-bench-minrnn.safetensors", {}, progress=False)
-    charlms = minrnn.scan  # bound now: the plain steps patch the module's name
-    whole = lambda log_a, log_b, h0=None: charlms(log_a, log_b, h0, chunk=log_a.shape[1])  # noqa: E731
+    scan, sequential = minrnn.scan, minrnn.sequential  # bound now: the plain steps patch the module's names
+    whole = lambda log_a, log_b, h0=None: scan(log_a, log_b, h0, chunk=log_a.shape[1])  # noqa: E731
     seconds = best_seconds({"charlm": (lambda: trainer._train_step(batches.batch), 3),
+                            "chunked scan": (plain_step(model(), batches.batch, scan, precision), 3),
                             "one scan": (plain_step(model(), batches.batch, whole, precision), 3),
                             "sequential": (plain_step(model(), batches.batch, sequential, precision), 3)}, repeats)
     return {name: batch_size * seq_len / value for name, value in seconds.items()}
@@ -112,15 +106,15 @@ def main() -> None:
     precisions = ("fp32", "bf16") if bf16_capable() else ("fp32",)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_name()}; training tokens/s, "
           f"batch {args.batch_size}")
-    print(f"{'model':<22}{'charlm':>10}{'one scan':>10}{'sequential':>12}{'ch/scan':>9}{'ch/seq':>9}")
+    print(f"{'model':<22}{'charlm':>10}{'chunked':>10}{'one scan':>10}{'sequential':>12}{'seq/chunked':>13}")
     results = []
     for cell in minrnn.MIN_CELLS:
         for precision in precisions:
             found = rates(cell, args.batch_size, args.repeats, precision)
             results.append({"cell": cell, "precision": precision, **found})
-            print(f"{cell + ' ' + precision:<22}{found['charlm']:>10,.0f}{found['one scan']:>10,.0f}"
-                  f"{found['sequential']:>12,.0f}{found['charlm'] / found['one scan']:>8.2f}x"
-                  f"{found['charlm'] / found['sequential']:>8.2f}x", flush=True)
+            print(f"{cell + ' ' + precision:<22}{found['charlm']:>10,.0f}{found['chunked scan']:>10,.0f}"
+                  f"{found['one scan']:>10,.0f}{found['sequential']:>12,.0f}"
+                  f"{found['sequential'] / found['chunked scan']:>12.2f}x", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
                                          "cpu": cpu_name(), "rows": results}, indent=2))
