@@ -27,7 +27,7 @@ batches; nothing about files or the CLI.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -110,10 +110,8 @@ def inspect_ids(model: nn.Module, ids: torch.Tensor, vocab: Vocab, top_k: int = 
     count = len(ids)
     device = next(model.parameters()).device
     predictions = _Predictions(count, len(vocab), top_k)
-    most = EVAL_LOGITS_BYTES // (4 * len(vocab))
     state = None
-    for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most),
-                                          eval_batches(torch.arange(count), ROWS, STEPS, most)):
+    for inputs, targets, at in _eval_walk(ids, len(vocab)):
         rows = inputs.shape[0]
         if state is not None and state.batch_size > rows:  # the last few continue the last row
             state = state.rows(slice(-rows, None))
@@ -121,6 +119,14 @@ def inspect_ids(model: nn.Module, ids: torch.Tensor, vocab: Vocab, top_k: int = 
         predictions.record(logits, targets.to(device), at, found)
     model.train(was_training)
     return predictions.inside(ids, vocab)
+
+
+def _eval_walk(ids: torch.Tensor, vocab_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(inputs, targets, the positions of the inputs) of each batch, as `charlm eval` walks `ids`."""
+    most = EVAL_LOGITS_BYTES // (4 * vocab_size)
+    positions = torch.arange(len(ids))
+    for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most), eval_batches(positions, ROWS, STEPS, most)):
+        yield inputs, targets, at
 
 
 def _recurrent_layer_states(model: LanguageModel) -> Callable:
@@ -195,19 +201,17 @@ def _inspect_transformer(model: Transformer, ids: torch.Tensor, vocab: Vocab, to
     hooks = [hook for layer, block in enumerate(model.blocks) for hook in (
         block.attention_norm.register_forward_hook(lambda _, __, out, layer=layer: normed.__setitem__(layer, out)),
         block.register_forward_hook(lambda _, __, out, layer=layer: outputs.__setitem__(layer, out[0])))]
-    most = EVAL_LOGITS_BYTES // (4 * len(vocab))
     try:
-        for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most),
-                                              eval_batches(torch.arange(count), ROWS, STEPS, most)):
+        for inputs, targets, at in _eval_walk(ids, len(vocab)):
             steps = inputs.shape[1]
             whole = steps - steps % context
             for window, part in ((context, slice(0, whole)), (steps - whole, slice(whole, steps))):
                 if part.stop <= part.start:
                     continue
-                cut = lambda tensor: tensor[:, part].reshape(-1, window)  # noqa: E731  (windows side by side)
-                x, _ = model.hidden(cut(inputs).to(device))  # each window from an empty context, as batch_loss
-                where = cut(at)
-                predictions.record(model.head(x), cut(targets).to(device), where,
+                windows, where, windows_targets = (tensor[:, part].reshape(-1, window)  # (windows side by side)
+                                                   for tensor in (inputs, at, targets))
+                x, _ = model.hidden(windows.to(device))  # each window from an empty context, as batch_loss
+                predictions.record(model.head(x), windows_targets.to(device), where,
                                    {f"block {layer}": outputs[layer] for layer in range(config.num_layers)})
                 window_start[where.reshape(-1)] = where[:, :1].expand_as(where).reshape(-1)
                 for layer, block in enumerate(model.blocks):
