@@ -45,10 +45,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def start_server(checkpoint: str, threads: int = 1) -> tuple[subprocess.Popen, str, int]:
+def start_server(checkpoint: str, threads: int | None = None) -> tuple[subprocess.Popen, str, int]:
     """`charlm serve CHECKPOINT --port 0`, and the host and port it says it serves on."""
     server = subprocess.Popen([sys.executable, "-m", "charlm", "serve", checkpoint, "--port", "0",
-                               "--threads", str(threads)],
+                               *(["--threads", str(threads)] if threads else [])],
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in server.stderr:
         found = re.search(r"at http://([\d.]+):(\d+)/", line)
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=200, help="tokens per request")
     parser.add_argument("--prefix", default="the ")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a request gives up")
-    parser.add_argument("--threads", type=int, default=1, help="charlm serve --threads")
+    parser.add_argument("--threads", type=int, help="charlm serve --threads [default: its own, the cores free]")
     parser.add_argument("--rounds", type=int, default=3, help=f"rounds of both; the best counts (at most {MAX_ROUNDS})")
     parser.add_argument("--controls", action="store_true", help="also through /v1/completions with penalties, "
                         "min-p, a stop text and log-probabilities")
@@ -164,7 +164,7 @@ def main() -> None:
             stream(host, port, bodies[0], options.timeout)  # warm up
             print(f"{checkpoint}: {clients} streaming requests of {options.length} tokens, on {cpu_name()} "
                   f"({os.cpu_count()} logical CPUs), load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
-                  f"best of {rounds} rounds; charlm serve --threads {options.threads}")
+                  f"best of {rounds} rounds; charlm serve {f'--threads {options.threads}' if options.threads else '(its threads)'}")
             best: dict[str, tuple[list[dict], float]] = {}
             failures = 0
             kinds = [("", bodies)] + ([(" controls", [openai_body(body) for body in bodies])] if options.controls else [])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -144,3 +145,32 @@ class ThreadPilot:
         self.step = step
         if per_step >= self.min_step and (threads := steer(others, self.available)) is not None:
             self.changes.append((step, threads))
+
+
+class FreeCores:
+    """The cores other programs leave free, for work that comes in short pieces at no fixed pace (a
+    server's generation steps): `count()` gives the count found at the last look, and looks again
+    once WINDOW_SECONDS have passed since it. One is shared by a process's parts that take turns
+    or run at once (a server's batchers: `share()` divides the cores among those working now).
+    Thread-safe. `kept`: cores left to the process's other work (a server's requests and streams)."""
+
+    def __init__(self, available: int | None = None, clock: Callable[[], float] | None = None, kept: int = 0) -> None:
+        self.available, self.kept = available or available_cores(), kept
+        self.watch, self.free = CpuWatch(clock), self.available
+        self.working: set[int] = set()
+        self.lock = threading.Lock()
+
+    def count(self) -> int:
+        with self.lock:
+            if self.watch.seconds() >= WINDOW_SECONDS:
+                self.free = threads_for(self.watch.others(), self.available)
+                self.watch.start()
+            return self.free
+
+    def share(self, worker: object, working: bool, keep: bool = True) -> int:
+        """The threads `worker` may use while it works (`working`) beside the others that say they
+        do: the cores free, less those kept (unless not to `keep` them), over their number; at least one."""
+        with self.lock:
+            (self.working.add if working else self.working.discard)(id(worker))
+            sharing = max(len(self.working), 1)
+        return max((self.count() - (self.kept if keep else 0)) // sharing, 1)

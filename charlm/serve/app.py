@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -45,6 +45,8 @@ from charlm.errors import CharlmError
 from charlm.evaluation.inside_page import script, view_data
 from charlm.generation.request import Request as GenerationRequest
 from charlm.generation.sampling import encode_prefix
+from charlm.runtime.cores import FreeCores
+from charlm.runtime.device import cpu_threads
 from charlm.serve.batcher import Batcher
 from charlm.serve.catalog import Served, json_safe
 from charlm.serve.chat import ChatTemplate
@@ -82,15 +84,18 @@ INSIDE_UNITS = 16  # the units a request may ask for beside those the ranking fo
 
 
 def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_hosts: tuple[str, ...] | None = None,
-               threads: int | None = 1, precision: str = "fp32", api_key: str | None = None,
+               threads: int | None = None, precision: str = "fp32", api_key: str | None = None,
                chat_template: ChatTemplate = ChatTemplate()) -> Starlette:
     """The app serving `catalog`'s models. `allowed_hosts`: the Host names a request may give (a
     page on another site cannot then reach a loopback server by DNS rebinding); None: any.
-    `threads`: torch's CPU threads for each language model's batcher (None: torch's default);
+    `threads`: torch's CPU threads for each language model's batcher (None: the cores free, shared);
     `precision` its steps' (see `Batcher`). `api_key`: the key every /v1/ request must show
     (None: none). `chat_template`: how /v1/chat/completions writes a conversation."""
+    # One count of the cores free for every batcher, less one for the requests and streams: on 2 cores a batcher
+    # of 24 streams on both ran no faster than on one (scripts/bench_serve.py), on a busy one far slower.
+    cores = FreeCores(kept=1) if threads is None else None
     batchers = {name: Batcher(served.model.model, served.model.vocab, served.model.meta.tokens, name, threads,
-                              precision, served.path)
+                              precision, served.path, cores)
                 for name, served in catalog.items() if served.task == "lm"}
     translating = {name: threading.Lock() for name in catalog}  # a worker's turn per model (pairs; /v1/inside)
     slots = Slots(limits.in_flight)
@@ -186,6 +191,18 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
             raise RequestError(f"units: this model has no unit {shown(missing.args[0])}; a unit is a layer "
                                f"({', '.join(sorted(seen.activations))}) and an index below its size", param="units") from None
 
+    @contextlib.contextmanager
+    def worker_threads() -> Iterator[None]:
+        """Torch's threads for a worker's turn: `threads`, or the cores free, shared with the batchers working
+        (none kept: its request waits for it, and the streams are the batchers')."""
+        turn = object()
+        try:
+            with cpu_threads(threads if cores is None else cores.share(turn, True, keep=False)):
+                yield
+        finally:
+            if cores is not None:
+                cores.share(turn, False)
+
     async def in_worker(served: Served, work: Callable[[], Any]) -> Any:
         """A model's work in a worker thread (a pair model's, or looking inside a language model),
         one at a time per model, counted in `slots`."""
@@ -194,7 +211,7 @@ def create_app(catalog: dict[str, Served], limits: Limits = Limits(), allowed_ho
             def locked() -> Any:
                 door = DOOR.set("field")  # the API's errors name a request's fields
                 try:
-                    with translating[served.name]:
+                    with translating[served.name], worker_threads():
                         return work()
                 finally:
                     DOOR.reset(door)

@@ -44,11 +44,13 @@ from charlm.generation.sampling import (
     History, choose_precision, choose_rows, scores, scores_of_rows, shown_prefix, special_ids, start_ids, step_function,
     token_gap, warm_up,
 )
+from charlm.runtime.cores import FreeCores
 from charlm.runtime.device import cpu_threads, seeded_generator
 from charlm.text.tokens import Tokenizer, Vocab
 
 log = logging.getLogger(__name__)
 MEASURED_ROWS = (1, 32)  # batch sizes at which "auto" measures bf16 against fp32: a lone request, a full one
+SPLIT_ROWS = 8  # with no thread count fixed, a step of fewer rows runs on one thread (measured: see Batcher)
 
 
 class Stopped(Exception):
@@ -138,19 +140,22 @@ class _Group:
 
 class Batcher:
     """`submit(generation)` from any thread; the batcher's thread starts with the first and runs
-    torch on `threads` CPU threads (None: torch's default).
+    torch on `threads` CPU threads, or with None on the cores free (`cores`, shared with the
+    app's other batchers, looked at again as it works): one thread for a step of fewer than
+    SPLIT_ROWS rows, the cores free for a larger one.
 
     Its steps' products run in `precision`: "fp32", "bf16", or "auto", decided here at once for
     every batch it will step (`MEASURED_ROWS`: bf16 only where it is faster at each, so a lone
     request never pays for it), and kept beside the `checkpoint`; `note` then says why bf16."""
 
     def __init__(self, model: nn.Module, vocab: Vocab, tokens: str, name: str = "model", threads: int | None = 1,
-                 precision: str = "fp32", checkpoint: str | None = None) -> None:
+                 precision: str = "fp32", checkpoint: str | None = None, cores: FreeCores | None = None) -> None:
         self.model, self.vocab, self.name, self.threads = model.eval(), vocab, name, threads
+        self.cores = (cores or FreeCores()) if threads is None else None
         self.tokenizer = Tokenizer(tokens)
         self.gap = token_gap(self.tokenizer)
         self.banned = special_ids(vocab)
-        with cpu_threads(threads):  # measured on the thread count the batcher's thread runs on
+        with cpu_threads(threads or 1):  # measured on the thread count the batcher's thread runs on (a lone request's)
             self.precision, self.note = choose_precision(model, MEASURED_ROWS, precision, checkpoint)
         self.step = step_function(model, self.banned, self.precision)
         self.steps, self.largest_batch = 0, 0  # model steps taken, and the most rows in one
@@ -196,6 +201,8 @@ class Batcher:
         while True:
             with self._wake:
                 while not (self._pending or self._groups or self._closed):
+                    if self.cores is not None:
+                        self.cores.share(self, False)  # resting: the cores are the other batchers'
                     self._wake.wait()
                 if self._closed:
                     for generation in self._pending + [request.generation for group in self._groups
@@ -276,9 +283,17 @@ class Batcher:
             kept = {id(request) for request in group.requests}
             ids = ids[torch.tensor([row for row, owner in enumerate(owners) if id(owner) in kept],
                                    dtype=torch.long, device=ids.device)]
+        if self.cores is not None:
+            self._set_threads(ids.shape[0])
         group.logits, group.state = self.step(ids, group.state)
         self.steps += 1
         self.largest_batch = max(self.largest_batch, group.logits.shape[0])
+
+    def _set_threads(self, rows: int) -> None:
+        """Torch's threads on this thread for a step of `rows` rows (with no count fixed)."""
+        threads = self.cores.share(self, True) if rows >= SPLIT_ROWS else 1
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
 
     @staticmethod
     def _drop(group: _Group, ended: Callable[[_Request], bool]) -> None:

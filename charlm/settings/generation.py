@@ -86,8 +86,9 @@ SERVE = table(
     Setting("host", str, "127.0.0.1", "The address to listen on; anything but a loopback address is reachable from "
             "other machines.", ("serve",)),
     Setting("port", int, 8000, "The port to listen on (0: a free one).", ("serve",), low=0, high=65535),
-    Setting("threads", int, 1, "CPU threads for torch per language model: a batch's step is small, and on a small or "
-            "shared machine one thread is fastest.", ("serve",), low=1, high=MAX_THREADS),
+    Setting("threads", int, None, "CPU threads for torch per language model, fixed. By default a step of few rows runs "
+            "on one thread and a larger batch's on the cores other programs leave free less one for the requests' "
+            "own work, shared between the models generating, looked at again as it serves.", ("serve",), low=1, high=MAX_THREADS),
     replace(GENERATE["precision"], commands=("serve",), help="Of the generation steps' matrix products. auto: bf16 "
             "where this machine has bf16 matrix units and a step measures faster in it both for one request and for "
             "a full batch, with the same next-token odds, else fp32 (the text of `charlm generate --precision "

@@ -119,3 +119,24 @@ def test_settling_sets_the_threads_from_the_set_up_however_few_steps(piloted):
     machine.update(now=2.0, busy=machine["busy"] + 1.8 * 1.5, own=machine["own"] + 1.8 * 0.5)
     pilot.settle()  # a neighbour used a core while the text was read
     assert torch.get_num_threads() == 1
+
+
+def test_free_cores_are_looked_at_again_after_a_window_and_shared_by_those_working(monkeypatch):
+    machine = fake_machine(monkeypatch)
+    free = cores.FreeCores(available=2, clock=lambda: machine["now"])
+    assert free.count() == 2  # nothing seen yet: every core
+    machine.update(now=1.0, busy=machine["busy"] + 1.0, own=machine["own"])  # a neighbour, but within the window
+    assert free.count() == 2
+    seconds = cores.WINDOW_SECONDS
+    machine.update(now=1.0 + seconds, busy=machine["busy"] + 1.5 * seconds, own=machine["own"] + 0.5 * seconds)
+    assert free.count() == 1  # it kept a core busy
+    machine.update(now=1.0 + 2 * seconds, busy=machine["busy"] + 2 * seconds, own=machine["own"] + 2 * seconds)
+    a, b = object(), object()
+    assert free.share(a, True) == 2  # it stopped: both cores, for the one working
+    assert free.share(b, True) == 1 and free.share(a, True) == 1  # two working: one each
+    free.share(b, False)
+    assert free.share(a, True) == 2
+    kept = cores.FreeCores(available=8, clock=lambda: machine["now"], kept=1)
+    assert kept.share(a, True) == 7 and kept.share(b, True) == 3  # one core left to the process's other work
+    assert kept.share(b, True, keep=False) == 4  # a piece of work the rest waits for
+    assert cores.FreeCores(available=1, kept=1).share(a, True) == 1  # at least one

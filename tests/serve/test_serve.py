@@ -227,6 +227,53 @@ def test_requests_stepped_as_one_batch_give_the_text_they_give_alone(catalog, wi
         assert text == ([alone] if ask["num_samples"] == 1 else alone), ask
 
 
+def test_a_batcher_with_no_threads_fixed_steps_few_rows_on_one_thread_and_a_batch_on_the_cores_free(catalog):
+    """With no --threads, a step of fewer than SPLIT_ROWS rows runs on one thread and a larger
+    batch's on the cores the shared count says are free; the text is the same either way."""
+    import torch
+
+    from charlm.serve.batcher import SPLIT_ROWS
+
+    class Cores:  # two cores free, whoever asks
+        def __init__(self) -> None:
+            self.said: list[bool] = []
+
+        def share(self, worker: object, working: bool) -> int:
+            self.said.append(working)
+            return 2
+
+    model, cores = catalog["tiny"].model, Cores()
+    batcher = Batcher(model.model, model.vocab, model.meta["tokens"], threads=None, cores=cores)
+    seen, step = [], batcher.step
+    batcher.step = lambda ids, state: seen.append((ids.shape[0], torch.get_num_threads())) or step(ids, state)
+    for rows in (1, SPLIT_ROWS):
+        texts, done = [""] * rows, threading.Event()
+        batcher.submit(Generation(Request(length=30, seed=5, num_samples=rows), model.vocab.encode(list("the ")),
+                                  lambda sample, piece: texts.__setitem__(sample, texts[sample] + piece),
+                                  lambda failure: done.set()))
+        assert done.wait(30)
+        alone = model.generate("the ", length=30, seed=5, num_samples=rows, precision="fp32")
+        assert texts == ([alone] if rows == 1 else alone)
+    batcher.close()
+    assert {threads for rows, threads in seen if rows < SPLIT_ROWS} == {1}
+    assert {threads for rows, threads in seen if rows >= SPLIT_ROWS} == {2}
+    assert False in cores.said and True in cores.said  # working, and resting between the requests
+
+
+def test_serve_shares_the_cores_free_unless_threads_are_fixed(runner, models, monkeypatch):
+    from charlm.runtime.cores import FreeCores
+    from charlm.serve import server
+
+    apps = []
+    monkeypatch.setattr(server, "serve_forever", lambda app, sock, on_stop: apps.append(app))
+    run_cli(runner, "serve", models / "tiny.safetensors", "--port", "0", "--precision", "fp32")
+    batcher = apps[0].state.batchers["tiny"]
+    assert batcher.threads is None and isinstance(batcher.cores, FreeCores)
+    run_cli(runner, "serve", models / "tiny.safetensors", "--port", "0", "--precision", "fp32", "--threads", "2")
+    batcher = apps[1].state.batchers["tiny"]
+    assert batcher.threads == 2 and batcher.cores is None
+
+
 def test_a_bf16_batcher_gives_the_text_of_generate_in_bf16(wider):
     """`--precision bf16`: a lone request gets the text `charlm generate --precision bf16` gives."""
     model = wider["wider"].model
