@@ -13,7 +13,7 @@ This module knows nothing about data, training, checkpoints or sampling strategi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -87,6 +87,14 @@ class LanguageModel(ModelDefaults, nn.Module):
         self.rnn = recurrent_module(config, input_size)
         self.dropout = kernels.Dropout(config.dropout, locked_dim=1 if config.locked_dropout else None)  # (B, T, .)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def set_dropout(self, p: float) -> None:
+        """Change --dropout as the model trains (the recipe's, once a --max-time run's plan says its
+        passes): on the embedding and the outputs, and between the layers."""
+        self.config = replace(self.config, dropout=p)
+        self.dropout.p = p
+        if self.config.num_layers > 1:
+            self.rnn.dropout = p
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:

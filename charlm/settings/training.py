@@ -111,10 +111,14 @@ TRAIN = table(
     Setting("iterator", str, _COMMON["iterator"], "Text: sequential carries the hidden state between batches; random "
             "samples independent windows.", ("train",), choices=presets.ITERATORS, only="lm"),
     Setting("optimizer", str, _COMMON["optimizer"], "muon: Muon's orthogonalised updates for the hidden "
-            "matrices, AdamW for the embeddings, head, biases and gains, at the same --lr.", ("train",),
+            "matrices (at --muon-lr), AdamW for the embeddings, head, biases and gains (at --lr).", ("train",),
             choices=presets.OPTIMIZERS),
     Setting("lr", float, None, f"Learning rate. {_per_task('lr')}", ("train",), low=0, low_open=True, finite=True,
             rule="a positive number"),
+    Setting("muon_lr", float, None, "With --optimizer muon: the learning rate of Muon's updates of the "
+            "hidden matrices, which the schedule scales as it does --lr. [default: "
+            f"{_COMMON['muon_lr']:g}; {_TRANSFORMER['muon_lr']:g} for the transformer and the min-RNNs]", ("train",), low=0,
+            low_open=True, finite=True, rule="a positive number"),
     Setting("lr_schedule", str, None, "cosine: from --lr down to --lr x --min-lr-ratio over --epochs. "
             f"{_per_task('lr_schedule')}", ("train",), choices=presets.SCHEDULES),
     Setting("min_lr_ratio", float, _COMMON["min_lr_ratio"], "", ("train",), low=0, high=1),

@@ -81,6 +81,8 @@ def launch(corpus: tuple[Path, ...], options: dict[str, Any], given: set[str], s
     # The task's defaults, then the architecture's; the caller's settings have the last word.
     defaults = {**task_defaults(task), **architecture.defaults}
     options.update({name: value for name, value in defaults.items() if name not in given})
+    if "muon_lr" in given and options["optimizer"] != "muon":
+        raise UsageError(f"--muon-lr only applies with --optimizer muon (this run's is {options['optimizer']})")
     options["cache_dir"] = _cache_dir(corpus[0], options["cache_dir"], options.pop("no_cache"))
     if options.pop("extend_vocab"):
         options["unknown"] = "extend"
@@ -207,7 +209,8 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         pilot.settle()  # what the others used while the text was read and the model built
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
-                      resume_meta=run.resume_meta, sample=run.sample, pilot=pilot).run(resume, overwrite)
+                      resume_meta=run.resume_meta, sample=run.sample, pilot=pilot,
+                      by_passes=getattr(run, "by_passes", False)).run(resume, overwrite)
     if getattr(run, "report", None) is not None and world.is_main and summary.get("best_val_loss") is not None:
         if pilot is not None:
             pilot.settle()

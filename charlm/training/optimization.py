@@ -29,6 +29,8 @@ class TrainConfig:
 
     optimizer: str = LM["optimizer"]
     lr: float = LM["lr"]
+    # --optimizer muon: the rate of Muon's updates where the schedule peaks (it scales both alike); None: --lr
+    muon_lr: float | None = field(default=LM["muon_lr"], metadata=RECORDED_WHEN_SET)
     lr_schedule: str = LM["lr_schedule"]  # over --epochs, --lr-decay-steps or what --max-time allows; --max-steps only stops
     min_lr_ratio: float = LM["min_lr_ratio"]  # the cosine ends at lr * this
     # steps rising linearly to --lr before the schedule starts (recorded when set: an RNN's bytes stay as they were)
@@ -65,7 +67,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     decays its matrices only); every parameter is decayed by --weight-decay otherwise."""
     groups = model.parameter_groups(config.weight_decay)
     if config.optimizer == "muon":
-        return MuonAdamW(model, groups, config.lr, config.weight_decay)
+        return MuonAdamW(model, groups, config.lr, config.weight_decay, config.muon_lr)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, weight_decay=config.weight_decay)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
@@ -77,10 +79,13 @@ class MuonAdamW(torch.optim.Optimizer):
     the recurrent and input weights, attention and MLP matrices), AdamW for the rest (embeddings,
     the head, biases and gains), as one optimizer: one `param_groups` list (a group Muon steps has
     "muon": True) for the schedule to set each group's rate, and one `state` for the resume file.
-    Muon's update is scaled to AdamW's size ("match_rms_adamw", Moonshot's), so both take the
-    AdamW learning rate and weight decay. Each group keeps the weight decay the model gave it."""
+    Muon's update is scaled to AdamW's size ("match_rms_adamw", Moonshot's), so both would take the
+    AdamW learning rate and weight decay; given a rate of its own (`muon_lr`: --muon-lr, or by
+    by default the model's, measured), its groups hold "lr_scale", muon_lr / lr, which the
+    schedule's rate is multiplied by (`set_rate`). Each group keeps the weight decay the model gave it."""
 
-    def __init__(self, model: nn.Module, groups: Any, lr: float, weight_decay: float) -> None:
+    def __init__(self, model: nn.Module, groups: Any, lr: float, weight_decay: float,
+                 muon_lr: float | None = None) -> None:
         hidden = {id(parameter) for parameter in model.hidden_matrices()}
         groups = list(groups)
         if groups and not isinstance(groups[0], dict):
@@ -91,7 +96,10 @@ class MuonAdamW(torch.optim.Optimizer):
                 kept = [parameter for parameter in group["params"] if (id(parameter) in hidden) is is_hidden]
                 if kept:
                     split[is_hidden].append({**group, "params": kept, "muon": is_hidden})
-        self.muon = torch.optim.Muon(split[True], lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw") \
+        if muon_lr is not None:
+            split[True] = [{**group, "lr_scale": muon_lr / lr} for group in split[True]]
+        self.muon = torch.optim.Muon(split[True], lr=muon_lr or lr, weight_decay=weight_decay,
+                                     adjust_lr_fn="match_rms_adamw") \
             if split[True] else None
         self.adamw = torch.optim.AdamW(split[False], lr=lr, weight_decay=weight_decay) if split[False] else None
         inner = [optimizer for optimizer in (self.muon, self.adamw) if optimizer is not None]
@@ -116,6 +124,19 @@ class MuonAdamW(torch.optim.Optimizer):
             if optimizer is not None:
                 optimizer.step()
         return loss
+
+
+def set_rate(optimizer: torch.optim.Optimizer, rate: float) -> None:
+    """Set each group's learning rate to the schedule's `rate`, times the group's "lr_scale" where
+    it has one (Muon's, given --muon-lr)."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate * group.get("lr_scale", 1.0)
+
+
+def scheduled(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's rate the optimizer was last set to (`set_rate`): --lr's curve."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:

@@ -5,8 +5,10 @@ is learnt by heart within a minute by the model that suits the second. So where 
 not set them, the model's size, its regularisation, the batch size, the epochs and early
 stopping follow the number of tokens the run trains on, by the tiers below (`charlm.presets.TIERS`,
 measured on the texts of `scripts/bench_recipe.py`; the README has the table), and `--max-time` alone plans the
-epochs that fill it. A setting the user gave is theirs; the choice is said in one line that
-names the flags which override it.
+epochs that fill it. A recurrent model's dropout follows the passes the run makes over the text
+(`by_passes`): known from the epochs, or with --max-time once the run's plan says how many the
+time allows (`Recipe.by_passes`: the trainer asks then). A setting the user gave is theirs; the
+choice is said in one line that names the flags which override it.
 
 It knows the settings' names and the number of training tokens; nothing about models, data or
 files. The model's part is for the recurrent cells, where it was measured; other architectures
@@ -18,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from charlm.presets import CELLS, MAX_EPOCHS, MODEL_PART, PASS_TOKENS, TIERS, UNTIL_TIME
+from charlm.presets import CELLS, FEW_PASSES, FEW_PASSES_DROPOUT, MAX_EPOCHS, MODEL_PART, PASS_TOKENS, TIERS, UNTIL_TIME
 from charlm.settings import TRAIN
 
 
@@ -28,16 +30,23 @@ class Recipe:
 
     settings: dict[str, Any]
     line: str | None
+    by_passes: bool = False  # the dropout is `by_passes`' once a --max-time run's plan says the passes
 
 
-NAMES = ("epochs", *sorted({name for _, _, tier in TIERS for name in tier}))  # every setting a recipe may choose
+def by_passes(passes: float) -> dict[str, Any]:
+    """What a recurrent model of a moderate or large text changes for a run of `passes` passes over
+    it: under FEW_PASSES it has little to over-fit, and dropout only slows its learning."""
+    return {"dropout": FEW_PASSES_DROPOUT} if passes < FEW_PASSES else {}
+
+
+NAMES = ("epochs", *sorted({name for _, _, tier in TIERS for name in tier} | {"dropout"}))  # every setting it may choose
 
 
 def choose(train_tokens: int, max_time: float | None, given: set[str] | frozenset[str], architecture: str,
-           embedding_size: int | None = None) -> Recipe:
+           embedding_size: int | None = None, epochs: int | None = None) -> Recipe:
     """The settings not in `given` that a run on `train_tokens` tokens for `max_time` seconds (or
     None) takes, with `architecture` (a name of `charlm.models.registry`) and `embedding_size`
-    (0: one-hot input, which has no embedding to drop)."""
+    (0: one-hot input, which has no embedding to drop); `epochs`: the user's, where given."""
     _, kind, tier = next(row for row in TIERS if train_tokens < row[0])
     chosen = {name: value for name, value in tier.items() if architecture in CELLS or name not in MODEL_PART}
     if embedding_size == 0:
@@ -46,12 +55,33 @@ def choose(train_tokens: int, max_time: float | None, given: set[str] | frozense
         chosen["epochs"] = UNTIL_TIME
     else:
         chosen["epochs"] = min(max(round(PASS_TOKENS / max(train_tokens, 1)), 1), MAX_EPOCHS)
+    passes_rule = architecture in CELLS and "dropout" not in tier and "dropout" not in given
+    timed = passes_rule and max_time is not None
+    if passes_rule and not timed:
+        chosen.update(by_passes(epochs if "epochs" in given and epochs is not None else chosen["epochs"]))
     chosen = {name: value for name, value in chosen.items() if name not in given}
-    if not chosen:
+    if not chosen and not timed:
         return Recipe({}, None)
     told = [f"{TRAIN[name].option} {value}" for name, value in chosen.items() if name != "epochs" or max_time is None]
     if max_time is not None and "epochs" in chosen:
         told.append(f"as many epochs as --max-time {max_time:g} allows")
+    if timed:
+        told.append(f"--dropout {FEW_PASSES_DROPOUT} if that is fewer than {FEW_PASSES} passes over the text")
     line = (f"{kind} ({train_tokens:,} training tokens): {', '.join(told)} "
             f"(a setting you give overrides its choice)")
-    return Recipe(chosen, line)
+    return Recipe(chosen, line, timed)
+
+
+def apply_passes(model: Any, meta: Any, passes: float) -> str | None:
+    """Give a recurrent `model` in training, and its run's metadata `meta` (what its checkpoints
+    record), the dropout `by_passes` says for `passes`; the note that says so, in the caller's
+    terms, or None where nothing changes."""
+    from charlm.settings.rows import in_callers_terms
+
+    changes = by_passes(passes)
+    if not changes or meta.model.get("dropout") == changes["dropout"]:
+        return None
+    model.set_dropout(changes["dropout"])
+    meta.model.update(changes)
+    return in_callers_terms(f"the time allows {passes:.1f} passes over the text, fewer than {FEW_PASSES}: "
+                            f"--dropout {changes['dropout']}, the recipe's for them", TRAIN.values())

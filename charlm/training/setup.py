@@ -85,6 +85,7 @@ class Run:
     report: Callable | None = None
     held_out_tokens: int = 0
     recipe: str | None = None  # text only: the settings `charlm.training.recipe` chose, in a line
+    by_passes: bool = False  # text only: its dropout is the recipe's for the passes a --max-time plan makes
     unigram_loss: float | None = None  # text only: the held-out loss of the training split's character frequencies
 
 
@@ -139,14 +140,14 @@ def language_model_run(
                            unknown=data_config.unknown if parent is not None else "unk")
     train_ids, val_ids = data.split(train_config.val_fraction)
     notes = [line] if isinstance(corpus, FoundCorpus) and (line := corpus.summary()) else []
-    architecture, chose = architecture or LM["cell"], None
+    architecture, chose, by_passes = architecture or LM["cell"], None, False
     if given is not None and parent is None:
         chosen = recipe.choose(len(train_ids), train_config.max_time, given, architecture,
-                               model_settings.get("embedding_size"))
+                               model_settings.get("embedding_size"), train_config.epochs)
         train_config = replace(train_config, **{name: value for name, value in chosen.settings.items()
                                                 if name in TrainConfig.__dataclass_fields__})
         model_settings.update(chosen.settings)
-        chose = chosen.line
+        chose, by_passes = chosen.line, chosen.by_passes
     try:
         batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
     except CorpusError:
@@ -193,7 +194,7 @@ def language_model_run(
                                context=train_ids[:SAMPLE_CONTEXT].tolist())  # the text's start, as it trains
     return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes,
                resume_meta=resume_meta, sample=sample, report=report, held_out_tokens=len(val_ids), recipe=chose,
-               unigram_loss=unigram)
+               unigram_loss=unigram, by_passes=by_passes)
 
 
 def corpus_record(corpus: str | os.PathLike | FoundCorpus, sha256: str | None = None) -> dict[str, Any]:

@@ -27,10 +27,12 @@ class TimeBudget:
     """The plan of a --max-time run, kept in `state.planned_steps`. `clock` is the trainer's."""
 
     def __init__(self, config: TrainConfig, state: Any, world: Any, batches_per_epoch: int, started: float,
-                 clock: Callable[[], float], pilot: Any = None, eval_positions: int = 0) -> None:
+                 clock: Callable[[], float], pilot: Any = None, eval_positions: int = 0,
+                 on_plan: Callable[[float], None] | None = None) -> None:
         self.config, self.state, self.world, self.batches_per_epoch = config, state, world, batches_per_epoch
         self.pilot = pilot  # the threads, kept at the cores free (`charlm.runtime.cores.ThreadPilot`), or None
         self.eval_positions = eval_positions  # tokens an evaluation predicts, where known (text)
+        self.on_plan = on_plan  # told the passes over the text the first plan makes, once (a resume's has its plan)
         self.started, self.clock = started, clock
         self.evaluating = [0.0, 0]  # seconds spent in evaluations by this process, and how many
         # (time, step, seconds spent evaluating so far) at recent flushes
@@ -90,4 +92,7 @@ class TimeBudget:
         if config.max_steps is not None:
             cap = min(cap, config.max_steps)
         planned = float(self.world.mean(torch.tensor(min(fits, cap), dtype=torch.float64)))
+        first = state.planned_steps is None
         state.planned_steps = max(int(planned), state.step)
+        if first and self.on_plan is not None:
+            self.on_plan(state.planned_steps / max(self.batches_per_epoch, 1))

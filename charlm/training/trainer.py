@@ -43,8 +43,9 @@ from charlm.runtime.device import autocast, rng_states, seed_everything, set_rng
 from charlm.runtime.measured import Decisions, choose_training_setup
 from charlm.training.time_budget import TimeBudget
 from charlm.training.watch import LossWatch
-from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer
+from charlm.training.optimization import TrainConfig, WeightAverage, learning_rate, make_optimizer, scheduled, set_rate
 from charlm.training.progress import Progress, show_evaluation, tokens_per_second
+from charlm.training.recipe import apply_passes
 from charlm.training.resume import RunState, read_resume, write_resume
 from charlm.training.run_files import (MetricsFile, check_creatable, check_replaceable, locked_run, remove_finished,
                                        run_paths)
@@ -71,9 +72,10 @@ class Trainer:
         config: TrainConfig, out: str | os.PathLike, meta: Metadata | dict[str, Any], progress: bool = True,
         world: World = World(), inputs: Sequence[str | os.PathLike] = (), tuning_dir: str | None = None,
         resume_meta: dict[str, Any] | None = None, sample: Callable[[nn.Module], str] | None = None, pilot: Any = None,
+        by_passes: bool = False,
     ) -> None:
-        self.config, self.meta, self.world = config, read(meta), world
-        self.inputs = list(inputs)
+        self.config, self.meta, self.world, self.inputs = config, read(meta), world, list(inputs)
+        self.by_passes = by_passes  # a --max-time run's first plan sets the recipe's dropout (`recipe.apply_passes`)
         self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.runtime.measured`)
         self.resume_meta = resume_meta or {}  # what the resume file carries beyond `meta` (its corpus's identity)
         self.sample, self.pilot = sample, pilot  # what the model writes now; the threads' `charlm.runtime.cores.ThreadPilot`
@@ -84,21 +86,18 @@ class Trainer:
         self.device = world.device(config.device)
         seed_everything(config.seed)
         self.model = model.to(self.device)
-        self.batches = train_batches if world.size == 1 else RowShare(train_batches, world)
-        self.val_batches = val_batches
+        self.batches, self.val_batches = train_batches if world.size == 1 else RowShare(train_batches, world), val_batches
         self.loss_module: nn.Module = BatchLoss(self.model)
         if world.size > 1:  # averages the gradients in backward; starts every process from rank 0's weights
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.loss_module = DistributedDataParallel(self.loss_module, device_ids=device_ids)
+            self.loss_module = DistributedDataParallel(self.loss_module, device_ids=[self.device.index]
+                                                       if self.device.type == "cuda" else None)
             seed_everything(config.seed, world.rank)  # each process its own dropout masks
         self.optimizer = make_optimizer(self.model, config)
         self.average = WeightAverage(self.model, config.ema) if config.ema > 0 else None  # what is evaluated and kept
         self.run_state = RunState()  # position and history: what a resume restores besides weights and RNGs
-        # The training loss since the last flush, summed on the device, so that a step never waits
-        # on the device just to log (`state.loss_sum` holds what was flushed since the last evaluation).
+        # the training loss since the last flush, on the device: a step never waits to log (`state.loss_sum`: flushed)
         self.running_loss = torch.zeros((), device=self.device)
-        self.carried = None  # the model state carried between sequential batches
-        self.saved_step: int | None = None  # the step of the last resume file
+        self.carried, self.saved_step = None, None  # the state carried between sequential batches; the last resume's step
         self.signals = StopSignals()  # SIGINT / SIGTERM: stop after the step, saving the run
 
     # -- the run ---------------------------------------------------------------------------------
@@ -137,13 +136,11 @@ class Trainer:
         started = clock() - state.elapsed
         per_epoch = len(self.batches)
         self.budget = TimeBudget(config, state, self.world, per_epoch, started, clock, self.pilot,
-                                 getattr(self.val_batches, "positions", 0))
+                                 getattr(self.val_batches, "positions", 0), self._planned if self.by_passes else None)
         records = self.metrics.read()
         self.watch = LossWatch(records, config.early_stop)  # the evaluations so far, a resume's too
         self.evaluated_at = records[-1]["step"] if records else state.step  # the step of the last evaluation
-        total = config.epochs * per_epoch
-        if config.max_steps is not None:
-            total = min(total, config.max_steps)
+        total = min(config.epochs * per_epoch, config.max_steps or config.epochs * per_epoch)
         bar = Progress(state.planned_steps or total, state.step, self.progress)
         self.model.train()
         keyboard = False  # a KeyboardInterrupt raised in the loop (a notebook's, a program's)
@@ -167,7 +164,7 @@ class Trainer:
                             self.budget.plan()
                             now = clock()
                             rate = tokens_per_second(state.tokens, now - started)  # as the metrics say it
-                            bar.update(state.step, value / count, rate, self.optimizer.param_groups[0]["lr"], now - started,
+                            bar.update(state.step, value / count, rate, scheduled(self.optimizer), now - started,
                                        state.planned_steps)
                         # 3. evaluation every --eval-every steps: metrics, best model, resume file
                         if due:
@@ -221,9 +218,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         planned = config.lr_decay_steps or self.run_state.planned_steps or config.epochs * len(self.batches)
-        rate = learning_rate(config, self.run_state.step, planned)
-        for group in self.optimizer.param_groups:
-            group["lr"] = rate
+        set_rate(self.optimizer, learning_rate(config, self.run_state.step, planned))
         if config.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
         self.optimizer.step()
@@ -246,6 +241,11 @@ class Trainer:
         if why and self.progress:
             tqdm.write(f"note: training in {why}", file=sys.stderr)
         return precision
+
+    def _planned(self, passes: float) -> None:
+        """A --max-time run's first plan: the recipe's dropout for the `passes` it makes over the text."""
+        if (line := apply_passes(self.model, self.meta, passes)) and self.progress:
+            tqdm.write(f"note: {line}", file=sys.stderr)
 
     def _should_stop(self, started: float) -> bool:
         config = self.config
@@ -311,7 +311,7 @@ class Trainer:
             "tokens": state.tokens, "train_loss": train_loss,
             "val_loss": val_loss, "val_ppl": None, "val_bpc": None,
             "tokens_per_sec": tokens_per_second(state.tokens, state.elapsed), "elapsed_s": state.elapsed,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": scheduled(self.optimizer),
         }
         if val_loss is not None:
             report = loss_report(val_loss)

@@ -114,3 +114,52 @@ def test_own_notes_in_three_languages_beat_their_character_frequencies_in_half_a
     unigram = float(result.stderr.split("character frequencies alone: ppl ")[1].split(")")[0])
     kept = float(result.stderr.split("best val loss ")[1].split("(ppl ")[1].split(")")[0])
     assert kept < 0.7 * unigram, result.stderr
+
+
+def test_dropout_follows_the_passes_a_run_makes_over_a_moderate_or_large_text():
+    few, dropout = recipe.FEW_PASSES, recipe.FEW_PASSES_DROPOUT
+    assert recipe.by_passes(few - 0.1) == {"dropout": dropout} and recipe.by_passes(few) == {}
+    # without --max-time the passes are the epochs: the recipe's, or the user's
+    assert "dropout" not in recipe.choose(161_082, None, set(), "lstm").settings  # 10 epochs: the presets' 0.3
+    assert recipe.choose(400_000, None, set(), "gru").settings["dropout"] == dropout  # 4 epochs
+    assert recipe.choose(1_000_000, None, set(), "lstm").settings["dropout"] == dropout  # 2: the large text's, as before
+    assert "dropout" not in recipe.choose(400_000, None, {"epochs"}, "lstm", epochs=20).settings
+    assert recipe.choose(161_082, None, {"epochs"}, "lstm", epochs=3).settings["dropout"] == dropout
+    # with --max-time the run's first plan says how many the time allows
+    timed = recipe.choose(161_082, 150, set(), "lstm")
+    assert timed.by_passes and "dropout" not in timed.settings
+    assert f"--dropout {dropout} if that is fewer than {few} passes over the text" in timed.line
+    for not_by_passes in (recipe.choose(161_082, 150, {"dropout"}, "lstm"), recipe.choose(161_082, 150, set(), "transformer"),
+                          recipe.choose(5_000, 150, set(), "lstm")):  # the user's; not a recurrent cell; the small text's own
+        assert not not_by_passes.by_passes
+
+
+def test_a_model_given_the_dropout_of_few_passes_drops_less_everywhere():
+    from charlm.checkpoints.metadata import LanguageModelMetadata
+    from charlm.models.recurrent import LanguageModel, ModelConfig
+    from charlm.presets import record
+
+    model = LanguageModel(ModelConfig(vocab_size=20, cell="lstm", num_layers=2, hidden_size=8, embedding_size=4,
+                                      dropout=0.3))
+    meta = LanguageModelMetadata(task="lm", model=record(model.config))
+    assert recipe.apply_passes(model, meta, recipe.FEW_PASSES + 1) is None and model.rnn.dropout == 0.3
+    line = recipe.apply_passes(model, meta, 3.2)
+    assert line.startswith("the time allows 3.2 passes over the text") and "dropout 0.1" in line  # as the caller says it
+    assert model.dropout.p == model.rnn.dropout == model.config.dropout == meta.model["dropout"] == 0.1
+    assert recipe.apply_passes(model, meta, 3.2) is None  # said once
+
+
+def test_a_timed_run_takes_the_dropout_of_its_passes_and_resumes_with_it(runner, tiny_corpus, monkeypatch):
+    from charlm.checkpoints.files import read_metadata
+
+    monkeypatch.setattr(recipe, "TIERS", ((math.inf, "a text of moderate size", {}),))  # the tiny text as a larger one
+    monkeypatch.setattr(recipe, "FEW_PASSES", 10**9)  # and however many passes, few
+    tiny = ("--hidden-size", "16", "--num-layers", "2", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "8")
+    result = run_cli(runner, "train", tiny_corpus, *tiny, "--max-time", "2")
+    assert "fewer than 1000000000 passes over the text" in result.stderr  # the recipe line
+    assert "note: the time allows" in result.stderr and "--dropout 0.1, the recipe's for them" in result.stderr
+    for kind in ("tiny.safetensors", "tiny.resume.safetensors"):
+        assert read_metadata(f"checkpoints/{kind}")["model"]["dropout"] == 0.1
+    again = run_cli(runner, "train", tiny_corpus, *tiny, "--max-time", "3", "--resume")  # with what it changed
+    assert "note: the time allows" not in again.stderr
+    assert read_metadata("checkpoints/tiny.safetensors")["model"]["dropout"] == 0.1
