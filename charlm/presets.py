@@ -88,7 +88,7 @@ TIERS: tuple[tuple[float, str, dict[str, Any]], ...] = (
     (math.inf, "a large text", {}),  # one pass or two in the time a run has: --dropout by FEW_PASSES
 )
 # The moderate and large texts' recurrent models take --dropout FEW_PASSES_DROPOUT in a run of fewer than
-# FEW_PASSES passes over the text (a --max-time run once its plan says so): little to over-fit, and dropout
+# FEW_PASSES passes over the text (a --max-time run once its plan, a tenth in, says so): little to over-fit, and dropout
 # only slows the learning; the presets' (0.3) with more. Measured on the 2-core AMD EPYC, held-out loss:
 # The Time Machine in 150 s, ~5 passes beside a busy core 1.420 against 1.471 and 9 passes quiet 1.435
 # against 1.404; tiny-shakespeare in 900 s, 8 passes, 1.4351 against 1.4341 (README, "The recipe").

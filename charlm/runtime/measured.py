@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from charlm.runtime.cores import QUIET, CpuWatch
+from charlm.runtime.cores import QUIET, CpuWatch, threads_for
 from charlm.runtime.files import atomic_write
 from charlm.text.folders import TUNING_FILE as FILE  # a corpus folder leaves it out by this name
 
@@ -138,11 +138,13 @@ class Setup:
 
 def choose_cpu_setup(
     step_loss: Callable[[bool, bool], torch.Tensor], model: torch.nn.Module, key_parts: dict[str, Any],
-    decisions: Decisions, precision: str = "auto",
+    decisions: Decisions, precision: str = "auto", follow: bool = False,
 ) -> tuple[Setup, str | None]:
     """(the `Setup` to train in, a line saying why, or None where nothing was worth measuring) on
     this CPU, for `precision` "auto" (bf16 where it measures faster and keeps the loss), "fp32" or
-    "bf16" (then only the recurrent path is chosen). `step_loss(bf16, backward)` runs the forward
+    "bf16" (then only the recurrent path is chosen). With `follow` (the run's threads follow the
+    cores free) a measurement that other programs' work made on more threads than cores free sets
+    the threads to those and is taken again. `step_loss(bf16, backward)` runs the forward
     pass on one batch (under bf16 autocast when asked), the backward pass too when asked, and
     returns the loss. A model offers a choice of recurrent path with `fast_path_choices()`, and
     takes the one chosen as its `fast_path`; bf16 autocast runs torch's module."""
@@ -161,6 +163,13 @@ def choose_cpu_setup(
     watch = CpuWatch()
     measured = _measure(step_loss, model, paths, bf16)
     busy = watch.others()
+    if follow and measured is not None and busy is not None and threads_for(busy) < torch.get_num_threads():
+        # threads that waited for each other on a busy core: measured again on the cores free, as the run goes on
+        torch.set_num_threads(threads_for(busy))
+        key = json.dumps({**json.loads(key), "threads": torch.get_num_threads()}, sort_keys=True)
+        watch.start()
+        measured = _measure(step_loss, model, paths, bf16)
+        busy = watch.others()
     if measured is None:
         return Setup(), None
     seconds, losses = measured
@@ -211,7 +220,7 @@ def _timed(function: Callable[[], Any]) -> float:
 
 def choose_training_setup(
     model: torch.nn.Module, batch: tuple[torch.Tensor, ...], model_config: Any, decisions: Decisions,
-    precision: str, world: Any,
+    precision: str, world: Any, follow: bool = False,
 ) -> tuple[str, bool | None, str | None]:
     """(the precision to train in, the recurrent path a model takes as its `fast_path`, a line
     saying why or None) for a run whose model is `model` (its config `model_config`), measured on
@@ -228,7 +237,7 @@ def choose_training_setup(
         return loss.detach()
 
     key = {"model": model_config, "batch": [list(part.shape) for part in batch]}
-    setup, why = choose_cpu_setup(step_loss, model, key, decisions, precision)
+    setup, why = choose_cpu_setup(step_loss, model, key, decisions, precision, follow)
     agreed = lambda value: world.any(value, batch[0].device)  # noqa: E731
     fast_path = True if agreed(setup.fast_path is True) else False if agreed(setup.fast_path is False) else None
     return "bf16" if agreed(setup.precision == "bf16") else "fp32", fast_path, why

@@ -166,6 +166,12 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         check_creatable(out)
     out = Path(run_paths(out)["model"])  # --out runs/x is runs/x.safetensors
     data_config = DataConfig(**{key: options[key] for key in DataConfig.__dataclass_fields__ if key in options})
+    pilot = None
+    if options["threads"] is None and train_config.device != "cuda":  # threads at the cores free, as it trains
+        from charlm.runtime.cores import ThreadPilot
+        from charlm.runtime.measured import MIN_STEP_SECONDS
+
+        pilot = ThreadPilot(MIN_STEP_SECONDS)  # its first window: reading the text and building the model
     inputs: list[Any] = [corpus[0]]
     if task == "lm":
         from charlm.text.corpus import find_corpus
@@ -182,12 +188,6 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         run = translation_run(corpus[0], data_config, train_config, architecture, options,
                               detected=options["task"] == "auto")
     train_config = run.train_config or train_config
-    pilot = None
-    if options["threads"] is None and train_config.device != "cuda":  # threads at the cores free, as it trains
-        from charlm.runtime.cores import ThreadPilot
-        from charlm.runtime.measured import MIN_STEP_SECONDS
-
-        pilot = ThreadPilot(MIN_STEP_SECONDS)
     if resume:
         from charlm.training.resume import check_corpus
 

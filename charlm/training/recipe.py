@@ -6,8 +6,8 @@ not set them, the model's size, its regularisation, the batch size, the epochs a
 stopping follow the number of tokens the run trains on, by the tiers below (`charlm.presets.TIERS`,
 measured on the texts of `scripts/bench_recipe.py`; the README has the table), and `--max-time` alone plans the
 epochs that fill it. A recurrent model's dropout follows the passes the run makes over the text
-(`by_passes`): known from the epochs, or with --max-time once the run's plan says how many the
-time allows (`Recipe.by_passes`: the trainer asks then). A setting the user gave is theirs; the
+(`by_passes`): known from the epochs, or with --max-time once the run's plan, a tenth into the
+time, says how many the time allows (`Recipe.by_passes`: the trainer asks then). A setting the user gave is theirs; the
 choice is said in one line that names the flags which override it.
 
 It knows the settings' names and the number of training tokens; nothing about models, data or

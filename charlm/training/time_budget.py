@@ -19,6 +19,7 @@ from charlm.training.optimization import TrainConfig
 
 PLAN_AFTER = 0.02  # of --max-time: the throughput is measured this long before the schedule is fitted
 PLAN_WINDOW = 6  # flushes: the throughput that plans a --max-time run is that of the last few
+PASSES_AFTER = 0.1  # of --max-time: the plan that tells `on_plan` the passes is the first after this (not a warm-up's)
 EVALUATIONS = 20  # without --eval-every, a run evaluates about this many times, whatever its epochs
 EVAL_SHARE = 0.1  # and, by the arithmetic, its evaluations take no more than about this share of its work
 
@@ -32,7 +33,7 @@ class TimeBudget:
         self.config, self.state, self.world, self.batches_per_epoch = config, state, world, batches_per_epoch
         self.pilot = pilot  # the threads, kept at the cores free (`charlm.runtime.cores.ThreadPilot`), or None
         self.eval_positions = eval_positions  # tokens an evaluation predicts, where known (text)
-        self.on_plan = on_plan  # told the passes over the text the first plan makes, once (a resume's has its plan)
+        self.on_plan = on_plan  # told once the passes over the text the run plans, PASSES_AFTER into it
         self.started, self.clock = started, clock
         self.evaluating = [0.0, 0]  # seconds spent in evaluations by this process, and how many
         # (time, step, seconds spent evaluating so far) at recent flushes
@@ -92,7 +93,7 @@ class TimeBudget:
         if config.max_steps is not None:
             cap = min(cap, config.max_steps)
         planned = float(self.world.mean(torch.tensor(min(fits, cap), dtype=torch.float64)))
-        first = state.planned_steps is None
         state.planned_steps = max(int(planned), state.step)
-        if first and self.on_plan is not None:
-            self.on_plan(state.planned_steps / max(self.batches_per_epoch, 1))
+        if self.on_plan is not None and now - self.started >= PASSES_AFTER * config.max_time:
+            on_plan, self.on_plan = self.on_plan, None
+            on_plan(state.planned_steps / max(self.batches_per_epoch, 1))

@@ -75,7 +75,7 @@ class Trainer:
         by_passes: bool = False,
     ) -> None:
         self.config, self.meta, self.world, self.inputs = config, read(meta), world, list(inputs)
-        self.by_passes = by_passes  # a --max-time run's first plan sets the recipe's dropout (`recipe.apply_passes`)
+        self.by_passes = by_passes  # a --max-time run's plan sets the recipe's dropout (`recipe.apply_passes`)
         self.tuning_dir = tuning_dir  # where measured choices are kept (`charlm.runtime.measured`)
         self.resume_meta = resume_meta or {}  # what the resume file carries beyond `meta` (its corpus's identity)
         self.sample, self.pilot = sample, pilot  # what the model writes now; the threads' `charlm.runtime.cores.ThreadPilot`
@@ -237,13 +237,13 @@ class Trainer:
             return "fp32" if self.config.precision == "auto" else self.config.precision
         precision, self.model.fast_path, why = choose_training_setup(
             self.model, tuple(part.to(self.device) for part in batch), self.meta.model, Decisions(self.tuning_dir),
-            self.config.precision, self.world)
+            self.config.precision, self.world, self.pilot is not None)
         if why and self.progress:
             tqdm.write(f"note: training in {why}", file=sys.stderr)
         return precision
 
     def _planned(self, passes: float) -> None:
-        """A --max-time run's first plan: the recipe's dropout for the `passes` it makes over the text."""
+        """A --max-time run's plan a tenth into it: the recipe's dropout for the `passes` it makes over the text."""
         if (line := apply_passes(self.model, self.meta, passes)) and self.progress:
             tqdm.write(f"note: {line}", file=sys.stderr)
 

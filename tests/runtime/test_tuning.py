@@ -97,6 +97,25 @@ def test_a_measurement_beside_other_work_is_used_but_not_kept(tmp_path, capable,
     assert not (tmp_path / "tuning.json").exists()
 
 
+def test_a_run_whose_threads_follow_the_cores_measures_again_on_the_cores_free(capable, monkeypatch):
+    """Two threads beside a busy core measure every way slow and at random; the run would take one
+    thread a window later anyway, so the choice is measured again on one, and the run keeps it."""
+    from charlm.runtime import cores
+
+    monkeypatch.setattr(cores.CpuWatch, "others", lambda self: 1.0)  # a neighbour keeps one core busy
+    monkeypatch.setattr(cores, "available_cores", lambda: 2)
+    previous = torch.get_num_threads()
+    try:
+        for follow, rounds, threads in ((False, 1, 2), (True, 2, 1)):
+            torch.set_num_threads(2)
+            step, calls = fake_step({False: 0.03, True: 0.01}, {False: 2.0, True: 2.0})
+            tuning.choose_cpu_setup(step, OnePath(), {}, tuning.Decisions(None), "auto", follow)
+            measured = 2 * (1 + tuning.REPEATS) + 2  # every way timed, then both losses
+            assert len(calls) == rounds * measured and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_a_kept_decision_that_a_step_now_contradicts_is_measured_again(tmp_path, capable):
     slow, _ = fake_step({False: 0.09, True: 0.085}, {False: 2.0, True: 2.0})  # measured under load: fp32 kept
     assert choose(slow, key={"shape": 1}, folder=tmp_path)[0].precision == "fp32"

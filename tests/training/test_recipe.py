@@ -163,3 +163,20 @@ def test_a_timed_run_takes_the_dropout_of_its_passes_and_resumes_with_it(runner,
     again = run_cli(runner, "train", tiny_corpus, *tiny, "--max-time", "3", "--resume")  # with what it changed
     assert "note: the time allows" not in again.stderr
     assert read_metadata("checkpoints/tiny.safetensors")["model"]["dropout"] == 0.1
+
+
+def test_a_timed_run_is_told_its_passes_once_a_tenth_into_the_time():
+    """Not at the first plan: its pace then is the warm-up's, and on a busy machine the threads' change's."""
+    from charlm.runtime.processes import World
+    from charlm.training.optimization import TrainConfig
+    from charlm.training.resume import RunState
+    from charlm.training.time_budget import PASSES_AFTER, TimeBudget
+
+    now, told, state = [0.0], [], RunState()
+    budget = TimeBudget(TrainConfig(max_time=100, epochs=10**6), state, World(), 10, 0.0, lambda: now[0],
+                        on_plan=told.append)
+    for second in range(1, 40):
+        now[0], state.step = float(second), 10 * second  # 10 steps a second, 10 steps a pass
+        budget.plan()
+        assert bool(told) == (second >= PASSES_AFTER * 100)
+    assert told == [pytest.approx(100, rel=0.02)]  # 100 s of 10 steps a second, once
