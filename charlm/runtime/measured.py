@@ -152,8 +152,11 @@ def choose_cpu_setup(
     bf16 = precision == "bf16" or (precision == "auto" and bf16_capable())
     if precision == "bf16" or not (paths or bf16):
         return Setup("bf16" if bf16 else "fp32"), None
-    key = json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      **key_parts}, sort_keys=True)
+    def decision_key() -> str:  # what a decision is kept for, at the threads torch has now
+        return json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                           **key_parts}, sort_keys=True)
+
+    key = decision_key()
     kept = decisions.get(key)
     if isinstance(kept, dict) and isinstance(kept.get("seconds"), dict) and kept.get("precision") in ("bf16", "fp32") \
             and kept.get("fast_path") in (True, False, None) and (not bf16 or "bf16" in kept["seconds"]):
@@ -163,10 +166,10 @@ def choose_cpu_setup(
     watch = CpuWatch()
     measured = _measure(step_loss, model, paths, bf16)
     busy = watch.others()
-    if follow and measured is not None and busy is not None and threads_for(busy) < torch.get_num_threads():
+    if follow and measured is not None and busy is not None and (free := threads_for(busy)) < torch.get_num_threads():
         # threads that waited for each other on a busy core: measured again on the cores free, as the run goes on
-        torch.set_num_threads(threads_for(busy))
-        key = json.dumps({**json.loads(key), "threads": torch.get_num_threads()}, sort_keys=True)
+        torch.set_num_threads(free)
+        key = decision_key()
         watch.start()
         measured = _measure(step_loss, model, paths, bf16)
         busy = watch.others()

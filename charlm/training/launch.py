@@ -210,7 +210,7 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
     summary = Trainer(run.model, run.train_batches, run.val_batches, train_config, out, run.meta,
                       not quiet, world, inputs=inputs, tuning_dir=data_config.cache_dir,
                       resume_meta=run.resume_meta, sample=run.sample, pilot=pilot,
-                      by_passes=getattr(run, "by_passes", False)).run(resume, overwrite)
+                      by_passes=run.by_passes).run(resume, overwrite)
     if getattr(run, "report", None) is not None and world.is_main and summary.get("best_val_loss") is not None:
         if pilot is not None:
             pilot.settle()

@@ -81,7 +81,7 @@ class MuonAdamW(torch.optim.Optimizer):
     "muon": True) for the schedule to set each group's rate, and one `state` for the resume file.
     Muon's update is scaled to AdamW's size ("match_rms_adamw", Moonshot's), so both would take the
     AdamW learning rate and weight decay; given a rate of its own (`muon_lr`: --muon-lr, or by
-    by default the model's, measured), its groups hold "lr_scale", muon_lr / lr, which the
+    default the model's, measured), its groups hold "lr_scale", muon_lr / lr, which the
     schedule's rate is multiplied by (`set_rate`). Each group keeps the weight decay the model gave it."""
 
     def __init__(self, model: nn.Module, groups: Any, lr: float, weight_decay: float,
