@@ -40,6 +40,7 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     models.recurrent_stepper its single steps for generation, in fp32 or bf16
     models.transformer       the causal transformer, its key/value cache and its stepper
     models.minrnn            minGRU and minLSTM: trained by a parallel scan, generated step by step
+    models.ensemble          --ensemble N: members trained side by side, predicting with their mean
     models.seq2seq           the pair models: the lessons' tagger, the encoder-decoder
     checkpoints.loading      models rebuilt from checkpoints; a folder's newest
     generation.request       one generation request, frozen, from any door to the sampler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,25 @@ TINY_MINGRU = ("--model", "mingru", "--num-layers", "1", "--embedding-size", "8"
 # The guarantee rows that hold per kind of model run once for each (the README's transformer column):
 # a recurrent model, the transformer, and a min-RNN (trained by a scan, carrying its own kind of state).
 TINY_MODELS = {"rnn": TINY_MODEL, "transformer": TINY_TRANSFORMER, "mingru": TINY_MINGRU}
+# An ensemble of two tiny recurrent models (--ensemble): the rows of a run's bytes and resume hold for it too.
+TINY_ENSEMBLE = (*TINY_MODEL, "--ensemble", "2")
+TINY_KINDS = {**TINY_MODELS, "ensemble": TINY_ENSEMBLE}
+
+
+def assert_serve_writes_what_generate_writes(runner: CliRunner, checkpoint: str) -> None:
+    """Three seeded samples through the server's batcher (rows of one request stepped as one batch,
+    their states joined and split) are the text `charlm generate` writes for the same seed."""
+    pytest.importorskip("starlette", reason="charlm[serve] is not installed")
+    pytest.importorskip("httpx", reason="Starlette's test client needs httpx")
+    from starlette.testclient import TestClient
+
+    from charlm.serve.app import create_app
+    from charlm.serve.catalog import load_catalog
+
+    with TestClient(create_app(load_catalog([checkpoint]))) as client:
+        body = {"prefix": "the ", "length": 30, "seed": 2, "num_samples": 3}
+        answer = client.post("/v1/generate", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    expected = run_cli(runner, "generate", "--checkpoint", checkpoint, "--prefix", "the ", "--length", "30",
+                       "--seed", "2", "--num-samples", "3").stdout
+    assert "\n\n".join(answer.json()["samples"]) + "\n" == expected

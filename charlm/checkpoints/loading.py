@@ -19,6 +19,7 @@ from charlm.checkpoints.files import load, read_metadata
 from charlm.checkpoints.metadata import Metadata, read
 from charlm.errors import CharlmError, CheckpointError
 from charlm.models import registry
+from charlm.models.ensemble import ENSEMBLE, Ensemble
 from charlm.presets import PREPROCESS_MODES, TOKEN_KINDS
 from charlm.text.pairs import is_pair_vocab
 from charlm.text.tokens import Vocab
@@ -42,12 +43,15 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
     try:
         known = {field.name for field in fields(config_class)}
         config = config_class(**{key: value for key, value in meta["model"].items() if key in known})
+        members = meta["model"].get(ENSEMBLE, 1) if task == "lm" else 1
+        if not isinstance(members, int) or isinstance(members, bool) or not 1 <= members <= len(weights):
+            raise ValueError(f"{ENSEMBLE} {members!r} is not a number of members the file has weights for")
         # Shapes cost nothing on the meta device, but every layer is a module: bound their number.
         layers = {name: value for name, value in asdict(config).items() if name.endswith("layers")}
         if any(value > len(weights) for value in layers.values()):
             raise ValueError(f"{layers} is more layers than the file has weights ({len(weights)})")
         with torch.device("meta"):
-            skeleton = model_class(config)
+            skeleton = Ensemble.of(model_class, config, members)
     except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: damaged model config in charlm metadata ({error})") from None
     expected = {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in skeleton.state_dict().items()}
@@ -56,7 +60,7 @@ def build_model(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: st
         raise CheckpointError(f"{path}: the weights do not match the model config in its metadata")
     if not all(torch.isfinite(tensor).all() for tensor in weights.values() if tensor.is_floating_point()):
         raise CheckpointError(f"{path}: holds NaN or infinite weights; use an earlier checkpoint or retrain")
-    model = model_class(config)
+    model = Ensemble.of(model_class, config, members)
     model.load_state_dict(weights)
     return model
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ from torch.nn import functional as F
 
 from charlm.data.batches import EVAL_LOGITS_BYTES, eval_batches
 from charlm.errors import CharlmError
+from charlm.models.ensemble import Ensemble, mixture
 from charlm.models.minrnn import MinRNN
 from charlm.models.recurrent import LanguageModel
 from charlm.models.recurrent_layers import one_hot
@@ -99,12 +101,7 @@ def inspect_ids(model: nn.Module, ids: torch.Tensor, vocab: Vocab, top_k: int = 
         raise CharlmError("the text has fewer than 2 tokens; nothing to predict")
     if isinstance(model, Transformer):
         return _inspect_transformer(model, ids, vocab, top_k)
-    if isinstance(model, LanguageModel):
-        layer_states = _recurrent_layer_states(model)
-    elif isinstance(model, MinRNN):  # (logits, each layer's states, the state after)
-        layer_states = model.layer_states
-    else:
-        raise CharlmError(f"looking inside is for the language models on the registry, not {type(model).__name__}")
+    layer_states = _ensemble_layer_states(model) if isinstance(model, Ensemble) else _layer_states(model)
     was_training = model.training
     model.eval()
     count = len(ids)
@@ -127,6 +124,34 @@ def _eval_walk(ids: torch.Tensor, vocab_size: int) -> Iterator[tuple[torch.Tenso
     positions = torch.arange(len(ids))
     for (inputs, targets), (at, _) in zip(eval_batches(ids, ROWS, STEPS, most), eval_batches(positions, ROWS, STEPS, most)):
         yield inputs, targets, at
+
+
+def _layer_states(model: nn.Module) -> Callable:
+    """`(inputs, state) -> (logits, {"layer 0 h": (R, S, H), ...}, state after)` of a recurrent model."""
+    if isinstance(model, LanguageModel):
+        return _recurrent_layer_states(model)
+    if isinstance(model, MinRNN):
+        return model.layer_states
+    raise CharlmError(f"looking inside is for the language models on the registry, not {type(model).__name__}")
+
+
+def _ensemble_layer_states(model: Ensemble) -> Callable:
+    """`_layer_states` of an ensemble of recurrent models: the mixture's logits, and each member's
+    layers as "member <k> layer <l> h"."""
+    if isinstance(model.members[0], Transformer):
+        raise CharlmError("looking inside an ensemble is for recurrent members, not transformers; "
+                          "look inside a transformer trained alone")
+    members = [_layer_states(member) for member in model.members]
+
+    def layer_states(inputs: torch.Tensor, state: Any) -> tuple:
+        logits, found, after = [], {}, []
+        for k, (member, own) in enumerate(zip(members, (None,) * len(members) if state is None else state.members)):
+            member_logits, member_found, member_after = member(inputs, own)
+            logits.append(member_logits)
+            after.append(member_after)
+            found.update({f"member {k} {name}": value for name, value in member_found.items()})
+        return mixture(logits), found, model.state_class(after)
+    return layer_states
 
 
 def _recurrent_layer_states(model: LanguageModel) -> Callable:

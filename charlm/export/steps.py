@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from charlm.errors import CharlmError
+from charlm.models.ensemble import Ensemble
 from charlm.models.state import RecurrentState
 
 
@@ -114,7 +116,11 @@ STEPS: dict[str, type[nn.Module]] = {"transformer": FixedCacheStep}  # architect
 
 
 def step_graph(model: nn.Module, architecture: str) -> nn.Module:
-    """The graph that exports `model`'s step: its own (`STEPS`) or `StepGraph`."""
+    """The graph that exports `model`'s step: its own (`STEPS`) or `StepGraph`. An ensemble's state
+    is its members' states, so `StepGraph` exports it where its members need no graph of their own."""
+    if architecture in STEPS and isinstance(model, Ensemble):
+        raise CharlmError(f"an ensemble of {architecture}s does not export (their caches grow); export a "
+                          f"{architecture} trained alone, or train the ensemble of a recurrent --model")
     return STEPS.get(architecture, StepGraph)(model).eval()
 
 

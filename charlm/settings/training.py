@@ -16,6 +16,7 @@ from charlm.settings.rows import Setting, table
 # start from that a config dataclass also reads (`presets.COMMON`); the help shows them from there.
 
 MAX_THREADS = 1024  # torch takes up to 2**31 - 1, and would start them all on a first parallel op
+MOST_MEMBERS = 64  # --ensemble: more members than this is a typo, not a model (each is a whole model)
 
 
 # What the recipe may choose for a text (`charlm.presets.TIERS`): the help says so.
@@ -92,6 +93,10 @@ TRAIN = table(
     Setting("num_layers", int, None, _per_task("num_layers"), ("train",), low=1, model_field=True, from_parent=True),
     Setting("num_heads", int, None, "Transformer: attention heads; they split --embedding-size, the model's width "
             f"[default: {_TRANSFORMER['num_heads']}].", ("train",), low=1, model_field=True, from_parent=True),
+    Setting("ensemble", int, 1, "Text: train this many models of --model side by side, each from its own initial "
+            "weights and learning on its own, and predict with the mean of their next-token distributions (what the "
+            "evaluations score). On a small text the mean is better than any one of them, for as many times the "
+            "steps' time.", ("train",), low=1, high=MOST_MEMBERS, only="lm", from_parent=True, metavar="N"),
     Setting("dropout", float, None, _per_task("dropout"), ("train",), low=0, high=1, high_open=True, model_field=True),
     Setting("weight_drop", float, None, "Text: DropConnect on the recurrent weights W_hh, one mask per batch "
             f"(AWD-LSTM). {_text_default('weight_drop')}", ("train",), low=0, high=1, high_open=True, model_field=True),

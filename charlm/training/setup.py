@@ -29,6 +29,7 @@ from charlm.checkpoints import files as checkpoint
 
 from charlm.checkpoints import loading
 from charlm.models import registry
+from charlm.models.ensemble import ENSEMBLE, Ensemble
 from charlm.text.corpus import FoundCorpus
 from charlm.data.batches import (
     BatchIterator, PairBatches, encode_pairs, fit_batch_size, lm_eval_batches, pair_eval_batches,
@@ -162,13 +163,14 @@ def language_model_run(
     entry = registry.get("lm", architecture)
     model_class, config = model_config(entry, model_settings, vocab_size=len(data.vocab))
     seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
-    model = model_class(config)
+    members = model_settings.get(ENSEMBLE) or 1
+    model = Ensemble.of(model_class, config, members)
     if parent is not None:
         start_from(model, parent.weights)
         if len(data.vocab) > len(parent.vocab):
             notes.append(f"added {len(data.vocab) - len(parent.vocab):,} tokens to the vocab of {parent.path}: "
                          f"{', '.join(repr(token) for token in data.vocab.itos[len(parent.vocab):][:10])}")
-    meta = LanguageModelMetadata(task="lm", **registry.metadata(entry), model=record(config),
+    meta = LanguageModelMetadata(task="lm", **registry.metadata(entry), model=record(config) | ({ENSEMBLE: members} if members > 1 else {}),
                                  vocab=data.vocab.to_dict(), tokens=data_config.tokens,
                                  preprocess=data_config.preprocess, **corpus_record(corpus, data.sha256),
                                  parent=parent.record() if parent is not None else None)

@@ -34,7 +34,8 @@ class LossWatch:
         self.named = True
         return (f"note: the held-out loss has risen for {RISING} evaluations while the training loss fell: the model "
                 f"is learning its training text by heart (over-fitting); the model kept is step {best_step}'s. "
-                f"More text, more --dropout or a smaller --hidden-size help; --early-stop {RISING} stops there")
+                f"More text, more --dropout, a smaller --hidden-size or more models (--ensemble N: the mean of N "
+                f"models' predictions, for N times the time a step) help; --early-stop {RISING} stops there")
 
     def exhausted(self) -> bool:
         """With a patience of N: whether N evaluations have passed since the best held-out loss."""

@@ -25,6 +25,7 @@ MODELS = {
     "lstm": {**TINY_KEYWORDS, "model": "lstm", "num_layers": 2},
     "transformer": TRANSFORMER,
     "lstm-bf16": {**TINY_KEYWORDS, "model": "lstm", "precision": "bf16"},
+    "lstm-ensemble": {**TINY_KEYWORDS, "model": "lstm", "num_layers": 2, "ensemble": 2},
     "mingru": {"model": "mingru", "num_layers": 2, "embedding_size": 16, "hidden_size": 16, "batch_size": 4,
                "seq_len": 8, "quiet": True},
     "minlstm": {"model": "minlstm", "num_layers": 1, "embedding_size": 16, "hidden_size": 8, "batch_size": 4,

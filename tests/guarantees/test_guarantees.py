@@ -30,14 +30,14 @@ from charlm.checkpoints import files as checkpoint
 from charlm.checkpoints import loading
 from charlm.errors import CorpusError
 from charlm.text.tokens import preprocess_chunks, read_chunks
-from tests.conftest import ROOT, TINY_MODEL, TINY_MODELS, run_cli
+from tests.conftest import ROOT, TINY_KINDS, TINY_MODEL, TINY_MODELS, run_cli
 
 TIMING_FIELDS = ("tokens_per_sec", "elapsed_s")
 
 
 def train(runner, corpus, *extra, kind: str = "rnn"):
-    """A tiny run of a model of `kind` ("rnn": the recurrent model, "transformer")."""
-    return run_cli(runner, "train", corpus, *TINY_MODELS[kind], *extra)
+    """A tiny run of a model of `kind` ("rnn": the recurrent model, "transformer", "ensemble")."""
+    return run_cli(runner, "train", corpus, *TINY_KINDS[kind], *extra)
 
 
 def fails(runner, *args, message: str):
@@ -463,6 +463,7 @@ def test_sigterm_writes_a_resumable_checkpoint_and_exits_nonzero(runner, tiny_co
 @pytest.mark.parametrize(("kind", "iterator", "optimizer"), [
     ("rnn", "sequential", "adamw"), ("rnn", "sequential", "adam"), ("rnn", "random", "sgd"),
     ("rnn", "sequential", "muon"), ("transformer", "random", "adamw"), ("transformer", "random", "muon"),
+    ("ensemble", "sequential", "adamw"),
 ])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(runner, tiny_corpus, kind, iterator, optimizer):
     """30 steps at once, or in three runs stopped by --max-steps at 10 (an epoch's end) and 17
@@ -565,7 +566,7 @@ def test_second_trainer_on_same_out_refuses(runner, tiny_corpus):
 # Same seed, same result
 
 
-@pytest.mark.parametrize("kind", TINY_MODELS)
+@pytest.mark.parametrize("kind", TINY_KINDS)
 def test_same_seed_same_checkpoint_bytes(runner, tiny_corpus, kind):
     """Two runs in one process (so the global random state differs between them) with the same
     seed and flags write the same bytes; another seed writes other bytes."""
@@ -578,7 +579,7 @@ def test_same_seed_same_checkpoint_bytes(runner, tiny_corpus, kind):
     assert first != Path("c/m.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("kind", TINY_MODELS)
+@pytest.mark.parametrize("kind", TINY_KINDS)
 def test_same_seed_same_generated_text(runner, tiny_corpus, kind):
     train(runner, tiny_corpus, "--max-steps", "3", kind=kind)
     generate = ("generate", "--checkpoint", "checkpoints/tiny.safetensors", "--prefix", "the ", "--length", "40")
@@ -596,7 +597,7 @@ def test_any_integer_is_a_seed(runner, tiny_corpus):
         run_cli(runner, "generate", "--length", "5", "--seed", seed)
 
 
-@pytest.mark.parametrize("kind", TINY_MODELS)
+@pytest.mark.parametrize("kind", TINY_KINDS)
 def test_eval_frequency_does_not_change_trajectory(runner, tiny_corpus, kind):
     """Evaluating every 3 steps, every 7, or as often as a run evaluates by default leaves the
     same weights, optimizer

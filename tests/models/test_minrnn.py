@@ -14,7 +14,7 @@ import torch
 import charlm
 from charlm.checkpoints import files as checkpoint
 from charlm.models.minrnn import CHUNK, MIN_CELLS, MinRNN, MinRNNConfig, MinRNNLayer, MinRNNState, scan
-from tests.conftest import TINY_TEXT, run_cli
+from tests.conftest import TINY_TEXT, assert_serve_writes_what_generate_writes, run_cli
 
 CELLS = pytest.mark.parametrize("cell", MIN_CELLS)
 
@@ -228,19 +228,6 @@ def test_the_layers_hook_gives_each_layers_states_and_the_state_after(runner, ti
 
 def test_serve_generates_what_charlm_generate_writes(runner, tiny_corpus):
     """The server batches requests by joining their states: a min-RNN's state joins and splits by rows."""
-    pytest.importorskip("starlette", reason="charlm[serve] is not installed")
-    pytest.importorskip("httpx", reason="Starlette's test client needs httpx")
-    from starlette.testclient import TestClient
-
-    from charlm.serve.app import create_app
-    from charlm.serve.catalog import load_catalog
-
     run_cli(runner, "train", tiny_corpus, "--model", "mingru", *TINY_FLAGS, "--max-steps", "4",
             "--out", "m.safetensors")
-    with TestClient(create_app(load_catalog(["m.safetensors"]))) as client:
-        body = {"prefix": "the ", "length": 30, "seed": 2, "num_samples": 3}
-        answer = client.post("/v1/generate", content=json.dumps(body), headers={"Content-Type": "application/json"})
-    assert answer.status_code == 200, answer.text
-    expected = run_cli(runner, "generate", "--checkpoint", "m.safetensors", "--prefix", "the ", "--length", "30",
-                       "--seed", "2", "--num-samples", "3").stdout
-    assert "\n\n".join(answer.json()["samples"]) + "\n" == expected
+    assert_serve_writes_what_generate_writes(runner, "m.safetensors")

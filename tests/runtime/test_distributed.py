@@ -14,7 +14,7 @@ import torch
 
 from charlm.errors import CharlmError
 from charlm.runtime.processes import World
-from tests.conftest import ROOT, TINY_MODELS, run_cli
+from tests.conftest import ROOT, TINY_KINDS, run_cli
 
 # No dropout of any kind (the recipe gives a small text DropConnect and embedding dropout): the
 # processes draw their own masks, so only a dropout-free run can match exactly.
@@ -54,9 +54,9 @@ def assert_same_run(ours: str, reference: str, carried: bool) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", TINY_MODELS)
+@pytest.mark.parametrize("kind", TINY_KINDS)
 def test_two_processes_match_one_and_resume(runner, tiny_corpus, tmp_path, kind):
-    args = (*TINY_MODELS[kind], *(RECURRENT_RUN if kind == "rnn" else RUN))
+    args = (*TINY_KINDS[kind], *(RECURRENT_RUN if kind in ("rnn", "ensemble") else RUN))
     carried = kind != "transformer"  # the transformer carries nothing between its random windows
     # One process, batch 4, steps 1-6 (evaluating at 3 and 6); then 3 steps alone.
     run_cli(runner, "train", tiny_corpus, *args, "--max-steps", "6", "--out", "one6.safetensors", "--no-cache")
@@ -70,7 +70,8 @@ def test_two_processes_match_one_and_resume(runner, tiny_corpus, tmp_path, kind)
     saved = resume_file(tmp_path / "two.resume.safetensors")
     assert "rng.cpu" in saved and "rng.rank1.cpu" in saved  # each process's own generator
     if carried:  # (L, B, H): both processes' rows
-        assert saved["carry.0" if kind == "rnn" else "carry.h"].shape == (1, 4, 16 if kind == "rnn" else 12)
+        name = {"rnn": "carry.0", "ensemble": "carry.1.0", "mingru": "carry.h"}[kind]
+        assert saved[name].shape == (1, 4, 12 if kind == "mingru" else 16)
     assert first.stdout == ""  # rank 0 alone talks, on stderr:
     assert first.stderr.count("on 2 processes") == 1 and first.stderr.count("saved two.safetensors: 3 steps") == 1
 

@@ -257,6 +257,7 @@ def test_the_watch_names_over_fitting_once_and_counts_evaluations_since_the_best
     assert watch.add(2.2, 2.0, 20) is None and watch.exhausted()  # two evaluations since the best
     note = watch.add(2.3, 1.8, 20)  # the third rise in a row, the training loss falling
     assert note is not None and "over-fitting" in note and "step 20's" in note and "--early-stop 3" in note
+    assert "--ensemble N" in note  # more members: a remedy as good for an ensemble as for one model
     assert watch.add(2.4, 1.7, 20) is None  # said once
     rising_train = LossWatch([], None)
     for val, train in [(2.0, 2.0), (2.1, 2.1), (2.2, 2.2), (2.3, 2.3)]:
