@@ -168,7 +168,19 @@ def _check_same_run(path: str, saved: dict[str, Any], meta: Metadata, train_conf
     flags = read(saved).train or {}
     changed = [key for key in SAME_RUN_FLAGS if key in flags and flags[key] != getattr(train_config, key)]
     run = write(meta)  # the run's fields as its files hold them, compared with the resume file's as read
-    changed += [key for key in run if key not in ("corpus", "corpus_files", "corpus_sha256") and saved.get(key) != run[key]]
+
+    def shown(config: dict[str, Any], name: str) -> Any:
+        return config[name] if name in config else "not set"
+
+    for key in run:
+        before, now = saved.get(key), run[key]
+        if key in ("corpus", "corpus_files", "corpus_sha256") or before == now:
+            continue
+        if key == "model" and isinstance(before, dict):  # the model's config: name what differs in it
+            changed += [f"{name} {shown(before, name)} then, {shown(now, name)} now"
+                        for name in sorted(before.keys() | now.keys()) if before.get(name) != now.get(name)]
+        else:
+            changed.append(key)
     if changed:
         raise CharlmError(f"{path} was trained with different settings ({', '.join(changed)}); "
                           "resume with the same flags and corpus")

@@ -17,9 +17,10 @@ import charlm
 from charlm.checkpoints import files as checkpoint
 from charlm.checkpoints.loading import load_model
 from charlm.models.ensemble import Ensemble, EnsembleState, mixture
+from charlm.models.protocol import LanguageModelContract
 from charlm.models.recurrent import LanguageModel, ModelConfig
 from charlm.models.state import RecurrentState
-from tests.conftest import TINY_ENSEMBLE, TINY_TRANSFORMER, assert_serve_writes_what_generate_writes, run_cli
+from tests.conftest import TINY_ENSEMBLE, TINY_MODEL, TINY_TRANSFORMER, assert_serve_writes_what_generate_writes, run_cli
 
 
 def tiny(count: int = 3, cell: str = "lstm", seed: int = 0) -> Ensemble:
@@ -103,6 +104,7 @@ def test_a_state_saves_splits_and_joins_by_rows_and_refuses_what_is_not_its_own(
 
 def test_muon_the_dropout_and_the_path_reach_every_member():
     model = tiny(count=2)
+    assert isinstance(model, LanguageModelContract)  # the contract every reader of a model relies on
     hidden = {id(matrix) for matrix in model.hidden_matrices()}
     assert sorted(name for name, parameter in model.named_parameters() if id(parameter) in hidden) == sorted(
         f"members.{k}.rnn.weight_{kind}_l{layer}" for k in range(2) for kind in ("ih", "hh") for layer in range(2))
@@ -112,7 +114,8 @@ def test_muon_the_dropout_and_the_path_reach_every_member():
     assert model.describe() == "2 x lstm 2x10" and model.config.hidden_size == 10
 
 
-FLAGS = (*TINY_ENSEMBLE, "--num-layers", "2", "--dropout", "0.1", "--eval-every", "3")
+ALONE = (*TINY_MODEL, "--num-layers", "2", "--dropout", "0.1", "--eval-every", "3")
+FLAGS = (*ALONE, *TINY_ENSEMBLE[len(TINY_MODEL):])  # ALONE, --ensemble 2
 
 
 def test_it_trains_evaluates_generates_fine_tunes_and_shows_its_info(runner, tiny_corpus):
@@ -159,6 +162,14 @@ def test_it_trains_evaluates_generates_fine_tunes_and_shows_its_info(runner, tin
 def test_a_number_of_members_it_cannot_train_is_refused_in_one_line(runner, tiny_corpus, given, message):
     result = run_cli(runner, "train", tiny_corpus, *FLAGS, "--max-steps", "1", *given, ok=False)
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+
+
+def test_a_resume_with_another_number_of_members_is_refused_naming_it(runner, tiny_corpus):
+    run_cli(runner, "train", tiny_corpus, *FLAGS, "--max-steps", "2", "--out", "e.safetensors")
+    for given, said in ((("--ensemble", "3"), "ensemble 2 then, 3 now"), ((), "ensemble 2 then, not set now")):
+        result = run_cli(runner, "train", tiny_corpus, *ALONE, *given, "--max-steps", "4", "--out", "e.safetensors",
+                         "--resume", ok=False)
+        assert result.exit_code != 0 and said in result.stderr and "Traceback" not in result.output
 
 
 def test_a_checkpoint_with_a_damaged_count_of_members_is_refused(runner, tiny_corpus):
