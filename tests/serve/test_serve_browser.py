@@ -114,7 +114,9 @@ def test_a_server_with_a_key_has_the_page_ask_for_it(page):
 
 
 def test_the_loss_curve_and_the_translate_box(page):
-    assert page.locator("#curve path").count() == 2  # train and validation
+    expect(page.locator("#curve path")).to_have_count(2)  # train and validation
+    page.evaluate("Promise.all([drawCurve('tiny'), drawCurve('tiny'), drawCurve('tiny')])")  # a model chosen
+    assert page.locator("#curve path").count() == 2  # as the page opens, or twice quickly: drawn once, not thrice
     page.select_option("#model", "rev")
     expect(page.locator("#pairs")).to_be_visible()
     expect(page.locator("#lm")).to_be_hidden()

@@ -253,16 +253,21 @@ function svg(name, attributes, text) {
   return element;
 }
 
+let curveCalls = 0;  // drawCurve's calls so far: only the latest one's answer draws
+
 async function drawCurve(name) {
+  const call = ++curveCalls;
   const curve = $("curve");
-  curve.replaceChildren();
-  say($("curve-note"), "");
   let metrics;
   try {
     metrics = await (await api(`/v1/models/${encodeURIComponent(name)}/metrics`)).json();
   } catch (error) {
-    return say($("curve-note"), error.message, true);
+    if (call === curveCalls) say($("curve-note"), error.message, true);
+    return;
   }
+  if (call !== curveCalls) return;  // another model was chosen while this one's metrics came
+  curve.replaceChildren();  // after the answer, so that two calls in flight never both draw
+  say($("curve-note"), "");
   const points = metrics.points.filter((point) => typeof point.tokens === "number");
   if (!points.length) return say($("curve-note"), metrics.note || "no evaluations recorded");
   const series = [["train_loss", "train", "var(--train)"], ["val_loss", "validation", "var(--val)"]];
