@@ -145,7 +145,7 @@ def _ensemble_layer_states(model: Ensemble) -> Callable:
 
     def layer_states(inputs: torch.Tensor, state: Any) -> tuple:
         logits, found, after = [], {}, []
-        for k, (member, own) in enumerate(zip(members, (None,) * len(members) if state is None else state.members)):
+        for k, (member, own) in enumerate(zip(members, model.member_states(state))):
             member_logits, member_found, member_after = member(inputs, own)
             logits.append(member_logits)
             after.append(member_after)

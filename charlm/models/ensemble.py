@@ -35,8 +35,6 @@ SEPARATOR = "."  # a member's state tensor "k.name": member k's tensor `name`
 
 def mixture(logits: Sequence[Tensor]) -> Tensor:
     """The log-probabilities (..., V) of the mean of the distributions that `logits` give, in fp32."""
-    if len(logits) == 1:
-        return F.log_softmax(logits[0].float(), dim=-1)
     stacked = torch.stack([F.log_softmax(each.float(), dim=-1) for each in logits])
     return torch.logsumexp(stacked, dim=0) - math.log(len(logits))
 
@@ -95,10 +93,6 @@ def _rebuilt(member_class: type, members: Sequence[Any]) -> EnsembleState:
     return EnsembleState.of(member_class)(members)
 
 
-def _members_of(state: EnsembleState | None, count: int) -> Sequence[Any]:
-    return (None,) * count if state is None else state.members
-
-
 class Ensemble(ModelDefaults, nn.Module):
     """`count` members of one language-model class (see the module docstring)."""
 
@@ -131,17 +125,21 @@ class Ensemble(ModelDefaults, nn.Module):
         for member in self.members:
             member.set_dropout(p)
 
-    def _states(self, state: EnsembleState | None) -> Sequence[Any]:
-        return _members_of(state, len(self.members))
+    def member_states(self, state: EnsembleState | None) -> Sequence[Any]:
+        """Each member's state in `state` (None for each where it is None: zeros)."""
+        return (None,) * len(self.members) if state is None else state.members
 
     def _state(self, states: Sequence[Any]) -> EnsembleState | None:
         """The members' states as one; None where they carry none (a transformer's random windows)."""
         return None if self.state_class is None or all(state is None for state in states) else self.state_class(states)
 
+    def _mixed(self, outputs: Sequence[tuple[Tensor, Any]]) -> tuple[Tensor, EnsembleState | None]:
+        """The members' (logits, state after) as the ensemble's: the mixture, and their states as one."""
+        return mixture([logits for logits, _ in outputs]), self._state([after for _, after in outputs])
+
     def forward(self, ids: Tensor, state: EnsembleState | None = None) -> tuple[Tensor, EnsembleState | None]:
         """ids (B, T) -> the mixture's log-probabilities (B, T, V)."""
-        outputs = [member(ids, own) for member, own in zip(self.members, self._states(state))]
-        return mixture([logits for logits, _ in outputs]), self._state([after for _, after in outputs])
+        return self._mixed([member(ids, own) for member, own in zip(self.members, self.member_states(state))])
 
     def batch_loss(self, batch: tuple[Tensor, ...], state: EnsembleState | None = None) -> tuple[Tensor, int, Any]:
         """Training: the mean of the members' own summed losses. Evaluating: the mixture's."""
@@ -151,15 +149,14 @@ class Ensemble(ModelDefaults, nn.Module):
             return F.nll_loss(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"), \
                 targets.numel(), state
         losses, count, states = [], 0, []
-        for member, own in zip(self.members, self._states(state)):
+        for member, own in zip(self.members, self.member_states(state)):
             loss, count, after = member.batch_loss(batch, own)
             losses.append(loss)
             states.append(after)
         return torch.stack(losses).mean(), count, self._state(states)
 
     def step(self, ids: Tensor, state: EnsembleState | None) -> tuple[Tensor, EnsembleState | None]:
-        outputs = [member.step(ids, own) for member, own in zip(self.members, self._states(state))]
-        return mixture([logits for logits, _ in outputs]), self._state([after for _, after in outputs])
+        return self._mixed([member.step(ids, own) for member, own in zip(self.members, self.member_states(state))])
 
     def init_state(self, batch_size: int) -> EnsembleState | None:
         return self._state([member.init_state(batch_size) for member in self.members])
@@ -169,8 +166,7 @@ class Ensemble(ModelDefaults, nn.Module):
         steps = [member.stepper(banned, precision) for member in self.members]
 
         def step(ids: Tensor, state: EnsembleState | None) -> tuple[Tensor, EnsembleState | None]:
-            outputs = [each(ids, own) for each, own in zip(steps, self._states(state))]
-            return mixture([logits for logits, _ in outputs]), self._state([after for _, after in outputs])
+            return self._mixed([each(ids, own) for each, own in zip(steps, self.member_states(state))])
 
         return step
 

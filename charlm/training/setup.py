@@ -170,7 +170,8 @@ def language_model_run(
         if len(data.vocab) > len(parent.vocab):
             notes.append(f"added {len(data.vocab) - len(parent.vocab):,} tokens to the vocab of {parent.path}: "
                          f"{', '.join(repr(token) for token in data.vocab.itos[len(parent.vocab):][:10])}")
-    meta = LanguageModelMetadata(task="lm", **registry.metadata(entry), model=record(config) | ({ENSEMBLE: members} if members > 1 else {}),
+    recorded = record(config) | ({ENSEMBLE: members} if members > 1 else {})  # the count only where it is not 1
+    meta = LanguageModelMetadata(task="lm", **registry.metadata(entry), model=recorded,
                                  vocab=data.vocab.to_dict(), tokens=data_config.tokens,
                                  preprocess=data_config.preprocess, **corpus_record(corpus, data.sha256),
                                  parent=parent.record() if parent is not None else None)
