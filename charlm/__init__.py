@@ -53,6 +53,7 @@ first; a module imports only from those above it (tests/guarantees/test_layout.p
     evaluation.inside_page   that view as data and as one self-contained HTML page (inside_view.js: its script)
     training.optimization    TrainConfig, the optimizer, the learning rate of each step, --ema
     training.recipe          the settings left out, fitted to the text's size and --max-time
+    training.pace            one model's pace here now, for the recipe's count of models in --max-time
     training.time_budget     the schedule fitted to --max-time, and how often a run evaluates
     training.run_files       a run's files: names, lock, what may be replaced, the metrics file
     training.resume          the resume file, written and checked whole

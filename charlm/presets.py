@@ -94,6 +94,18 @@ TIERS: tuple[tuple[float, str, dict[str, Any]], ...] = (
 # against 1.404; tiny-shakespeare in 900 s, 8 passes, 1.4351 against 1.4341 (README, "The recipe").
 FEW_PASSES = 7
 FEW_PASSES_DROPOUT = 0.1
+# A recurrent model's --max-time run trains ENSEMBLE_MEMBERS models (--ensemble) where one model, at the pace its
+# steps take before the run (`charlm.training.pace`), would make ENSEMBLE_PASSES passes over the text in
+# ENSEMBLE_STEPS steps or more: by then one levels off, and the mixture of two, each with half the steps, is
+# better; with fewer passes two half-trained models lose to one, and with fewer steps neither member has learnt
+# enough. Measured on the 2-core AMD EPYC, held-out loss of one model against two in the same time (README,
+# "Ensembles"): tiny-shakespeare in 300 s (2.9 passes) 1.4376 against 1.4725, 600 s (5.9) 1.4211 against 1.4088,
+# 900 s (8.3) 1.4351 against 1.3894; The Time Machine (d2l) in 150 s (1,250 steps) 1.404 against 1.401, 300 s
+# 1.399 against 1.381; 16 KB of notes in three languages in 10 s (about 400 steps) 3.630 against 3.700, 30 s
+# 3.581 against 3.575, 60 s 3.569 against 3.524.
+ENSEMBLE_PASSES = 5.0
+ENSEMBLE_STEPS = 1_500
+ENSEMBLE_MEMBERS = 2
 MODEL_PART = ("hidden_size", "num_layers", "dropout", "weight_drop", "embedding_dropout", "batch_size")
 PASS_TOKENS = 1_600_000  # without --max-time, the epochs are about this many training tokens (10 of The Time Machine)
 MAX_EPOCHS = 300

@@ -25,10 +25,14 @@ TINY_TEXT = (
 @pytest.fixture(autouse=True)
 def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """What other programs do on the machine running the tests is not the tests' business: the
-    machine reads as unknown (every core free, nothing steered), unless a test says otherwise."""
+    machine reads as unknown (every core free, nothing steered), and a --max-time run trains one
+    model whatever pace its steps measure here (`charlm.training.recipe.by_pace`), unless a test
+    says otherwise."""
     from charlm.runtime import cores
+    from charlm.training import recipe
 
     monkeypatch.setattr(cores, "_machine_busy", lambda: None)
+    monkeypatch.setattr(recipe, "ENSEMBLE_STEPS", float("inf"))
 
 
 @pytest.fixture

@@ -194,14 +194,14 @@ def _train(task: str, architecture: str, corpus: tuple[Path, ...], out: Path | N
         changed = check_corpus(run_paths(out)["resume"], {**run.meta, **run.resume_meta}, options["allow_changed_corpus"])
         if changed:
             run.notes.append(f"{changed}; going on, as --allow-changed-corpus says")
-    if world.is_main:
-        for note in run.notes:
-            say(f"note: {note}")
-    if not quiet:
-        if run.recipe:  # worded with flags; a program's caller reads its keywords
-            from charlm.settings.rows import in_callers_terms
+    from charlm.settings.rows import in_callers_terms  # lines worded with flags; a program's caller reads its keywords
 
-            say(f"recipe: {in_callers_terms(run.recipe, TRAIN.values())}")
+    if run.recipe and not quiet:
+        say(f"recipe: {in_callers_terms(run.recipe, TRAIN.values())}")
+    if world.is_main:
+        for note in run.notes:  # the corpus's files, the batch size fitted, what the recipe chose by the pace measured
+            say(f"note: {in_callers_terms(note, TRAIN.values())}")
+    if not quiet:
         if line := skipped_message(corpus[0], run.skipped):
             say(line)
         say(f"{run.description}{f' on {world.size} processes' if world.size > 1 else ''} -> {out}")

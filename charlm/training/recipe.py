@@ -7,7 +7,10 @@ stopping follow the number of tokens the run trains on, by the tiers below (`cha
 measured on the texts of `scripts/bench_recipe.py`; the README has the table), and `--max-time` alone plans the
 epochs that fill it. A recurrent model's dropout follows the passes the run makes over the text
 (`by_passes`): known from the epochs, or with --max-time once the run's plan, a tenth into the
-time, says how many the time allows (`Recipe.by_passes`: the trainer asks then). A setting the user gave is theirs; the
+time, says how many the time allows (`Recipe.by_passes`: the trainer asks then). And a recurrent model's
+--max-time run trains two models and predicts with their mixture (--ensemble) where one model would make
+ENSEMBLE_PASSES passes in ENSEMBLE_STEPS steps or more in the time (`by_pace`): the setup times a few of its steps before it builds
+the run's (`Recipe.by_pace`, `charlm.training.pace`). A setting the user gave is theirs; the
 choice is said in one line that names the flags which override it.
 
 It knows the settings' names and the number of training tokens; nothing about models, data or
@@ -20,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from charlm.presets import CELLS, FEW_PASSES, FEW_PASSES_DROPOUT, MAX_EPOCHS, MODEL_PART, PASS_TOKENS, TIERS, UNTIL_TIME
+from charlm.presets import (CELLS, ENSEMBLE_MEMBERS, ENSEMBLE_PASSES, ENSEMBLE_STEPS, FEW_PASSES, FEW_PASSES_DROPOUT, MAX_EPOCHS,
+                            MODEL_PART, PASS_TOKENS, TIERS, UNTIL_TIME)
 from charlm.settings import TRAIN
 
 
@@ -31,6 +35,7 @@ class Recipe:
     settings: dict[str, Any]
     line: str | None
     by_passes: bool = False  # the dropout is `by_passes`' once a --max-time run's plan says the passes
+    by_pace: bool = False  # the models' count is `by_pace`'s for the passes one model's pace promises in the time
 
 
 def by_passes(passes: float) -> dict[str, Any]:
@@ -39,7 +44,23 @@ def by_passes(passes: float) -> dict[str, Any]:
     return {"dropout": FEW_PASSES_DROPOUT} if passes < FEW_PASSES else {}
 
 
-NAMES = ("epochs", *sorted({name for _, _, tier in TIERS for name in tier} | {"dropout"}))  # every setting it may choose
+def by_pace(passes: float, steps: float) -> dict[str, Any]:
+    """What a recurrent model's --max-time run changes where one model would make `passes` passes
+    over the text in `steps` steps in the time: from ENSEMBLE_PASSES passes on it levels off before
+    the time is up, and from ENSEMBLE_STEPS steps on, ENSEMBLE_MEMBERS models, each with its share of
+    them, have the steps to learn, and predict better together."""
+    return {"ensemble": ENSEMBLE_MEMBERS} if passes >= ENSEMBLE_PASSES and steps >= ENSEMBLE_STEPS else {}
+
+
+def pace_line(passes: float, steps: float, max_time: float) -> str:
+    """What `by_pace` chose for `passes` in `steps`, in a line worded with flags."""
+    line = f"one model would make {passes:.1f} passes over the text in {steps:,.0f} steps in --max-time {max_time:g} here"
+    if by_pace(passes, steps):
+        return f"{line}: --ensemble {ENSEMBLE_MEMBERS}, the recipe's for {ENSEMBLE_PASSES:g} passes in {ENSEMBLE_STEPS:,} steps or more"
+    return f"{line}, fewer than {ENSEMBLE_PASSES:g} passes or {ENSEMBLE_STEPS:,} steps: one model"
+
+
+NAMES = ("epochs", *sorted({name for _, _, tier in TIERS for name in tier} | {"dropout", "ensemble"}))  # every setting it may choose
 
 
 def choose(train_tokens: int, max_time: float | None, given: set[str] | frozenset[str], architecture: str,
@@ -57,19 +78,23 @@ def choose(train_tokens: int, max_time: float | None, given: set[str] | frozense
         chosen["epochs"] = min(max(round(PASS_TOKENS / max(train_tokens, 1)), 1), MAX_EPOCHS)
     passes_rule = architecture in CELLS and "dropout" not in tier and "dropout" not in given
     timed = passes_rule and max_time is not None
+    paced = architecture in CELLS and max_time is not None and "ensemble" not in given
     if passes_rule and not timed:
         chosen.update(by_passes(epochs if "epochs" in given and epochs is not None else chosen["epochs"]))
     chosen = {name: value for name, value in chosen.items() if name not in given}
-    if not chosen and not timed:
+    if not chosen and not timed and not paced:
         return Recipe({}, None)
     told = [f"{TRAIN[name].option} {value}" for name, value in chosen.items() if name != "epochs" or max_time is None]
     if max_time is not None and "epochs" in chosen:
         told.append(f"as many epochs as --max-time {max_time:g} allows")
     if timed:
         told.append(f"--dropout {FEW_PASSES_DROPOUT} if that is fewer than {FEW_PASSES} passes over the text")
+    if paced:
+        told.append(f"--ensemble {ENSEMBLE_MEMBERS} if one model would make {ENSEMBLE_PASSES:g} passes in {ENSEMBLE_STEPS:,} "
+                    "steps or more in that time")
     line = (f"{kind} ({train_tokens:,} training tokens): {', '.join(told)} "
             f"(a setting you give overrides its choice)")
-    return Recipe(chosen, line, timed)
+    return Recipe(chosen, line, timed, paced)
 
 
 def apply_passes(model: Any, meta: Any, passes: float) -> str | None:

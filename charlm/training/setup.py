@@ -141,14 +141,14 @@ def language_model_run(
                            unknown=data_config.unknown if parent is not None else "unk")
     train_ids, val_ids = data.split(train_config.val_fraction)
     notes = [line] if isinstance(corpus, FoundCorpus) and (line := corpus.summary()) else []
-    architecture, chose, by_passes = architecture or LM["cell"], None, False
+    architecture, chose, by_passes, paced = architecture or LM["cell"], None, False, False
     if given is not None and parent is None:
         chosen = recipe.choose(len(train_ids), train_config.max_time, given, architecture,
                                model_settings.get("embedding_size"), train_config.epochs)
         train_config = replace(train_config, **{name: value for name, value in chosen.settings.items()
                                                 if name in TrainConfig.__dataclass_fields__})
         model_settings.update(chosen.settings)
-        chose, by_passes = chosen.line, chosen.by_passes
+        chose, by_passes, paced = chosen.line, chosen.by_passes, chosen.by_pace
     try:
         batch_size = fit_batch_size(len(train_ids), train_config.batch_size, train_config.seq_len)
     except CorpusError:
@@ -162,6 +162,14 @@ def language_model_run(
         train_config = replace(train_config, batch_size=batch_size)
     entry = registry.get("lm", architecture)
     model_class, config = model_config(entry, model_settings, vocab_size=len(data.vocab))
+    train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
+                                  train_config.seed)
+    if paced and world.size == 1 and world.device(train_config.device).type == "cpu":
+        steps = one_model_steps(model_class, config, train_batches, train_config, data_config,
+                                world.device(train_config.device))
+        passes = steps * train_config.batch_size * train_config.seq_len / max(len(train_ids), 1)
+        model_settings.update(recipe.by_pace(passes, steps))
+        notes.append(recipe.pace_line(passes, steps, train_config.max_time))
     seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
     members = model_settings.get(ENSEMBLE) or 1
     model = Ensemble.of(model_class, config, members)
@@ -181,8 +189,6 @@ def language_model_run(
     description = (f"{name}: {len(data.ids):,} tokens{' (cached)' if data.cached else ''}, vocab {len(data.vocab)}; "
                    f"{shown}, {model.num_parameters():,} parameters"
                    + (f", from {parent.path}" if parent is not None else ""))
-    train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
-                                  train_config.seed)
     val_batches = report = unigram = None
     if len(val_ids) >= 2:
         unigram = unigram_loss(train_ids, val_ids, len(data.vocab))  # evaluations as it trains see a bounded part of a long held-out split; the report all
@@ -198,6 +204,26 @@ def language_model_run(
     return Run(model, meta, train_batches, val_batches, description, train_config=train_config, notes=notes,
                resume_meta=resume_meta, sample=sample, report=report, held_out_tokens=len(val_ids), recipe=chose,
                unigram_loss=unigram, by_passes=by_passes)
+
+
+def one_model_steps(model_class: type, config: Any, batches: BatchIterator, train_config: TrainConfig,
+                    data_config: DataConfig, device: torch.device) -> float:
+    """The steps one model of `config` makes in --max-time at the pace of its steps on the run's
+    first batch here now, with the run's optimizer (`charlm.training.pace`); its weights drawn,
+    trained and dropped without touching the random state, its measured setup kept where the run's
+    would be."""
+    from charlm.runtime.measured import Decisions
+    from charlm.training.optimization import make_optimizer
+    from charlm.training.pace import steps_in
+
+    first = next(iter(batches.batches(0)), None)
+    if first is None:  # no whole batch: no pace to measure, and nothing to over-fit
+        return 0.0
+    with torch.random.fork_rng(devices=[]):
+        model = model_class(config).to(device)
+    batch = tuple(part.to(device) for part in first)
+    return steps_in(train_config.max_time, model, batch, record(config), Decisions(data_config.cache_dir),
+                    train_config.precision, make_optimizer(model, train_config))
 
 
 def corpus_record(corpus: str | os.PathLike | FoundCorpus, sha256: str | None = None) -> dict[str, Any]:

@@ -180,3 +180,90 @@ def test_a_timed_run_is_told_its_passes_once_a_tenth_into_the_time():
         budget.plan()
         assert bool(told) == (second >= PASSES_AFTER * 100)
     assert told == [pytest.approx(100, rel=0.02)]  # 100 s of 10 steps a second, once
+
+
+def test_a_timed_recurrent_run_trains_two_models_where_one_would_make_many_passes_in_many_steps(monkeypatch):
+    from charlm import presets
+
+    monkeypatch.setattr(recipe, "ENSEMBLE_STEPS", presets.ENSEMBLE_STEPS)  # the tests' conftest says one model
+    many, steps, members = recipe.ENSEMBLE_PASSES, recipe.ENSEMBLE_STEPS, recipe.ENSEMBLE_MEMBERS
+    assert recipe.by_pace(many, steps) == {"ensemble": members} == {"ensemble": 2}
+    assert recipe.by_pace(many - 0.1, 10 * steps) == {} == recipe.by_pace(10 * many, steps - 1)  # both, or one model
+    assert recipe.pace_line(many + 2, steps, 900).endswith(f"--ensemble {members}, the recipe's for {many:g} passes "
+                                                           f"in {steps:,} steps or more")
+    assert recipe.pace_line(many + 2, steps - 1, 900).endswith(f"fewer than {many:g} passes or {steps:,} steps: one model")
+    timed = recipe.choose(1_003_854, 900, set(), "lstm")
+    assert timed.by_pace and "ensemble" not in timed.settings  # the setup measures the pace, then chooses
+    assert f"--ensemble {members} if one model would make {many:g} passes in {steps:,} steps or more" in timed.line
+    assert recipe.choose(1_003_854, 900, {"dropout", "batch_size"}, "gru").by_pace  # the line, even with nothing else
+    for not_by_pace in (recipe.choose(1_003_854, None, set(), "lstm"),  # the epochs' time is not the user's to spend
+                        recipe.choose(1_003_854, 900, {"ensemble"}, "lstm"),  # the user's
+                        recipe.choose(1_003_854, 900, set(), "transformer"), recipe.choose(1_003_854, 900, set(), "mingru")):
+        assert not not_by_pace.by_pace and "--ensemble" not in (not_by_pace.line or "")
+
+
+@pytest.mark.parametrize(("cost", "timed"), [(0.3, 5), (0.001, 200)])  # a step of a large model; of a tiny one
+def test_the_pace_is_the_mean_of_its_timed_steps_and_changes_nothing_of_the_run(monkeypatch, cost, timed):
+    """The steps `pace.steps_in` promises are the time over the mean of the steps it timed: at
+    least TIMED_STEPS over at least a share of the time (here 0.6 s of 60), at most MOST_STEPS,
+    after WARM_UP_STEPS untimed (here 5 s each). The random state is as it was, and so are the
+    weights where no optimizer was given; with one each step updates them."""
+    from charlm.models.recurrent import LanguageModel, ModelConfig
+    from charlm.runtime.measured import Decisions
+    from charlm.training import pace
+
+    assert (pace.WARM_UP_STEPS, pace.TIMED_STEPS, pace.MOST_STEPS, pace.PACE_SHARE) == (2, 5, 200, 0.01)
+    monkeypatch.setattr(pace, "choose_training_setup", lambda *args: ("fp32", None, None))  # `measured`'s business
+    model = LanguageModel(ModelConfig(vocab_size=20, cell="lstm", num_layers=1, hidden_size=8, embedding_size=4))
+    model.eval()
+    batch = (torch.randint(20, (4, 8)), torch.randint(20, (4, 8)))
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    now, calls, forward = [0.0], [0], model.batch_loss
+
+    def batch_loss(*args):  # a step's forward pass takes the time of the step
+        calls[0] += 1
+        now[0] += 5.0 if calls[0] <= pace.WARM_UP_STEPS else cost
+        return forward(*args)
+
+    monkeypatch.setattr(model, "batch_loss", batch_loss)
+    before = torch.get_rng_state()
+    assert pace.steps_in(60, model, batch, {}, Decisions(None), "fp32", clock=lambda: now[0]) \
+        == pytest.approx(60 / cost)
+    assert calls[0] == pace.WARM_UP_STEPS + timed
+    assert torch.equal(torch.get_rng_state(), before) and not model.training
+    assert all(torch.equal(value, weights[name]) for name, value in model.state_dict().items())
+    assert all(parameter.grad is None for parameter in model.parameters())
+    pace.steps_in(60, model, batch, {}, Decisions(None), "fp32", torch.optim.SGD(model.parameters(), lr=0.1),
+                  clock=lambda: now[0])
+    assert not torch.equal(model.state_dict()["head.weight"], weights["head.weight"])
+
+
+def test_a_timed_run_takes_the_models_its_pace_says_and_resumes_with_them(runner, tiny_corpus, monkeypatch):
+    """Two models where one would make many passes: the same run, byte for byte, as --ensemble 2
+    gives; a resume keeps the count its run began with, whatever the pace says now; and one model
+    where the passes are few, kept as well."""
+    from charlm.checkpoints.files import read_metadata
+    from safetensors.torch import load_file
+
+    tiny = ("--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "8",
+            "--max-time", "60", "--max-steps", "3")
+    monkeypatch.setattr(recipe, "ENSEMBLE_STEPS", 0)
+    monkeypatch.setattr(recipe, "ENSEMBLE_PASSES", 0.0)  # however few the passes, many
+    result = run_cli(runner, "train", tiny_corpus, *tiny, "--out", "paced")
+    assert "note: one model would make" in result.stderr and "here: --ensemble 2, the recipe's" in result.stderr
+    assert "2 x lstm 1x16" in result.stderr
+    assert read_metadata("paced.safetensors")["model"]["ensemble"] == 2
+    run_cli(runner, "train", tiny_corpus, *tiny, "--ensemble", "2", "--out", "told")
+    paced, told = load_file("paced.safetensors"), load_file("told.safetensors")
+    assert paced.keys() == told.keys() and all(torch.equal(paced[name], told[name]) for name in told)
+
+    monkeypatch.setattr(recipe, "ENSEMBLE_PASSES", math.inf)  # now one model would make few
+    again = run_cli(runner, "train", tiny_corpus, *tiny[:-1], "5", "--out", "paced", "--resume")
+    assert "note: one model would make" not in again.stderr and "--ensemble" not in again.stderr
+    assert read_metadata("paced.safetensors")["model"]["ensemble"] == 2
+    one = run_cli(runner, "train", tiny_corpus, *tiny, "--out", "one")
+    assert "fewer than inf passes or 0 steps: one model" in one.stderr
+    assert "ensemble" not in read_metadata("one.safetensors")["model"]
+    monkeypatch.setattr(recipe, "ENSEMBLE_PASSES", 0.0)
+    run_cli(runner, "train", tiny_corpus, *tiny[:-1], "5", "--out", "one", "--resume")
+    assert "ensemble" not in read_metadata("one.safetensors")["model"]
