@@ -101,8 +101,11 @@ FEW_PASSES_DROPOUT = 0.1
 # enough. Measured on the 2-core AMD EPYC, held-out loss of one model against two in the same time (README,
 # "Ensembles"): tiny-shakespeare in 300 s (2.9 passes) 1.4376 against 1.4725, 600 s (5.9) 1.4211 against 1.4088,
 # 900 s (8.3) 1.4351 against 1.3894; The Time Machine (d2l) in 150 s (1,250 steps) 1.404 against 1.401, 300 s
-# 1.399 against 1.381; 16 KB of notes in three languages in 10 s (about 400 steps) 3.630 against 3.700, 30 s
-# 3.581 against 3.575, 60 s 3.569 against 3.524.
+# 1.399 against 1.381.
+# A text under ENSEMBLE_TOKENS training tokens (the small tier's, with its small regularised model and early
+# stopping) keeps one model: there two were as often worse as better, in the same 60 s 32.4 against 34.8 on 5 KB
+# of notes, and 14.9 against 12.2 on 50 KB, which one model was still learning when the time was up (perplexity).
+ENSEMBLE_TOKENS = TIERS[0][0]
 ENSEMBLE_PASSES = 5.0
 ENSEMBLE_STEPS = 1_500
 ENSEMBLE_MEMBERS = 2

@@ -73,7 +73,7 @@ def charlm_default(seconds: float) -> float:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "m.safetensors"
         subprocess.run([sys.executable, "-m", "charlm", "train", str(TEXT), "--preprocess", "d2l", "--max-time",
-                        str(seconds), "--quiet", "--out", str(out), "--cache-dir", folder], check=True,
+                        str(seconds), "--ensemble", "1", "--quiet", "--out", str(out), "--cache-dir", folder], check=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
         records = [json.loads(line) for line in (Path(folder) / "m.metrics.jsonl").read_text().splitlines()]
         return records[-1]["tokens_per_sec"]

@@ -4,7 +4,8 @@
     python scripts/compare_models.py --max-time 30 --threads 2
     python scripts/compare_models.py --models lstm transformer --optimizers adamw muon --corpora tinyshakespeare
 
-Each model is `charlm train CORPUS --model M --max-time T --threads N` with charlm's defaults for
+Each model is `charlm train CORPUS --model M --max-time T --threads N --ensemble 1` (one model: the
+recipe's --ensemble 2 is a choice of how many, not of which) with charlm's defaults for
 that model (the transformer's own, see `charlm.presets.ARCHITECTURE_DEFAULTS`), run one after
 another in this process; the table gives the best held-out loss (nats per character over the
 whole held-out split, the last 10 %), the training tokens/s over the run and the parameters, as
@@ -39,7 +40,7 @@ def train(corpus: str, flags: list[str], model: str, seconds: float, threads: in
 
     out = os.path.join(folder, f"{model}-{optimizer}-{Path(corpus).stem}.safetensors")
     arguments = ["train", str(ROOT / corpus), *flags, "--model", model, "--max-time", str(seconds), "--threads",
-                 str(threads), "--precision", precision, "--no-cache", "--quiet", "--out", out,
+                 str(threads), "--precision", precision, "--no-cache", "--quiet", "--out", out, "--ensemble", "1",
                  *(["--optimizer", optimizer] if optimizer else [])]
     result = CliRunner().invoke(cli, arguments, catch_exceptions=False)
     if result.exit_code != 0:

@@ -96,7 +96,8 @@ TRAIN = table(
     Setting("ensemble", int, 1, "Text: train this many models of --model side by side, each from its own initial "
             "weights and learning on its own, and predict with the mean of their next-token distributions (what the "
             "evaluations score). On a small text the mean is better than any one of them, for as many times the "
-            f"steps' time. Left out, a --max-time run of a recurrent --model takes the recipe's: "
+            f"steps' time. Left out, a --max-time run of a recurrent --model on a text of "
+            f"{presets.ENSEMBLE_TOKENS:,} training tokens or more takes the recipe's: "
             f"{presets.ENSEMBLE_MEMBERS} where one model would make {presets.ENSEMBLE_PASSES:g} passes over the text "
             f"in {presets.ENSEMBLE_STEPS:,} steps or more in the time, at the pace a few of its steps take here.",
             ("train",), low=1, high=MOST_MEMBERS, only="lm", from_parent=True, metavar="N"),

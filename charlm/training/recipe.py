@@ -7,11 +7,12 @@ stopping follow the number of tokens the run trains on, by the tiers below (`cha
 measured on the texts of `scripts/bench_recipe.py`; the README has the table), and `--max-time` alone plans the
 epochs that fill it. A recurrent model's dropout follows the passes the run makes over the text
 (`by_passes`): known from the epochs, or with --max-time once the run's plan, a tenth into the
-time, says how many the time allows (`Recipe.by_passes`: the trainer asks then). And a recurrent model's
---max-time run trains two models and predicts with their mixture (--ensemble) where one model would make
-ENSEMBLE_PASSES passes in ENSEMBLE_STEPS steps or more in the time (`by_pace`): the setup times a few of its steps before it builds
-the run's (`Recipe.by_pace`, `charlm.training.pace`). A setting the user gave is theirs; the
-choice is said in one line that names the flags which override it.
+time, says how many the time allows (`Recipe.by_passes`: the trainer asks then). And a recurrent
+model's --max-time run on a text of ENSEMBLE_TOKENS or more trains two models and predicts with
+their mixture (--ensemble) where one model would make ENSEMBLE_PASSES passes in ENSEMBLE_STEPS steps or more in the time (`by_pace`): the
+setup times one model's steps before it builds the run's (`Recipe.by_pace`, `charlm.training.pace`).
+A setting the user gave is theirs; the choice is said in one line that names the flags which
+override it.
 
 It knows the settings' names and the number of training tokens; nothing about models, data or
 files. The model's part is for the recurrent cells, where it was measured; other architectures
@@ -20,11 +21,12 @@ files. The model's part is for the recurrent cells, where it was measured; other
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from charlm.presets import (CELLS, ENSEMBLE_MEMBERS, ENSEMBLE_PASSES, ENSEMBLE_STEPS, FEW_PASSES, FEW_PASSES_DROPOUT, MAX_EPOCHS,
-                            MODEL_PART, PASS_TOKENS, TIERS, UNTIL_TIME)
+from charlm.presets import (CELLS, ENSEMBLE_MEMBERS, ENSEMBLE_PASSES, ENSEMBLE_STEPS, ENSEMBLE_TOKENS, FEW_PASSES,
+                            FEW_PASSES_DROPOUT, MAX_EPOCHS, MODEL_PART, PASS_TOKENS, TIERS, UNTIL_TIME)
 from charlm.settings import TRAIN
 
 
@@ -54,13 +56,16 @@ def by_pace(passes: float, steps: float) -> dict[str, Any]:
 
 def pace_line(passes: float, steps: float, max_time: float) -> str:
     """What `by_pace` chose for `passes` in `steps`, in a line worded with flags."""
-    line = f"one model would make {passes:.1f} passes over the text in {steps:,.0f} steps in --max-time {max_time:g} here"
+    line = (f"one model would make {passes:.1f} passes over the text in {steps:,.0f} steps in --max-time {max_time:g} "
+            "here")
     if by_pace(passes, steps):
-        return f"{line}: --ensemble {ENSEMBLE_MEMBERS}, the recipe's for {ENSEMBLE_PASSES:g} passes in {ENSEMBLE_STEPS:,} steps or more"
+        return (f"{line}: --ensemble {ENSEMBLE_MEMBERS}, the recipe's for {ENSEMBLE_PASSES:g} passes in "
+                f"{ENSEMBLE_STEPS:,} steps or more")
     return f"{line}, fewer than {ENSEMBLE_PASSES:g} passes or {ENSEMBLE_STEPS:,} steps: one model"
 
 
-NAMES = ("epochs", *sorted({name for _, _, tier in TIERS for name in tier} | {"dropout", "ensemble"}))  # every setting it may choose
+# every setting it may choose
+NAMES = ("epochs", *sorted({name for _, _, tier in TIERS for name in tier} | {"dropout", "ensemble"}))
 
 
 def choose(train_tokens: int, max_time: float | None, given: set[str] | frozenset[str], architecture: str,
@@ -78,7 +83,8 @@ def choose(train_tokens: int, max_time: float | None, given: set[str] | frozense
         chosen["epochs"] = min(max(round(PASS_TOKENS / max(train_tokens, 1)), 1), MAX_EPOCHS)
     passes_rule = architecture in CELLS and "dropout" not in tier and "dropout" not in given
     timed = passes_rule and max_time is not None
-    paced = architecture in CELLS and max_time is not None and "ensemble" not in given
+    paced = (architecture in CELLS and train_tokens >= ENSEMBLE_TOKENS and max_time is not None
+             and math.isfinite(max_time) and "ensemble" not in given)
     if passes_rule and not timed:
         chosen.update(by_passes(epochs if "epochs" in given and epochs is not None else chosen["epochs"]))
     chosen = {name: value for name, value in chosen.items() if name not in given}
@@ -90,8 +96,8 @@ def choose(train_tokens: int, max_time: float | None, given: set[str] | frozense
     if timed:
         told.append(f"--dropout {FEW_PASSES_DROPOUT} if that is fewer than {FEW_PASSES} passes over the text")
     if paced:
-        told.append(f"--ensemble {ENSEMBLE_MEMBERS} if one model would make {ENSEMBLE_PASSES:g} passes in {ENSEMBLE_STEPS:,} "
-                    "steps or more in that time")
+        told.append(f"--ensemble {ENSEMBLE_MEMBERS} if one model would make {ENSEMBLE_PASSES:g} passes in "
+                    f"{ENSEMBLE_STEPS:,} steps or more in that time")
     line = (f"{kind} ({train_tokens:,} training tokens): {', '.join(told)} "
             f"(a setting you give overrides its choice)")
     return Recipe(chosen, line, timed, paced)

@@ -191,14 +191,18 @@ def test_a_timed_recurrent_run_trains_two_models_where_one_would_make_many_passe
     assert recipe.by_pace(many - 0.1, 10 * steps) == {} == recipe.by_pace(10 * many, steps - 1)  # both, or one model
     assert recipe.pace_line(many + 2, steps, 900).endswith(f"--ensemble {members}, the recipe's for {many:g} passes "
                                                            f"in {steps:,} steps or more")
-    assert recipe.pace_line(many + 2, steps - 1, 900).endswith(f"fewer than {many:g} passes or {steps:,} steps: one model")
+    assert recipe.pace_line(many + 2, steps - 1, 900).endswith(f"fewer than {many:g} passes or {steps:,} steps: "
+                                                               "one model")
     timed = recipe.choose(1_003_854, 900, set(), "lstm")
     assert timed.by_pace and "ensemble" not in timed.settings  # the setup measures the pace, then chooses
     assert f"--ensemble {members} if one model would make {many:g} passes in {steps:,} steps or more" in timed.line
     assert recipe.choose(1_003_854, 900, {"dropout", "batch_size"}, "gru").by_pace  # the line, even with nothing else
     for not_by_pace in (recipe.choose(1_003_854, None, set(), "lstm"),  # the epochs' time is not the user's to spend
                         recipe.choose(1_003_854, 900, {"ensemble"}, "lstm"),  # the user's
-                        recipe.choose(1_003_854, 900, set(), "transformer"), recipe.choose(1_003_854, 900, set(), "mingru")):
+                        recipe.choose(1_003_854, math.inf, set(), "lstm"),  # a limit never reached: no time to share
+                        recipe.choose(recipe.ENSEMBLE_TOKENS - 1, 900, set(), "lstm"),  # a small text's model: one
+                        recipe.choose(1_003_854, 900, set(), "transformer"),
+                        recipe.choose(1_003_854, 900, set(), "mingru")):
         assert not not_by_pace.by_pace and "--ensemble" not in (not_by_pace.line or "")
 
 
@@ -247,6 +251,7 @@ def test_a_timed_run_takes_the_models_its_pace_says_and_resumes_with_them(runner
 
     tiny = ("--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "8",
             "--max-time", "60", "--max-steps", "3")
+    monkeypatch.setattr(recipe, "ENSEMBLE_TOKENS", 0)  # the tiny text as a larger one
     monkeypatch.setattr(recipe, "ENSEMBLE_STEPS", 0)
     monkeypatch.setattr(recipe, "ENSEMBLE_PASSES", 0.0)  # however few the passes, many
     result = run_cli(runner, "train", tiny_corpus, *tiny, "--out", "paced")
