@@ -17,6 +17,7 @@ trainer's.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -165,9 +166,11 @@ def language_model_run(
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
     if paced and world.size == 1 and world.device(train_config.device).type == "cpu":
-        steps = one_model_steps(model_class, config, train_batches, train_config, data_config,
-                                world.device(train_config.device))
-        passes = steps * train_config.batch_size * train_config.seq_len / max(len(train_ids), 1)
+        per_epoch = max(len(train_batches), 1)  # --max-steps and --epochs may end the run before the time does
+        steps = min(one_model_steps(model_class, config, train_batches, train_config, data_config,
+                                    world.device(train_config.device)),
+                    train_config.max_steps or math.inf, train_config.epochs * per_epoch)
+        passes = steps / per_epoch
         model_settings.update(recipe.by_pace(passes, steps))
         notes.append(recipe.pace_line(passes, steps, train_config.max_time))
     seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes

@@ -272,3 +272,16 @@ def test_a_timed_run_takes_the_models_its_pace_says_and_resumes_with_them(runner
     monkeypatch.setattr(recipe, "ENSEMBLE_PASSES", 0.0)
     run_cli(runner, "train", tiny_corpus, *tiny[:-1], "5", "--out", "one", "--resume")
     assert "ensemble" not in read_metadata("one.safetensors")["model"]
+
+
+def test_the_steps_a_paced_run_counts_stop_at_max_steps_and_its_epochs(runner, tiny_corpus, monkeypatch):
+    """What ends the run first counts: --max-steps, or the --epochs given, where they come before the time."""
+    monkeypatch.setattr(recipe, "ENSEMBLE_TOKENS", 0)  # the tiny text as a larger one
+    monkeypatch.setattr(recipe, "ENSEMBLE_STEPS", 10)
+    tiny = ("--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "8",
+            "--max-time", "600")
+    capped = run_cli(runner, "train", tiny_corpus, *tiny, "--max-steps", "3", "--out", "steps")
+    assert "passes over the text in 3 steps in --max-time 600 here, fewer than 5 passes or 10 steps: one model" \
+        in capped.stderr
+    one_epoch = run_cli(runner, "train", tiny_corpus, *tiny, "--epochs", "1", "--out", "epoch")
+    assert "one model would make 1.0 passes over the text in " in one_epoch.stderr
