@@ -52,9 +52,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("name, shown", [("lstm", "lstm 2x16"), ("transformer", "transformer 2x16")])
+@pytest.mark.parametrize("name, shown", [("lstm", "lstm 2x16"), ("transformer", "transformer 2x16"),
+                                         ("lstm-ensemble", "2 x lstm 2x16")])
 def test_the_exported_page_generates_in_chromium_offline(runner, tmp_path, ort_tarball, name, shown):
-    """An LSTM, and a transformer (its window's If) well past its context of 8."""
+    """An LSTM, a transformer (its window's If) well past its context of 8, and two LSTMs mixed (--ensemble 2)."""
     checkpoint = train(tmp_path, name)
     site = tmp_path / "site"
     run_cli(runner, "export", checkpoint, "--format", "web", "--out", site,
