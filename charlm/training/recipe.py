@@ -9,8 +9,9 @@ epochs that fill it. A recurrent model's dropout follows the passes the run make
 (`by_passes`): known from the epochs, or with --max-time once the run's plan, a tenth into the
 time, says how many the time allows (`Recipe.by_passes`: the trainer asks then). And a recurrent
 model's --max-time run on a text of ENSEMBLE_TOKENS or more trains two models and predicts with
-their mixture (--ensemble) where one model would make ENSEMBLE_PASSES passes in ENSEMBLE_STEPS steps or more in the time (`by_pace`): the
-setup times one model's steps before it builds the run's (`Recipe.by_pace`, `charlm.training.pace`).
+their mixture (--ensemble) where one model would make ENSEMBLE_PASSES passes in ENSEMBLE_STEPS
+steps or more in the time (`by_pace`): the setup times one model's steps before it builds the
+run's (`Recipe.by_pace`, `charlm.training.pace`).
 A setting the user gave is theirs; the choice is said in one line that names the flags which
 override it.
 
@@ -63,6 +64,9 @@ def pace_line(passes: float, steps: float, max_time: float) -> str:
                 f"{ENSEMBLE_STEPS:,} steps or more")
     return f"{line}, fewer than {ENSEMBLE_PASSES:g} passes or {ENSEMBLE_STEPS:,} steps: one model"
 
+
+# Where the pace is not measured (a GPU, torchrun's processes), said in a note worded with flags.
+UNPACED = "one model: the recipe measures one model's pace, for --ensemble, only on a CPU in one process"
 
 # every setting it may choose
 NAMES = ("epochs", *sorted({name for _, _, tier in TIERS for name in tier} | {"dropout", "ensemble"}))

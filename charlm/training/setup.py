@@ -165,14 +165,16 @@ def language_model_run(
     model_class, config = model_config(entry, model_settings, vocab_size=len(data.vocab))
     train_batches = BatchIterator(train_ids, train_config.batch_size, train_config.seq_len, train_config.iterator,
                                   train_config.seed)
-    if paced and world.size == 1 and world.device(train_config.device).type == "cpu":
+    device = world.device(train_config.device) if paced and world.size == 1 else None
+    if device is not None and device.type == "cpu":  # the pace is measured on a CPU, alone, where the rule was
         per_epoch = max(len(train_batches), 1)  # --max-steps and --epochs may end the run before the time does
-        steps = min(one_model_steps(model_class, config, train_batches, train_config, data_config,
-                                    world.device(train_config.device)),
+        steps = min(one_model_steps(model_class, config, train_batches, train_config, data_config, device),
                     train_config.max_steps or math.inf, train_config.epochs * per_epoch)
         passes = steps / per_epoch
         model_settings.update(recipe.by_pace(passes, steps))
         notes.append(recipe.pace_line(passes, steps, train_config.max_time))
+    elif paced:
+        notes.append(recipe.UNPACED)
     seed_everything(train_config.seed)  # the initial weights are part of what --seed fixes
     members = model_settings.get(ENSEMBLE) or 1
     model = Ensemble.of(model_class, config, members)

@@ -285,3 +285,18 @@ def test_the_steps_a_paced_run_counts_stop_at_max_steps_and_its_epochs(runner, t
         in capped.stderr
     one_epoch = run_cli(runner, "train", tiny_corpus, *tiny, "--epochs", "1", "--out", "epoch")
     assert "one model would make 1.0 passes over the text in " in one_epoch.stderr
+
+
+def test_where_the_pace_is_not_measured_a_timed_run_trains_one_model_and_says_so(tiny_corpus, monkeypatch):
+    """On a GPU (or under torchrun) the recipe does not time a model: one model, said in a note."""
+    from charlm.data.loading import DataConfig
+    from charlm.runtime.processes import World
+    from charlm.training.optimization import TrainConfig
+    from charlm.training.setup import language_model_run
+
+    monkeypatch.setattr(recipe, "ENSEMBLE_TOKENS", 0)
+    monkeypatch.setattr(recipe, "ENSEMBLE_STEPS", 0)  # however few the steps, many
+    monkeypatch.setattr(World, "device", lambda self, name="auto": torch.device("cuda"))  # no model is moved to it
+    run = language_model_run(tiny_corpus, DataConfig(), TrainConfig(max_time=60, batch_size=4, seq_len=8), "lstm",
+                             {"hidden_size": 16, "num_layers": 1, "embedding_size": 8}, given={"hidden_size"})
+    assert recipe.UNPACED in run.notes and "ensemble" not in run.meta.model
