@@ -33,7 +33,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
@@ -202,17 +202,40 @@ def _contradicted(seconds: dict[str, float], setup: Setup, step_loss: Callable[[
     recorded = seconds.get(name)
     if not isinstance(recorded, (int, float)) or recorded <= 0:
         return True
-    was_path = getattr(model, "fast_path", None)
+    with probing(model):
+        if setup.fast_path is not None:
+            model.fast_path = setup.fast_path
+        now = min(_timed(lambda: step_loss(setup.precision == "bf16", True)) for _ in range(2))
+    return now < CONTRADICTED * recorded
+
+
+@contextlib.contextmanager
+def probing(model: torch.nn.Module) -> Iterator[None]:
+    """Steps of `model` that leave the run as it was: the random state forked, and the model's
+    mode, recurrent path (`fast_path`, where it was changed) and gradients put back after."""
+    was_training, was_path = model.training, getattr(model, "fast_path", None)
     with torch.random.fork_rng(devices=[]):
         try:
-            if setup.fast_path is not None:
-                model.fast_path = setup.fast_path
-            now = min(_timed(lambda: step_loss(setup.precision == "bf16", True)) for _ in range(2))
+            yield
         finally:
-            if setup.fast_path is not None:
+            model.train(was_training)
+            if getattr(model, "fast_path", None) != was_path:
                 model.fast_path = was_path
             model.zero_grad(set_to_none=True)
-    return now < CONTRADICTED * recorded
+
+
+def batch_step_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], bf16: bool,
+                    backward: bool) -> torch.Tensor:
+    """A training step's loss of `model` on `batch` from a zero state (under bf16 autocast when
+    asked), its backward pass too when asked: what a measurement times."""
+    from charlm.runtime.device import autocast
+
+    with autocast(batch[0].device, "bf16" if bf16 else "fp32"):
+        loss_sum, count, _ = model.batch_loss(batch, None)
+        loss = loss_sum / count
+    if backward:
+        loss.backward()
+    return loss.detach()
 
 
 def _timed(function: Callable[[], Any]) -> float:
@@ -229,18 +252,9 @@ def choose_training_setup(
     saying why or None) for a run whose model is `model` (its config `model_config`), measured on
     one `batch` through `choose_cpu_setup` and kept in `decisions`: `--precision auto` takes bf16
     autocast where it is faster and keeps the loss. Every process of `world` takes one setup."""
-    from charlm.runtime.device import autocast
-
-    def step_loss(bf16: bool, backward: bool) -> torch.Tensor:
-        with autocast(batch[0].device, "bf16" if bf16 else "fp32"):
-            loss_sum, count, _ = model.batch_loss(batch, None)
-            loss = loss_sum / count
-        if backward:
-            loss.backward()
-        return loss.detach()
-
     key = {"model": model_config, "batch": [list(part.shape) for part in batch]}
-    setup, why = choose_cpu_setup(step_loss, model, key, decisions, precision, follow)
+    setup, why = choose_cpu_setup(functools.partial(batch_step_loss, model, batch), model, key, decisions, precision,
+                                  follow)
     agreed = lambda value: world.any(value, batch[0].device)  # noqa: E731
     fast_path = True if agreed(setup.fast_path is True) else False if agreed(setup.fast_path is False) else None
     return "bf16" if agreed(setup.precision == "bf16") else "fp32", fast_path, why
@@ -259,27 +273,21 @@ def _measure(
             model.fast_path = path
         return step_loss(bf16, True)
 
-    with torch.random.fork_rng(devices=[]):
-        was_training, was_path = model.training, getattr(model, "fast_path", None)
-        try:
-            ways = {names.get(path, "fp32"): functools.partial(step, path, False) for path in paths or (None,)}
-            if bf16:
-                ways["bf16"] = functools.partial(step, was_path, True)
-            seconds = _seconds(ways, MIN_STEP_SECONDS)
-            if seconds is None or min(value for name, value in seconds.items() if name != "bf16") < MIN_STEP_SECONDS:
-                return None
-            if paths:
-                model.fast_path = was_path
-            losses = {}
-            if bf16:
-                model.eval()
-                with torch.no_grad():
-                    losses = {"fp32": float(step_loss(False, False)), "bf16": float(step_loss(True, False))}
-        finally:
-            model.train(was_training)
-            if paths:
-                model.fast_path = was_path
-            model.zero_grad(set_to_none=True)
+    with probing(model):
+        was_path = getattr(model, "fast_path", None)
+        ways = {names.get(path, "fp32"): functools.partial(step, path, False) for path in paths or (None,)}
+        if bf16:
+            ways["bf16"] = functools.partial(step, was_path, True)
+        seconds = _seconds(ways, MIN_STEP_SECONDS)
+        if seconds is None or min(value for name, value in seconds.items() if name != "bf16") < MIN_STEP_SECONDS:
+            return None
+        if paths:
+            model.fast_path = was_path
+        losses = {}
+        if bf16:
+            model.eval()
+            with torch.no_grad():
+                losses = {"fp32": float(step_loss(False, False)), "bf16": float(step_loss(True, False))}
     return seconds, losses
 
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-from charlm.runtime.device import autocast
-from charlm.runtime.measured import Decisions, choose_training_setup
+from charlm.runtime.measured import Decisions, batch_step_loss, choose_training_setup, probing
 from charlm.runtime.processes import World
 
 WARM_UP_STEPS = 2  # untimed: the first steps allocate and set up what the next reuse
@@ -36,31 +35,22 @@ def steps_in(seconds: float, model: torch.nn.Module, batch: tuple[torch.Tensor, 
     pace of its steps on `batch` (the run's first) here now, in `precision` as the run would train,
     each updated by `optimizer` (None: forward and backward only, the weights left as they are)."""
     chosen, fast_path, _ = choose_training_setup(model, batch, model_config, decisions, precision, World())
-    was_training, was_path = model.training, getattr(model, "fast_path", None)
-    with torch.random.fork_rng(devices=[]):
-        try:
-            model.train()
-            if fast_path is not None:
-                model.fast_path = fast_path
+    with probing(model):
+        model.train()
+        if fast_path is not None:
+            model.fast_path = fast_path
 
-            def step() -> None:
-                with autocast(batch[0].device, chosen):
-                    loss_sum, count, _ = model.batch_loss(batch, None)
-                (loss_sum / count).backward()
-                if optimizer is not None:
-                    optimizer.step()
-                model.zero_grad(set_to_none=True)
-
-            for _ in range(WARM_UP_STEPS):
-                step()
-            least, started, count = min(PACE_SECONDS, PACE_SHARE * seconds), clock(), 0
-            while count < MOST_STEPS and (count < TIMED_STEPS or clock() - started < least):
-                step()
-                count += 1
-            per_step = (clock() - started) / count
-        finally:
-            model.train(was_training)
-            if fast_path is not None:
-                model.fast_path = was_path
+        def step() -> None:
+            batch_step_loss(model, batch, chosen == "bf16", True)
+            if optimizer is not None:
+                optimizer.step()
             model.zero_grad(set_to_none=True)
+
+        for _ in range(WARM_UP_STEPS):
+            step()
+        least, started, count = min(PACE_SECONDS, PACE_SHARE * seconds), clock(), 0
+        while count < MOST_STEPS and (count < TIMED_STEPS or clock() - started < least):
+            step()
+            count += 1
+        per_step = (clock() - started) / count
     return seconds / max(per_step, 1e-9)
